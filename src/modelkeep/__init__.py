@@ -1,0 +1,76 @@
+"""modelkeep: version control for large models.
+
+A content-addressed, chunk-deduplicated store on any fsspec filesystem, registered in the MLflow
+Model Registry::
+
+    import modelkeep
+    keep = modelkeep.open()                      # store and registry from modelkeep.toml / env
+    v = keep.register("llama-ft", "out/checkpoint", aliases=["candidate"])
+    keep.pull("llama-ft@candidate", "serving/model")
+
+Importing this package is cheap: MLflow and the storage backends load only when used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from modelkeep.errors import (
+    ConfigError,
+    CredentialsError,
+    DestinationExistsError,
+    IntegrityError,
+    InvalidInputError,
+    InvalidNameError,
+    InvalidRefError,
+    MissingExtraError,
+    ModelkeepError,
+    NotFoundError,
+    RegistryError,
+    SourceError,
+    StoreError,
+    StoreUnreachableError,
+    UnsafePathError,
+)
+
+if TYPE_CHECKING:
+    from modelkeep.api import Diff, FileChange, Keep, ModelVersion, TensorChanges, open
+
+__version__ = "0.1.0"
+
+_LAZY = {"Diff", "FileChange", "Keep", "ModelVersion", "TensorChanges", "open"}
+
+
+def __getattr__(name: str) -> Any:
+    # The API pulls in the store (fsspec, blake3); keep `import modelkeep` itself instant.
+    if name in _LAZY:
+        from modelkeep import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'modelkeep' has no attribute {name!r}")
+
+
+__all__ = [
+    "ConfigError",
+    "CredentialsError",
+    "DestinationExistsError",
+    "Diff",
+    "FileChange",
+    "IntegrityError",
+    "InvalidInputError",
+    "InvalidNameError",
+    "InvalidRefError",
+    "Keep",
+    "MissingExtraError",
+    "ModelVersion",
+    "ModelkeepError",
+    "NotFoundError",
+    "RegistryError",
+    "SourceError",
+    "StoreError",
+    "StoreUnreachableError",
+    "TensorChanges",
+    "UnsafePathError",
+    "__version__",
+    "open",
+]

@@ -1,0 +1,1 @@
+"""The ``modelkeep`` command line."""

@@ -1,0 +1,96 @@
+"""Output helpers: JSON for scripts, rich tables for people, progress bars on slow transfers."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+# Progress bars appear only for transfers that last longer than this: quick commands stay quiet.
+PROGRESS_DELAY = 1.0
+
+
+@dataclass
+class Output:
+    json: bool = False
+    quiet: bool = False
+
+    @property
+    def console(self) -> Console:
+        return Console(soft_wrap=True)
+
+    @property
+    def err(self) -> Console:
+        return Console(stderr=True, soft_wrap=True)
+
+    def emit(self, data: Any, human: Callable[[], None]) -> None:
+        """Print *data* as JSON with --json, otherwise call *human* (unless -q)."""
+        if self.json:
+            sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        elif not self.quiet:
+            human()
+
+    def note(self, text: str) -> None:
+        """A remark for a person, on stderr so it never mixes with --json output."""
+        if not self.quiet:
+            self.err.print(text, highlight=False)
+
+    @contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        """Yield a callback taking byte counts; a bar shows once the work passes one second."""
+        enabled = not self.quiet and sys.stderr.isatty()
+        state: dict[str, Any] = {"done": 0, "bar": None, "task": None}
+        start = time.monotonic()
+
+        def advance(n: int) -> None:
+            state["done"] += n
+            if not enabled:
+                return
+            if state["bar"] is None:
+                if time.monotonic() - start < PROGRESS_DELAY:
+                    return
+                bar = Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    DownloadColumn(),
+                    TransferSpeedColumn(),
+                    TimeRemainingColumn(),
+                    console=self.err,
+                    transient=True,
+                )
+                bar.start()
+                state["bar"] = bar
+                state["task"] = bar.add_task(description, total=total, completed=state["done"])
+            else:
+                state["bar"].update(state["task"], completed=state["done"])
+
+        try:
+            yield advance
+        finally:
+            if state["bar"] is not None:
+                state["bar"].stop()
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"

@@ -1,0 +1,373 @@
+"""The ``modelkeep`` command: argument parsing and presentation only.
+
+Each command calls the Python API (:mod:`modelkeep.api`) and prints the result for a person, or as
+JSON on stdout with ``--json``. Errors are turned into one line and an exit code in
+:mod:`modelkeep.cli._errors`, never here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import click
+import typer
+from rich.table import Table
+
+from modelkeep.cli._errors import report
+from modelkeep.cli._output import Output, human_bytes
+from modelkeep.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from modelkeep.api import Keep
+
+app = typer.Typer(
+    name="modelkeep",
+    help="Version control for large models: a deduplicating store, registered in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@dataclass
+class State:
+    store: str | None = None
+    registry: str | None = None
+    out: Output = field(default_factory=Output)
+    _keep: Keep | None = None
+
+    def keep(self) -> Keep:
+        if self._keep is None:
+            import modelkeep
+
+            self._keep = modelkeep.open(store=self.store, registry=self.registry)
+        return self._keep
+
+
+def _state(ctx: typer.Context) -> State:
+    return ctx.ensure_object(State)
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    store: Annotated[str | None, typer.Option("--store", help="Store URL (path, s3://, az://, "
+                                              "memory://); overrides modelkeep.toml.")] = None,
+    registry: Annotated[str | None, typer.Option("--registry", help="MLflow registry URI.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+    = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+) -> None:
+    ctx.obj = State(store=store, registry=registry, out=Output(json=json_out, quiet=quiet))
+
+
+def _parse_tags(items: list[str]) -> dict[str, str]:
+    tags = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"invalid tag {item!r}", hint="use --tag KEY=VALUE")
+        tags[key] = value
+    return tags
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+# -- init ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    store: Annotated[str | None, typer.Option("--store", help="Store URL to record.")] = None,
+    registry: Annotated[str | None, typer.Option("--registry", help="Registry URI to record.")]
+    = None,
+) -> None:
+    """Write modelkeep.toml in the current folder and create the store."""
+    from modelkeep.config import load_config, write_config
+    from modelkeep.store import Store
+
+    st = _state(ctx)
+    path = write_config(Path.cwd(), store=store or st.store, registry=registry or st.registry)
+    config = load_config()
+    the_store = Store.open(config.store, config.store_options)
+    the_store.ensure_initialized()
+    st.out.emit(
+        {"config": str(path), "store": the_store.url, "registry": config.registry},
+        lambda: st.out.console.print(
+            f"wrote {path}\nstore:    {the_store.url}\nregistry: {config.registry}",
+            highlight=False,
+        ),
+    )
+
+
+# -- register -----------------------------------------------------------------------------------
+
+
+@app.command()
+def register(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    path: Annotated[Path, typer.Argument(help="Model folder or file.")],
+    parent: Annotated[list[str] | None, typer.Option("--parent", help="Parent version "
+                                                     "(NAME@REF); repeatable.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE; repeatable.")] = None,
+    alias: Annotated[list[str] | None, typer.Option("--alias", help="Alias to point at the new "
+                                                    "version; repeatable.")] = None,
+    message: Annotated[str | None, typer.Option("-m", "--message", help="Description.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Register even if identical to the "
+                                        "newest version.")] = False,
+) -> None:
+    """Store a model folder as a new version of NAME."""
+    from modelkeep.store import scan_local
+
+    st = _state(ctx)
+    keep = st.keep()
+    total = sum(f.size for f in scan_local(path))
+    with st.out.progress(f"storing {name}", total) as advance:
+        mv = keep.register(
+            name, path, parents=parent or (), tags=_parse_tags(tag or []), aliases=alias or (),
+            message=message, force=force, progress=advance,
+        )
+
+    def human() -> None:
+        if mv.reused:
+            st.out.console.print(
+                f"{mv.ref} already holds this content; nothing new stored "
+                f"(use --force for a new version)", highlight=False)
+            return
+        st.out.console.print(
+            f"registered {mv.ref}: {human_bytes(mv.size)} in {len(mv.files)} file(s), "
+            f"added {human_bytes(mv.bytes_added)} ({_pct(mv.dedup_ratio)} already stored)",
+            highlight=False,
+        )
+        if mv.aliases:
+            st.out.console.print(f"aliases: {', '.join(mv.aliases)}", highlight=False)
+
+    st.out.emit(mv.to_json(), human)
+
+
+# -- list / show / log --------------------------------------------------------------------------
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="Model name; omit for all models.")] = None,
+) -> None:
+    """List models, or the versions of one model."""
+    st = _state(ctx)
+    keep = st.keep()
+    if name is None:
+        rows = []
+        for model in keep.models():
+            latest = keep.registry.latest(model)
+            rows.append({"name": model, "latest": latest.version if latest else None,
+                         "aliases": sorted(latest.aliases) if latest else []})
+
+        def human_models() -> None:
+            if not rows:
+                st.out.console.print("no models yet; register one with `modelkeep register`")
+                return
+            table = Table("model", "latest", "aliases on latest")
+            for r in rows:
+                table.add_row(r["name"], str(r["latest"] or "-"), ", ".join(r["aliases"]))
+            st.out.console.print(table)
+
+        st.out.emit(rows, human_models)
+        return
+    versions = keep.versions(name)
+
+    def human_versions() -> None:
+        table = Table("version", "created", "size", "added", "aliases", "message")
+        for v in versions:
+            table.add_row(str(v.version), v.created.strftime("%Y-%m-%d %H:%M"),
+                          human_bytes(v.size), human_bytes(v.bytes_added), ", ".join(v.aliases),
+                          v.message.splitlines()[0] if v.message else "")
+        st.out.console.print(table)
+
+    st.out.emit([v.to_json() for v in versions], human_versions)
+
+
+@app.command()
+def show(
+    ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME@VERSION|ALIAS|latest")]
+) -> None:
+    """Show one version: files, tags, aliases, parents."""
+    st = _state(ctx)
+    mv = st.keep().get(ref)
+
+    def human() -> None:
+        c = st.out.console
+        c.print(f"{mv.ref}  (snapshot {mv.snapshot_id[:16]})", highlight=False)
+        c.print(f"uri:      {mv.uri}", highlight=False)
+        c.print(f"created:  {mv.created:%Y-%m-%d %H:%M:%S} UTC by {mv.author or '?'}",
+                highlight=False)
+        c.print(f"size:     {human_bytes(mv.size)} (added {human_bytes(mv.bytes_added)} "
+                f"when registered, {_pct(mv.dedup_ratio)} deduplicated)", highlight=False)
+        if mv.aliases:
+            c.print(f"aliases:  {', '.join(mv.aliases)}", highlight=False)
+        if mv.parents:
+            c.print(f"parents:  {', '.join(str(p) for p in mv.parents)}", highlight=False)
+        if mv.message:
+            c.print(f"message:  {mv.message}", highlight=False)
+        for k, v in sorted(mv.user_tags.items()):
+            c.print(f"tag:      {k}={v}", highlight=False)
+        table = Table("file", "size", "chunks", "tensors")
+        for f in mv.files:
+            table.add_row(f.path, human_bytes(f.size), str(len(f.chunks)),
+                          str(len(f.tensors)) if f.tensors is not None else "")
+        c.print(table)
+
+    st.out.emit(mv.to_json(), human)
+
+
+@app.command()
+def log(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Model name.")]
+) -> None:
+    """History of a model, newest first."""
+    st = _state(ctx)
+    versions = list(reversed(st.keep().versions(name)))
+
+    def human() -> None:
+        c = st.out.console
+        for v in versions:
+            aliases = f" ({', '.join(v.aliases)})" if v.aliases else ""
+            c.print(f"[bold]{v.ref}[/bold]{aliases}  {v.snapshot_id[:12]}")
+            c.print(f"  {v.created:%Y-%m-%d %H:%M:%S} UTC  {v.author}  {human_bytes(v.size)}, "
+                    f"added {human_bytes(v.bytes_added)}", highlight=False)
+            if v.parents:
+                c.print(f"  parents: {', '.join(str(p) for p in v.parents)}", highlight=False)
+            if v.message:
+                c.print(f"  {v.message}", highlight=False)
+
+    st.out.emit([v.to_json() for v in versions], human)
+
+
+# -- pull / cat ---------------------------------------------------------------------------------
+
+
+@app.command()
+def pull(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION|ALIAS|latest")],
+    dest: Annotated[Path, typer.Argument(help="Destination folder (new or empty).")],
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty destination.")]
+    = False,
+) -> None:
+    """Materialise a version's files in DEST, verified, all or nothing."""
+    st = _state(ctx)
+    keep = st.keep()
+    mv = keep.get(ref)
+    with st.out.progress(f"pulling {mv.ref}", mv.size) as advance:
+        out = keep.pull(mv.ref, dest, overwrite=force, progress=advance)
+    st.out.emit(
+        {"ref": mv.ref, "dest": str(out), "files": len(mv.files), "size": mv.size},
+        lambda: st.out.console.print(
+            f"pulled {mv.ref} to {out} ({len(mv.files)} file(s), {human_bytes(mv.size)})",
+            highlight=False),
+    )
+
+
+@app.command()
+def cat(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION|ALIAS|latest")],
+    file: Annotated[str, typer.Argument(help="Path of the file inside the version.")],
+) -> None:
+    """Write one file of a version to stdout (fetches only what it reads)."""
+    st = _state(ctx)
+    with st.keep().open_file(ref, file) as f:
+        shutil.copyfileobj(f, sys.stdout.buffer, 4 << 20)
+    sys.stdout.buffer.flush()
+
+
+# -- diff / verify ------------------------------------------------------------------------------
+
+
+@app.command()
+def diff(
+    ctx: typer.Context,
+    ref_a: Annotated[str, typer.Argument(help="Old version.")],
+    ref_b: Annotated[str, typer.Argument(help="New version.")],
+) -> None:
+    """Files and tensors that differ between two versions."""
+    st = _state(ctx)
+    d = st.keep().diff(ref_a, ref_b)
+
+    def human() -> None:
+        c = st.out.console
+        if not d.files:
+            c.print(f"{ref_a} and {ref_b} have identical files", highlight=False)
+            return
+        marks = {"added": "+", "removed": "-", "changed": "M"}
+        for f in d.files:
+            sizes = f"{human_bytes(f.size_a)} -> {human_bytes(f.size_b)}"
+            c.print(f"{marks[f.status]} {f.path}  ({sizes})", highlight=False)
+            if f.tensors is not None:
+                t = f.tensors
+                for label, names in (("+", t.added), ("-", t.removed), ("M", t.changed)):
+                    for n in names:
+                        c.print(f"    {label} {n}", highlight=False)
+                c.print(f"    ({t.unchanged} tensors unchanged)", highlight=False)
+        c.print(f"{d.unchanged_files} file(s) unchanged", highlight=False)
+
+    st.out.emit(d.to_json(), human)
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    ref: Annotated[str | None, typer.Argument(help="Version to check; omit for the whole "
+                                              "store.")] = None,
+) -> None:
+    """Fetch every chunk and check it against its id."""
+    st = _state(ctx)
+    keep = st.keep()
+    total = keep.get(ref).size if ref else 0
+    with st.out.progress("verifying", total or 1) as advance:
+        result = keep.verify(ref, progress=advance)
+
+    def human() -> None:
+        c = st.out.console
+        for p in result.problems:
+            c.print(f"DAMAGED {p}", highlight=False)
+        status = "ok" if result.ok else f"{len(result.problems)} problem(s)"
+        c.print(f"{status}: {result.snapshots} snapshot(s), {result.chunks} chunk(s), "
+                f"{human_bytes(result.bytes)} checked", highlight=False)
+
+    st.out.emit(result.to_json(), human)
+    if not result.ok:
+        raise typer.Exit(4)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    command = typer.main.get_command(app)
+    try:
+        result: Any = command.main(args=argv, prog_name="modelkeep", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        return report(exc)
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The modelkeep error tree.
+
+Every error the package raises on purpose is a :class:`ModelkeepError`. Each class also subclasses
+the builtin it most resembles (``KeyError`` for a missing thing, ``ValueError`` for bad input …) so
+callers that already catch builtins keep working, and each carries a ``hint``: the one thing the
+user should do next. The CLI prints ``message (hint)`` on one line and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class ModelkeepError(Exception):
+    """Base class of every error modelkeep raises deliberately."""
+
+    exit_code = 1
+    default_hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = self.default_hint if hint is None else hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class InvalidInputError(ModelkeepError, ValueError):
+    """The caller passed something modelkeep cannot use (a bad name, path, ref or option)."""
+
+    exit_code = 2
+
+
+class InvalidNameError(InvalidInputError):
+    """A model name or alias does not match the allowed pattern."""
+
+
+class InvalidRefError(InvalidInputError):
+    """A reference is not of the form ``NAME@VERSION``, ``NAME@ALIAS`` or ``NAME@latest``."""
+
+
+class SourceError(InvalidInputError):
+    """The folder or file to register is missing, empty or unreadable."""
+
+
+class UnsafePathError(InvalidInputError):
+    """A path would escape its folder: ``..``, an absolute path, or a symlink leading outside."""
+
+
+class NotFoundError(ModelkeepError, KeyError):
+    """A model, version, alias, file or object does not exist."""
+
+    exit_code = 3
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return ModelkeepError.__str__(self)
+
+
+class IntegrityError(ModelkeepError):
+    """Stored bytes do not match their content id, or an object is malformed."""
+
+    exit_code = 4
+    default_hint = "run `modelkeep verify` to list every damaged object"
+
+
+class StoreError(ModelkeepError, OSError):
+    """The store cannot be used (bad URL, unsupported backend, I/O failure)."""
+
+    exit_code = 5
+
+
+class StoreUnreachableError(StoreError, ConnectionError):
+    """The store's endpoint does not answer."""
+
+    default_hint = "check the store URL and endpoint, and that the service is running"
+
+
+class CredentialsError(StoreError, PermissionError):
+    """The store refused access or no credentials were found."""
+
+    default_hint = (
+        "set credentials in the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+        "AZURE_STORAGE_CONNECTION_STRING) or the store's options in modelkeep.toml"
+    )
+
+
+class RegistryError(ModelkeepError):
+    """The model registry refused or failed an operation."""
+
+    exit_code = 6
+
+
+class ConfigError(InvalidInputError):
+    """A configuration file or environment variable is invalid."""
+
+
+class MissingExtraError(ModelkeepError, ImportError):
+    """An optional dependency is needed for this operation but not installed."""
+
+    exit_code = 7
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"this needs the optional package {package!r}",
+            hint=f'pip install "modelkeep[{extra}]"',
+        )
+        self.package = package
+        self.extra = extra
+
+
+class DestinationExistsError(InvalidInputError, FileExistsError):
+    """The destination of a pull exists and is not empty."""
+
+
+__all__ = [
+    "ConfigError",
+    "CredentialsError",
+    "DestinationExistsError",
+    "IntegrityError",
+    "InvalidInputError",
+    "InvalidNameError",
+    "InvalidRefError",
+    "MissingExtraError",
+    "ModelkeepError",
+    "NotFoundError",
+    "RegistryError",
+    "SourceError",
+    "StoreError",
+    "StoreUnreachableError",
+    "UnsafePathError",
+]

@@ -1,0 +1,202 @@
+"""The MLflow Model Registry behind the :class:`~modelkeep.registry.Registry` protocol.
+
+Works with any registry URI MLflow accepts: a local SQLite file (the default), a database URL, or
+an ``http(s)://`` MLflow server. MLflow's own exceptions are translated here, so callers see
+modelkeep errors (``NotFoundError``, ``RegistryError``) with a hint.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from modelkeep.errors import MissingExtraError, NotFoundError, RegistryError
+from modelkeep.registry import RegistryVersion
+
+T = TypeVar("T")
+_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
+_DENIED = {"PERMISSION_DENIED", "UNAUTHENTICATED", "UNAUTHORIZED"}
+# SQLite lets one writer in at a time; concurrent registers from several processes see "database
+# is locked" or a lost race on the version number. Both are safe to retry.
+_RETRYABLE = ("database is locked", "unique constraint", "integrityerror", "deadlock",
+              "lock wait timeout", "duplicate entry", "already exists")
+
+
+def _mlflow() -> Any:
+    try:
+        import mlflow
+    except ImportError as exc:
+        raise MissingExtraError("mlflow", "mlflow") from exc
+    # MLflow and alembic announce schema migrations on INFO; a CLI user did not ask for that.
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.store"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return mlflow
+
+
+class MlflowRegistry:
+    """A :class:`~modelkeep.registry.Registry` on MLflow's Model Registry."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        mlflow = _mlflow()
+        from mlflow import MlflowClient
+
+        self.uri = uri or mlflow.get_registry_uri()
+        self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    # -- error translation ---------------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as exc:
+            code = str(getattr(exc, "error_code", ""))
+            if code in _NOT_FOUND:
+                raise NotFoundError(f"{what} not found in registry {self.uri}",
+                                    hint="list models with `modelkeep list`") from None
+            if code in _DENIED:
+                raise RegistryError(
+                    f"registry {self.uri} refused {what}: permission denied",
+                    hint="check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or the token",
+                ) from None
+            text = str(exc.message if hasattr(exc, "message") else exc)
+            if "max retries" in text.lower() or "connection" in text.lower():
+                raise RegistryError(
+                    f"registry {self.uri} is unreachable",
+                    hint="check the registry URI and that the server runs",
+                ) from None
+            raise RegistryError(f"registry error on {what}: {text.splitlines()[0][:300]}") from exc
+
+    def _retry(self, what: str, fn: Callable[[], T], attempts: int = 12) -> T:
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except MlflowException as exc:
+                text = str(exc).lower()
+                if attempt == attempts - 1 or not any(m in text for m in _RETRYABLE):
+                    raise
+            except Exception as exc:  # sqlalchemy OperationalError can escape MLflow
+                text = str(exc).lower()
+                if attempt == attempts - 1 or not any(m in text for m in _RETRYABLE):
+                    raise RegistryError(f"registry error on {what}: {text[:300]}") from exc
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    # -- conversions ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _convert(mv: Any) -> RegistryVersion:
+        return RegistryVersion(
+            name=mv.name,
+            version=int(mv.version),
+            source=mv.source or "",
+            tags=dict(mv.tags or {}),
+            aliases=tuple(sorted(getattr(mv, "aliases", None) or ())),
+            created_ms=int(mv.creation_timestamp or 0),
+            description=mv.description or "",
+            run_id=mv.run_id or None,
+        )
+
+    # -- Registry protocol ---------------------------------------------------------------------
+
+    def create_version(
+        self,
+        name: str,
+        source: str,
+        *,
+        tags: Mapping[str, str],
+        description: str | None = None,
+        run_id: str | None = None,
+    ) -> RegistryVersion:
+        from mlflow.exceptions import MlflowException
+
+        def ensure_model() -> None:
+            try:
+                self._client.create_registered_model(name)
+            except MlflowException as exc:
+                if str(getattr(exc, "error_code", "")) != "RESOURCE_ALREADY_EXISTS":
+                    raise
+
+        def create() -> Any:
+            return self._client.create_model_version(
+                name, source, run_id=run_id, tags=dict(tags), description=description,
+                await_creation_for=0,
+            )
+
+        with self._errors(f"creating a version of {name!r}"):
+            self._retry("creating the model", ensure_model)
+            mv = self._retry("creating the version", create)
+        return self._convert(mv)
+
+    def get_version(self, name: str, version: int) -> RegistryVersion:
+        with self._errors(f"version {name}@{version}"):
+            return self._convert(self._client.get_model_version(name, str(version)))
+
+    def get_by_alias(self, name: str, alias: str) -> RegistryVersion:
+        with self._errors(f"alias {name}@{alias}"):
+            return self._convert(self._client.get_model_version_by_alias(name, alias))
+
+    def _search(self, name: str, **kwargs: Any) -> list[Any]:
+        out: list[Any] = []
+        token = None
+        while True:
+            page = self._client.search_model_versions(
+                f"name = '{name}'", page_token=token, **kwargs
+            )
+            out.extend(page)
+            token = page.token
+            if not token or kwargs.get("max_results") == 1:
+                return out
+
+    def _aliases_by_version(self, name: str) -> dict[int, tuple[str, ...]]:
+        # Search results carry no aliases; the registered model has them all in one call.
+        model = self._client.get_registered_model(name)
+        by_version: dict[int, list[str]] = {}
+        for alias, version in (getattr(model, "aliases", None) or {}).items():
+            by_version.setdefault(int(version), []).append(alias)
+        return {v: tuple(sorted(a)) for v, a in by_version.items()}
+
+    def latest(self, name: str) -> RegistryVersion | None:
+        with self._errors(f"model {name!r}"):
+            found = self._search(name, max_results=1, order_by=["version_number DESC"])
+            if not found:
+                return None
+            return self._convert(self._client.get_model_version(name, found[0].version))
+
+    def versions(self, name: str) -> list[RegistryVersion]:
+        with self._errors(f"model {name!r}"):
+            aliases = self._aliases_by_version(name)
+            found = self._search(name, max_results=1000)
+        out = [replace(rv, aliases=aliases.get(rv.version, ())) for rv in map(self._convert, found)]
+        return sorted(out, key=lambda v: v.version)
+
+    def models(self) -> list[str]:
+        names: list[str] = []
+        token = None
+        with self._errors("listing models"):
+            while True:
+                page = self._client.search_registered_models(max_results=1000, page_token=token)
+                names.extend(m.name for m in page)
+                token = page.token
+                if not token:
+                    break
+        return sorted(names)
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        with self._errors(f"alias {alias!r} of {name!r}"):
+            self._retry("setting the alias",
+                        lambda: self._client.set_registered_model_alias(name, alias, str(version)))
+
+    def set_tag(self, name: str, version: int, key: str, value: str) -> None:
+        with self._errors(f"tag {key!r} of {name}@{version}"):
+            self._retry("setting the tag",
+                        lambda: self._client.set_model_version_tag(name, str(version), key, value))

@@ -1,0 +1,33 @@
+"""The content-addressed, chunk-deduplicated model store. Knows fsspec, nothing above it."""
+
+from __future__ import annotations
+
+from modelkeep.store.codec import Kind
+from modelkeep.store.ingest import IngestStats, SourceFile, scan_local
+from modelkeep.store.location import Location, parse_location
+from modelkeep.store.materialize import SnapshotFile
+from modelkeep.store.safetensors import Tensor
+from modelkeep.store.snapshot import FileEntry, Parent, Snapshot, check_relpath
+from modelkeep.store.store import ParsedURI, Store, parse_uri, utc_now
+from modelkeep.store.verify import Problem, VerifyReport
+
+__all__ = [
+    "FileEntry",
+    "IngestStats",
+    "Kind",
+    "Location",
+    "Parent",
+    "ParsedURI",
+    "Problem",
+    "Snapshot",
+    "SnapshotFile",
+    "SourceFile",
+    "Store",
+    "Tensor",
+    "VerifyReport",
+    "check_relpath",
+    "parse_location",
+    "parse_uri",
+    "scan_local",
+    "utc_now",
+]

@@ -1,0 +1,99 @@
+"""How a file is cut into chunks.
+
+* safetensors: the header (``8 + N`` bytes) is one chunk and every tensor starts a new chunk, so a
+  changed, inserted or re-sharded tensor changes only its own chunks. Tensors larger than
+  :data:`TENSOR_PIECE` are split into pieces of that size counted from the tensor's start. Bytes
+  between or after tensors (padding) form chunks of their own.
+* everything else: FastCDC (compiled, ``pyfastcdc``) with a 1 MiB average, 256 KiB minimum and
+  4 MiB maximum, so an insertion shifts only the chunks around it.
+
+Both are streaming: at most one chunk of a file is in memory per call, so memory is bounded no
+matter how large the file. The cut points are part of the store format (they decide which chunks
+dedup), so changing these constants is a format change; see docs/format.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from pyfastcdc.cy import FastCDC
+
+from modelkeep.store.safetensors import Layout, read_layout
+
+TENSOR_PIECE = 4 << 20
+CDC_AVG = 1 << 20
+CDC_MIN = 256 << 10
+CDC_MAX = 4 << 20
+
+_cdc = None
+
+
+def _fastcdc() -> FastCDC:
+    global _cdc
+    if _cdc is None:
+        # avg_size in pyfastcdc excludes min_size (cut-point skipping); pass the mask size.
+        _cdc = FastCDC(CDC_AVG - CDC_MIN, min_size=CDC_MIN, max_size=CDC_MAX)
+    return _cdc
+
+
+def tensor_cuts(layout: Layout, size: int) -> list[int]:
+    """Sorted cut offsets (excluding 0, including *size*) for a safetensors file."""
+    cuts = {layout.header_end, size}
+    for t in layout.tensors:
+        cuts.add(t.start)
+        cuts.add(t.end)
+        for piece in range(t.start + TENSOR_PIECE, t.end, TENSOR_PIECE):
+            cuts.add(piece)
+    # Long padding runs are split too, so no chunk exceeds the piece size.
+    ordered = sorted(c for c in cuts if 0 < c <= size)
+    out: list[int] = []
+    prev = 0
+    for c in ordered:
+        while c - prev > TENSOR_PIECE:
+            prev += TENSOR_PIECE
+            out.append(prev)
+        out.append(c)
+        prev = c
+    return out
+
+
+def iter_chunks(
+    f: BinaryIO, size: int, *, safetensors: bool
+) -> tuple[Layout | None, Iterator[bytes | bytearray]]:
+    """Return the safetensors layout (or None) and an iterator of the file's chunks, in order.
+
+    *f* must be positioned at 0. Each yielded buffer is owned by the caller.
+    """
+    layout = None
+    if safetensors:
+        layout = read_layout(f, size)
+        f.seek(0)
+    if layout is not None:
+        return layout, _cut_at(f, tensor_cuts(layout, size))
+    return None, _cut_cdc(f)
+
+
+def _cut_at(f: BinaryIO, cuts: list[int]) -> Iterator[bytes | bytearray]:
+    prev = 0
+    for c in cuts:
+        n = c - prev
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            r = f.readinto(view[got:])  # type: ignore[attr-defined]
+            if not r:
+                raise OSError(f"file shrank while being read (expected {n - got} more bytes)")
+            got += r
+        prev = c
+        yield buf
+    trailing = f.read(1)
+    if trailing:
+        raise OSError("file grew while being read")
+
+
+def _cut_cdc(f: BinaryIO) -> Iterator[bytes]:
+    for chunk in _fastcdc().cut_stream(f):
+        # cut_stream reuses its buffer: copy before the next chunk is produced.
+        yield bytes(chunk.data)

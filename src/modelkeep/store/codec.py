@@ -1,0 +1,73 @@
+"""The framing every stored object carries.
+
+An object is a 16-byte header followed by its payload::
+
+    offset  size  field
+    0       4     magic  b"MKOB"
+    4       1     format version (1)
+    5       1     kind   (1 = chunk, 2 = snapshot)
+    6       1     codec flags (bit 0: zstd, bit 1: AEAD-sealed; both reserved, 0 in format 1)
+    7       1     reserved, 0
+    8       8     raw length, unsigned little-endian: length of the payload once decoded
+
+The header makes compression and encryption per-object options rather than new formats: a reader
+that meets a flag it does not know refuses the object instead of returning garbage. The payload of
+a format-1 object with flags 0 is the raw bytes; the object's id is the BLAKE3 of those bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+from modelkeep.errors import IntegrityError
+
+MAGIC = b"MKOB"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<4sBBBBQ")
+HEADER_SIZE = HEADER.size  # 16
+KNOWN_FLAGS = 0
+
+
+class Kind(IntEnum):
+    CHUNK = 1
+    SNAPSHOT = 2
+
+
+def encode_header(kind: Kind, raw_length: int, flags: int = 0) -> bytes:
+    return HEADER.pack(MAGIC, FORMAT_VERSION, int(kind), flags, 0, raw_length)
+
+
+def decode(blob: bytes | memoryview, kind: Kind, what: str) -> memoryview:
+    """Check *blob*'s header and return its payload. *what* names the object in errors."""
+    view = memoryview(blob)
+    if len(view) < HEADER_SIZE:
+        raise IntegrityError(f"{what} is truncated ({len(view)} bytes, header needs 16)")
+    magic, version, got_kind, flags, _reserved, raw_length = HEADER.unpack_from(view)
+    if magic != MAGIC:
+        raise IntegrityError(f"{what} is not a modelkeep object (bad magic)")
+    if version != FORMAT_VERSION:
+        raise IntegrityError(
+            f"{what} has format version {version}; this modelkeep reads version {FORMAT_VERSION}",
+            hint="upgrade modelkeep",
+        )
+    if got_kind != int(kind):
+        raise IntegrityError(f"{what} is a {_kind_name(got_kind)} object, expected {kind.name}")
+    if flags & ~KNOWN_FLAGS:
+        raise IntegrityError(
+            f"{what} uses codec flags {flags:#04x} that this modelkeep does not support",
+            hint="upgrade modelkeep or open the store with its key",
+        )
+    payload = view[HEADER_SIZE:]
+    if len(payload) != raw_length:
+        raise IntegrityError(
+            f"{what} is truncated: header says {raw_length} bytes, payload has {len(payload)}"
+        )
+    return payload
+
+
+def _kind_name(value: int) -> str:
+    try:
+        return Kind(value).name
+    except ValueError:
+        return f"unknown ({value})"

@@ -1,0 +1,224 @@
+"""Turning a folder (or one file) into stored chunks and the file entries of a snapshot.
+
+Pipeline: the calling thread reads each file sequentially, cuts it (see :mod:`chunking`) and feeds
+the whole-file hasher; a thread pool hashes each chunk, skips it if the store already has it, and
+writes it otherwise. A semaphore bounds the chunks in flight, so memory stays at
+``max_inflight x 4 MiB`` whatever the model size. Only chunks are written here: the snapshot and
+the registry entry come later, in that order, so an interrupted ingest leaves only unreferenced
+chunks, which the next attempt reuses.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from modelkeep.errors import SourceError, UnsafePathError
+from modelkeep.store.cache import KnownChunks
+from modelkeep.store.chunking import iter_chunks
+from modelkeep.store.codec import Kind
+from modelkeep.store.hashing import content_id, new_hasher
+from modelkeep.store.objects import ObjectDB
+from modelkeep.store.safetensors import Layout
+from modelkeep.store.snapshot import FileEntry
+
+Progress = Callable[[int], None]
+_Stored = tuple[str, int, bool]  # chunk id, length, created by this call
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file to store: its path inside the version, size, mode and how to open it."""
+
+    relpath: str
+    size: int
+    mode: int
+    open: Callable[[], BinaryIO]
+
+
+@dataclass
+class IngestStats:
+    files: int = 0
+    bytes_total: int = 0
+    bytes_added: int = 0  # raw bytes of chunks this ingest created
+    chunks_total: int = 0
+    chunks_added: int = 0
+
+    @property
+    def dedup_ratio(self) -> float:
+        """Fraction of the version's bytes that were already stored (0.0 to 1.0)."""
+        if not self.bytes_total:
+            return 1.0
+        return 1.0 - self.bytes_added / self.bytes_total
+
+
+def scan_local(path: str | os.PathLike[str]) -> list[SourceFile]:
+    """List the files of a local folder (or a single file), refusing anything that would let the
+    version reach outside the folder."""
+    root = Path(path)
+    if not root.exists() and not root.is_symlink():
+        raise SourceError(f"{str(path)!r} does not exist", hint="pass a model folder or file")
+    if root.is_file():
+        st = root.stat()
+        return [_local_file(root.name, root, st)]
+    if not root.is_dir():
+        raise SourceError(f"{str(path)!r} is not a regular file or folder")
+    real_root = root.resolve()
+    files: list[SourceFile] = []
+    visited: set[Path] = set()
+
+    def walk(directory: Path, prefix: str) -> None:
+        real = directory.resolve()
+        if real in visited:  # a symlink loop back into the tree
+            return
+        visited.add(real)
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except PermissionError as exc:
+            raise SourceError(f"cannot read folder {str(directory)!r}: permission denied") from exc
+        for entry in entries:
+            rel = f"{prefix}{entry.name}"
+            full = Path(entry.path)
+            if entry.is_symlink():
+                target = full.resolve()
+                if not target.is_relative_to(real_root):
+                    raise UnsafePathError(
+                        f"symlink {rel!r} points outside the model folder (to {str(target)!r})",
+                        hint="copy the file into the folder or remove the link",
+                    )
+                if not target.exists():
+                    raise SourceError(f"symlink {rel!r} is broken", hint="fix or remove it")
+            if entry.is_dir():
+                walk(full, rel + "/")
+            elif entry.is_file():
+                files.append(_local_file(rel, full, full.stat()))
+            else:
+                raise SourceError(
+                    f"{rel!r} is not a regular file (socket, device or pipe)",
+                    hint="remove it from the model folder",
+                )
+
+    walk(root, "")
+    if not files:
+        raise SourceError(f"folder {str(path)!r} has no files", hint="nothing to register")
+    return files
+
+
+def _local_file(rel: str, full: Path, st: os.stat_result) -> SourceFile:
+    if not stat.S_ISREG(st.st_mode):
+        raise SourceError(f"{rel!r} is not a regular file")
+    mode = 0o755 if st.st_mode & 0o111 else 0o644
+
+    def opener() -> BinaryIO:
+        try:
+            return open(full, "rb", buffering=0)
+        except PermissionError as exc:
+            raise SourceError(f"cannot read {rel!r}: permission denied") from exc
+
+    return SourceFile(rel, st.st_size, mode, opener)
+
+
+class Ingestor:
+    """Stores the chunks of source files in an :class:`ObjectDB`."""
+
+    def __init__(
+        self,
+        db: ObjectDB,
+        *,
+        known: KnownChunks | None = None,
+        workers: int | None = None,
+        max_inflight: int | None = None,
+    ) -> None:
+        self.db = db
+        self.known = known
+        self.workers = workers or (4 if db.location.is_local else 16)
+        self.max_inflight = max_inflight or self.workers * 2
+        self._seen: set[str] = set()
+        self._seen_lock = threading.Lock()
+
+    def _store_chunk(self, data: bytes | bytearray) -> tuple[str, int, bool]:
+        cid = content_id(data)
+        with self._seen_lock:
+            if cid in self._seen:
+                return cid, len(data), False
+            self._seen.add(cid)
+        if self.known is not None and self.known.contains(cid):
+            return cid, len(data), False
+        if not self.db.location.is_local and self.db.exists(Kind.CHUNK, cid):
+            created = False
+        else:
+            created = self.db.put(Kind.CHUNK, cid, data)
+        if self.known is not None:
+            self.known.add(cid)
+        return cid, len(data), created
+
+    def ingest(
+        self, sources: list[SourceFile], progress: Progress | None = None
+    ) -> tuple[tuple[FileEntry, ...], IngestStats]:
+        stats = IngestStats()
+        slots = threading.BoundedSemaphore(self.max_inflight)
+        pending: list[tuple[SourceFile, str, Layout | None, list[Future[_Stored]]]] = []
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="modelkeep-put") as pool:
+            try:
+                for src in sources:
+                    futures: list[Future[_Stored]] = []
+                    hasher = new_hasher()
+                    read = 0
+                    with src.open() as f:
+                        layout, chunks = iter_chunks(
+                            f, src.size, safetensors=src.relpath.endswith(".safetensors")
+                        )
+                        for data in chunks:
+                            hasher.update(data)
+                            read += len(data)
+                            slots.acquire()
+                            fut = pool.submit(self._store_chunk, data)
+                            fut.add_done_callback(lambda _f: slots.release())
+                            futures.append(fut)
+                            if progress is not None:
+                                progress(len(data))
+                    if read != src.size:
+                        raise SourceError(
+                            f"{src.relpath!r} changed size while being read "
+                            f"({src.size} -> {read} bytes)",
+                            hint="register it again once it is no longer being written",
+                        )
+                    pending.append((src, hasher.hexdigest(), layout, futures))
+                entries = []
+                for src, digest, layout, futures in pending:
+                    chunk_list = []
+                    for fut in futures:
+                        cid, n, created = fut.result()
+                        chunk_list.append((cid, n))
+                        stats.chunks_total += 1
+                        if created:
+                            stats.chunks_added += 1
+                            stats.bytes_added += n
+                    entries.append(
+                        FileEntry(
+                            path=src.relpath,
+                            size=src.size,
+                            mode=src.mode,
+                            digest=digest,
+                            chunks=tuple(chunk_list),
+                            tensors=layout.tensors if layout is not None else None,
+                            header_end=layout.header_end if layout is not None else None,
+                        )
+                    )
+                    stats.files += 1
+                    stats.bytes_total += src.size
+            except BaseException:
+                # Chunks already written stay (they are harmless and the retry reuses them);
+                # queued ones are dropped so the error surfaces now.
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            finally:
+                if self.known is not None:
+                    self.known.flush()
+        return tuple(entries), stats

@@ -1,0 +1,169 @@
+"""Store locations: from a URL (and storage options) to an fsspec filesystem and a root path.
+
+A location has a canonical *locator*, ``PROTOCOL/PATH`` (``file/abs/path``, ``s3/bucket/prefix``,
+``az/container/prefix``, ``memory/name``), which is what ``modelkeep://`` URIs embed so that any
+machine with the plugin and credentials can find the same store. Storage options (endpoints,
+credentials) never appear in a locator: they come from configuration or the environment.
+
+This module also turns backend exceptions into modelkeep errors, because each backend reports
+"no such endpoint" and "access denied" in its own way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+from modelkeep.errors import (
+    CredentialsError,
+    MissingExtraError,
+    ModelkeepError,
+    StoreError,
+    StoreUnreachableError,
+)
+
+# Protocol aliases folded to one canonical name so that the same store has one locator.
+_CANONICAL = {"file": "file", "local": "file", "s3": "s3", "s3a": "s3", "memory": "memory",
+              "az": "az", "abfs": "az", "abfss": "az", "gs": "gs", "gcs": "gs"}
+_EXTRA_FOR = {"s3": ("s3fs", "s3"), "az": ("adlfs", "azure"), "gs": ("gcsfs", "all")}
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a store lives: protocol, root path inside the filesystem, and storage options."""
+
+    protocol: str
+    root: str
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def locator(self) -> str:
+        """``PROTOCOL/PATH`` with no leading slash on the path: the URI-embeddable name."""
+        return f"{self.protocol}/{self.root.lstrip('/')}"
+
+    @property
+    def url(self) -> str:
+        if self.protocol == "file":
+            return self.root
+        return f"{self.protocol}://{self.root}"
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol == "file"
+
+    def filesystem(self) -> fsspec.AbstractFileSystem:
+        """Instantiate the fsspec filesystem (cached by fsspec per options)."""
+        options = dict(self.options)
+        if self.protocol == "s3":
+            # Fail fast on a dead endpoint instead of botocore's long default retry loop.
+            config = dict(options.pop("config_kwargs", {}) or {})
+            config.setdefault("connect_timeout", 5)
+            config.setdefault("read_timeout", 60)
+            config.setdefault("retries", {"max_attempts": 3, "mode": "standard"})
+            options["config_kwargs"] = config
+        if self.protocol == "memory":
+            options.pop("skip_instance_cache", None)
+        with translate_errors(self):
+            try:
+                return fsspec.filesystem(self.protocol, **options)
+            except ImportError as exc:
+                package, extra = _EXTRA_FOR.get(self.protocol, (str(exc.name), "all"))
+                raise MissingExtraError(package, extra) from exc
+            except ValueError as exc:
+                if "Protocol not known" in str(exc):
+                    raise StoreError(
+                        f"unsupported store protocol {self.protocol!r}",
+                        hint="use a local path, memory://, s3:// or az://",
+                    ) from exc
+                raise
+
+
+def parse_location(url: str, options: Mapping[str, Any] | None = None) -> Location:
+    """Parse a store URL (``/path``, ``file:///path``, ``s3://bucket/prefix``, ``az://c/p``,
+    ``memory://name``) into a :class:`Location`. Relative local paths become absolute."""
+    if not url:
+        raise StoreError("empty store URL", hint="pass --store or set `store` in modelkeep.toml")
+    protocol, sep, rest = url.partition("://")
+    if not sep:
+        protocol, rest = "file", url
+    protocol = _CANONICAL.get(protocol.lower(), protocol.lower())
+    if protocol == "file":
+        root = os.path.abspath(os.path.expanduser(rest))
+    else:
+        root = rest.strip("/")
+        if protocol == "memory":
+            root = "/" + root
+        if not root.strip("/"):
+            raise StoreError(
+                f"store URL {url!r} names no bucket or container",
+                hint=f"use {protocol}://BUCKET[/PREFIX]",
+            )
+    return Location(protocol, root, dict(options or {}))
+
+
+def location_from_locator(locator: str, options: Mapping[str, Any] | None = None) -> Location:
+    """Inverse of :attr:`Location.locator`."""
+    protocol, _, path = locator.partition("/")
+    if protocol == "file" or protocol == "memory":
+        return Location(protocol, "/" + path, dict(options or {}))
+    return Location(protocol, path, dict(options or {}))
+
+
+_UNREACHABLE_MARKERS = (
+    "could not connect",
+    "connection refused",
+    "connect timeout",
+    "name or service not known",
+    "failed to establish",
+    "cannot connect to host",
+    "max retries exceeded",
+    "temporary failure in name resolution",
+    "endpointconnectionerror",
+    "serviceRequestError".lower(),
+)
+_CREDENTIAL_MARKERS = (
+    "unable to locate credentials",
+    "nocredentialserror",
+    "invalidaccesskeyid",
+    "signaturedoesnotmatch",
+    "accessdenied",
+    "access denied",
+    "authenticationfailed",
+    "authorizationfailure",
+    "credential",
+    "forbidden",
+)
+
+
+def classify(exc: BaseException, location: Location) -> ModelkeepError | None:
+    """Map a backend exception to a modelkeep error, or None when it is not recognised."""
+    if isinstance(exc, ModelkeepError):
+        return exc
+    text = f"{type(exc).__name__}: {exc}".lower()
+    where = location.url
+    if isinstance(exc, PermissionError) or any(m in text for m in _CREDENTIAL_MARKERS):
+        return CredentialsError(f"access to store {where} was refused or has no credentials")
+    if isinstance(exc, (ConnectionError, TimeoutError)) or any(
+        m in text for m in _UNREACHABLE_MARKERS
+    ):
+        return StoreUnreachableError(f"store {where} is unreachable")
+    return None
+
+
+@contextmanager
+def translate_errors(location: Location) -> Iterator[None]:
+    """Re-raise recognised backend failures as modelkeep errors; leave the rest untouched."""
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError):
+        raise
+    except Exception as exc:
+        mapped = classify(exc, location)
+        if mapped is None or mapped is exc:
+            raise
+        raise mapped from exc

@@ -1,0 +1,203 @@
+"""Reading versions back: whole folders (pull) and lazy, seekable single files.
+
+A pull writes into a private sibling folder of the destination and renames it into place only when
+every chunk of every file has been fetched and verified, so a failed pull (integrity error, lost
+connection, full disk) leaves nothing at the destination. Paths come from a snapshot that has been
+validated (:func:`snapshot.check_relpath`); they are still checked against the folder they land in,
+as defence in depth.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import io
+import os
+import shutil
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from modelkeep.errors import DestinationExistsError, UnsafePathError
+from modelkeep.store.codec import Kind
+from modelkeep.store.objects import ObjectDB
+from modelkeep.store.snapshot import FileEntry, Snapshot, check_relpath
+
+Progress = Callable[[int], None]
+
+
+def fetch_chunks(
+    db: ObjectDB, entry: FileEntry, pool: ThreadPoolExecutor, window: int
+) -> Iterator[memoryview]:
+    """Yield the verified chunks of *entry* in order, keeping up to *window* fetches in flight."""
+    queue: deque[Future[memoryview]] = deque()
+    items = iter(enumerate(entry.chunks))
+
+    def submit_next() -> bool:
+        nxt = next(items, None)
+        if nxt is None:
+            return False
+        i, (cid, _n) = nxt
+        what = f"chunk {i} ({cid[:12]}) of {entry.path}"
+        queue.append(pool.submit(db.get, Kind.CHUNK, cid, what))
+        return True
+
+    for _ in range(window):
+        if not submit_next():
+            break
+    try:
+        while queue:
+            data = queue.popleft().result()
+            submit_next()
+            yield data
+    finally:
+        for fut in queue:
+            fut.cancel()
+
+
+def _target(root: Path, relpath: str) -> Path:
+    check_relpath(relpath)
+    target = root.joinpath(*relpath.split("/"))
+    # Defence in depth: even a validated path must resolve inside the folder being written.
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise UnsafePathError(f"path {relpath!r} would be written outside {str(root)!r}")
+    return target
+
+
+def materialize(
+    db: ObjectDB,
+    snapshot: Snapshot,
+    dest: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Write every file of *snapshot* under *dest*, atomically as a folder."""
+    dest = Path(dest)
+    if dest.exists() or dest.is_symlink():
+        if not dest.is_dir() or dest.is_symlink():
+            raise DestinationExistsError(
+                f"destination {str(dest)!r} exists and is not a folder",
+                hint="choose another destination",
+            )
+        if any(dest.iterdir()) and not overwrite:
+            raise DestinationExistsError(
+                f"destination {str(dest)!r} is not empty",
+                hint="choose an empty or new folder, or pass --force to replace it",
+            )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.modelkeep-partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    workers = workers or (4 if db.location.is_local else 16)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="modelkeep-get") as pool:
+            for entry in snapshot.files:
+                target = _target(staging, entry.path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    for data in fetch_chunks(db, entry, pool, workers * 2):
+                        out.write(data)
+                        if progress is not None:
+                            progress(len(data))
+                os.chmod(target, entry.mode)
+        if dest.exists():
+            retired = dest.parent / f".{dest.name}.modelkeep-old-{uuid.uuid4().hex[:8]}"
+            dest.rename(retired)
+            staging.rename(dest)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+class SnapshotFile(io.RawIOBase):
+    """A read-only, seekable view of one file of a version that fetches only the chunks it reads.
+
+    Recently read chunks are kept (a handful, bounded) so sequential small reads do not refetch.
+    """
+
+    def __init__(self, db: ObjectDB, entry: FileEntry, cache_chunks: int = 4) -> None:
+        super().__init__()
+        self._db = db
+        self.entry = entry
+        self.name = entry.path
+        self._offsets = entry.chunk_offsets()
+        self._pos = 0
+        self._cache: OrderedDict[int, memoryview] = OrderedDict()
+        self._cache_size = max(1, cache_chunks)
+        self.chunks_fetched = 0
+        self.bytes_fetched = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self.entry.size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise ValueError("negative seek position")
+        self._pos = pos
+        return pos
+
+    def _chunk(self, index: int) -> memoryview:
+        data = self._cache.get(index)
+        if data is not None:
+            self._cache.move_to_end(index)
+            return data
+        cid, _n = self.entry.chunks[index]
+        data = self._db.get(Kind.CHUNK, cid, f"chunk {index} ({cid[:12]}) of {self.entry.path}")
+        self.chunks_fetched += 1
+        self.bytes_fetched += len(data)
+        self._cache[index] = data
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        out = memoryview(buffer).cast("B")
+        want = min(len(out), max(0, self.entry.size - self._pos))
+        done = 0
+        while done < want:
+            index = bisect.bisect_right(self._offsets, self._pos) - 1
+            data = self._chunk(index)
+            start = self._pos - self._offsets[index]
+            n = min(want - done, len(data) - start)
+            out[done : done + n] = data[start : start + n]
+            done += n
+            self._pos += n
+        return done
+
+    def readall(self) -> bytes:
+        parts = []
+        while True:
+            block = self.read(8 << 20)
+            if not block:
+                break
+            parts.append(block)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._cache.clear()
+        with contextlib.suppress(Exception):
+            super().close()

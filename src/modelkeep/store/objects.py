@@ -1,0 +1,205 @@
+"""Write-once object storage over any fsspec filesystem.
+
+Layout under the store root (two-character fan-out, like git and dvc-objects)::
+
+    modelkeep-store.json        store descriptor (format version), written once
+    chunks/ab/cdef…             chunk objects, id = BLAKE3 of the raw chunk
+    snapshots/ab/cdef…          snapshot objects, id = BLAKE3 of the canonical JSON
+
+Objects are immutable. A write is a *conditional create*: it succeeds only if the object does not
+exist yet (``O_EXCL`` semantics through ``os.link`` locally, ``If-None-Match: *`` on S3,
+``overwrite=False`` on Azure). Losing that race is not an error: the object already holds the same
+bytes, because the name is the hash of the content. Nothing is ever renamed into place on an object
+store and nothing is ever overwritten, so a crash can leave only unreferenced objects, never a
+damaged one.
+
+Every read is checked against the id it was asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+
+import fsspec
+
+from modelkeep.errors import IntegrityError, NotFoundError
+from modelkeep.store import codec
+from modelkeep.store.codec import Kind
+from modelkeep.store.hashing import content_id, is_id
+from modelkeep.store.location import Location, translate_errors
+
+DESCRIPTOR = "modelkeep-store.json"
+_DIRS = {Kind.CHUNK: "chunks", Kind.SNAPSHOT: "snapshots"}
+
+
+def _is_exists_error(exc: BaseException) -> bool:
+    """Did a conditional create fail because the object is already there?
+
+    s3fs reports S3's 412 as an OSError/FileExistsError depending on version, adlfs raises
+    FileExistsError, memory raises FileExistsError; so test the shape, not one type.
+    """
+    if isinstance(exc, FileExistsError):
+        return True
+    text = f"{type(exc).__name__} {exc}"
+    return any(m in text for m in ("PreconditionFailed", "412", "BlobAlreadyExists", "409"))
+
+
+class ObjectDB:
+    """Content-addressed, write-once objects under ``location.root``."""
+
+    def __init__(self, location: Location, fs: fsspec.AbstractFileSystem | None = None) -> None:
+        self.location = location
+        self.fs = fs if fs is not None else location.filesystem()
+        self.root = location.root.rstrip("/")
+        self._local = location.is_local
+        self._made_dirs: set[str] = set()
+        self._dirs_lock = threading.Lock()
+
+    # -- paths -----------------------------------------------------------------------------
+
+    def path(self, kind: Kind, oid: str) -> str:
+        if not is_id(oid):
+            raise IntegrityError(f"malformed object id {oid!r}")
+        return f"{self.root}/{_DIRS[kind]}/{oid[:2]}/{oid[2:]}"
+
+    def descriptor_path(self) -> str:
+        return f"{self.root}/{DESCRIPTOR}"
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def put(self, kind: Kind, oid: str, raw: bytes | memoryview) -> bool:
+        """Store *raw* under *oid* unless present. Returns True if this call created it."""
+        header = codec.encode_header(kind, len(raw))
+        path = self.path(kind, oid)
+        if self._local:
+            return self._put_local(path, header, raw)
+        blob = header + bytes(raw)
+        with translate_errors(self.location):
+            try:
+                self.fs.pipe_file(path, blob, mode="create")
+            except Exception as exc:
+                if _is_exists_error(exc):
+                    return False
+                raise
+        return True
+
+    def put_raw_once(self, path: str, blob: bytes) -> bool:
+        """Conditional create of a non-content-addressed file (the descriptor)."""
+        if self._local:
+            return self._put_local(path, b"", blob)
+        with translate_errors(self.location):
+            try:
+                self.fs.pipe_file(path, blob, mode="create")
+            except Exception as exc:
+                if _is_exists_error(exc):
+                    return False
+                raise
+        return True
+
+    def _put_local(self, path: str, header: bytes, raw: bytes | memoryview) -> bool:
+        if os.path.exists(path):
+            return False
+        directory = os.path.dirname(path)
+        self._ensure_dir(directory)
+        # Write a private temp file, then hard-link it to the final name: link() fails if the name
+        # exists, which is O_EXCL for a complete file, so no reader ever sees a half-written object.
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(header)
+                f.write(raw)
+            os.chmod(tmp, 0o444)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError as exc:  # filesystems without hard links
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                return self._create_excl(path, header, raw)
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    @staticmethod
+    def _create_excl(path: str, header: bytes, raw: bytes | memoryview) -> bool:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            f.write(raw)
+        return True
+
+    def _ensure_dir(self, directory: str) -> None:
+        if directory in self._made_dirs:
+            return
+        os.makedirs(directory, exist_ok=True)
+        with self._dirs_lock:
+            self._made_dirs.add(directory)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def exists(self, kind: Kind, oid: str) -> bool:
+        path = self.path(kind, oid)
+        if self._local:
+            return os.path.exists(path)
+        with translate_errors(self.location):
+            return bool(self.fs.exists(path))
+
+    def read_blob(self, path: str, what: str) -> bytes:
+        try:
+            if self._local:
+                with open(path, "rb") as f:
+                    return f.read()
+            with translate_errors(self.location):
+                return bytes(self.fs.cat_file(path))
+        except FileNotFoundError:
+            raise NotFoundError(f"{what} is missing from the store {self.location.url}") from None
+
+    def get(self, kind: Kind, oid: str, what: str | None = None) -> memoryview:
+        """Return the raw payload of an object after checking its header and its id."""
+        what = what or f"{kind.name.lower()} {oid[:12]}"
+        payload = codec.decode(self.read_blob(self.path(kind, oid), what), kind, what)
+        if content_id(payload) != oid:
+            raise IntegrityError(f"{what} is corrupt: its content does not match its id {oid}")
+        return payload
+
+    def iter_ids(self, kind: Kind) -> Iterator[str]:
+        """Every id of *kind* in the store (one listing per fan-out directory)."""
+        base = f"{self.root}/{_DIRS[kind]}"
+        with translate_errors(self.location):
+            if self._local:
+                if not os.path.isdir(base):
+                    return
+                for fan in sorted(os.listdir(base)):
+                    sub = os.path.join(base, fan)
+                    if len(fan) != 2 or not os.path.isdir(sub):
+                        continue
+                    for name in sorted(os.listdir(sub)):
+                        if is_id(fan + name):
+                            yield fan + name
+                return
+            try:
+                entries = self.fs.find(base)
+            except FileNotFoundError:
+                return
+            for entry in sorted(entries):
+                parts = entry.rstrip("/").split("/")
+                if len(parts) >= 2 and is_id(parts[-2] + parts[-1]) and len(parts[-2]) == 2:
+                    yield parts[-2] + parts[-1]
+
+    def size(self, kind: Kind, oid: str) -> int:
+        """Stored size of an object, header included."""
+        path = self.path(kind, oid)
+        if self._local:
+            return os.path.getsize(path)
+        with translate_errors(self.location):
+            return int(self.fs.size(path))

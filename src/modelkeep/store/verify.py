@@ -1,0 +1,99 @@
+"""Checking stored content against its ids: every chunk of every file of the given snapshots.
+
+A chunk shared by several files or versions is fetched once; a problem is reported once per file
+and chunk that uses it, so the report names every damaged file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from modelkeep.errors import IntegrityError, ModelkeepError, NotFoundError
+from modelkeep.store.codec import Kind
+from modelkeep.store.objects import ObjectDB
+from modelkeep.store.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One damaged or missing object, and where it is used."""
+
+    snapshot: str
+    path: str | None  # file inside the version; None for the snapshot object itself
+    chunk_index: int | None
+    offset: int | None
+    object_id: str
+    reason: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"snapshot": self.snapshot, "path": self.path, "chunk": self.chunk_index,
+                "offset": self.offset, "object": self.object_id, "reason": self.reason}
+
+    def __str__(self) -> str:
+        if self.path is None:
+            return f"snapshot {self.snapshot[:12]}: {self.reason}"
+        return (f"{self.path}: chunk {self.chunk_index} at offset {self.offset} "
+                f"({self.object_id[:12]}): {self.reason}")
+
+
+@dataclass
+class VerifyReport:
+    snapshots: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, object]:
+        return {"ok": self.ok, "snapshots": self.snapshots, "chunks": self.chunks,
+                "bytes": self.bytes, "problems": [p.to_json() for p in self.problems]}
+
+
+def verify_snapshots(
+    db: ObjectDB,
+    snapshots: Iterable[tuple[str, Snapshot]],
+    *,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    report = VerifyReport()
+    uses: dict[str, list[tuple[str, str, int, int]]] = {}
+    sizes: dict[str, int] = {}
+    for sid, snap in snapshots:
+        report.snapshots += 1
+        for entry in snap.files:
+            offsets = entry.chunk_offsets()
+            for i, ((cid, n), off) in enumerate(zip(entry.chunks, offsets, strict=True)):
+                uses.setdefault(cid, []).append((sid, entry.path, i, off))
+                sizes[cid] = n
+
+    def check(cid: str) -> tuple[str, str | None]:
+        try:
+            data = db.get(Kind.CHUNK, cid)
+        except NotFoundError:
+            return cid, "missing"
+        except IntegrityError as exc:
+            return cid, exc.message
+        except ModelkeepError as exc:
+            return cid, str(exc)
+        if len(data) != sizes[cid]:
+            return cid, f"has {len(data)} bytes, snapshot says {sizes[cid]}"
+        return cid, None
+
+    workers = workers or (4 if db.location.is_local else 16)
+    with ThreadPoolExecutor(workers, thread_name_prefix="modelkeep-verify") as pool:
+        for cid, reason in pool.map(check, sorted(uses)):
+            report.chunks += 1
+            report.bytes += sizes[cid]
+            if progress is not None:
+                progress(sizes[cid])
+            if reason is not None:
+                for sid, path, i, off in uses[cid]:
+                    report.problems.append(Problem(sid, path, i, off, cid, reason))
+    report.problems.sort(key=lambda p: (p.snapshot, p.path or "", p.chunk_index or 0))
+    return report
