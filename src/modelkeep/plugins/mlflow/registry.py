@@ -58,7 +58,8 @@ class MlflowRegistry:
             yield
         except MlflowException as exc:
             code = str(getattr(exc, "error_code", ""))
-            if code in _NOT_FOUND:
+            # A missing alias comes back as INVALID_PARAMETER_VALUE "... not found".
+            if code in _NOT_FOUND or "not found" in str(exc).lower():
                 raise NotFoundError(f"{what} not found in registry {self.uri}",
                                     hint="list models with `modelkeep list`") from None
             if code in _DENIED:

@@ -1,0 +1,56 @@
+"""Test helpers: small real models written with numpy, and tree comparison."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+
+def tensors(seed: int = 0, n: int = 20, rows: int = 256, cols: int = 512) -> dict[str, np.ndarray]:
+    """A float16 model of *n* weight matrices (256 KiB each by default) plus small norms."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for i in range(n):
+        out[f"layers.{i:02d}.weight"] = rng.standard_normal((rows, cols)).astype(np.float16)
+        out[f"layers.{i:02d}.norm"] = rng.standard_normal(cols).astype(np.float16)
+    return out
+
+
+def write_model(folder: Path, ts: dict[str, np.ndarray], *, extra: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(ts, str(folder / "model.safetensors"), metadata={"format": "np"})
+    if extra:
+        (folder / "config.json").write_text('{"hidden": 512, "layers": 20}\n')
+        sub = folder / "tokenizer"
+        sub.mkdir(exist_ok=True)
+        (sub / "vocab.txt").write_bytes(os.urandom(300_000))
+        (sub / "empty.txt").write_bytes(b"")
+        run = folder / "run.sh"
+        run.write_text("#!/bin/sh\necho serve\n")
+        run.chmod(0o755)
+    return folder
+
+
+def change_fraction(ts: dict[str, np.ndarray], fraction: float, seed: int = 1) -> list[str]:
+    """Overwrite *fraction* of the weight matrices in place; return their names."""
+    names = sorted(k for k in ts if k.endswith(".weight"))
+    count = max(1, round(len(names) * fraction))
+    rng = np.random.default_rng(seed)
+    changed = names[:: max(1, len(names) // count)][:count]
+    for name in changed:
+        ts[name] = rng.standard_normal(ts[name].shape).astype(np.float16)
+    return changed
+
+
+def tree_digest(folder: Path) -> dict[str, tuple[str, int]]:
+    """{relative path: (sha256, mode bits)} of every file under *folder*."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(folder).as_posix()
+            out[rel] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mode & 0o111)
+    return out
