@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -266,14 +267,18 @@ class Keep:
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of *name*, oldest first."""
         validate_name(name)
-        out = []
-        for rv in self.registry.versions(name):
+
+        def load(rv: RegistryVersion) -> ModelVersion | None:
             try:
                 _s, snap, sid = self._load(rv)
             except NotFoundError:
-                continue  # a version some other tool registered under this name
-            out.append(self._version(rv, snap, sid))
-        return out
+                return None  # a version some other tool registered under this name
+            return self._version(rv, snap, sid)
+
+        # Snapshots are small but each is a round trip on an object store: fetch them together.
+        with ThreadPoolExecutor(8, thread_name_prefix="modelkeep-list") as pool:
+            loaded = list(pool.map(load, self.registry.versions(name)))
+        return [v for v in loaded if v is not None]
 
     def models(self) -> list[str]:
         return self.registry.models()

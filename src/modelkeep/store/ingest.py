@@ -163,6 +163,12 @@ class Ingestor:
     ) -> tuple[tuple[FileEntry, ...], IngestStats]:
         stats = IngestStats()
         slots = threading.BoundedSemaphore(self.max_inflight)
+        failed: list[BaseException] = []
+
+        def done(fut: Future[_Stored]) -> None:
+            slots.release()
+            if not fut.cancelled() and fut.exception() is not None:
+                failed.append(fut.exception())  # type: ignore[arg-type]
         pending: list[tuple[SourceFile, str, Layout | None, list[Future[_Stored]]]] = []
         with ThreadPoolExecutor(self.workers, thread_name_prefix="modelkeep-put") as pool:
             try:
@@ -177,9 +183,11 @@ class Ingestor:
                         for data in chunks:
                             hasher.update(data)
                             read += len(data)
+                            if failed:  # stop reading as soon as a write has failed
+                                raise failed[0]
                             slots.acquire()
                             fut = pool.submit(self._store_chunk, data)
-                            fut.add_done_callback(lambda _f: slots.release())
+                            fut.add_done_callback(done)
                             futures.append(fut)
                             if progress is not None:
                                 progress(len(data))
