@@ -121,7 +121,8 @@ def test_crafted_snapshot_with_unsafe_path_is_refused_at_pull(
     keep.store.ensure_initialized()
     keep.store.db.put(Kind.CHUNK, cid, data)
     doc = {
-        "format": 1, "type": "modelkeep.snapshot", "name": "x", "created": "2026-01-01T00:00:00Z",
+        "format": 1, "type": "modelkeep.snapshot", "name": "x",
+        "created": "2026-01-01T00:00:00.000000Z",
         "author": "", "message": "", "parents": [], "tags": {}, "lineage": {}, "size": len(data),
         "files": [{"path": evil, "size": len(data), "mode": 0o644, "digest": cid,
                    "chunks": [[cid, len(data)]]}],
@@ -179,3 +180,22 @@ def test_missing_credentials(tmp_path: Path, mlflow_sqlite_uri: str, moto_s3,  #
     with pytest.raises(CredentialsError, match="credentials"):
         keep.register(name, write_model(tmp_path / "m", tensors(n=2), extra=False))
     assert name not in keep.models()
+
+
+def test_store_path_with_at_sign_is_refused(tmp_path: Path, mlflow_sqlite_uri: str) -> None:
+    from modelkeep.errors import StoreError
+
+    with pytest.raises(StoreError, match="'@'"):
+        modelkeep.open(store=str(tmp_path / "a@b"), registry=mlflow_sqlite_uri)
+
+
+def test_snapshot_with_file_under_file_is_refused(keep: modelkeep.Keep) -> None:
+    from modelkeep.errors import IntegrityError
+    from modelkeep.store.snapshot import FileEntry, Snapshot, parse
+
+    data = b"x"
+    cid = content_id(data)
+    entries = tuple(FileEntry(p, 1, 0o644, cid, ((cid, 1),)) for p in ("a", "a/b"))
+    snap = Snapshot(name="x", files=entries, created="2026-01-01T00:00:00.000000Z")
+    with pytest.raises(IntegrityError, match="which is a file"):
+        parse(snap.encode())

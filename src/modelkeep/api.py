@@ -35,6 +35,7 @@ from modelkeep.store import (
     scan_local,
     utc_now,
 )
+from modelkeep.store.snapshot import CREATED_FORMAT
 
 Progress = Callable[[int], None]
 TAG_PREFIX = "modelkeep."
@@ -241,8 +242,7 @@ class Keep:
             version=rv.version,
             snapshot_id=sid,
             uri=rv.source,
-            created=datetime.strptime(snap.created, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-                tzinfo=UTC),
+            created=datetime.strptime(snap.created, CREATED_FORMAT).replace(tzinfo=UTC),
             size=snap.size,
             files=snap.files,
             tags=dict(rv.tags),

@@ -1,9 +1,10 @@
 """How a file is cut into chunks.
 
-* safetensors: the header (``8 + N`` bytes) is one chunk and every tensor starts a new chunk, so a
+* safetensors: the header (``8 + N`` bytes) ends a chunk and every tensor starts a new one, so a
   changed, inserted or re-sharded tensor changes only its own chunks. Tensors larger than
-  :data:`TENSOR_PIECE` are split into pieces of that size counted from the tensor's start. Bytes
-  between or after tensors (padding) form chunks of their own.
+  :data:`TENSOR_PIECE` are split into pieces of that size counted from the tensor's start; so are
+  a header and padding runs of that size or more. Bytes between or after tensors (padding) form
+  chunks of their own.
 * everything else: FastCDC (compiled, ``pyfastcdc``) with a 1 MiB average, 256 KiB minimum and
   4 MiB maximum, so an insertion shifts only the chunks around it.
 

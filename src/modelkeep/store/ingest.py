@@ -84,6 +84,13 @@ def scan_local(path: str | os.PathLike[str]) -> list[SourceFile]:
             raise SourceError(f"cannot read folder {str(directory)!r}: permission denied") from exc
         for entry in entries:
             rel = f"{prefix}{entry.name}"
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                raise SourceError(
+                    f"file name {rel.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8",
+                    hint="rename it; version paths are UTF-8",
+                ) from None
             full = Path(entry.path)
             if entry.is_symlink():
                 target = full.resolve()

@@ -92,6 +92,9 @@ def parse_location(url: str, options: Mapping[str, Any] | None = None) -> Locati
     if not sep:
         protocol, rest = "file", url
     protocol = _CANONICAL.get(protocol.lower(), protocol.lower())
+    if "@" in rest:
+        # '@' introduces the snapshot id in modelkeep:// URIs; a store path cannot contain it.
+        raise StoreError(f"store URL {url!r} contains '@'", hint="choose a path without '@'")
     if protocol == "file":
         root = os.path.abspath(os.path.expanduser(rest))
     else:

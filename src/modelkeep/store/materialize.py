@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from modelkeep.errors import DestinationExistsError, UnsafePathError
+from modelkeep.errors import DestinationExistsError, IntegrityError, UnsafePathError
 from modelkeep.store.codec import Kind
 from modelkeep.store.objects import ObjectDB
 from modelkeep.store.snapshot import FileEntry, Snapshot, check_relpath
@@ -47,9 +47,15 @@ def fetch_chunks(
     for _ in range(window):
         if not submit_next():
             break
+    lengths = iter(n for _cid, n in entry.chunks)
     try:
         while queue:
             data = queue.popleft().result()
+            expected = next(lengths)
+            if len(data) != expected:
+                raise IntegrityError(
+                    f"a chunk of {entry.path} has {len(data)} bytes, its snapshot says {expected}"
+                )
             submit_next()
             yield data
     finally:
@@ -163,8 +169,11 @@ class SnapshotFile(io.RawIOBase):
         if data is not None:
             self._cache.move_to_end(index)
             return data
-        cid, _n = self.entry.chunks[index]
+        cid, n = self.entry.chunks[index]
         data = self._db.get(Kind.CHUNK, cid, f"chunk {index} ({cid[:12]}) of {self.entry.path}")
+        if len(data) != n:
+            raise IntegrityError(f"chunk {index} of {self.entry.path} has {len(data)} bytes, "
+                                 f"its snapshot says {n}")
         self.chunks_fetched += 1
         self.bytes_fetched += len(data)
         self._cache[index] = data

@@ -118,25 +118,16 @@ class ObjectDB:
                 os.link(tmp, path)
             except FileExistsError:
                 return False
-            except OSError as exc:  # filesystems without hard links
+            except OSError as exc:
                 if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
                     raise
-                return self._create_excl(path, header, raw)
+                # No hard links here: an atomic rename is next best. Replacing an object that
+                # appeared meanwhile is harmless, since the same name means the same bytes.
+                os.replace(tmp, path)
             return True
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-
-    @staticmethod
-    def _create_excl(path: str, header: bytes, raw: bytes | memoryview) -> bool:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(raw)
-        return True
 
     def _ensure_dir(self, directory: str) -> None:
         if directory in self._made_dirs:

@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from modelkeep.errors import IntegrityError, UnsafePathError
@@ -23,6 +24,7 @@ from modelkeep.store.hashing import content_id, is_id
 from modelkeep.store.safetensors import Tensor
 
 SNAPSHOT_FORMAT = 1
+CREATED_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # UTC, microseconds
 _DRIVE = re.compile(r"^[A-Za-z]:")
 MAX_PATH = 4096
 
@@ -210,6 +212,11 @@ def parse(payload: bytes | memoryview, what: str = "snapshot") -> Snapshot:
             raise _fail(what, f"duplicate path {entry.path!r}")
         seen.add(entry.path)
         files.append(entry)
+    for path in seen:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in seen:
+                raise _fail(what, f"{path!r} lies under {'/'.join(parts[:i])!r}, which is a file")
     parents = []
     for raw in _req(data, "parents", list, what):
         if not isinstance(raw, dict) or not is_id(raw.get("snapshot")):
@@ -223,10 +230,15 @@ def parse(payload: bytes | memoryview, what: str = "snapshot") -> Snapshot:
     tags = _req(data, "tags", dict, what)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
         raise _fail(what, "tags must map strings to strings")
+    created = _req(data, "created", str, what)
+    try:
+        datetime.strptime(created, CREATED_FORMAT)
+    except ValueError:
+        raise _fail(what, f"'created' is not {CREATED_FORMAT}") from None
     snap = Snapshot(
         name=_req(data, "name", str, what),
         files=tuple(files),
-        created=_req(data, "created", str, what),
+        created=created,
         author=_req(data, "author", str, what),
         message=_req(data, "message", str, what),
         parents=tuple(parents),

@@ -27,11 +27,12 @@ from typing import Any
 from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError, StoreError
 from modelkeep.store.cache import KnownChunks
 from modelkeep.store.codec import Kind
+from modelkeep.store.hashing import content_id
 from modelkeep.store.ingest import Ingestor, IngestStats, SourceFile
 from modelkeep.store.location import Location, location_from_locator, parse_location
 from modelkeep.store.materialize import SnapshotFile, materialize
 from modelkeep.store.objects import ObjectDB
-from modelkeep.store.snapshot import FileEntry, Snapshot, parse
+from modelkeep.store.snapshot import CREATED_FORMAT, FileEntry, Snapshot, parse
 from modelkeep.store.verify import Problem, VerifyReport, verify_snapshots
 
 SCHEME = "modelkeep"
@@ -61,7 +62,7 @@ def parse_uri(uri: str) -> ParsedURI:
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime(CREATED_FORMAT)
 
 
 class Store:
@@ -72,8 +73,15 @@ class Store:
         self.db = ObjectDB(location)
         if use_cache is None:
             use_cache = not location.is_local and location.protocol != "memory"
-        self.known = KnownChunks(location.locator) if use_cache else None
+        self.known = KnownChunks(self._cache_key()) if use_cache else None
         self._descriptor_ok = False
+
+    def _cache_key(self) -> str:
+        # The locator leaves out the endpoint, so two services with a bucket of the same name
+        # would share entries; the options (endpoint, account) tell them apart. Hashed, because
+        # they may hold secrets.
+        opts = json.dumps(dict(self.location.options), sort_keys=True, default=str)
+        return f"{self.location.locator}#{content_id(opts.encode())[:16]}"
 
     @classmethod
     def open(cls, url: str, options: dict[str, Any] | None = None) -> Store:
