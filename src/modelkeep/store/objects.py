@@ -23,6 +23,7 @@ import errno
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 
 import fsspec
@@ -37,16 +38,11 @@ DESCRIPTOR = "modelkeep-store.json"
 _DIRS = {Kind.CHUNK: "chunks", Kind.SNAPSHOT: "snapshots"}
 
 
-def _is_exists_error(exc: BaseException) -> bool:
-    """Did a conditional create fail because the object is already there?
-
-    s3fs reports S3's 412 as an OSError/FileExistsError depending on version, adlfs raises
-    FileExistsError, memory raises FileExistsError; so test the shape, not one type.
-    """
-    if isinstance(exc, FileExistsError):
-        return True
-    text = f"{type(exc).__name__} {exc}"
-    return any(m in text for m in ("PreconditionFailed", "412", "BlobAlreadyExists", "409"))
+# s3fs (412 PreconditionFailed), adlfs (409 BlobAlreadyExists) and memory all raise a plain
+# FileExistsError for a lost conditional create. AWS may instead answer 409
+# ConditionalRequestConflict while a competing create is in flight; s3fs raises that as
+# OSError(EBUSY), and a retry then finds the object (or creates it).
+_CREATE_ATTEMPTS = 5
 
 
 class ObjectDB:
@@ -78,28 +74,27 @@ class ObjectDB:
         path = self.path(kind, oid)
         if self._local:
             return self._put_local(path, header, raw)
-        blob = header + bytes(raw)
-        with translate_errors(self.location):
-            try:
-                self.fs.pipe_file(path, blob, mode="create")
-            except Exception as exc:
-                if _is_exists_error(exc):
-                    return False
-                raise
-        return True
+        return self._create_remote(path, header + bytes(raw))
 
     def put_raw_once(self, path: str, blob: bytes) -> bool:
         """Conditional create of a non-content-addressed file (the descriptor)."""
         if self._local:
             return self._put_local(path, b"", blob)
+        return self._create_remote(path, blob)
+
+    def _create_remote(self, path: str, blob: bytes) -> bool:
         with translate_errors(self.location):
-            try:
-                self.fs.pipe_file(path, blob, mode="create")
-            except Exception as exc:
-                if _is_exists_error(exc):
+            for attempt in range(_CREATE_ATTEMPTS):
+                try:
+                    self.fs.pipe_file(path, blob, mode="create")
+                    return True
+                except FileExistsError:
                     return False
-                raise
-        return True
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or attempt == _CREATE_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.1 * 2**attempt)
+        return False
 
     def _put_local(self, path: str, header: bytes, raw: bytes | memoryview) -> bool:
         if os.path.exists(path):

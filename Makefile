@@ -1,0 +1,44 @@
+# Build / test entry points. `make test` is what CI runs (via .ci/run).
+
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+
+.DEFAULT_GOAL := test
+.PHONY: .venv node_modules test lint demo bench clean
+
+# `make .venv` / `make node_modules`: set up once; re-runs are no-ops until the inputs change.
+.venv: $(VENV_STAMP)
+node_modules: $(NODE_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install --upgrade pip
+	$(VPY) -m pip install -e ".[test]"
+	touch $@
+
+# Azurite (Azure Blob emulator) for the adlfs tests, pinned by package-lock.json.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	test -x node_modules/.bin/azurite-blob
+	touch $@
+
+test: .venv node_modules
+	$(VENV)/bin/ruff check src tests bench
+	$(VPY) -m pytest -n 2
+
+lint: .venv
+	$(VENV)/bin/ruff check src tests bench
+
+demo: .venv
+	$(VPY) examples/demo.py
+
+bench: .venv
+	$(VPY) bench/run.py
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache build dist
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -name '*.egg-info' -type d -prune -exec rm -rf {} +

@@ -1,0 +1,46 @@
+"""Shared fixtures: real local backends (moto S3, Azurite) and an MLflow registry URI.
+
+Session-scoped, so under pytest-xdist each worker starts its own servers.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.servers import Azurite, MotoS3, ServerStartError, start_azurite, start_moto
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory):
+    """A moto S3 server on a free loopback port (``endpoint_url``, ``storage_options``,
+    ``make_bucket()``)."""
+    try:
+        server: MotoS3 = start_moto(tmp_path_factory.mktemp("moto"))
+    except ServerStartError as exc:
+        pytest.fail(f"could not start moto S3 server:\n{exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory):
+    """An Azurite blob server on a free loopback port (``connection_string``,
+    ``storage_options``, ``make_container()``)."""
+    try:
+        server: Azurite = start_azurite(tmp_path_factory.mktemp("azurite"))
+    except (ServerStartError, FileNotFoundError) as exc:
+        pytest.fail(f"could not start Azurite:\n{exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A ``sqlite:///`` URI for an MLflow tracking/registry store; the schema is
+    created on first use."""
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    return f"sqlite:///{db}"

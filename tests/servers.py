@@ -1,0 +1,288 @@
+"""Local backend servers for the test suite.
+
+Each server runs as a child process on a free loopback port, with its output
+written to a log file.  Startup failures raise ``ServerStartError`` carrying
+the tail of that log, and every process is killed at interpreter exit even if
+the fixture teardown never ran.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT = 30.0
+
+# Well-known development account of the Azure storage emulators (public, not a secret).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+_live: set[ManagedProcess] = set()
+
+
+class ServerStartError(RuntimeError):
+    """A test server did not come up."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(path: Path, limit: int = 6000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"<could not read {path}: {exc}>"
+    return text[-limit:] if text else "<empty>"
+
+
+class ManagedProcess:
+    """A child process in its own process group, logging to a file."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict | None = None):
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        _live.add(self)
+
+    def wait_ready(self, probe: Callable[[], bool], timeout: float = STARTUP_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                self.stop()
+                raise ServerStartError(
+                    f"{self.name} exited with code {code} during startup\n"
+                    f"command: {' '.join(self.argv)}\n"
+                    f"log ({self.log_path}):\n{_log_tail(self.log_path)}"
+                )
+            try:
+                if probe():
+                    return
+            except Exception:  # not up yet
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerStartError(
+                    f"{self.name} did not become ready within {timeout:.0f}s\n"
+                    f"command: {' '.join(self.argv)}\n"
+                    f"log ({self.log_path}):\n{_log_tail(self.log_path)}"
+                )
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        _live.discard(self)
+        if self.proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        else:
+            # The leader is gone; make sure nothing it spawned lingers.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self._log.close()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for p in list(_live):
+        p.stop()
+
+
+def _http_answers(url: str) -> bool:
+    """True once anything at all answers HTTP on ``url`` (an error status counts)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+
+
+def _start_with_retries(start: Callable[[int], ManagedProcess], attempts: int = 3):
+    """Start a server on a fresh port, retrying if the port was taken meanwhile."""
+    last: ServerStartError | None = None
+    for _ in range(attempts):
+        port = free_port()
+        try:
+            return port, start(port)
+        except ServerStartError as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
+# --------------------------------------------------------------------------- S3 (moto)
+
+
+@dataclass
+class MotoS3:
+    endpoint_url: str
+    process: ManagedProcess
+    key: str = "testing"
+    secret: str = "testing"
+    region: str = "us-east-1"
+    _client: Any = field(default=None, repr=False)
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``s3fs.S3FileSystem(**opts)``."""
+        return {
+            "key": self.key,
+            "secret": self.secret,
+            "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": self.region},
+        }
+
+    def client(self):
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                aws_access_key_id=self.key,
+                aws_secret_access_key=self.secret,
+                region_name=self.region,
+            )
+        return self._client
+
+    def make_bucket(self) -> str:
+        name = f"mk-{uuid.uuid4().hex[:20]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+def start_moto(workdir: Path) -> MotoS3:
+    exe = Path(sys.executable).parent / "moto_server"
+    if not exe.exists():
+        raise ServerStartError(f"{exe} not found; install the test extra: pip install -e '.[test]'")
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+    def start(port: int) -> ManagedProcess:
+        proc = ManagedProcess(
+            "moto_server",
+            [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+            workdir / f"moto-{port}.log",
+            env=env,
+        )
+        proc.wait_ready(lambda: _http_answers(f"http://127.0.0.1:{port}/moto-api/"))
+        return proc
+
+    port, proc = _start_with_retries(start)
+    return MotoS3(endpoint_url=f"http://127.0.0.1:{port}", process=proc)
+
+
+# --------------------------------------------------------------------- Azure (Azurite)
+
+
+def azurite_bin() -> Path:
+    return REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
+
+
+@dataclass
+class Azurite:
+    blob_endpoint: str
+    process: ManagedProcess
+    account_name: str = AZURITE_ACCOUNT
+    account_key: str = AZURITE_KEY
+    _service: Any = field(default=None, repr=False)
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            "DefaultEndpointsProtocol=http;"
+            f"AccountName={self.account_name};"
+            f"AccountKey={self.account_key};"
+            f"BlobEndpoint={self.blob_endpoint};"
+        )
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``adlfs.AzureBlobFileSystem(**opts)``."""
+        return {"connection_string": self.connection_string}
+
+    def service(self):
+        if self._service is None:
+            from azure.storage.blob import BlobServiceClient
+
+            self._service = BlobServiceClient.from_connection_string(self.connection_string)
+        return self._service
+
+    def make_container(self) -> str:
+        name = f"mk-{uuid.uuid4().hex[:20]}"
+        self.service().create_container(name)
+        return name
+
+
+def start_azurite(workdir: Path) -> Azurite:
+    exe = azurite_bin()
+    if not exe.exists():
+        raise FileNotFoundError(
+            f"{exe} is missing. The Azure tests need the Azurite emulator: "
+            "run `make node_modules` at the repository root."
+        )
+
+    def start(port: int) -> ManagedProcess:
+        location = workdir / f"azurite-{port}"
+        location.mkdir(parents=True, exist_ok=True)
+        proc = ManagedProcess(
+            "azurite-blob",
+            [
+                str(exe),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(port),
+                "--location",
+                str(location),
+                "--loose",
+                "--skipApiVersionCheck",
+                "--disableTelemetry",
+            ],
+            workdir / f"azurite-{port}.log",
+        )
+        proc.wait_ready(
+            lambda: _http_answers(f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list")
+        )
+        return proc
+
+    port, proc = _start_with_retries(start)
+    return Azurite(blob_endpoint=f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}", process=proc)
