@@ -176,6 +176,7 @@ class Ingestor:
             slots.release()
             if not fut.cancelled() and fut.exception() is not None:
                 failed.append(fut.exception())  # type: ignore[arg-type]
+
         pending: list[tuple[SourceFile, str, Layout | None, list[Future[_Stored]]]] = []
         with ThreadPoolExecutor(self.workers, thread_name_prefix="modelkeep-put") as pool:
             try:
