@@ -35,7 +35,9 @@ lint: .venv
 demo: .venv
 	$(VPY) examples/demo.py
 
+# DVC is a peer in the benchmark, not a test dependency; git-lfs joins where installed.
 bench: .venv
+	$(VPY) -m pip install -q -e ".[dvc]"
 	$(VPY) bench/run.py
 
 clean:

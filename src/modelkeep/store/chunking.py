@@ -15,7 +15,7 @@ dedup), so changing these constants is a format change; see docs/format.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from pyfastcdc.cy import FastCDC
@@ -26,6 +26,7 @@ TENSOR_PIECE = 4 << 20
 CDC_AVG = 1 << 20
 CDC_MIN = 256 << 10
 CDC_MAX = 4 << 20
+MAX_CHUNK = max(TENSOR_PIECE, CDC_MAX)
 
 _cdc = None
 
@@ -59,28 +60,33 @@ def tensor_cuts(layout: Layout, size: int) -> list[int]:
     return out
 
 
+Take = Callable[[], bytearray]
+
+
 def iter_chunks(
-    f: BinaryIO, size: int, *, safetensors: bool
-) -> tuple[Layout | None, Iterator[bytes | bytearray]]:
+    f: BinaryIO, size: int, *, safetensors: bool, take: Take
+) -> tuple[Layout | None, Iterator[tuple[bytearray, memoryview]]]:
     """Return the safetensors layout (or None) and an iterator of the file's chunks, in order.
 
-    *f* must be positioned at 0. Each yielded buffer is owned by the caller.
+    *f* must be positioned at 0. Each chunk is read into a buffer from ``take()`` (at least
+    :data:`MAX_CHUNK` bytes) and yielded as ``(buffer, view of the chunk's bytes)``; the buffer
+    then belongs to the caller.
     """
     layout = None
     if safetensors:
         layout = read_layout(f, size)
         f.seek(0)
     if layout is not None:
-        return layout, _cut_at(f, tensor_cuts(layout, size))
-    return None, _cut_cdc(f)
+        return layout, _cut_at(f, tensor_cuts(layout, size), take)
+    return None, _cut_cdc(f, take)
 
 
-def _cut_at(f: BinaryIO, cuts: list[int]) -> Iterator[bytes | bytearray]:
+def _cut_at(f: BinaryIO, cuts: list[int], take: Take) -> Iterator[tuple[bytearray, memoryview]]:
     prev = 0
     for c in cuts:
         n = c - prev
-        buf = bytearray(n)
-        view = memoryview(buf)
+        buf = take()
+        view = memoryview(buf)[:n]
         got = 0
         while got < n:
             r = f.readinto(view[got:])  # type: ignore[attr-defined]
@@ -88,13 +94,16 @@ def _cut_at(f: BinaryIO, cuts: list[int]) -> Iterator[bytes | bytearray]:
                 raise OSError(f"file shrank while being read (expected {n - got} more bytes)")
             got += r
         prev = c
-        yield buf
+        yield buf, view
     trailing = f.read(1)
     if trailing:
         raise OSError("file grew while being read")
 
 
-def _cut_cdc(f: BinaryIO) -> Iterator[bytes]:
+def _cut_cdc(f: BinaryIO, take: Take) -> Iterator[tuple[bytearray, memoryview]]:
     for chunk in _fastcdc().cut_stream(f):
-        # cut_stream reuses its buffer: copy before the next chunk is produced.
-        yield bytes(chunk.data)
+        # cut_stream reuses its own buffer: copy out before the next chunk is produced.
+        buf = take()
+        view = memoryview(buf)[: chunk.length]
+        view[:] = chunk.data
+        yield buf, view

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from modelkeep.errors import SourceError, UnsafePathError
+from modelkeep.store.buffers import BufferPool
 from modelkeep.store.cache import KnownChunks
 from modelkeep.store.chunking import iter_chunks
 from modelkeep.store.codec import Kind
@@ -149,7 +150,7 @@ class Ingestor:
         self._seen: set[str] = set()
         self._seen_lock = threading.Lock()
 
-    def _store_chunk(self, data: bytes | bytearray) -> tuple[str, int, bool]:
+    def _store_chunk(self, data: memoryview) -> _Stored:
         cid = content_id(data)
         with self._seen_lock:
             if cid in self._seen:
@@ -169,13 +170,17 @@ class Ingestor:
         self, sources: list[SourceFile], progress: Progress | None = None
     ) -> tuple[tuple[FileEntry, ...], IngestStats]:
         stats = IngestStats()
-        slots = threading.BoundedSemaphore(self.max_inflight)
+        # The pool bounds memory: reading blocks while every buffer is waiting to be written.
+        buffers = BufferPool(self.max_inflight)
         failed: list[BaseException] = []
 
-        def done(fut: Future[_Stored]) -> None:
-            slots.release()
-            if not fut.cancelled() and fut.exception() is not None:
-                failed.append(fut.exception())  # type: ignore[arg-type]
+        def release(buf: bytearray) -> Callable[[Future[_Stored]], None]:
+            def done(fut: Future[_Stored]) -> None:
+                buffers.give(buf)
+                if not fut.cancelled() and fut.exception() is not None:
+                    failed.append(fut.exception())  # type: ignore[arg-type]
+
+            return done
 
         pending: list[tuple[SourceFile, str, Layout | None, list[Future[_Stored]]]] = []
         with ThreadPoolExecutor(self.workers, thread_name_prefix="modelkeep-put") as pool:
@@ -186,16 +191,16 @@ class Ingestor:
                     read = 0
                     with src.open() as f:
                         layout, chunks = iter_chunks(
-                            f, src.size, safetensors=src.relpath.endswith(".safetensors")
+                            f, src.size, safetensors=src.relpath.endswith(".safetensors"),
+                            take=buffers.take,
                         )
-                        for data in chunks:
+                        for buf, data in chunks:
                             hasher.update(data)
                             read += len(data)
                             if failed:  # stop reading as soon as a write has failed
                                 raise failed[0]
-                            slots.acquire()
                             fut = pool.submit(self._store_chunk, data)
-                            fut.add_done_callback(done)
+                            fut.add_done_callback(release(buf))
                             futures.append(fut)
                             if progress is not None:
                                 progress(len(data))
