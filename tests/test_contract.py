@@ -20,10 +20,8 @@ from tests.helpers import change_fraction, tensors, tree_digest, write_model
 BACKENDS = ["memory", "local", "s3", "azure"]
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-            mlflow_sqlite_uri: str) -> Backend:
-    kind = request.param
+def _backend(kind: str, request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory, mlflow_sqlite_uri: str) -> Backend:
     if kind == "memory":
         return memory_backend(mlflow_sqlite_uri)
     if kind == "local":
@@ -35,6 +33,19 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     server = request.getfixturevalue("azurite")
     return Backend("azure", mlflow_sqlite_uri,
                    lambda: f"az://{server.make_container()}/models", dict(server.storage_options))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            mlflow_sqlite_uri: str) -> Backend:
+    return _backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
+
+
+@pytest.fixture(params=["s3", "azure"])
+def remote_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                   mlflow_sqlite_uri: str) -> Backend:
+    """Object stores only: the known-chunk cache serves them (locally a stat is as cheap)."""
+    return _backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
 
 
 def test_register_and_pull_byte_identical(backend: Backend, tmp_path: Path) -> None:
@@ -261,3 +272,26 @@ def test_flipped_byte_is_found_by_verify_and_fails_pull(backend: Backend, tmp_pa
         keep.pull(v.ref, dest)
     assert not dest.exists()
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def test_known_chunk_cache_skips_existence_checks(
+    remote_backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = remote_backend
+    monkeypatch.setenv("MODELKEEP_CACHE_DIR", str(tmp_path / "cache"))
+    url = backend.new_store_url()
+    src = write_model(tmp_path / "model", tensors(n=4), extra=False)
+    name = unique_name()
+    backend.open(url).register(name, src)
+    keep = backend.open(url)  # a new process would start the same way: only the cache is warm
+    calls = {"exists": 0}
+    real_exists = type(keep.store.db).exists
+
+    def counting_exists(self, kind, oid):  # type: ignore[no-untyped-def]
+        calls["exists"] += 1
+        return real_exists(self, kind, oid)
+
+    monkeypatch.setattr(type(keep.store.db), "exists", counting_exists)
+    v = keep.register(name, src, force=True)
+    assert v.version == 2 and v.bytes_added == 0 and calls["exists"] == 0
+    assert (tmp_path / "cache" / "known-chunks.sqlite").is_file()
