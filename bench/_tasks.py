@@ -1,0 +1,211 @@
+"""One measured operation per process: the child side of ``bench/run.py``.
+
+``python bench/_tasks.py '<json>'`` runs the task the JSON names and prints one line
+``BENCH-RESULT {...}`` with the operation's wall time (measured around the operation only, after
+imports and one-time setup), whatever the task reports (bytes added, ids) and the peak resident
+set size of this process and of every process it waited for. A fresh process per measurement
+makes the peak RSS that of one operation, not of the whole benchmark.
+
+Only the standard library is imported at module level, so a task that shells out to ``cp``,
+``dvc`` or ``git`` measures them and not us.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+RESULT_MARK = "BENCH-RESULT "
+Task = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def task_cmds(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run shell-free commands one after another in ``cwd``; time them together."""
+    each: list[float] = []
+
+    def run_all() -> None:
+        for argv in spec["cmds"]:
+            start = time.perf_counter()
+            proc = subprocess.run(argv, cwd=spec.get("cwd"), capture_output=True, text=True)
+            each.append(time.perf_counter() - start)
+            if proc.returncode != 0:
+                raise RuntimeError(
+                    f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr[-2000:]}"
+                )
+
+    seconds, _ = _timed(run_all)
+    return {"seconds": seconds, "each": each}
+
+
+def _store_bytes(store: Any) -> int:
+    from modelkeep.store import Kind
+
+    return int(store.stored_bytes(Kind.CHUNK) + store.stored_bytes(Kind.SNAPSHOT))
+
+
+def task_mk_store(spec: dict[str, Any]) -> dict[str, Any]:
+    """modelkeep's store phase: ingest the folder's chunks, then write the snapshot object."""
+    from modelkeep.store import Parent, Snapshot, Store, scan_local, utc_now
+
+    store = Store.open(spec["store"], spec.get("options") or None)
+    store.ensure_initialized()
+    before = _store_bytes(store) if spec.get("count") else 0
+
+    def op() -> tuple[str, Any]:
+        files, stats = store.ingest(scan_local(spec["src"]))
+        snap = Snapshot(
+            name=spec["name"],
+            files=files,
+            created=utc_now(),
+            parents=tuple(Parent(sid) for sid in spec.get("parents", [])),
+        )
+        return store.save_snapshot(snap), stats
+
+    seconds, (sid, stats) = _timed(op)
+    out = {
+        "seconds": seconds,
+        "snapshot": sid,
+        "bytes_added": stats.bytes_added,
+        "bytes_total": stats.bytes_total,
+    }
+    if spec.get("count"):
+        out["stored_delta"] = _store_bytes(store) - before
+    return out
+
+
+def task_mk_register(spec: dict[str, Any]) -> dict[str, Any]:
+    """modelkeep's full register: store phase plus the MLflow Model Registry entry."""
+    import modelkeep
+
+    keep = modelkeep.open(
+        store=spec["store"], registry=spec["registry"], store_options=spec.get("options") or None
+    )
+    keep.models()  # creates/migrates the SQLite schema once, outside the measurement
+    keep.store.ensure_initialized()
+    before = _store_bytes(keep.store) if spec.get("count") else 0
+    seconds, v = _timed(
+        lambda: keep.register(
+            spec["name"], spec["src"], parents=spec.get("parents", []), message=spec.get("message")
+        )
+    )
+    out = {
+        "seconds": seconds,
+        "version": v.version,
+        "bytes_added": v.bytes_added,
+        "snapshot": v.snapshot_id,
+    }
+    if spec.get("count"):
+        out["stored_delta"] = _store_bytes(keep.store) - before
+    return out
+
+
+def task_mk_pull(spec: dict[str, Any]) -> dict[str, Any]:
+    import modelkeep
+
+    keep = modelkeep.open(
+        store=spec["store"], registry=spec["registry"], store_options=spec.get("options") or None
+    )
+    keep.get(spec["ref"])  # resolves the registry once, outside the measurement
+    seconds, _ = _timed(lambda: keep.pull(spec["ref"], spec["dest"]))
+    return {"seconds": seconds}
+
+
+def task_mlflow(spec: dict[str, Any]) -> dict[str, Any]:
+    """MLflow as people use it for model files: log_artifacts in a run, then register_model.
+
+    A folder of weights has no MLmodel file, so the version's source is the run's artifact URI
+    (MLflow 3 resolves ``runs:/`` sources only for logged models)."""
+    import logging
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    uri = spec["tracking"]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.get_experiment_by_name("bench")
+    exp_id = (
+        exp.experiment_id
+        if exp is not None
+        else client.create_experiment("bench", artifact_location=spec["artifacts"])
+    )
+    client.search_registered_models(max_results=1)  # schema ready before timing
+
+    def op() -> int:
+        with mlflow.start_run(experiment_id=exp_id) as run:
+            mlflow.log_artifacts(spec["src"], "model")
+        mv = mlflow.register_model(f"{run.info.artifact_uri}/model", spec["name"])
+        return int(mv.version)
+
+    seconds, version = _timed(op)
+    return {"seconds": seconds, "version": version}
+
+
+def _s3fs(spec: dict[str, Any]) -> Any:
+    import s3fs
+
+    return s3fs.S3FileSystem(skip_instance_cache=True, **spec["options"])
+
+
+def task_s3_put(spec: dict[str, Any]) -> dict[str, Any]:
+    """The baseline for object stores: ``s3fs.S3FileSystem.put_file`` of each file."""
+    fs = _s3fs(spec)
+    names = sorted(os.listdir(spec["src"]))
+
+    def op() -> None:
+        for name in names:
+            fs.put_file(os.path.join(spec["src"], name), f"{spec['dest']}/{name}")
+
+    seconds, _ = _timed(op)
+    return {"seconds": seconds}
+
+
+def task_s3_admin(spec: dict[str, Any]) -> dict[str, Any]:
+    """Create the bucket, or delete a prefix (frees the emulator's memory between repeats)."""
+    fs = _s3fs(spec)
+    if spec["action"] == "mkbucket":
+        fs.mkdir(spec["path"])
+    elif fs.exists(spec["path"]):
+        fs.rm(spec["path"], recursive=True)
+    return {"seconds": 0.0}
+
+
+TASKS: dict[str, Task] = {
+    "cmds": task_cmds,
+    "mk_store": task_mk_store,
+    "mk_register": task_mk_register,
+    "mk_pull": task_mk_pull,
+    "mlflow": task_mlflow,
+    "s3_put": task_s3_put,
+    "s3_admin": task_s3_admin,
+}
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[1])
+    result = TASKS[spec["task"]](spec)
+    # ru_maxrss is in KiB on Linux. RUSAGE_CHILDREN is the largest of the waited-for processes.
+    result["rss_self_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["rss_children_kib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    sys.stdout.flush()
+    print(RESULT_MARK + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
