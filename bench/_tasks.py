@@ -12,6 +12,7 @@ Only the standard library is imported at module level, so a task that shells out
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -196,11 +197,25 @@ TASKS: dict[str, Task] = {
 }
 
 
+def peak_rss_kib() -> int:
+    """This process's own peak RSS (VmHWM) in KiB.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the parent's peak across fork and
+    exec into it, so a child of a large process would report the parent's memory as its own.
+    """
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[1])
     result = TASKS[spec["task"]](spec)
-    # ru_maxrss is in KiB on Linux. RUSAGE_CHILDREN is the largest of the waited-for processes.
-    result["rss_self_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["rss_self_kib"] = peak_rss_kib()
+    # The largest of the waited-for processes (cp, dvc, git), in KiB. They are started from this
+    # small process, so what they inherit from it is a few MiB at most.
     result["rss_children_kib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     sys.stdout.flush()
     print(RESULT_MARK + json.dumps(result), flush=True)

@@ -791,8 +791,8 @@ def report(res: Results, versions: dict[str, _model.VersionInfo], repeat: int) -
         "rotates between repeats. The operation is timed inside a fresh process after imports "
         'and one-time setup (opening the registry, creating its schema); "whole process" adds '
         "interpreter start, imports and that setup. `dvc` and `git` are timed as the commands "
-        "people run. Peak RSS is the largest of any single process in the measurement (for "
-        "`dvc`/`git`: the largest child process)."
+        "people run. Peak RSS is the process's own high-water mark (VmHWM; for `dvc`/`git`, the "
+        "largest child process)."
     )
 
     # Bytes per version.
