@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -66,10 +65,6 @@ class KnownChunks:
             self._pending.append((self.store_key, oid))
             if len(self._pending) >= 512:
                 self._flush_locked()
-
-    def add_many(self, oids: Iterable[str]) -> None:
-        for oid in oids:
-            self.add(oid)
 
     def flush(self) -> None:
         with self._lock:

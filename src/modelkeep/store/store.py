@@ -128,12 +128,6 @@ class Store:
             )
         return data
 
-    def check(self) -> bool:
-        """Check the store answers and has a compatible format. True if it exists."""
-        found = self._descriptor() is not None
-        self._descriptor_ok = found
-        return found
-
     def ensure_initialized(self) -> None:
         if self._descriptor_ok:
             return
