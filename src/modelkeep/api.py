@@ -399,8 +399,8 @@ class Keep:
         if ref is None:
             return self.store.verify(progress=progress)
         rv = self._resolve(ref)
-        store = self._store_for(parse_uri(rv.source).locator)
-        return store.verify([parse_uri(rv.source).snapshot_id], progress=progress)
+        parsed = parse_uri(rv.source)
+        return self._store_for(parsed.locator).verify([parsed.snapshot_id], progress=progress)
 
 
 def _check_tags(tags: Mapping[str, str]) -> dict[str, str]:

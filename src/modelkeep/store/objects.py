@@ -142,34 +142,26 @@ class ObjectDB:
         with translate_errors(self.location):
             return bool(self.fs.exists(path))
 
-    def read_blob(self, path: str, what: str) -> bytes:
+    def read_blob(self, path: str, what: str) -> bytes | mmap.mmap:
+        """The stored bytes at *path*. Large local objects are mapped rather than read: hashing
+        and writing them out then touch the page cache directly, saving a copy and an
+        allocation per chunk on a pull."""
         try:
             if self._local:
                 with open(path, "rb") as f:
-                    return f.read()
+                    size = os.fstat(f.fileno()).st_size
+                    if size < _MMAP_MIN:
+                        return f.read()
+                    return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
             with translate_errors(self.location):
                 return bytes(self.fs.cat_file(path))
-        except FileNotFoundError:
-            raise NotFoundError(f"{what} is missing from the store {self.location.url}") from None
-
-    def _map_local(self, path: str, what: str) -> bytes | mmap.mmap:
-        """Map a local object instead of reading it: hashing and writing it out then touch the
-        page cache directly, which saves a copy and an allocation per chunk on a pull."""
-        try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < _MMAP_MIN:
-                    return f.read()
-                return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
         except FileNotFoundError:
             raise NotFoundError(f"{what} is missing from the store {self.location.url}") from None
 
     def get(self, kind: Kind, oid: str, what: str | None = None) -> memoryview:
         """Return the raw payload of an object after checking its header and its id."""
         what = what or f"{kind.name.lower()} {oid[:12]}"
-        path = self.path(kind, oid)
-        blob = self._map_local(path, what) if self._local else self.read_blob(path, what)
-        payload = codec.decode(blob, kind, what)
+        payload = codec.decode(self.read_blob(self.path(kind, oid), what), kind, what)
         if content_id(payload) != oid:
             raise IntegrityError(f"{what} is corrupt: its content does not match its id {oid}")
         return payload
