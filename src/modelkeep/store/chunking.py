@@ -63,25 +63,24 @@ def tensor_cuts(layout: Layout, size: int) -> list[int]:
 Take = Callable[[], bytearray]
 
 
-def iter_chunks(
-    f: BinaryIO, size: int, *, safetensors: bool, take: Take
-) -> tuple[Layout | None, Iterator[tuple[bytearray, memoryview]]]:
-    """Return the safetensors layout (or None) and an iterator of the file's chunks, in order.
-
-    *f* must be positioned at 0. Each chunk is read into a buffer from ``take()`` (at least
-    :data:`MAX_CHUNK` bytes) and yielded as ``(buffer, view of the chunk's bytes)``; the buffer
-    then belongs to the caller.
-    """
-    layout = None
-    if safetensors:
-        layout = read_layout(f, size)
-        f.seek(0)
-    if layout is not None:
-        return layout, _cut_at(f, tensor_cuts(layout, size), take)
-    return None, _cut_cdc(f, take)
+class FileChangedError(OSError):
+    """A file being chunked turned out shorter or longer than its planned cuts."""
 
 
-def _cut_at(f: BinaryIO, cuts: list[int], take: Take) -> Iterator[tuple[bytearray, memoryview]]:
+def plan_safetensors(f: BinaryIO, size: int) -> tuple[Layout, list[int]] | None:
+    """The layout and cut offsets of a safetensors file, from its header alone; None if *f* is not
+    a safetensors file (it is then cut by :func:`cdc_chunks`). Leaves *f* at offset 0."""
+    layout = read_layout(f, size)
+    f.seek(0)
+    if layout is None:
+        return None
+    return layout, tensor_cuts(layout, size)
+
+
+def read_cuts(f: BinaryIO, cuts: list[int], take: Take) -> Iterator[tuple[bytearray, memoryview]]:
+    """Read *f* sequentially from offset 0, one chunk per cut, each into a buffer from ``take()``;
+    yields ``(buffer, view of the chunk's bytes)``. Fails if the file is shorter or longer than the
+    last cut."""
     prev = 0
     for c in cuts:
         n = c - prev
@@ -91,16 +90,17 @@ def _cut_at(f: BinaryIO, cuts: list[int], take: Take) -> Iterator[tuple[bytearra
         while got < n:
             r = f.readinto(view[got:])  # type: ignore[attr-defined]
             if not r:
-                raise OSError(f"file shrank while being read (expected {n - got} more bytes)")
+                raise FileChangedError(f"it shrank while being read ({n - got} bytes short)")
             got += r
         prev = c
         yield buf, view
     trailing = f.read(1)
     if trailing:
-        raise OSError("file grew while being read")
+        raise FileChangedError("it grew while being read")
 
 
-def _cut_cdc(f: BinaryIO, take: Take) -> Iterator[tuple[bytearray, memoryview]]:
+def cdc_chunks(f: BinaryIO, take: Take) -> Iterator[tuple[bytearray, memoryview]]:
+    """Cut *f* (from its current position) with FastCDC; like :func:`read_cuts` otherwise."""
     for chunk in _fastcdc().cut_stream(f):
         # cut_stream reuses its own buffer: copy out before the next chunk is produced.
         buf = take()

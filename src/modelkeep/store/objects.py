@@ -45,6 +45,22 @@ _DIRS = {Kind.CHUNK: "chunks", Kind.SNAPSHOT: "snapshots"}
 # OSError(EBUSY), and a retry then finds the object (or creates it).
 _CREATE_ATTEMPTS = 5
 _MMAP_MIN = 1 << 20
+# Linux anonymous temp files; cleared on the first filesystem that refuses them.
+_TMPFILE_OK = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+
+
+def _write_all(fd: int, header: bytes, raw: bytes | memoryview) -> None:
+    """One ``writev`` for header and payload (looping only on a short write)."""
+    parts = [memoryview(header), memoryview(raw)]
+    while parts:
+        n = os.writev(fd, parts)
+        if n == 0:
+            raise OSError(errno.EIO, "write made no progress")
+        while parts and n >= len(parts[0]):
+            n -= len(parts[0])
+            parts.pop(0)
+        if parts and n:
+            parts[0] = parts[0][n:]
 
 
 class ObjectDB:
@@ -76,7 +92,8 @@ class ObjectDB:
         path = self.path(kind, oid)
         if self._local:
             return self._put_local(path, header, raw)
-        return self._create_remote(path, header + bytes(raw))
+        # One copy into the request body; ``header + bytes(raw)`` would make two.
+        return self._create_remote(path, b"".join((header, raw)))
 
     def put_raw_once(self, path: str, blob: bytes) -> bool:
         """Conditional create of a non-content-addressed file (the descriptor)."""
@@ -103,13 +120,54 @@ class ObjectDB:
             return False
         directory = os.path.dirname(path)
         self._ensure_dir(directory)
+        if _TMPFILE_OK:
+            created = self._put_tmpfile(directory, path, header, raw)
+            if created is not None:
+                return created
+        return self._put_tempname(directory, path, header, raw)
+
+    def _put_tmpfile(
+        self, directory: str, path: str, header: bytes, raw: bytes | memoryview
+    ) -> bool | None:
+        """Write an anonymous file (``O_TMPFILE``) and link it to its name: no temp name to
+        create, clean up or leave behind after a crash, and ``linkat`` fails if the name exists,
+        which makes the create conditional. None if the filesystem has no ``O_TMPFILE``."""
+        global _TMPFILE_OK
+        try:
+            fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o444)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise
+            _TMPFILE_OK = False
+            return None
+        try:
+            _write_all(fd, header, raw)
+            try:
+                # The path is absolute, so the dir fd is ignored; passing one makes CPython call
+                # linkat(AT_SYMLINK_FOLLOW), which links the open file rather than the symlink.
+                os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP):
+                    raise
+                _TMPFILE_OK = False  # no /proc, or a filesystem that cannot link these
+                return None
+            return True
+        finally:
+            os.close(fd)
+
+    def _put_tempname(
+        self, directory: str, path: str, header: bytes, raw: bytes | memoryview
+    ) -> bool:
         # Write a private temp file, then hard-link it to the final name: link() fails if the name
         # exists, which is O_EXCL for a complete file, so no reader ever sees a half-written object.
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(header)
-                f.write(raw)
+            try:
+                _write_all(fd, header, raw)
+            finally:
+                os.close(fd)
             os.chmod(tmp, 0o444)
             try:
                 os.link(tmp, path)
