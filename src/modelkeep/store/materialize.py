@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import io
 import os
 import shutil
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from modelkeep.errors import DestinationExistsError, IntegrityError, UnsafePathError
@@ -26,41 +27,28 @@ from modelkeep.store.objects import ObjectDB
 from modelkeep.store.snapshot import FileEntry, Snapshot, check_relpath
 
 Progress = Callable[[int], None]
+_MAX_OPEN_FILES = 32
 
 
-def fetch_chunks(
-    db: ObjectDB, entry: FileEntry, pool: ThreadPoolExecutor, window: int
-) -> Iterator[memoryview]:
-    """Yield the verified chunks of *entry* in order, keeping up to *window* fetches in flight."""
-    queue: deque[Future[memoryview]] = deque()
-    items = iter(enumerate(entry.chunks))
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(data):
+        n = os.pwritev(fd, [data[done:]], offset + done)
+        if n == 0:
+            raise OSError(errno.EIO, "write made no progress")
+        done += n
 
-    def submit_next() -> bool:
-        nxt = next(items, None)
-        if nxt is None:
-            return False
-        i, (cid, _n) = nxt
-        what = f"chunk {i} ({cid[:12]}) of {entry.path}"
-        queue.append(pool.submit(db.get, Kind.CHUNK, cid, what))
-        return True
 
-    for _ in range(window):
-        if not submit_next():
-            break
-    lengths = iter(n for _cid, n in entry.chunks)
-    try:
-        while queue:
-            data = queue.popleft().result()
-            expected = next(lengths)
-            if len(data) != expected:
-                raise IntegrityError(
-                    f"a chunk of {entry.path} has {len(data)} bytes, its snapshot says {expected}"
-                )
-            submit_next()
-            yield data
-    finally:
-        for fut in queue:
-            fut.cancel()
+def _fetch_into(db: ObjectDB, entry: FileEntry, index: int, offset: int, fd: int) -> int:
+    """Fetch and verify chunk *index* of *entry* and write it at *offset* of *fd*."""
+    cid, n = entry.chunks[index]
+    data = db.get(Kind.CHUNK, cid, f"chunk {index} ({cid[:12]}) of {entry.path}")
+    if len(data) != n:
+        raise IntegrityError(
+            f"chunk {index} of {entry.path} has {len(data)} bytes, its snapshot says {n}"
+        )
+    _pwrite_all(fd, data, offset)
+    return n
 
 
 def _target(root: Path, relpath: str) -> Path:
@@ -99,17 +87,7 @@ def materialize(
     staging.mkdir()
     workers = workers or (4 if db.location.is_local else 16)
     try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="modelkeep-get") as pool:
-            for entry in snapshot.files:
-                target = _target(staging, entry.path)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    for data in fetch_chunks(db, entry, pool, workers * 2):
-                        out.write(data)
-                        if progress is not None:
-                            progress(len(data))
-                os.chmod(target, entry.mode)
+        _write_files(db, snapshot, staging, workers, progress)
         if dest.exists():
             retired = dest.parent / f".{dest.name}.modelkeep-old-{uuid.uuid4().hex[:8]}"
             dest.rename(retired)
@@ -121,6 +99,50 @@ def materialize(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dest
+
+
+def _write_files(
+    db: ObjectDB, snapshot: Snapshot, root: Path, workers: int, progress: Progress | None
+) -> None:
+    """Write every file of *snapshot* under *root*. Each worker fetches, verifies and writes its
+    own chunk at its offset, so fetching, hashing and writing run on every core; a bounded number
+    of files is open at once."""
+    open_files: deque[tuple[FileEntry, Path, int, list[Future[int]]]] = deque()
+
+    def finish_oldest() -> None:
+        entry, target, fd, futures = open_files[0]
+        for fut in futures:
+            n = fut.result()
+            if progress is not None:
+                progress(n)
+        open_files.popleft()
+        os.close(fd)
+        os.chmod(target, entry.mode)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="modelkeep-get") as pool:
+        try:
+            for entry in snapshot.files:
+                target = _target(root, entry.path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                futures: list[Future[int]] = []
+                open_files.append((entry, target, fd, futures))
+                for index, offset in enumerate(entry.chunk_offsets()):
+                    futures.append(pool.submit(_fetch_into, db, entry, index, offset, fd))
+                while len(open_files) > _MAX_OPEN_FILES:
+                    finish_oldest()
+            while open_files:
+                finish_oldest()
+        except BaseException:
+            # Stop queued fetches and let running ones finish before their files close, so no
+            # worker ever writes to a descriptor number that a later open has reused.
+            pending = [fut for _e, _t, _fd, futs in open_files for fut in futs]
+            for fut in pending:
+                fut.cancel()
+            wait(pending)
+            for _entry, _target_path, fd, _futures in open_files:
+                os.close(fd)
+            raise
 
 
 class SnapshotFile(io.RawIOBase):
