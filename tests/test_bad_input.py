@@ -21,6 +21,7 @@ from modelkeep.errors import (
 )
 from modelkeep.store import Kind
 from modelkeep.store.hashing import content_id
+from modelkeep.store.snapshot import FileEntry, file_digest, tree_digest
 from tests.backends import unique_name
 from tests.helpers import tensors, write_model
 
@@ -118,19 +119,21 @@ def test_crafted_snapshot_with_unsafe_path_is_refused_at_pull(
     # Build a snapshot by hand, as an attacker controlling the bucket would, and register it.
     data = b"payload"
     cid = content_id(data)
+    digest = file_digest([(cid, len(data))])
     keep.store.ensure_initialized()
     keep.store.db.put(Kind.CHUNK, cid, data)
     doc = {
         "format": 1, "type": "modelkeep.snapshot", "name": "x",
         "created": "2026-01-01T00:00:00.000000Z",
         "author": "", "message": "", "parents": [], "tags": {}, "lineage": {}, "size": len(data),
-        "files": [{"path": evil, "size": len(data), "mode": 0o644, "digest": cid,
+        "files": [{"path": evil, "size": len(data), "mode": 0o644, "digest": digest,
                    "chunks": [[cid, len(data)]]}],
     }
-    from modelkeep.store.snapshot import tree_digest
 
     class _F:  # the tree digest only reads these four attributes
-        path, size, mode, digest = evil, len(data), 0o644, cid
+        path, size, mode = evil, len(data), 0o644
+
+    _F.digest = digest  # type: ignore[attr-defined]
 
     doc["tree"] = tree_digest([_F()])  # type: ignore[list-item]
     payload = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
@@ -191,11 +194,12 @@ def test_store_path_with_at_sign_is_refused(tmp_path: Path, mlflow_sqlite_uri: s
 
 def test_snapshot_with_file_under_file_is_refused(keep: modelkeep.Keep) -> None:
     from modelkeep.errors import IntegrityError
-    from modelkeep.store.snapshot import FileEntry, Snapshot, parse
+    from modelkeep.store.snapshot import Snapshot, parse
 
     data = b"x"
     cid = content_id(data)
-    entries = tuple(FileEntry(p, 1, 0o644, cid, ((cid, 1),)) for p in ("a", "a/b"))
+    digest = file_digest([(cid, 1)])
+    entries = tuple(FileEntry(p, 1, 0o644, digest, ((cid, 1),)) for p in ("a", "a/b"))
     snap = Snapshot(name="x", files=entries, created="2026-01-01T00:00:00.000000Z")
     with pytest.raises(IntegrityError, match="which is a file"):
         parse(snap.encode())

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from blake3 import blake3
 
-from modelkeep.errors import SourceError
-from modelkeep.store import Kind, Store, scan_local
+from modelkeep.errors import IntegrityError, SourceError
+from modelkeep.store import Kind, Snapshot, Store, scan_local, utc_now
 from modelkeep.store import objects as objects_module
+from modelkeep.store.snapshot import parse
 from tests.helpers import tensors, write_model
 
 
@@ -25,7 +27,7 @@ def _object_files(store: Store) -> list[Path]:
     return sorted(p for p in Path(store.url).rglob("*") if p.is_file())
 
 
-def test_entries_carry_whole_file_digests_and_ordered_chunks(tmp_path: Path) -> None:
+def test_entries_list_chunks_in_order_and_digest_them(tmp_path: Path) -> None:
     # Many small tensors, so the workers finish out of order; the entry must not.
     src = write_model(tmp_path / "m", tensors(n=40, rows=64, cols=96))
     store = _store(tmp_path)
@@ -33,9 +35,24 @@ def test_entries_carry_whole_file_digests_and_ordered_chunks(tmp_path: Path) -> 
     assert stats.files == 5
     for entry in entries:
         data = (src / entry.path).read_bytes()
-        assert entry.digest == blake3(data).hexdigest(), entry.path
         joined = b"".join(bytes(store.db.get(Kind.CHUNK, cid)) for cid, _n in entry.chunks)
         assert joined == data, entry.path
+        # The digest as a second reader would recompute it from the file's bytes (format §5.3).
+        listed, pos = bytearray(), 0
+        for _cid, n in entry.chunks:
+            listed += blake3(data[pos : pos + n]).digest() + n.to_bytes(8, "little")
+            pos += n
+        assert entry.digest == blake3(bytes(listed)).hexdigest(), entry.path
+
+
+def test_snapshot_whose_digest_does_not_match_its_chunks_is_refused(tmp_path: Path) -> None:
+    src = write_model(tmp_path / "m", tensors(n=2), extra=False)
+    store = _store(tmp_path)
+    entries, _ = store.ingest(scan_local(src))
+    forged = replace(entries[0], digest=blake3(b"other content").hexdigest())
+    snap = Snapshot(name="x", files=(forged,), created=utc_now())
+    with pytest.raises(IntegrityError, match="does not match its chunk list"):
+        parse(snap.encode())
 
 
 def test_objects_are_read_only_and_leave_no_temporary_files(tmp_path: Path) -> None:
