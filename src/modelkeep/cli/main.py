@@ -452,14 +452,17 @@ def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None)
     try:
         result: Any = command.main(args=argv, prog_name="modelkeep", standalone_mode=False,
                                    obj=State(plugins=plugins))
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         print("error: aborted", file=sys.stderr)
         return 130
-    except click.ClickException as exc:
+    except (click.ClickException, typer.TyperException) as exc:
+        # Recent typer versions carry their own copy of click: catch both kinds of usage error.
+        if not hasattr(exc, "show"):
+            return report(exc)
         exc.show()
-        return exc.exit_code
+        return int(getattr(exc, "exit_code", 2))
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
