@@ -88,6 +88,10 @@ def test_hook_registry(pm: PluginManager, open_keep, model: Path, mlflow_sqlite_
     # A plugin that passes leaves the built-in MLflow registry in place.
     other = mlflow_sqlite_uri.replace("mlflow.db", "other.db")
     assert type(open_keep(registry=other).registry) is MlflowRegistry
+    # With the built-in registry blocked and no other answer, the error says so.
+    bare = make_plugin_manager(entry_points=False, selection="-modelkeep.mlflow")
+    with pytest.raises(PluginError, match="no plugin provides a registry"):
+        modelkeep.open(store=str(model.parent / "s"), registry=other, plugins=bare)
 
 
 def test_hook_storage_options(pm: PluginManager, mlflow_sqlite_uri: str, moto_s3,

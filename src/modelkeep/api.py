@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelkeep.config import Config, load_config
-from modelkeep.errors import InvalidInputError, NotFoundError, VetoError
+from modelkeep.errors import InvalidInputError, NotFoundError, PluginError, VetoError
 from modelkeep.hooks import Finding
 from modelkeep.refs import Ref, parse_ref, validate_alias, validate_name
 from modelkeep.registry import Registry, RegistryVersion
@@ -180,7 +180,12 @@ def open(
     options = _plugin_options(pm, location.protocol, choice.url, choice.name, options)
     the_store = Store.open(choice.url, options)
     if isinstance(registry, str) or registry is None:
-        the_registry: Registry = pm.hook.modelkeep_registry(uri=registry or config.registry)
+        uri = registry or config.registry
+        the_registry: Registry | None = pm.hook.modelkeep_registry(uri=uri)
+        if the_registry is None:
+            raise PluginError(f"no plugin provides a registry for {uri or 'the default URI'!r}",
+                              hint="unblock modelkeep.mlflow in MODELKEEP_PLUGINS, or install "
+                              "the plugin for this registry")
     else:
         the_registry = registry
     return Keep(the_store, the_registry, store_options=options, plugins=pm)

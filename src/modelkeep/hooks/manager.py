@@ -115,7 +115,8 @@ def make_plugin_manager(
             continue
         pm.register(import_module(module_name), name)
         pm._origins[name] = ("builtin", None)
-    if entry_points:
+    # An empty selection spares reading every installed distribution's metadata.
+    if entry_points and allowed != set():
         _load_entry_points(pm, allowed, blocked)
     try:
         pm.check_pending()
