@@ -247,3 +247,31 @@ def test_cli_store_option_takes_a_named_store(
     v = json.loads(capsys.readouterr().out)
     assert str(tmp_path / "second-store") in v["uri"]
     assert not (tmp_path / "main-store").exists()
+
+
+def test_a_version_in_another_named_store_is_read_with_its_options(
+    tmp_path: Path, moto_s3, mlflow_sqlite_uri: str,
+) -> None:
+    import modelkeep
+    from tests.backends import unique_name
+    from tests.helpers import tensors, tree_digest, write_model
+
+    o = moto_s3.storage_options
+    bucket = moto_s3.make_bucket()
+    (tmp_path / "modelkeep.toml").write_text(
+        f'registry = "{mlflow_sqlite_uri}"\ndefault_store = "local"\n'
+        '[stores.local]\nurl = "local-store"\n'
+        f'[stores.remote]\nurl = "s3://{bucket}/models"\n'
+        f'[stores.remote.options]\nkey = "{o["key"]}"\nsecret = "{o["secret"]}"\n'
+        f'client_kwargs = {{ endpoint_url = "{o["client_kwargs"]["endpoint_url"]}", '
+        f'region_name = "{o["client_kwargs"]["region_name"]}" }}\n'
+    )
+    cfg = load_config(tmp_path)
+    src = write_model(tmp_path / "model", tensors(n=2), extra=False)
+    v = modelkeep.open(store="remote", config=cfg).register(unique_name(), src)
+    assert v.uri.startswith(f"modelkeep://s3/{bucket}/models/@")
+    # The default store is local; the version's URI points into "remote", read with its options.
+    local = modelkeep.open(config=cfg)
+    assert local.store.url == str(tmp_path / "local-store")
+    out = local.pull(v.ref, tmp_path / "out")
+    assert tree_digest(out) == tree_digest(src)

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelkeep.config import Config, load_config
-from modelkeep.errors import InvalidInputError, NotFoundError, PluginError, VetoError
+from modelkeep.config import Config, StoreConfig, load_config
+from modelkeep.errors import InvalidInputError, NotFoundError, PluginError, StoreError, VetoError
 from modelkeep.hooks import Finding
 from modelkeep.refs import Ref, parse_ref, validate_alias, validate_name
 from modelkeep.registry import Registry, RegistryVersion
@@ -188,7 +188,8 @@ def open(
                               "the plugin for this registry")
     else:
         the_registry = registry
-    return Keep(the_store, the_registry, store_options=options, plugins=pm)
+    return Keep(the_store, the_registry, store_options=options, plugins=pm,
+                named_stores=config.stores.values())
 
 
 def _merge_options(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,7 +234,10 @@ class Keep:
         *,
         store_options: Mapping[str, Any] | None = None,
         plugins: PluginManager | None = None,
+        named_stores: Iterable[StoreConfig] = (),
     ) -> None:
+        """*named_stores* are the configured stores, whose options are used to read a version
+        that lives in one of them (a copy, or a version registered through another store)."""
         if plugins is None:
             from modelkeep.hooks.manager import get_plugin_manager
 
@@ -243,6 +247,7 @@ class Keep:
         self.plugins = plugins
         self.hook = plugins.hook
         self._options = dict(store_options or {})
+        self._named = tuple(named_stores)
         self._snapshots: dict[str, Snapshot] = {}
         self._stores: dict[str, Store] = {store.location.locator: store}
         self._lock = threading.Lock()
@@ -258,13 +263,26 @@ class Keep:
             store = self._stores.get(locator)
             if store is None:
                 protocol = locator.split("/", 1)[0]
-                same_backend = protocol == self.store.location.protocol
-                url = location_from_locator(locator).url
-                options = _plugin_options(self.plugins, protocol, url, None,
-                                          self._options if same_backend else {})
+                named = self._named_store(locator)
+                if named is not None:
+                    url, name, explicit = named.url, named.name, named.options
+                else:
+                    same_backend = protocol == self.store.location.protocol
+                    url, name = location_from_locator(locator).url, None
+                    explicit = self._options if same_backend else {}
+                options = _plugin_options(self.plugins, protocol, url, name, explicit)
                 store = Store.from_locator(locator, options)
                 self._stores[locator] = store
             return store
+
+    def _named_store(self, locator: str) -> StoreConfig | None:
+        for named in self._named:
+            try:
+                if parse_location(named.url).locator == locator:
+                    return named
+            except StoreError:
+                continue  # a bad URL in a store not in use; it reports itself when used
+        return None
 
     def _resolve(self, ref: str | Ref) -> RegistryVersion:
         parsed = parse_ref(ref) if isinstance(ref, str) else ref
