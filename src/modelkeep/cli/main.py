@@ -417,7 +417,10 @@ def plugins_(ctx: typer.Context) -> None:
     infos = pm.plugins_info()
 
     def human() -> None:
-        table = Table("plugin", "from", "hooks")
+        from rich.table import Column
+
+        # Names are the point of the listing: fold them on a narrow terminal, never cut them.
+        table = Table(*(Column(h, overflow="fold") for h in ("plugin", "from", "hooks")))
         for p in infos:
             origin = f"{p.origin} ({p.distribution})" if p.distribution else p.origin
             table.add_row(p.name, origin, "\n".join(p.hooks) or "-")
