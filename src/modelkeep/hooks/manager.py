@@ -30,7 +30,9 @@ from modelkeep.hooks._markers import PROJECT
 
 ENTRY_POINT_GROUP = "modelkeep"
 ENV = "MODELKEEP_PLUGINS"
-# name -> module; registered first, so every other plugin is called before them.
+# name -> module; registered first, so every other plugin is called before them. Modules are named
+# by string and imported only when a manager is built, so hooks/ imports no adapter (MLflow's
+# plugin among them) at import time; adapters join through the hooks like any third party.
 DEFAULT_PLUGINS: dict[str, str] = {
     "modelkeep.findings": "modelkeep.hooks.builtin",
     "modelkeep.mlflow": "modelkeep.plugins.mlflow.hooks",

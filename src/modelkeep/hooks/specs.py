@@ -15,6 +15,9 @@ Where a hook is called, in one ``register``::
     modelkeep_after_alias_change    once per alias set on the new version
     modelkeep_after_register    with the finished version
 
+Content identical to the newest version reuses that version: after the scan, only the alias
+hooks run, against it.
+
 ``pull`` calls ``modelkeep_after_pull``; opening a store calls ``modelkeep_registry`` and
 ``modelkeep_storage_options``; the CLI calls ``modelkeep_cli_commands``. Vetoes are return values
 (a reason string), not exceptions, so that every plugin is asked and the user sees every reason at
