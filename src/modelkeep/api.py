@@ -467,7 +467,7 @@ class Keep:
         return _check_tags({**collected, **snapshot.tags})
 
     def _validate(self, name: str, snapshot: Snapshot, findings: Sequence[Finding]) -> None:
-        reasons = [r for r in self.hook.modelkeep_validate_version(
+        reasons = [str(r) for r in self.hook.modelkeep_validate_version(
             name=name, snapshot=snapshot, findings=tuple(findings), keep=self) if r]
         if reasons:
             raise VetoError(f"{name}: new version refused: {'; '.join(reasons)}",
@@ -488,8 +488,9 @@ class Keep:
         if not caller.get_hookimpls():
             return
         previous = self._alias_target(name, alias)
-        reasons = [r for r in caller(name=name, alias=alias, version=version, tags=dict(tags),
-                                     previous=previous, keep=self) if r]
+        answers = caller(name=name, alias=alias, version=version, tags=dict(tags),
+                         previous=previous, keep=self)
+        reasons = [str(r) for r in answers if r]
         if reasons:
             target = f"{name}@{version}" if version is not None else f"the new version of {name}"
             raise VetoError(
