@@ -13,10 +13,15 @@ NODE_STAMP := node_modules/.installed
 .venv: $(VENV_STAMP)
 node_modules: $(NODE_STAMP)
 
-$(VENV_STAMP): pyproject.toml
+# The example plugin is installed too, so its tests can rely on it; it stays inactive in every
+# other test because the test suite sets MODELKEEP_PLUGINS (tests/conftest.py).
+EXAMPLE_PLUGIN := examples/plugins/approval
+
+$(VENV_STAMP): pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip
 	$(VPY) -m pip install -e ".[test]"
+	$(VPY) -m pip install -e $(EXAMPLE_PLUGIN)
 	touch $@
 
 # Azurite (Azure Blob emulator) for the adlfs tests, pinned by package-lock.json.

@@ -5,9 +5,15 @@ Session-scoped, so under pytest-xdist each worker starts its own servers.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.servers import Azurite, MotoS3, ServerStartError, start_azurite, start_moto
+
+# Installed third-party plugins (the example plugin among them) stay out of every test that does
+# not enable one explicitly; subprocesses inherit this.
+os.environ["MODELKEEP_PLUGINS"] = ""
 
 
 @pytest.fixture(scope="session")

@@ -127,3 +127,8 @@ def test_verify_exit_code_on_damage(project: Path, capsys: pytest.CaptureFixture
     assert main(["verify", f"{name}@{v['version']}"]) == 4  # type: ignore[index]
     out = capsys.readouterr().out
     assert "DAMAGED" in out and "model.safetensors" in out
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["no-such-command"]) == 2
+    assert "No such command" in capsys.readouterr().err

@@ -26,11 +26,13 @@ from modelkeep.errors import (
     MissingExtraError,
     ModelkeepError,
     NotFoundError,
+    PluginError,
     RegistryError,
     SourceError,
     StoreError,
     StoreUnreachableError,
     UnsafePathError,
+    VetoError,
 )
 
 if TYPE_CHECKING:
@@ -65,12 +67,14 @@ __all__ = [
     "ModelVersion",
     "ModelkeepError",
     "NotFoundError",
+    "PluginError",
     "RegistryError",
     "SourceError",
     "StoreError",
     "StoreUnreachableError",
     "TensorChanges",
     "UnsafePathError",
+    "VetoError",
     "__version__",
     "open",
 ]

@@ -1,9 +1,12 @@
 """The Python API: :func:`open` and :class:`Keep`, the one orchestrator.
 
 ``Keep`` combines a :class:`~modelkeep.store.Store` (content) and a
-:class:`~modelkeep.registry.Registry` (catalogue). Registering follows the write order that makes
+:class:`~modelkeep.registry.Registry` (catalogue), and calls the plugin hooks
+(:mod:`modelkeep.hooks.specs`) around what it does. Registering follows the write order that makes
 it crash-safe: chunks, then the snapshot object, then the registry entry; a version is visible only
-once its registry entry exists, and by then everything it points at is stored.
+once its registry entry exists, and by then everything it points at is stored. Every veto (a
+validator, an alias pre-check) is asked before the snapshot is written, so a refusal leaves only
+unreferenced chunks behind, as a crash would.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modelkeep.config import Config, load_config
-from modelkeep.errors import InvalidInputError, NotFoundError
+from modelkeep.config import Config, StoreConfig, load_config
+from modelkeep.errors import InvalidInputError, NotFoundError, PluginError, StoreError, VetoError
+from modelkeep.hooks import Finding
 from modelkeep.refs import Ref, parse_ref, validate_alias, validate_name
 from modelkeep.registry import Registry, RegistryVersion
 from modelkeep.store import (
@@ -35,7 +39,11 @@ from modelkeep.store import (
     scan_local,
     utc_now,
 )
+from modelkeep.store.location import location_from_locator, parse_location
 from modelkeep.store.snapshot import CREATED_FORMAT
+
+if TYPE_CHECKING:
+    from modelkeep.hooks.manager import PluginManager
 
 Progress = Callable[[int], None]
 TAG_PREFIX = "modelkeep."
@@ -155,19 +163,55 @@ def open(
     *,
     store_options: Mapping[str, Any] | None = None,
     config: Config | None = None,
+    plugins: PluginManager | None = None,
 ) -> Keep:
-    """Open the store and registry named by the arguments, the environment or modelkeep.toml."""
-    config = config or load_config()
-    options = dict(config.store_options)
-    options.update(store_options or {})
-    the_store = Store.open(store or config.store, options)
-    if isinstance(registry, str) or registry is None:
-        from modelkeep.plugins.mlflow import MlflowRegistry
+    """Open the store and registry named by the arguments, the environment or modelkeep.toml.
 
-        the_registry: Registry = MlflowRegistry(registry or config.registry)
+    *store* is a store name from ``[stores.NAME]`` or a URL; *plugins* a plugin manager
+    (default: the process-wide one, with the plugins ``MODELKEEP_PLUGINS`` selects).
+    """
+    from modelkeep.hooks.manager import get_plugin_manager
+
+    config = config or load_config()
+    pm = plugins if plugins is not None else get_plugin_manager()
+    choice = config.resolve_store(store)
+    options = _merge_options(choice.options, store_options or {})
+    location = parse_location(choice.url)
+    options = _plugin_options(pm, location.protocol, choice.url, choice.name, options)
+    the_store = Store.open(choice.url, options)
+    if isinstance(registry, str) or registry is None:
+        uri = registry or config.registry
+        the_registry: Registry | None = pm.hook.modelkeep_registry(uri=uri)
+        if the_registry is None:
+            raise PluginError(f"no plugin provides a registry for {uri or 'the default URI'!r}",
+                              hint="unblock modelkeep.mlflow in MODELKEEP_PLUGINS, or install "
+                              "the plugin for this registry")
     else:
         the_registry = registry
-    return Keep(the_store, the_registry, store_options=options)
+    return Keep(the_store, the_registry, store_options=options, plugins=pm,
+                named_stores=config.stores.values())
+
+
+def _merge_options(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """*over* wins; nested tables (``client_kwargs``) are merged one level deep."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _plugin_options(
+    pm: PluginManager, protocol: str, url: str, name: str | None, explicit: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Storage options from plugins under the explicit ones; the first plugin answering wins."""
+    merged: dict[str, Any] = {}
+    for answer in reversed(pm.hook.modelkeep_storage_options(
+            protocol=protocol, url=url, store_name=name)):
+        merged = _merge_options(merged, answer)
+    return _merge_options(merged, explicit)
 
 
 def _author() -> str:
@@ -184,11 +228,26 @@ class Keep:
     """A store and a registry used together."""
 
     def __init__(
-        self, store: Store, registry: Registry, *, store_options: Mapping[str, Any] | None = None
+        self,
+        store: Store,
+        registry: Registry,
+        *,
+        store_options: Mapping[str, Any] | None = None,
+        plugins: PluginManager | None = None,
+        named_stores: Iterable[StoreConfig] = (),
     ) -> None:
+        """*named_stores* are the configured stores, whose options are used to read a version
+        that lives in one of them (a copy, or a version registered through another store)."""
+        if plugins is None:
+            from modelkeep.hooks.manager import get_plugin_manager
+
+            plugins = get_plugin_manager()
         self.store = store
         self.registry = registry
+        self.plugins = plugins
+        self.hook = plugins.hook
         self._options = dict(store_options or {})
+        self._named = tuple(named_stores)
         self._snapshots: dict[str, Snapshot] = {}
         self._stores: dict[str, Store] = {store.location.locator: store}
         self._lock = threading.Lock()
@@ -203,10 +262,27 @@ class Keep:
         with self._lock:
             store = self._stores.get(locator)
             if store is None:
-                same_backend = locator.split("/", 1)[0] == self.store.location.protocol
-                store = Store.from_locator(locator, self._options if same_backend else None)
+                protocol = locator.split("/", 1)[0]
+                named = self._named_store(locator)
+                if named is not None:
+                    url, name, explicit = named.url, named.name, named.options
+                else:
+                    same_backend = protocol == self.store.location.protocol
+                    url, name = location_from_locator(locator).url, None
+                    explicit = self._options if same_backend else {}
+                options = _plugin_options(self.plugins, protocol, url, name, explicit)
+                store = Store.from_locator(locator, options)
                 self._stores[locator] = store
             return store
+
+    def _named_store(self, locator: str) -> StoreConfig | None:
+        for named in self._named:
+            try:
+                if parse_location(named.url).locator == locator:
+                    return named
+            except StoreError:
+                continue  # a bad URL in a store not in use; it reports itself when used
+        return None
 
     def _resolve(self, ref: str | Ref) -> RegistryVersion:
         parsed = parse_ref(ref) if isinstance(ref, str) else ref
@@ -300,12 +376,14 @@ class Keep:
         """Store the folder or file at *path* as a new version of *name*.
 
         Content identical to the newest version returns that version (``reused=True``) unless
-        *force*. Nothing becomes visible until every byte is stored.
+        *force*. Nothing becomes visible until every byte is stored and every plugin accepted
+        the version and its *aliases* (else :class:`~modelkeep.errors.VetoError`).
         """
         validate_name(name)
         aliases = [validate_alias(a) for a in aliases]
         user_tags = _check_tags(tags or {})
         sources = scan_local(path)
+        findings = self._scan(name, sources)
         parent_refs = []
         for p in parents:
             pv = self.get(p)
@@ -325,14 +403,20 @@ class Keep:
             latest = self.registry.latest(name)
             if latest is not None and latest.tags.get(TAG_PREFIX + "tree") == snapshot.tree:
                 for alias in aliases:
-                    self.registry.set_alias(name, alias, latest.version)
+                    self._check_alias(name, alias, latest.version, latest.tags, registering=False)
+                for alias in aliases:
+                    self._move_alias(name, alias, latest.version)
                 existing = self.get(f"{name}@{latest.version}")
                 return replace(existing, reused=True)
 
-        sid = self.store.save_snapshot(snapshot)
-        self._snapshots[sid] = snapshot
+        snapshot = replace(snapshot, tags=self._collect_tags(name, Path(path), snapshot))
+        self._validate(name, snapshot, findings)
+        for alias in aliases:
+            self._check_alias(name, alias, None, snapshot.tags, registering=True)
+
+        sid = snapshot.id
         registry_tags = {
-            **user_tags,
+            **snapshot.tags,
             TAG_PREFIX + "snapshot": sid,
             TAG_PREFIX + "tree": snapshot.tree,
             TAG_PREFIX + "size": str(stats.bytes_total),
@@ -342,14 +426,86 @@ class Keep:
         }
         if parent_refs:
             registry_tags[TAG_PREFIX + "parents"] = ",".join(str(p) for p in parent_refs)
+        self.hook.modelkeep_before_register(
+            name=name, snapshot=snapshot, tags=registry_tags, keep=self)
+
+        sid = self.store.save_snapshot(snapshot)
+        self._snapshots[sid] = snapshot
         rv = self.registry.create_version(
             name, self.store.uri(sid), tags=registry_tags, description=message or None
         )
         for alias in aliases:
-            self.registry.set_alias(name, alias, rv.version)
+            self._move_alias(name, alias, rv.version)
         if aliases:
             rv = replace(rv, aliases=tuple(sorted(set(rv.aliases) | set(aliases))))
-        return self._version(rv, snapshot, sid)
+        version = self._version(rv, snapshot, sid)
+        self.hook.modelkeep_after_register(version=version, keep=self)
+        return version
+
+    # -- hooks around register -------------------------------------------------------------
+
+    def _scan(self, name: str, sources: Sequence[Any]) -> list[Finding]:
+        caller = self.hook.modelkeep_scan_file
+        if not caller.get_hookimpls():  # spare a call per file when no scanner is installed
+            return []
+        findings: list[Finding] = []
+        for src in sources:
+            for answer in caller(name=name, path=src.relpath, size=src.size, opener=src.open):
+                findings.extend(answer or ())
+        for f in findings:
+            if not isinstance(f, Finding):
+                raise InvalidInputError(f"a scanner returned {f!r}, not a Finding",
+                                        hint="return modelkeep.hooks.Finding objects")
+        return findings
+
+    def _collect_tags(self, name: str, source: Path, snapshot: Snapshot) -> dict[str, str]:
+        collected: dict[str, str] = {}
+        for answer in reversed(self.hook.modelkeep_collect_metadata(
+                name=name, source=source, snapshot=snapshot, keep=self)):
+            collected.update(answer or {})
+        # The caller's own tags win over what plugins suggest.
+        return _check_tags({**collected, **snapshot.tags})
+
+    def _validate(self, name: str, snapshot: Snapshot, findings: Sequence[Finding]) -> None:
+        reasons = [str(r) for r in self.hook.modelkeep_validate_version(
+            name=name, snapshot=snapshot, findings=tuple(findings), keep=self) if r]
+        if reasons:
+            raise VetoError(f"{name}: new version refused: {'; '.join(reasons)}",
+                            reasons=reasons, hint="nothing was registered")
+
+    def _alias_target(self, name: str, alias: str) -> int | None:
+        try:
+            return self.registry.get_by_alias(name, alias).version
+        except NotFoundError:
+            return None
+
+    def _check_alias(
+        self, name: str, alias: str, version: int | None, tags: Mapping[str, str], *,
+        registering: bool,
+    ) -> None:
+        """Ask every plugin whether *alias* may point at *version* (None: the new version)."""
+        caller = self.hook.modelkeep_before_alias_change
+        if not caller.get_hookimpls():
+            return
+        previous = self._alias_target(name, alias)
+        answers = caller(name=name, alias=alias, version=version, tags=dict(tags),
+                         previous=previous, keep=self)
+        reasons = [str(r) for r in answers if r]
+        if reasons:
+            target = f"{name}@{version}" if version is not None else f"the new version of {name}"
+            raise VetoError(
+                f"alias {alias!r} on {target} refused: {'; '.join(reasons)}", reasons=reasons,
+                hint="nothing was registered" if registering else "the alias was not moved",
+            )
+
+    def _move_alias(self, name: str, alias: str, version: int) -> None:
+        """Point *alias* at *version* (already checked) and tell the plugins."""
+        caller = self.hook.modelkeep_after_alias_change
+        listening = bool(caller.get_hookimpls())
+        previous = self._alias_target(name, alias) if listening else None
+        self.registry.set_alias(name, alias, version)
+        if listening:
+            caller(name=name, alias=alias, version=version, previous=previous, keep=self)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -363,8 +519,13 @@ class Keep:
     ) -> Path:
         """Materialise the version's files in folder *dest* (created; must be new or empty unless
         *overwrite*). Every chunk is verified; on any failure *dest* is left untouched."""
-        store, snap, _sid = self._load(self._resolve(ref))
-        return store.materialize(snap, dest, overwrite=overwrite, progress=progress)
+        rv = self._resolve(ref)
+        store, snap, sid = self._load(rv)
+        out = store.materialize(snap, dest, overwrite=overwrite, progress=progress)
+        if self.hook.modelkeep_after_pull.get_hookimpls():
+            self.hook.modelkeep_after_pull(version=self._version(rv, snap, sid), dest=out,
+                                           keep=self)
+        return out
 
     def open_file(self, ref: str, path: str) -> SnapshotFile:
         """A seekable, read-only binary stream of one file that fetches only the chunks read."""

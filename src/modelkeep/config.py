@@ -1,26 +1,49 @@
-"""Settings: where the store and the registry are.
+"""Settings: where the stores and the registry are, and the policies to pass on.
 
-Found by walking up from the working folder to the first ``modelkeep.toml``; the folder holding it
-is the *project root*. Without one, the working folder is the project root. Precedence, highest
-first: explicit arguments (``--store``, ``modelkeep.open(store=…)``), ``MODELKEEP_*`` environment
-variables, ``MLFLOW_TRACKING_URI`` (registry only), the file, the defaults::
+Found by walking up from the working folder to the first ``modelkeep.toml``, or ``pyproject.toml``
+with a ``[tool.modelkeep]`` table (a ``pyproject.toml`` without one is passed over, and in one
+folder ``modelkeep.toml`` wins); ``MODELKEEP_CONFIG`` names a file and skips the search. The folder
+holding the file is the *project root*; without a file, the working folder is. Relative store paths
+and ``sqlite:///`` registry URIs in the file are relative to the project root.
+
+Precedence, highest first: explicit arguments (``--store``, ``modelkeep.open(store=…)``),
+``MODELKEEP_*`` environment variables, ``MLFLOW_TRACKING_URI`` (registry only), the file, the
+defaults::
 
     # modelkeep.toml
-    store = ".modelkeep/store"                  # any fsspec URL; relative to this file
     registry = "sqlite:///mlflow.db"            # any MLflow tracking/registry URI
+    default_store = "team"                      # which named store commands use
 
-    [store_options]                             # passed to the fsspec filesystem
-    client_kwargs = { endpoint_url = "http://127.0.0.1:9000" }
+    [stores.team]                               # a named store: a URL and its fsspec options
+    url = "s3://ml-models/keep"
+    options = { client_kwargs = { endpoint_url = "http://127.0.0.1:9000" } }
 
-Environment: ``MODELKEEP_STORE``, ``MODELKEEP_REGISTRY``, ``MODELKEEP_STORE_OPTIONS`` (a JSON
-object). Credentials belong in the environment the backend already reads (``AWS_*``,
-``AZURE_STORAGE_*``), not in a committed file.
+    [stores.laptop]
+    url = ".modelkeep/store"                    # relative to this file
+
+    [policies]                                  # passed through to the policy layer
+
+The single-store form keeps working: ``store = "URL"`` with a ``[store_options]`` table is an
+unnamed default store. ``default_store`` and ``store`` are exclusive; with neither, the default is
+``.modelkeep/store``. Named stores were chosen over a ``default = true`` flag on one of them
+because one top-level key cannot name two defaults.
+
+A store named on the command line or in ``MODELKEEP_STORE`` is looked up among the named stores
+first, then taken as a URL or path (write ``./team`` for a folder that shares a store's name).
+
+Environment: ``MODELKEEP_CONFIG`` (the file), ``MODELKEEP_STORE`` (a store name or URL),
+``MODELKEEP_STORE_OPTIONS`` (a JSON object merged over the options of the store in use),
+``MODELKEEP_REGISTRY``; ``MODELKEEP_PLUGINS`` is read by :mod:`modelkeep.hooks`. Credentials
+belong in the environment the backend already reads (``AWS_*``, ``AZURE_STORAGE_*``) or a plugin
+that provides storage options, not in a committed file; :func:`redact` hides them when settings are
+shown.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +52,29 @@ from typing import Any
 from modelkeep.errors import ConfigError
 
 CONFIG_NAME = "modelkeep.toml"
+PYPROJECT = "pyproject.toml"
 DEFAULT_STORE = ".modelkeep/store"
-_KNOWN_KEYS = {"store", "registry", "store_options"}
+_KNOWN_KEYS = {"store", "registry", "store_options", "default_store", "stores", "policies"}
+_STORE_KEYS = {"url", "options"}
+_STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """One named store: its URL (resolved against the project root) and fsspec options."""
+
+    name: str
+    url: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreChoice:
+    """The store an operation uses: its name if it is a named store, URL and options."""
+
+    name: str | None
+    url: str
+    options: dict[str, Any]
 
 
 @dataclass
@@ -40,13 +84,65 @@ class Config:
     registry: str | None
     store_options: dict[str, Any] = field(default_factory=dict)
     file: Path | None = None
+    store_name: str | None = None  # set when the default store is a named one
+    stores: dict[str, StoreConfig] = field(default_factory=dict)
+    policies: dict[str, Any] = field(default_factory=dict)
+    # Where each effective value came from ("file", "default", "env MODELKEEP_STORE" …).
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def resolve_store(self, value: str | None = None) -> StoreChoice:
+        """The store *value* names: a configured store name, a URL or path, or (None) the
+        default store. URLs and paths get the default store's options, as before named stores."""
+        if value is None:
+            return StoreChoice(self.store_name, self.store, dict(self.store_options))
+        named = self.stores.get(value)
+        if named is not None:
+            return StoreChoice(named.name, named.url, _with_env_options(named.options))
+        return StoreChoice(None, value, dict(self.store_options))
+
+    def to_json(self, *, redacted: bool = True) -> dict[str, Any]:
+        """The effective settings, with secrets replaced by ``***`` unless *redacted* is False."""
+        data: dict[str, Any] = {
+            "file": str(self.file) if self.file else None,
+            "root": str(self.root),
+            "store": {"name": self.store_name, "url": self.store, "options": self.store_options,
+                      "source": self.sources.get("store", "default")},
+            "registry": {"uri": self.registry, "source": self.sources.get("registry", "default")},
+            "stores": {n: {"url": s.url, "options": s.options} for n, s in self.stores.items()},
+            "policies": self.policies,
+            "plugins": os.environ.get("MODELKEEP_PLUGINS"),
+        }
+        return redact(data) if redacted else data
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}", hint="fix the TOML syntax") from None
+
+
+def _tool_table(data: dict[str, Any]) -> Any:
+    tool = data.get("tool")
+    return tool.get("modelkeep") if isinstance(tool, dict) else None
 
 
 def find_config(start: Path | None = None) -> Path | None:
+    """The settings file that applies in *start* (default: the working folder), or None."""
+    explicit = os.environ.get("MODELKEEP_CONFIG")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"MODELKEEP_CONFIG names {explicit!r}, which is not a file",
+                              hint="point it at a modelkeep.toml or pyproject.toml")
+        return path.resolve()
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         candidate = folder / CONFIG_NAME
         if candidate.is_file():
+            return candidate
+        candidate = folder / PYPROJECT
+        if candidate.is_file() and _tool_table(_read_toml(candidate)) is not None:
             return candidate
     return None
 
@@ -68,55 +164,122 @@ def _resolve_store(url: str, root: Path) -> str:
     return str(path if path.is_absolute() else root / path)
 
 
+def _env_options() -> dict[str, Any]:
+    env_opts = os.environ.get("MODELKEEP_STORE_OPTIONS")
+    if not env_opts:
+        return {}
+    try:
+        parsed = json.loads(env_opts)
+        if not isinstance(parsed, dict):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            "MODELKEEP_STORE_OPTIONS is not a JSON object", hint='e.g. {"anon": false}'
+        ) from None
+    return parsed
+
+
+def _with_env_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {**options, **_env_options()}
+
+
+def _validate(data: dict[str, Any], file: Path, prefix: str) -> None:
+    """Check the file's shape; every message names the key (as written in the file) and file."""
+
+    def q(key: str) -> str:
+        return repr(prefix + key)
+
+    unknown = set(data) - _KNOWN_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key {q(sorted(unknown)[0])} in {file}",
+                          hint=f"known keys: {', '.join(sorted(_KNOWN_KEYS))}")
+    for key in ("store", "registry", "default_store"):
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(f"{q(key)} in {file} must be a string")
+    for key in ("store_options", "stores", "policies"):
+        if key in data and not isinstance(data[key], dict):
+            raise ConfigError(f"{q(key)} in {file} must be a table")
+    if "store" in data and "default_store" in data:
+        raise ConfigError(f"both {q('store')} and {q('default_store')} are set in {file}",
+                          hint="name the default store with one of them")
+    stores = data.get("stores", {})
+    for name, table in stores.items():
+        key = f"stores.{name}"
+        if not _STORE_NAME.match(name):
+            raise ConfigError(f"store name {q(key)} in {file} is not valid",
+                              hint="use letters, digits, '-' and '_' (at most 64)")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{q(key)} in {file} must be a table",
+                              hint=f'e.g. [stores.{name}] url = "s3://bucket/prefix"')
+        extra = set(table) - _STORE_KEYS
+        if extra:
+            raise ConfigError(f"unknown key {q(key + '.' + sorted(extra)[0])} in {file}",
+                              hint="a store has 'url' and an 'options' table")
+        if not isinstance(table.get("url"), str) or not table["url"]:
+            raise ConfigError(f"{q(key + '.url')} in {file} must be a non-empty string")
+        if not isinstance(table.get("options", {}), dict):
+            raise ConfigError(f"{q(key + '.options')} in {file} must be a table")
+    default = data.get("default_store")
+    if default is not None and default not in stores:
+        known = ", ".join(sorted(stores)) or "none"
+        raise ConfigError(f"{q('default_store')} in {file} names {default!r}, which is not "
+                          f"a configured store", hint=f"named stores: {known}")
+
+
 def load_config(start: Path | None = None) -> Config:
     file = find_config(start)
     root = file.parent if file else (start or Path.cwd()).resolve()
     data: dict[str, Any] = {}
     if file is not None:
-        try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read {file}: {exc}", hint="fix the TOML syntax") from None
-        unknown = set(data) - _KNOWN_KEYS
-        if unknown:
-            raise ConfigError(
-                f"unknown key {sorted(unknown)[0]!r} in {file}",
-                hint=f"known keys: {', '.join(sorted(_KNOWN_KEYS))}",
-            )
-        for key in ("store", "registry"):
-            if key in data and not isinstance(data[key], str):
-                raise ConfigError(f"{key!r} in {file} must be a string")
-        if "store_options" in data and not isinstance(data["store_options"], dict):
-            raise ConfigError(f"'store_options' in {file} must be a table")
+        raw = _read_toml(file)
+        prefix = ""
+        if file.name == PYPROJECT:
+            raw = _tool_table(raw)
+            prefix = "tool.modelkeep."
+            if not isinstance(raw, dict):
+                raise ConfigError(f"'tool.modelkeep' in {file} must be a table")
+        data = raw
+        _validate(data, file, prefix)
+    sources: dict[str, str] = {}
+
+    stores = {
+        name: StoreConfig(name, _resolve_store(t["url"], root), dict(t.get("options", {})))
+        for name, t in data.get("stores", {}).items()
+    }
+    # The default store: a named one, or an unnamed URL with the top-level store_options.
+    store_name: str | None = data.get("default_store")
+    store = _resolve_store(data.get("store", DEFAULT_STORE), root)
+    if "store" in data or store_name:
+        sources["store"] = "file"
     env_store = os.environ.get("MODELKEEP_STORE")
-    store = (
-        _resolve_store(env_store, Path.cwd())
-        if env_store
-        else _resolve_store(data.get("store", DEFAULT_STORE), root)
-    )
-    options = dict(data.get("store_options", {}))
-    env_opts = os.environ.get("MODELKEEP_STORE_OPTIONS")
-    if env_opts:
-        try:
-            parsed = json.loads(env_opts)
-            if not isinstance(parsed, dict):
-                raise ValueError
-        except ValueError:
-            raise ConfigError(
-                "MODELKEEP_STORE_OPTIONS is not a JSON object", hint='e.g. {"anon": false}'
-            ) from None
-        options.update(parsed)
-    registry = (
-        os.environ.get("MODELKEEP_REGISTRY")
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or data.get("registry")
-    )
+    if env_store:
+        sources["store"] = "env MODELKEEP_STORE"
+        store_name = env_store if env_store in stores else None
+        store = _resolve_store(env_store, Path.cwd())
+    if store_name is not None:
+        store, options = stores[store_name].url, dict(stores[store_name].options)
+    else:
+        options = dict(data.get("store_options", {}))
+    options = _with_env_options(options)
+
+    registry = None
+    for var in ("MODELKEEP_REGISTRY", "MLFLOW_TRACKING_URI"):
+        if os.environ.get(var):
+            registry, sources["registry"] = os.environ[var], f"env {var}"
+            break
+    else:
+        if data.get("registry"):
+            registry, sources["registry"] = data["registry"], "file"
     return Config(
         root=root,
         store=store,
         registry=_resolve_sqlite(registry, root) if registry else None,
         store_options=options,
         file=file,
+        store_name=store_name,
+        stores=stores,
+        policies=dict(data.get("policies", {})),
+        sources=sources,
     )
 
 
@@ -130,3 +293,52 @@ def write_config(folder: Path, *, store: str | None, registry: str | None) -> Pa
     lines.append(f"registry = {json.dumps(registry or 'sqlite:///mlflow.db')}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+# -- redaction ------------------------------------------------------------------------------------
+
+REDACTED = "***"
+# A key is secret when one of its words (split at '_', '-', '.' and camelCase) is one of these.
+_SECRET_WORDS = {"key", "secret", "password", "passwd", "pwd", "token", "credential",
+                 "credentials", "sas", "sig", "signature", "auth", "authorization"}
+_SECRET_PHRASES = ("connection_string", "connectionstring")
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
+_QUERY_PARAM = re.compile(r"(?P<sep>[?&;])(?P<name>[^=&;#\s]+)=(?P<value>[^&;#\s]*)")
+
+
+def _words(key: str) -> list[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
+    return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a setting named *key* holds a secret (``aws_secret_access_key``, ``sas_token``,
+    ``connection_string``, ``accountKey`` …)."""
+    flat = key.lower().replace("-", "_")
+    if any(p in flat for p in _SECRET_PHRASES):
+        return True
+    return any(w in _SECRET_WORDS for w in _words(key))
+
+
+def redact_url(text: str) -> str:
+    """Hide the password in ``scheme://user:password@host`` and secret query parameters
+    (SAS signatures, tokens)."""
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+    if "?" not in text:
+        return text
+    return _QUERY_PARAM.sub(
+        lambda m: f"{m['sep']}{m['name']}={REDACTED if is_secret_key(m['name']) else m['value']}",
+        text,
+    )
+
+
+def redact(value: Any) -> Any:
+    """A copy of *value* (nested dicts, lists, strings) with secrets replaced by ``***``."""
+    if isinstance(value, dict):
+        return {k: (REDACTED if is_secret_key(str(k)) and v not in (None, "") else redact(v))
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        return redact_url(value)
+    return value

@@ -111,6 +111,26 @@ class DestinationExistsError(InvalidInputError, FileExistsError):
     """The destination of a pull exists and is not empty."""
 
 
+class PluginError(ModelkeepError):
+    """A plugin cannot be loaded, or ``MODELKEEP_PLUGINS`` names one that is not installed."""
+
+    exit_code = 8
+
+
+class VetoError(ModelkeepError):
+    """A plugin (or policy) refused an operation: registering a version, or moving an alias.
+
+    ``reasons`` holds every refusal, in the order the hooks answered; nothing was changed.
+    """
+
+    exit_code = 9
+
+    def __init__(self, message: str, *, reasons: list[str] | tuple[str, ...] = (),
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reasons = tuple(reasons)
+
+
 __all__ = [
     "ConfigError",
     "CredentialsError",
@@ -122,9 +142,11 @@ __all__ = [
     "MissingExtraError",
     "ModelkeepError",
     "NotFoundError",
+    "PluginError",
     "RegistryError",
     "SourceError",
     "StoreError",
     "StoreUnreachableError",
     "UnsafePathError",
+    "VetoError",
 ]

@@ -2,7 +2,8 @@
 
 Each command calls the Python API (:mod:`modelkeep.api`) and prints the result for a person, or as
 JSON on stdout with ``--json``. Errors are turned into one line and an exit code in
-:mod:`modelkeep.cli._errors`, never here.
+:mod:`modelkeep.cli._errors`, never here. Plugins add commands through the
+``modelkeep_cli_commands`` hook; :func:`main` adds them to the group before parsing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from modelkeep.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from modelkeep.api import Keep
+    from modelkeep.hooks.manager import PluginManager
 
 app = typer.Typer(
     name="modelkeep",
@@ -39,13 +41,15 @@ class State:
     store: str | None = None
     registry: str | None = None
     out: Output = field(default_factory=Output)
+    plugins: PluginManager | None = None
     _keep: Keep | None = None
 
     def keep(self) -> Keep:
         if self._keep is None:
             import modelkeep
 
-            self._keep = modelkeep.open(store=self.store, registry=self.registry)
+            self._keep = modelkeep.open(store=self.store, registry=self.registry,
+                                        plugins=self.plugins)
         return self._keep
 
 
@@ -56,14 +60,17 @@ def _state(ctx: typer.Context) -> State:
 @app.callback()
 def _global(
     ctx: typer.Context,
-    store: Annotated[str | None, typer.Option("--store", help="Store URL (path, s3://, az://, "
-                                              "memory://); overrides modelkeep.toml.")] = None,
+    store: Annotated[str | None, typer.Option("--store", help="A store named in modelkeep.toml, "
+                                              "or a URL (path, s3://, az://, memory://).")]
+    = None,
     registry: Annotated[str | None, typer.Option("--registry", help="MLflow registry URI.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
     = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
 ) -> None:
-    ctx.obj = State(store=store, registry=registry, out=Output(json=json_out, quiet=quiet))
+    plugins = ctx.obj.plugins if isinstance(ctx.obj, State) else None
+    ctx.obj = State(store=store, registry=registry, out=Output(json=json_out, quiet=quiet),
+                    plugins=plugins)
 
 
 def _parse_tags(items: list[str]) -> dict[str, str]:
@@ -349,19 +356,116 @@ def verify(
         raise typer.Exit(4)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point."""
-    command = typer.main.get_command(app)
+# -- config / plugins ---------------------------------------------------------------------------
+
+
+@app.command("config")
+def config_(ctx: typer.Context) -> None:
+    """Show the effective settings (file, stores, registry, policies), secrets redacted."""
+    from modelkeep.config import load_config, redact
+
+    st = _state(ctx)
+    cfg = load_config()
+    data = cfg.to_json(redacted=False)
+    if st.store is not None:
+        choice = cfg.resolve_store(st.store)
+        data["store"] = {"name": choice.name, "url": choice.url, "options": choice.options,
+                         "source": "--store"}
+    if st.registry is not None:
+        data["registry"] = {"uri": st.registry, "source": "--registry"}
+    data = redact(data)
+
+    def human() -> None:
+        c = st.out.console
+        c.print(f"file:      {data['file'] or '(none; defaults)'}", highlight=False)
+        c.print(f"root:      {data['root']}", highlight=False)
+        store = data["store"]
+        label = f"{store['name']}: " if store["name"] else ""
+        c.print(f"store:     {label}{store['url']}  [{store['source']}]", highlight=False,
+                markup=False)
+        if store["options"]:
+            c.print(f"  options: {_inline(store['options'])}", highlight=False, markup=False)
+        reg = data["registry"]
+        c.print(f"registry:  {reg['uri'] or '(MLflow default)'}  [{reg['source']}]",
+                highlight=False, markup=False)
+        for name, s in data["stores"].items():
+            c.print(f"stores.{name}: {s['url']}", highlight=False, markup=False)
+            if s["options"]:
+                c.print(f"  options: {_inline(s['options'])}", highlight=False, markup=False)
+        if data["policies"]:
+            c.print(f"policies:  {_inline(data['policies'])}", highlight=False, markup=False)
+        if data["plugins"] is not None:
+            c.print(f"plugins:   MODELKEEP_PLUGINS={data['plugins']}", highlight=False,
+                    markup=False)
+
+    st.out.emit(data, human)
+
+
+def _inline(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
+@app.command("plugins")
+def plugins_(ctx: typer.Context) -> None:
+    """List loaded plugins and the hooks each implements."""
+    from modelkeep.hooks.manager import get_plugin_manager
+
+    st = _state(ctx)
+    pm = st.plugins or get_plugin_manager()
+    infos = pm.plugins_info()
+
+    def human() -> None:
+        from rich.table import Column
+
+        # Names are the point of the listing: fold them on a narrow terminal, never cut them.
+        table = Table(*(Column(h, overflow="fold") for h in ("plugin", "from", "hooks")))
+        for p in infos:
+            origin = f"{p.origin} ({p.distribution})" if p.distribution else p.origin
+            table.add_row(p.name, origin, "\n".join(p.hooks) or "-")
+        st.out.console.print(table)
+
+    st.out.emit([p.to_json() for p in infos], human)
+
+
+def _command(plugins: PluginManager) -> Any:
+    """The click group of the built-in commands and every plugin's (a fresh one each call, so
+    the module's ``app`` never accumulates plugin commands)."""
+    command: Any = typer.main.get_command(app)
+    extra = typer.Typer()
+    plugins.hook.modelkeep_cli_commands(app=extra)
+    if extra.registered_commands or extra.registered_groups:
+        group = typer.main.get_group(extra)
+        for name, cmd in group.commands.items():
+            command.add_command(cmd, name)
+    return command
+
+
+def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None) -> int:
+    """Console-script entry point; *plugins* replaces the process-wide plugin manager."""
     try:
-        result: Any = command.main(args=argv, prog_name="modelkeep", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        if plugins is None:
+            from modelkeep.hooks.manager import get_plugin_manager
+
+            plugins = get_plugin_manager()
+        command = _command(plugins)
+    except Exception as exc:
+        return report(exc)
+    try:
+        result: Any = command.main(args=argv, prog_name="modelkeep", standalone_mode=False,
+                                   obj=State(plugins=plugins))
+    except (click.exceptions.Exit, typer.Exit) as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         print("error: aborted", file=sys.stderr)
         return 130
-    except click.ClickException as exc:
+    except (click.ClickException, typer.TyperException) as exc:
+        # Recent typer versions carry their own copy of click: catch both kinds of usage error.
+        if not hasattr(exc, "show"):
+            return report(exc)
         exc.show()
-        return exc.exit_code
+        return int(getattr(exc, "exit_code", 2))
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
