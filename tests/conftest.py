@@ -9,7 +9,15 @@ import os
 
 import pytest
 
-from tests.servers import Azurite, MotoS3, ServerStartError, start_azurite, start_moto
+from tests.servers import (
+    Azurite,
+    MlflowServer,
+    MotoS3,
+    ServerStartError,
+    start_azurite,
+    start_mlflow_server,
+    start_moto,
+)
 
 # Installed third-party plugins (the example plugin among them) stay out of every test that does
 # not enable one explicitly; subprocesses inherit this.
@@ -50,3 +58,17 @@ def mlflow_sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     created on first use."""
     db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     return f"sqlite:///{db}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """An ``mlflow server`` process on a free loopback port over a SQLite file (``url``)."""
+    workdir = tmp_path_factory.mktemp("mlflow-server")
+    try:
+        server: MlflowServer = start_mlflow_server(workdir, f"sqlite:///{workdir / 'mlflow.db'}")
+    except ServerStartError as exc:
+        pytest.fail(f"could not start mlflow server:\n{exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.process.stop()

@@ -286,3 +286,34 @@ def start_azurite(workdir: Path) -> Azurite:
 
     port, proc = _start_with_retries(start)
     return Azurite(blob_endpoint=f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}", process=proc)
+
+
+# ------------------------------------------------------------------------- MLflow server
+
+
+@dataclass
+class MlflowServer:
+    url: str
+    process: ManagedProcess
+
+
+def start_mlflow_server(workdir: Path, backend_store_uri: str) -> MlflowServer:
+    """``mlflow server`` on loopback over *backend_store_uri*, with this interpreter's plugins
+    (modelkeep's artifact repository among them)."""
+    exe = Path(sys.executable).parent / "mlflow"
+    env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+    def start(port: int) -> ManagedProcess:
+        proc = ManagedProcess(
+            "mlflow server",
+            [str(exe), "server", "--backend-store-uri", backend_store_uri,
+             "--default-artifact-root", str(workdir / "artifacts"),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            workdir / f"mlflow-{port}.log",
+            env=env,
+        )
+        proc.wait_ready(lambda: _http_answers(f"http://127.0.0.1:{port}/health"), timeout=90)
+        return proc
+
+    port, proc = _start_with_retries(start)
+    return MlflowServer(url=f"http://127.0.0.1:{port}", process=proc)

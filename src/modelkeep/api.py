@@ -214,6 +214,36 @@ def _plugin_options(
     return _merge_options(merged, explicit)
 
 
+def open_locator(
+    locator: str,
+    plugins: PluginManager,
+    named_stores: Iterable[StoreConfig],
+    default_protocol: str,
+    default_options: Mapping[str, Any],
+) -> Store:
+    """The store at *locator* (from a version's URI), opened with the options of the configured
+    store it is, else the default store's options when on the same backend, under the options
+    plugins provide."""
+    protocol = locator.split("/", 1)[0]
+    named = _named_store(named_stores, locator)
+    if named is not None:
+        url, name, explicit = named.url, named.name, named.options
+    else:
+        url, name = location_from_locator(locator).url, None
+        explicit = default_options if protocol == default_protocol else {}
+    return Store.from_locator(locator, _plugin_options(plugins, protocol, url, name, explicit))
+
+
+def _named_store(named_stores: Iterable[StoreConfig], locator: str) -> StoreConfig | None:
+    for named in named_stores:
+        try:
+            if parse_location(named.url).locator == locator:
+                return named
+        except StoreError:
+            continue  # a bad URL in a store not in use; it reports itself when used
+    return None
+
+
 def _author() -> str:
     env = os.environ.get("MODELKEEP_AUTHOR")
     if env:
@@ -262,27 +292,11 @@ class Keep:
         with self._lock:
             store = self._stores.get(locator)
             if store is None:
-                protocol = locator.split("/", 1)[0]
-                named = self._named_store(locator)
-                if named is not None:
-                    url, name, explicit = named.url, named.name, named.options
-                else:
-                    same_backend = protocol == self.store.location.protocol
-                    url, name = location_from_locator(locator).url, None
-                    explicit = self._options if same_backend else {}
-                options = _plugin_options(self.plugins, protocol, url, name, explicit)
-                store = Store.from_locator(locator, options)
+                store = open_locator(
+                    locator, self.plugins, self._named, self.store.location.protocol, self._options
+                )
                 self._stores[locator] = store
             return store
-
-    def _named_store(self, locator: str) -> StoreConfig | None:
-        for named in self._named:
-            try:
-                if parse_location(named.url).locator == locator:
-                    return named
-            except StoreError:
-                continue  # a bad URL in a store not in use; it reports itself when used
-        return None
 
     def _resolve(self, ref: str | Ref) -> RegistryVersion:
         parsed = parse_ref(ref) if isinstance(ref, str) else ref

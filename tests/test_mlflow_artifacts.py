@@ -1,0 +1,122 @@
+"""MLflow reads modelkeep versions through the ``modelkeep`` artifact repository: ``models:/``
+URIs in the client, and an ``mlflow server`` process serving a version's files."""
+
+from __future__ import annotations
+
+import textwrap
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+import modelkeep
+from modelkeep.store import Kind
+from tests.backends import unique_name
+from tests.helpers import tensors, tree_digest, write_model
+
+MODEL_CODE = textwrap.dedent(
+    """
+    import mlflow
+    from mlflow.pyfunc import PythonModel
+
+
+    class Doubler(PythonModel):
+        def predict(self, context, model_input, params=None):
+            return [2 * x for x in model_input["x"]]
+
+
+    mlflow.models.set_model(Doubler())
+    """
+)
+
+
+@pytest.fixture
+def registry_uri(mlflow_sqlite_uri: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_sqlite_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", mlflow_sqlite_uri)
+    return mlflow_sqlite_uri
+
+
+def _pyfunc_model(folder: Path) -> Path:
+    """A pyfunc model saved "from code": the model is a Python file, nothing is pickled."""
+    code = folder.parent / "doubler.py"
+    code.write_text(MODEL_CODE)
+    mlflow.pyfunc.save_model(str(folder), python_model=str(code))
+    return folder
+
+
+def test_pyfunc_model_loads_by_alias_and_predicts(tmp_path: Path, registry_uri: str) -> None:
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=registry_uri)
+    name = unique_name()
+    keep.register(name, _pyfunc_model(tmp_path / "pyfunc"), aliases=["champion"])
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    assert list(model.predict(pd.DataFrame({"x": [1, 2, 5]}))) == [2, 4, 10]
+
+
+def test_download_artifacts_of_a_version(tmp_path: Path, registry_uri: str) -> None:
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=registry_uri)
+    name = unique_name()
+    src = write_model(tmp_path / "m", tensors(n=3))
+    keep.register(name, src)
+    keep.register(name, write_model(tmp_path / "m2", tensors(seed=9, n=3)))
+    out = mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / "o"))
+    assert tree_digest(Path(out)) == tree_digest(src)
+    one = mlflow.artifacts.download_artifacts(
+        f"models:/{name}/1/tokenizer/vocab.txt", dst_path=str(tmp_path / "one"))
+    assert Path(one).read_bytes() == (src / "tokenizer" / "vocab.txt").read_bytes()
+
+
+def test_repository_lists_folders_and_refuses_writes(tmp_path: Path, registry_uri: str) -> None:
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=registry_uri)
+    v = keep.register(unique_name(), write_model(tmp_path / "m", tensors(n=2)))
+    repo = get_artifact_repository(v.uri)
+    top = {(i.path, i.is_dir) for i in repo.list_artifacts()}
+    assert top == {("config.json", False), ("model.safetensors", False), ("run.sh", False),
+                   ("tokenizer", True)}
+    assert [i.path for i in repo.list_artifacts("tokenizer")] == [
+        "tokenizer/empty.txt", "tokenizer/vocab.txt"]
+    sub = get_artifact_repository(f"{v.uri}/tokenizer")
+    assert [i.path for i in sub.list_artifacts()] == ["empty.txt", "vocab.txt"]
+    with pytest.raises(MlflowException, match="never changes"):
+        repo.log_artifact(str(tmp_path / "m" / "config.json"))
+
+
+def test_corrupt_chunk_fails_download_without_leaving_a_file(
+    tmp_path: Path, registry_uri: str
+) -> None:
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=registry_uri)
+    v = keep.register(unique_name(), write_model(tmp_path / "m", tensors(n=2), extra=False))
+    cid = v.files[0].chunks[-1][0]
+    path = Path(keep.store.db.path(Kind.CHUNK, cid))
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    with pytest.raises(MlflowException, match="corrupt"):
+        get_artifact_repository(v.uri).download_artifacts("model.safetensors", str(dst))
+    assert not (dst / "model.safetensors").exists()
+
+
+def test_mlflow_server_serves_version_files(tmp_path: Path, mlflow_server) -> None:  # type: ignore[no-untyped-def]
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_server.url)
+    src = write_model(tmp_path / "m", tensors(n=3))
+    name = unique_name()
+    keep.register(name, src)
+    for rel in ("config.json", "model.safetensors", "tokenizer/vocab.txt"):
+        query = urllib.parse.urlencode({"name": name, "version": "1", "path": rel})
+        with urllib.request.urlopen(
+            f"{mlflow_server.url}/model-versions/get-artifact?{query}", timeout=60
+        ) as resp:
+            assert resp.read() == (src / rel).read_bytes(), rel
+    query = urllib.parse.urlencode({"name": name, "version": "1", "path": "nope.bin"})
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(f"{mlflow_server.url}/model-versions/get-artifact?{query}",
+                               timeout=60)
