@@ -37,6 +37,7 @@ from modelkeep.store.snapshot import FileEntry, file_digest
 
 Progress = Callable[[int], None]
 _Stored = tuple[str, int, bool]  # chunk id, length, created by this call
+_ASK_FIRST_MIN = 256 << 10  # smaller chunks skip the existence request (see _store_chunk)
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,13 @@ class Ingestor:
             self._seen.add(cid)
         if self.known is not None and self.known.contains(cid):
             return cid, len(data), False
-        if not self.db.location.is_local and self.db.exists(Kind.CHUNK, cid):
+        # On an object store, ask before uploading a large chunk that may be there already; a
+        # small one is cheaper to send with the conditional create than to ask about first.
+        if (
+            not self.db.location.is_local
+            and len(data) >= _ASK_FIRST_MIN
+            and self.db.exists(Kind.CHUNK, cid)
+        ):
             created = False
         else:
             created = self.db.put(Kind.CHUNK, cid, data)
