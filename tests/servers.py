@@ -295,19 +295,22 @@ def start_azurite(workdir: Path) -> Azurite:
 class MlflowServer:
     url: str
     process: ManagedProcess
+    store: Path  # the modelkeep store run artifacts are proxied into
 
 
 def start_mlflow_server(workdir: Path, backend_store_uri: str) -> MlflowServer:
     """``mlflow server`` on loopback over *backend_store_uri*, with this interpreter's plugins
-    (modelkeep's artifact repository among them)."""
+    (modelkeep's artifact repository among them). Run artifacts are served by the server
+    (``mlflow-artifacts:``) and stored in a modelkeep store under *workdir*."""
     exe = Path(sys.executable).parent / "mlflow"
     env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    store = workdir / "store"
 
     def start(port: int) -> ManagedProcess:
         proc = ManagedProcess(
             "mlflow server",
             [str(exe), "server", "--backend-store-uri", backend_store_uri,
-             "--default-artifact-root", str(workdir / "artifacts"),
+             "--artifacts-destination", f"modelkeep://file{store}/@runs",
              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
             workdir / f"mlflow-{port}.log",
             env=env,
@@ -316,4 +319,4 @@ def start_mlflow_server(workdir: Path, backend_store_uri: str) -> MlflowServer:
         return proc
 
     port, proc = _start_with_retries(start)
-    return MlflowServer(url=f"http://127.0.0.1:{port}", process=proc)
+    return MlflowServer(url=f"http://127.0.0.1:{port}", process=proc, store=store)

@@ -16,9 +16,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 import modelkeep
-from modelkeep.store import Kind
+from modelkeep.store import Kind, Store
 from tests.backends import unique_name
-from tests.helpers import tensors, tree_digest, write_model
+from tests.helpers import change_fraction, tensors, tree_digest, write_model
 
 MODEL_CODE = textwrap.dedent(
     """
@@ -120,3 +120,77 @@ def test_mlflow_server_serves_version_files(tmp_path: Path, mlflow_server) -> No
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(f"{mlflow_server.url}/model-versions/get-artifact?{query}",
                                timeout=60)
+
+
+def _run_store_experiment(tmp_path: Path) -> tuple[Store, str]:
+    store = Store.open(str(tmp_path / "store"))
+    experiment = mlflow.create_experiment(unique_name(), artifact_location=store.runs_uri("exp"))
+    return store, experiment
+
+
+def test_run_checkpoints_share_unchanged_bytes(tmp_path: Path, registry_uri: str) -> None:
+    store, experiment = _run_store_experiment(tmp_path)
+    ts = tensors(n=20)
+    ckpt = tmp_path / "ckpt"
+    with mlflow.start_run(experiment_id=experiment) as run:
+        for epoch in range(3):
+            if epoch:
+                change_fraction(ts, 0.1, seed=epoch)
+            write_model(ckpt, ts, extra=False)
+            mlflow.log_artifact(str(ckpt / "model.safetensors"), artifact_path=f"epoch-{epoch}")
+        mlflow.log_artifact(str(ckpt / "model.safetensors"), artifact_path="epoch-2")  # again
+    one = (ckpt / "model.safetensors").stat().st_size
+    # Three checkpoints, each 10% different from the one before: about 1.2 checkpoints stored.
+    assert store.stored_bytes(Kind.CHUNK) < 1.4 * one
+    run_id = run.info.run_id
+    assert [a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id)] == [
+        "epoch-0", "epoch-1", "epoch-2"]
+    out = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="epoch-2", dst_path=str(tmp_path / "dl"))
+    assert (Path(out) / "model.safetensors").read_bytes() == (
+        ckpt / "model.safetensors").read_bytes()
+
+
+def test_logged_pyfunc_model_loads_from_a_run(tmp_path: Path, registry_uri: str) -> None:
+    store, experiment = _run_store_experiment(tmp_path)
+    code = tmp_path / "doubler.py"
+    code.write_text(MODEL_CODE)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(code))
+    assert store.stored_bytes(Kind.CHUNK) > 0
+    for uri in (info.model_uri, f"runs:/{run.info.run_id}/model"):
+        model = mlflow.pyfunc.load_model(uri)
+        assert list(model.predict(pd.DataFrame({"x": [3]}))) == [6]
+
+
+def test_run_artifact_paths_cannot_escape(tmp_path: Path, registry_uri: str) -> None:
+    _store, experiment = _run_store_experiment(tmp_path)
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    with mlflow.start_run(experiment_id=experiment), pytest.raises(MlflowException):
+        mlflow.log_artifact(str(src), artifact_path="../../outside")
+    assert not list(tmp_path.rglob("outside"))
+
+
+def test_server_proxies_run_artifacts_into_the_store(
+    tmp_path: Path, mlflow_server, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    store = Store.open(str(mlflow_server.store))
+    ts = tensors(n=20, seed=5)
+    ckpt = tmp_path / "ckpt"
+    experiment = mlflow.create_experiment(unique_name())
+    before = store.stored_bytes(Kind.CHUNK) if mlflow_server.store.exists() else 0
+    with mlflow.start_run(experiment_id=experiment) as run:
+        for epoch in range(2):
+            if epoch:
+                change_fraction(ts, 0.1, seed=epoch)
+            write_model(ckpt, ts, extra=False)
+            mlflow.log_artifact(str(ckpt / "model.safetensors"), artifact_path=f"epoch-{epoch}")
+    one = (ckpt / "model.safetensors").stat().st_size
+    added = store.stored_bytes(Kind.CHUNK) - before
+    assert one <= added < 1.3 * one  # the second checkpoint added only its changed tensors
+    out = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="epoch-1", dst_path=str(tmp_path / "dl"))
+    assert (Path(out) / "model.safetensors").read_bytes() == (
+        ckpt / "model.safetensors").read_bytes()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from modelkeep.config import load_config
 from modelkeep.errors import NotFoundError
-from modelkeep.store import Snapshot, Store, parse_uri
+from modelkeep.store import RunArtifacts, Snapshot, Store, parse_runs_uri, parse_uri
 from modelkeep.store.location import parse_location
 from modelkeep.store.snapshot import FileEntry
 
@@ -82,6 +82,18 @@ def store_for(locator: str) -> Store:
             )
             _stores[locator] = store
         return store
+
+
+def open_runs(uri: str) -> RunArtifacts | None:
+    """The run artifacts a ``modelkeep://LOCATOR/@runs/PREFIX`` URI names, or None if *uri* is
+    not a run-artifact URI."""
+    parsed = parse_runs_uri(uri)
+    if parsed is None:
+        return None
+    locator, prefix = parsed
+    store = store_for(locator)
+    store.ensure_initialized()
+    return store.runs(prefix)
 
 
 def open_version(uri: str) -> VersionView:

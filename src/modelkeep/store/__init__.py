@@ -6,9 +6,10 @@ from modelkeep.store.codec import Kind
 from modelkeep.store.ingest import IngestStats, SourceFile, scan_local
 from modelkeep.store.location import Location, parse_location
 from modelkeep.store.materialize import SnapshotFile
+from modelkeep.store.runs import RunArtifacts
 from modelkeep.store.safetensors import Tensor
 from modelkeep.store.snapshot import FileEntry, Parent, Snapshot, check_relpath
-from modelkeep.store.store import ParsedURI, Store, parse_uri, utc_now
+from modelkeep.store.store import ParsedURI, Store, parse_runs_uri, parse_uri, utc_now
 from modelkeep.store.verify import Problem, VerifyReport
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "Parent",
     "ParsedURI",
     "Problem",
+    "RunArtifacts",
     "Snapshot",
     "SnapshotFile",
     "SourceFile",
@@ -27,6 +29,7 @@ __all__ = [
     "VerifyReport",
     "check_relpath",
     "parse_location",
+    "parse_runs_uri",
     "parse_uri",
     "scan_local",
     "utc_now",

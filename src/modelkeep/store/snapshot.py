@@ -222,7 +222,7 @@ def parse(payload: bytes | memoryview, what: str = "snapshot") -> Snapshot:
     for raw in _req(data, "files", list, what):
         if not isinstance(raw, dict):
             raise _fail(what, "a file entry is not an object")
-        entry = _parse_file(raw, what)
+        entry = parse_file_entry(raw, what)
         if entry.path in seen:
             raise _fail(what, f"duplicate path {entry.path!r}")
         seen.add(entry.path)
@@ -267,7 +267,8 @@ def parse(payload: bytes | memoryview, what: str = "snapshot") -> Snapshot:
     return snap
 
 
-def _parse_file(raw: Mapping[str, Any], what: str) -> FileEntry:
+def parse_file_entry(raw: Mapping[str, Any], what: str) -> FileEntry:
+    """Validate one untrusted file entry (§5.3 fields) and return it."""
     path = check_relpath(_req(raw, "path", str, what))
     size = _req(raw, "size", int, what)
     mode = _req(raw, "mode", int, what)

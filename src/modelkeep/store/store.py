@@ -32,6 +32,7 @@ from modelkeep.store.ingest import Ingestor, IngestStats, SourceFile
 from modelkeep.store.location import Location, location_from_locator, parse_location
 from modelkeep.store.materialize import SnapshotFile, materialize
 from modelkeep.store.objects import ObjectDB
+from modelkeep.store.runs import RunArtifacts
 from modelkeep.store.snapshot import CREATED_FORMAT, FileEntry, Snapshot, parse
 from modelkeep.store.verify import Problem, VerifyReport, verify_snapshots
 
@@ -39,6 +40,7 @@ SCHEME = "modelkeep"
 STORE_FORMAT = 1
 MAX_URI = 500
 _URI = re.compile(r"^modelkeep://(?P<locator>[^@]+?)/@(?P<sid>[0-9a-f]{64})(?:/(?P<path>.*))?$")
+_RUNS_URI = re.compile(r"^modelkeep://(?P<locator>[^@]+?)/@runs(?:/(?P<prefix>.*))?$")
 
 Progress = Callable[[int], None]
 
@@ -59,6 +61,15 @@ def parse_uri(uri: str) -> ParsedURI:
         )
     path = (match.group("path") or "").strip("/")
     return ParsedURI(match.group("locator"), match.group("sid"), path or None)
+
+
+def parse_runs_uri(uri: str) -> tuple[str, str] | None:
+    """``(locator, run prefix)`` of a run-artifact URI ``modelkeep://LOCATOR/@runs[/PREFIX]``,
+    or None if *uri* is not one."""
+    match = _RUNS_URI.match(uri or "")
+    if not match:
+        return None
+    return match.group("locator"), (match.group("prefix") or "").strip("/")
 
 
 def utc_now() -> str:
@@ -105,6 +116,15 @@ class Store:
                 hint="use a shorter store path",
             )
         return uri
+
+    def runs_uri(self, prefix: str = "") -> str:
+        """The artifact location for MLflow runs under *prefix* (docs/format.md §6)."""
+        uri = f"{SCHEME}://{self.location.locator}/@runs"
+        return f"{uri}/{prefix.strip('/')}" if prefix.strip("/") else uri
+
+    def runs(self, prefix: str = "") -> RunArtifacts:
+        """The run artifacts stored under *prefix*."""
+        return RunArtifacts(self, prefix)
 
     # -- descriptor ------------------------------------------------------------------------
 

@@ -1,19 +1,25 @@
 """MLflow artifact repository for ``modelkeep://`` URIs (the ``mlflow.artifact_repository``
 entry point).
 
-A version registered by modelkeep has a ``modelkeep://…/@SNAPSHOT`` source. MLflow resolves
-``models:/NAME@ALIAS`` and ``models:/NAME/3`` to that source and asks the repository registered for
-its scheme to list and download the files, so ``mlflow.pyfunc.load_model``,
-``mlflow.artifacts.download_artifacts`` and an ``mlflow server`` serving the UI read through
-here: each chunk is fetched and verified, and only the files asked for are fetched.
+Two kinds of URI reach it:
 
-A snapshot is immutable, so this repository refuses writes.
+* a **version** source, ``modelkeep://…/@SNAPSHOT[/PATH]``. MLflow resolves ``models:/NAME@ALIAS``
+  and ``models:/NAME/3`` to it, so ``mlflow.pyfunc.load_model``,
+  ``mlflow.artifacts.download_artifacts`` and an ``mlflow server`` serving the UI read through
+  here. Each chunk is fetched and verified, only the files asked for are fetched, and writes are
+  refused: a version never changes.
+* a **run artifact location**, ``modelkeep://…/@runs[/PREFIX]``, set as an experiment's artifact
+  location or as ``mlflow server --artifacts-destination``. MLflow appends
+  ``/<run id>/artifacts``; every ``log_artifact``/``log_model`` of a run is then stored
+  chunk-deduplicated (:mod:`modelkeep.store.runs`), so checkpoints logged every epoch share their
+  unchanged bytes.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from typing import Any
 
 from mlflow.entities import FileInfo
 from mlflow.exceptions import MlflowException
@@ -21,13 +27,50 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
 from modelkeep.errors import ModelkeepError
-from modelkeep.plugins.versions import VersionView, open_version
+from modelkeep.plugins.versions import VersionView, open_runs, open_version
+from modelkeep.store import RunArtifacts, SnapshotFile, parse_runs_uri
+from modelkeep.store.snapshot import FileEntry
 
 _COPY_BUFFER = 4 << 20
 
 
+def _mlflow_error(exc: ModelkeepError) -> MlflowException:
+    return MlflowException(str(exc), error_code=RESOURCE_DOES_NOT_EXIST)
+
+
 class ModelkeepArtifactRepository(ArtifactRepository):
-    """The files of one modelkeep version, as MLflow artifacts."""
+    """Chooses the repository for a ``modelkeep://`` URI: a version's files, or run artifacts."""
+
+    def __new__(cls, artifact_uri: str, *args: Any, **kwargs: Any) -> ModelkeepArtifactRepository:
+        if cls is ModelkeepArtifactRepository:
+            runs = parse_runs_uri(artifact_uri) is not None
+            cls = RunArtifactRepository if runs else VersionArtifactRepository
+        return super().__new__(cls)
+
+    def _rel(self, path: str | None) -> str:
+        raise NotImplementedError
+
+    def _entry(self, rel: str) -> FileEntry:
+        raise NotImplementedError
+
+    def _open(self, rel: str) -> SnapshotFile:
+        raise NotImplementedError
+
+    def _download_file(self, remote_file_path: str, local_path: str) -> None:
+        rel = self._rel(remote_file_path)
+        try:
+            entry = self._entry(rel)
+            with self._open(rel) as src, open(local_path, "wb") as out:
+                shutil.copyfileobj(src, out, _COPY_BUFFER)
+            os.chmod(local_path, entry.mode)
+        except ModelkeepError as exc:
+            if os.path.exists(local_path):
+                os.unlink(local_path)  # never leave a partial or unverified file behind
+            raise _mlflow_error(exc) from exc
+
+
+class VersionArtifactRepository(ModelkeepArtifactRepository):
+    """The files of one modelkeep version, read-only."""
 
     def __init__(
         self, artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None
@@ -36,12 +79,17 @@ class ModelkeepArtifactRepository(ArtifactRepository):
         try:
             self._view: VersionView = open_version(artifact_uri)
         except ModelkeepError as exc:
-            raise MlflowException(str(exc), error_code=RESOURCE_DOES_NOT_EXIST) from exc
+            raise _mlflow_error(exc) from exc
 
     def _rel(self, path: str | None) -> str:
         """*path* (relative to this repository's URI) as a path inside the version."""
-        parts = [p for p in (self._view.path, (path or "").strip("/")) if p]
-        return "/".join(parts)
+        return "/".join(p for p in (self._view.path, (path or "").strip("/")) if p)
+
+    def _entry(self, rel: str) -> FileEntry:
+        return self._view.entry(rel)
+
+    def _open(self, rel: str) -> SnapshotFile:
+        return self._view.store.open_file(self._view.snapshot, rel)
 
     def list_artifacts(self, path: str | None = None) -> list[FileInfo]:
         folder = self._rel(path)
@@ -53,21 +101,6 @@ class ModelkeepArtifactRepository(ArtifactRepository):
             FileInfo(rel[base:], entry is None, entry.size if entry is not None else None)
             for rel, entry in view.children(folder)
         ]
-
-    def _download_file(self, remote_file_path: str, local_path: str) -> None:
-        rel = self._rel(remote_file_path)
-        try:
-            entry = self._view.entry(rel)
-            with (
-                self._view.store.open_file(self._view.snapshot, entry.path) as src,
-                open(local_path, "wb") as out,
-            ):
-                shutil.copyfileobj(src, out, _COPY_BUFFER)
-            os.chmod(local_path, entry.mode)
-        except ModelkeepError as exc:
-            if os.path.exists(local_path):
-                os.unlink(local_path)  # never leave a partial or unverified file behind
-            raise MlflowException(str(exc), error_code=RESOURCE_DOES_NOT_EXIST) from exc
 
     def _immutable(self) -> MlflowException:
         return MlflowException(
@@ -84,3 +117,55 @@ class ModelkeepArtifactRepository(ArtifactRepository):
 
     def delete_artifacts(self, artifact_path: str | None = None) -> None:
         raise self._immutable()
+
+
+class RunArtifactRepository(ModelkeepArtifactRepository):
+    """A run's artifacts, stored chunk-deduplicated; MLflow may log a path again."""
+
+    def __init__(
+        self, artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None
+    ) -> None:
+        super().__init__(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
+        try:
+            runs = open_runs(artifact_uri)
+        except ModelkeepError as exc:
+            raise _mlflow_error(exc) from exc
+        assert runs is not None  # __new__ chose this class because the URI is a runs URI
+        self._runs: RunArtifacts = runs
+
+    def _rel(self, path: str | None) -> str:
+        return (path or "").strip("/")
+
+    def _entry(self, rel: str) -> FileEntry:
+        return self._runs.entry(rel)
+
+    def _open(self, rel: str) -> SnapshotFile:
+        return self._runs.open(rel)
+
+    def log_artifact(self, local_file: str, artifact_path: str | None = None) -> None:
+        name = os.path.basename(local_file)
+        rel = f"{artifact_path.strip('/')}/{name}" if artifact_path else name
+        try:
+            self._runs.log_file(local_file, rel)
+        except ModelkeepError as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        prefix = (artifact_path or "").strip("/")
+        for folder, _dirs, files in os.walk(local_dir):
+            rel_folder = os.path.relpath(folder, local_dir)
+            for name in sorted(files):
+                parts = [p for p in (prefix, "" if rel_folder == "." else rel_folder) if p]
+                self.log_artifact(
+                    os.path.join(folder, name), "/".join(parts).replace(os.sep, "/") or None
+                )
+
+    def list_artifacts(self, path: str | None = None) -> list[FileInfo]:
+        try:
+            children = self._runs.children(self._rel(path))
+        except ModelkeepError as exc:
+            raise _mlflow_error(exc) from exc
+        return [
+            FileInfo(rel, entry is None, entry.size if entry is not None else None)
+            for rel, entry in children
+        ]
