@@ -28,9 +28,13 @@ def env(**extra: str) -> dict[str, str]:
     return out
 
 
+def run_result(cwd: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), cwd=cwd, env=env(**extra), capture_output=True, text=True,
+                          check=False)
+
+
 def run(cwd: Path, *args: str, check: bool = True, **extra: str) -> str:
-    out = subprocess.run(list(args), cwd=cwd, env=env(**extra), capture_output=True, text=True,
-                         check=False)
+    out = run_result(cwd, *args, **extra)
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n"
                              f"{out.stderr}")

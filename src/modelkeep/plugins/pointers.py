@@ -282,10 +282,6 @@ def _local_path(pointer: Pointer, relpath: str) -> Path:
 
 def _local_files(pointer: Pointer) -> Iterator[str]:
     target = pointer.target
-    if pointer.kind == "file":
-        if target.is_file():
-            yield target.name
-        return
     if not target.is_dir():
         return
     for folder, dirs, files in os.walk(target):
@@ -318,7 +314,8 @@ def compare(snapshot: Snapshot, pointer: Pointer, cache: DigestCache) -> Pointer
             state.unchanged += 1
         else:
             state.modified.append(rel)
-    state.extra = [rel for rel in _local_files(pointer) if rel not in expected]
+    if pointer.kind == "folder":  # a file pointer's one file is the target, whatever its name
+        state.extra = [rel for rel in _local_files(pointer) if rel not in expected]
     return state
 
 
@@ -423,11 +420,20 @@ def track(keep: Keep, name_or_ref: str, target: Path) -> Pointer:
         version = keep.register(ref.name, target)
     else:
         version = keep.get(name_or_ref)
-    kind = "file" if (target.is_file() or (not target.exists() and len(version.files) == 1
-                                           and version.files[0].path == target.name)) else "folder"
+    kind = "file" if target.is_file() or (not target.exists() and _one_file(version, target)
+                                          ) else "folder"
     pointer = write_pointer(target, version, kind)
     checkout(keep, [pointer])
     return pointer
+
+
+def _one_file(version: ModelVersion, target: Path) -> bool:
+    """Whether a version materialises as the file *target* rather than a folder: it holds one
+    file, at its root, with *target*'s name or at least its extension (``.safetensors``)."""
+    if len(version.files) != 1 or "/" in version.files[0].path:
+        return False
+    name = version.files[0].path
+    return name == target.name or (bool(target.suffix) and Path(name).suffix == target.suffix)
 
 
 @hookimpl

@@ -1,0 +1,176 @@
+"""Pointer files: track, register moving a pointer forward, checkout after `git checkout`,
+status, and git hooks installed beside DVC's."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelkeep.cli.gitdvc_cmds import HOOK_BEGIN
+from modelkeep.cli.main import main
+from tests.backends import unique_name
+from tests.gitrepos import commit, dvc, git, init_git, run_result
+from tests.helpers import tensors, write_model
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_sqlite_uri: str) -> Path:
+    """A git work tree with modelkeep initialised (local store in .modelkeep/, ignored)."""
+    root = init_git(tmp_path / "repo")
+    monkeypatch.chdir(root)
+    for var in ("MODELKEEP_STORE", "MODELKEEP_REGISTRY", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["init", "--registry", mlflow_sqlite_uri]) == 0
+    (root / ".gitignore").write_text("/.modelkeep\n")
+    return root
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str, code: int = 0) -> object:
+    capsys.readouterr()
+    assert main(["--json", *args]) == code
+    return json.loads(capsys.readouterr().out)
+
+
+def model_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_track_register_checkout(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    name = unique_name()
+    target = write_model(repo / "models" / "llm", tensors(seed=1, n=3))
+    v1_bytes = model_bytes(target)
+    tracked = run_json(capsys, "track", name, "models/llm")
+    assert tracked["version"] == 1 and tracked["kind"] == "folder"
+    pointer = yaml.safe_load((repo / "models" / "llm.modelkeep").read_text())
+    assert pointer["model"] == name and pointer["version"] == 1 and pointer["format"] == 1
+    assert pointer["uri"].endswith(pointer["snapshot"])
+    assert "/llm" in (repo / "models" / ".gitignore").read_text().splitlines()
+    c1 = commit(repo, "model v1")
+    assert "models/llm/" not in git(repo, "ls-files")  # the model stays out of git
+
+    [state] = run_json(capsys, "status")
+    assert state["status"] == "ok" and state["unchanged"] == 5
+
+    write_model(target, tensors(seed=2, n=3))
+    [state] = run_json(capsys, "status", code=1)
+    assert state["status"] == "modified" and state["modified"] == ["model.safetensors",
+                                                                   "tokenizer/vocab.txt"]
+    v2 = run_json(capsys, "register", name, "models/llm")
+    assert v2["version"] == 2
+    # register moved the pointer beside the registered folder forward
+    assert yaml.safe_load((repo / "models" / "llm.modelkeep").read_text())["version"] == 2
+    v2_bytes = model_bytes(target)
+    commit(repo, "model v2")
+
+    git(repo, "checkout", "-q", c1)
+    [state] = run_json(capsys, "status", code=1)
+    assert state["version"] == 1 and state["status"] == "modified"
+    [done] = run_json(capsys, "checkout")
+    assert done["modified"] == ["model.safetensors", "tokenizer/vocab.txt"]
+    assert done["unchanged"] == 3
+    assert model_bytes(target) == v1_bytes
+    assert os.stat(target / "run.sh").st_mode & 0o111
+
+    # unchanged: nothing is written again
+    before = (target / "model.safetensors").stat().st_mtime_ns
+    [again] = run_json(capsys, "checkout", "models/llm")
+    assert again["status"] == "ok" and again["unchanged"] == 5
+    assert (target / "model.safetensors").stat().st_mtime_ns == before
+
+    git(repo, "checkout", "-q", "main")
+    run_json(capsys, "checkout")
+    assert model_bytes(target) == v2_bytes
+
+    # a file not in the version is removed; a missing one is restored
+    (target / "stray.bin").write_bytes(b"x" * 10)
+    (target / "config.json").unlink()
+    capsys.readouterr()
+    assert main(["checkout"]) == 10  # stray.bin is in no stored version: refused
+    assert (target / "stray.bin").exists() and not (target / "config.json").exists()
+    [forced] = run_json(capsys, "checkout", "--force")
+    assert forced["extra"] == ["stray.bin"] and forced["missing"] == ["config.json"]
+    assert model_bytes(target) == v2_bytes
+
+
+def test_checkout_keeps_unregistered_work(repo: Path, capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    name = unique_name()
+    target = write_model(repo / "m", tensors(n=2), extra=False)
+    original = (target / "model.safetensors").read_bytes()
+    run_json(capsys, "track", name, "m")
+    (target / "model.safetensors").write_bytes(b"fresh, never registered")
+    capsys.readouterr()
+    assert main(["checkout"]) == 10
+    assert "in no stored version" in capsys.readouterr().err
+    assert (target / "model.safetensors").read_bytes() == b"fresh, never registered"
+    assert main(["-q", "checkout", "--force"]) == 0
+    assert (target / "model.safetensors").read_bytes() == original
+
+
+def test_track_existing_version_into_missing_path(repo: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    name = unique_name()
+    src = write_model(repo.parent / "elsewhere", tensors(n=2), extra=False)
+    run_json(capsys, "register", name, str(src / "model.safetensors"))
+    tracked = run_json(capsys, "track", f"{name}@1", "weights.safetensors")
+    assert tracked["kind"] == "file"
+    assert (repo / "weights.safetensors").read_bytes() == (src / "model.safetensors"
+                                                           ).read_bytes()
+    [state] = run_json(capsys, "status", "weights.safetensors")
+    assert state["status"] == "ok"
+
+
+def test_hooks_run_beside_dvc_hooks(repo: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    dvc(repo, "init", "-q")
+    dvc(repo, "remote", "add", "-d", "local", str(tmp_path / "dvc-remote"))
+    dvc(repo, "install")
+    hooks = repo / ".git" / "hooks"
+    dvc_post = (hooks / "post-checkout").read_text()
+    assert "dvc" in dvc_post
+    run_json(capsys, "install-hooks")
+    run_json(capsys, "install-hooks")  # a second install replaces its block
+    for hook in ("post-checkout", "pre-push"):
+        text = (hooks / hook).read_text()
+        assert text.count(HOOK_BEGIN) == 1 and "dvc git-hook" in text
+        assert text.index(HOOK_BEGIN) < text.index("dvc git-hook")  # before DVC's exec
+        assert os.access(hooks / hook, os.X_OK)
+    assert "dvc" in (hooks / "pre-commit").read_text()  # DVC's other hook is untouched
+
+    name = unique_name()
+    target = write_model(repo / "model", tensors(seed=1, n=2), extra=False)
+    v1 = (target / "model.safetensors").read_bytes()
+    (repo / "data.csv").write_text("v1\n")
+    dvc(repo, "add", "-q", "data.csv")
+    run_json(capsys, "track", name, "model")
+    c1 = commit(repo, "v1")
+
+    write_model(target, tensors(seed=2, n=2), extra=False)
+    run_json(capsys, "register", name, "model")
+    (repo / "data.csv").write_text("v2\n")
+    dvc(repo, "add", "-q", "data.csv")
+    commit(repo, "v2")
+
+    git(repo, "checkout", "-q", c1)  # post-checkout: modelkeep checkout, then dvc checkout
+    assert (target / "model.safetensors").read_bytes() == v1
+    assert (repo / "data.csv").read_text() == "v1\n"
+    git(repo, "checkout", "-q", "main")
+
+    bare = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    git(repo, "remote", "add", "origin", str(bare))
+    git(repo, "push", "-q", "origin", "main")  # pre-push: every pointed version exists
+    assert (tmp_path / "dvc-remote").is_dir()  # and DVC's pre-push pushed the data
+
+    pointer = repo / "model.modelkeep"
+    text = pointer.read_text().replace("version: 2", "version: 99")
+    pointer.write_text(text)
+    commit(repo, "points nowhere")
+    refused = run_result(repo, "git", "push", "origin", "main")
+    assert refused.returncode != 0 and "pointed version(s) missing" in refused.stderr
+    assert git(repo, "rev-parse", "main").strip() != git(bare, "rev-parse", "main").strip()
