@@ -45,8 +45,8 @@ def git(cwd: Path, *args: str, check: bool = True) -> str:
     return run(cwd, "git", *args, check=check)
 
 
-def dvc(cwd: Path, *args: str, check: bool = True) -> str:
-    return run(cwd, str(BIN / "dvc"), *args, check=check)
+def dvc(cwd: Path, *args: str, check: bool = True, **extra: str) -> str:
+    return run(cwd, str(BIN / "dvc"), *args, check=check, **extra)
 
 
 def init_git(path: Path) -> Path:
