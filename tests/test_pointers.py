@@ -174,3 +174,17 @@ def test_hooks_run_beside_dvc_hooks(repo: Path, tmp_path: Path,
     refused = run_result(repo, "git", "push", "origin", "main")
     assert refused.returncode != 0 and "pointed version(s) missing" in refused.stderr
     assert git(repo, "rev-parse", "main").strip() != git(bare, "rev-parse", "main").strip()
+
+
+def test_install_hooks_with_dvc_lines(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hooks = repo / ".git" / "hooks"
+    (hooks / "post-checkout").write_text("#!/bin/sh\necho mine\n")  # a hook of the user's
+    (hooks / "pre-push").unlink(missing_ok=True)
+    written = run_json(capsys, "install-hooks", "--with-dvc")
+    assert sorted(Path(p).name for p in written) == ["post-checkout", "pre-commit", "pre-push"]
+    post = (hooks / "post-checkout").read_text().splitlines()
+    assert post[0] == "#!/bin/sh" and post[1] == HOOK_BEGIN
+    assert "echo mine" in post and post[-1] == "exec dvc git-hook post-checkout $@"
+    assert (hooks / "pre-commit").read_text() == "#!/bin/sh\nexec dvc git-hook pre-commit $@\n"
+    run_json(capsys, "install-hooks", "--with-dvc")
+    assert (hooks / "post-checkout").read_text().splitlines() == post  # idempotent

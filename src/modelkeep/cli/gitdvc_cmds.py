@@ -154,11 +154,16 @@ def add_commands(app: typer.Typer) -> None:
                                 hint="register and push them before pushing the code")
 
     @app.command("install-hooks")
-    def install_hooks(ctx: typer.Context) -> None:
+    def install_hooks(
+        ctx: typer.Context,
+        with_dvc: Annotated[bool, typer.Option(
+            "--with-dvc", help="Also add the lines `dvc install` writes (it refuses to touch "
+            "hooks that exist, so this installs both in either order).")] = False,
+    ) -> None:
         """Add git hooks: post-checkout runs checkout, pre-push runs check-pointers. Hooks that
         exist (e.g. from `dvc install`) are kept: modelkeep's lines are added to them."""
         st = state(ctx)
-        written = install_git_hooks(Path.cwd())
+        written = install_git_hooks(Path.cwd(), with_dvc=with_dvc)
         st.out.emit([str(p) for p in written], lambda: [st.out.console.print(
             f"installed {p}", highlight=False) for p in written])
 
@@ -180,12 +185,16 @@ def _hook_block(hook: str) -> str:
     return f"{HOOK_BEGIN}\n{body}\n{HOOK_END}\n"
 
 
-def install_git_hooks(start: Path) -> list[Path]:
+DVC_HOOKS = ("post-checkout", "pre-commit", "pre-push")
+
+
+def install_git_hooks(start: Path, *, with_dvc: bool = False) -> list[Path]:
     """Install modelkeep's post-checkout and pre-push hooks in the repository around *start*.
 
     A hook file that exists keeps its content: modelkeep's block goes right after the ``#!``
     line, ahead of lines such as DVC's ``exec dvc git-hook …`` that end the script; a second
-    install replaces the block instead of adding another.
+    install replaces the block instead of adding another. *with_dvc* adds DVC's own hook lines
+    (exactly those ``dvc install`` writes) where they are missing, last, since they ``exec``.
     """
     try:
         out = subprocess.run(["git", "rev-parse", "--git-path", "hooks"], cwd=start,
@@ -198,10 +207,17 @@ def install_git_hooks(start: Path) -> list[Path]:
         hooks = (start / hooks).resolve()
     hooks.mkdir(parents=True, exist_ok=True)
     written = []
-    for hook in ("post-checkout", "pre-push"):
+    for hook in ("post-checkout", "pre-commit", "pre-push"):
         path = hooks / hook
-        block = _hook_block(hook)
         text = path.read_text() if path.exists() else "#!/bin/sh\n"
+        if with_dvc and hook in DVC_HOOKS and "dvc git-hook" not in text:
+            text = text.rstrip("\n") + f"\nexec dvc git-hook {hook} $@\n"
+        if hook == "pre-commit":  # modelkeep has nothing to do before a commit: DVC's only
+            if with_dvc and (not path.exists() or path.read_text() != text):
+                _write_hook(path, text)
+                written.append(path)
+            continue
+        block = _hook_block(hook)
         if HOOK_BEGIN in text and HOOK_END in text:
             head, _, rest = text.partition(HOOK_BEGIN)
             _, _, tail = rest.partition(HOOK_END)
@@ -213,10 +229,14 @@ def install_git_hooks(start: Path) -> list[Path]:
                 text = first + block + "".join(lines[1:])
             else:
                 text = "#!/bin/sh\n" + block + text
-        path.write_text(text)
-        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        _write_hook(path, text)
         written.append(path)
     return written
+
+
+def _write_hook(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
 __all__ = ["add_commands", "install_git_hooks"]
