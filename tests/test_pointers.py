@@ -188,3 +188,19 @@ def test_install_hooks_with_dvc_lines(repo: Path, capsys: pytest.CaptureFixture[
     assert (hooks / "pre-commit").read_text() == "#!/bin/sh\nexec dvc git-hook pre-commit $@\n"
     run_json(capsys, "install-hooks", "--with-dvc")
     assert (hooks / "post-checkout").read_text().splitlines() == post  # idempotent
+
+
+def test_check_pointers_of_a_commit(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    name = unique_name()
+    write_model(repo / "m", tensors(n=1), extra=False)
+    run_json(capsys, "track", name, "m")
+    good = commit(repo, "points at v1")
+    pointer = repo / "m.modelkeep"
+    pointer.write_text(pointer.read_text().replace("version: 1", "version: 7"))
+    bad = commit(repo, "points at v7")
+    git(repo, "checkout", "-q", good)  # the work tree is fine; the pushed commit is checked
+    assert run_json(capsys, "check-pointers", "--rev", good) == []
+    capsys.readouterr()
+    assert main(["--json", "check-pointers", "--rev", bad]) == 3
+    [problem] = json.loads(capsys.readouterr().out)
+    assert problem["ref"] == f"{name}@7" and problem["path"].endswith("/m")

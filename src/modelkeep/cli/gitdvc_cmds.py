@@ -126,6 +126,9 @@ def add_commands(app: typer.Typer) -> None:
         ctx: typer.Context,
         paths: Annotated[list[Path] | None, typer.Argument(
             help="Targets or pointer files; omit for every pointer in the repository.")] = None,
+        rev: Annotated[str | None, typer.Option(
+            "--rev", help="Check the pointers of this commit instead of the work tree.")]
+        = None,
     ) -> None:
         """Check that every pointed version exists in the registry and the store (pre-push)."""
         from modelkeep.errors import ModelkeepError
@@ -133,7 +136,10 @@ def add_commands(app: typer.Typer) -> None:
 
         st = state(ctx)
         keep = st.keep()
-        found = pointers.find_pointers(Path.cwd(), paths or ())
+        if rev is not None:
+            found = pointers.pointers_at(Path.cwd(), rev)
+        else:
+            found = pointers.find_pointers(Path.cwd(), paths or ())
         problems = []
         for p in found:
             try:
@@ -181,7 +187,14 @@ def _hook_block(hook: str) -> str:
         # $3 is 1 for a branch checkout, 0 for `git checkout -- file`; only the first moves HEAD.
         body = f'if [ "$3" = "1" ]; then {me} checkout || echo "modelkeep checkout failed" >&2; fi'
     else:
-        body = f"{me} check-pointers || exit 1"
+        # stdin lists "<local ref> <local sha> <remote ref> <remote sha>" per pushed ref; check
+        # the pointers of each pushed commit (all zeros: a deletion, nothing to check).
+        body = (
+            "modelkeep_refs=$(cat)\n"
+            'printf \'%s\\n\' "$modelkeep_refs" | while read -r _ sha _ _; do\n'
+            f'  case "$sha" in *[!0]*) {me} check-pointers --rev "$sha" || exit 1;; esac\n'
+            "done || exit 1"
+        )
     return f"{HOOK_BEGIN}\n{body}\n{HOOK_END}\n"
 
 

@@ -266,15 +266,13 @@ def dvc_sources(path: str, repo: str | None, rev: str | None) -> tuple[list[Any]
     repo_arg = repo or str(find_root(Path.cwd()) or Path.cwd())
     try:
         fs = DVCFileSystem(repo_arg, rev=rev)
+        # The repository opens lazily; open it here so that a bad --repo or --rev is reported
+        # as such. get_rev(): the revision's commit, not the work tree's HEAD.
+        commit = fs.repo.get_rev()
     except Exception as exc:
         raise SourceError(f"cannot open DVC repository {repo_arg!r} at {rev or 'HEAD'!r}: "
-                          f"{type(exc).__name__}: {exc}",
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                           hint="check --repo and --rev") from None
-    commit = None
-    try:
-        commit = fs.repo.get_rev()  # the revision's commit, not the work tree's HEAD
-    except Exception:
-        commit = None
     label = f"{path} at {rev or 'HEAD'}"
     sources = scan_fs(fs, path.strip("/") or "/", label)
     origin = repo_arg if "://" not in repo_arg else strip_credentials(repo_arg)

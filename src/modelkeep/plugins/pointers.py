@@ -107,13 +107,20 @@ def pointer_file(target: Path) -> Path:
 
 
 def read_pointer(file: Path) -> Pointer:
-    import yaml
-
     try:
-        data = yaml.safe_load(file.read_text())
+        text = file.read_text()
     except FileNotFoundError:
         raise NotFoundError(f"no pointer file {str(file)!r}",
                             hint="create it with `modelkeep track NAME PATH`") from None
+    return parse_pointer(text, file)
+
+
+def parse_pointer(text: str, file: Path) -> Pointer:
+    """The pointer in *text*, which is (or was, at some commit) the content of *file*."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InvalidInputError(f"pointer file {str(file)!r} is not valid YAML: {exc}",
                                 hint="restore it from git") from None
@@ -178,6 +185,25 @@ def find_pointers(start: Path, paths: Sequence[Path] = ()) -> list[Pointer]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(Path(folder) / f for f in sorted(files) if f.endswith(SUFFIX))
     return [read_pointer(f.absolute()) for f in found]
+
+
+def pointers_at(start: Path, rev: str) -> list[Pointer]:
+    """Every pointer file in commit *rev* of the git repository containing *start*, read from
+    git's objects (the pre-push check looks at what is pushed, not at the work tree)."""
+    root_out = _git(start, "rev-parse", "--show-toplevel")
+    if root_out is None:
+        raise InvalidInputError("not inside a git repository", hint="run it in the work tree")
+    root = Path(root_out.strip())
+    # ls-tree takes no glob pathspecs: list the tree (fast, from objects) and filter here.
+    listed = _git(root, "ls-tree", "-r", "-z", "--name-only", rev)
+    if listed is None:
+        raise NotFoundError(f"no commit {rev!r} in {str(root)!r}", hint="check the revision")
+    out = []
+    for name in sorted(n for n in listed.split("\0") if n.endswith(SUFFIX)):
+        text = _git(root, "show", f"{rev}:{name}")
+        if text is not None:
+            out.append(parse_pointer(text, root / name))
+    return out
 
 
 # -- comparing the workspace with a pointer --------------------------------------------------------
@@ -460,7 +486,9 @@ __all__ = [
     "PointerState",
     "checkout",
     "find_pointers",
+    "parse_pointer",
     "pointer_file",
+    "pointers_at",
     "read_pointer",
     "status",
     "track",
