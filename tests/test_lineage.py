@@ -298,6 +298,19 @@ def test_register_from_s3_url(moto_s3: Any, keep: Keep, tmp_path: Path,
     assert (out / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
 
 
+def test_register_from_azure_url(azurite: Any, keep: Keep, tmp_path: Path) -> None:
+    container = azurite.make_container()
+    fs = fsspec.filesystem("az", **azurite.storage_options)
+    src = write_model(tmp_path / "src", tensors(n=2))
+    fs.put(str(src), f"{container}/run/ckpt", recursive=True)
+    mv = keep.register(unique_name(), f"az://{container}/run/ckpt",
+                       storage_options=azurite.storage_options)
+    keep.pull(mv.ref, tmp_path / "out")
+    for path in src.rglob("*"):
+        if path.is_file():
+            assert (tmp_path / "out" / path.relative_to(src)).read_bytes() == path.read_bytes()
+
+
 # -- modelkeep lineage ----------------------------------------------------------------------------
 
 
