@@ -245,6 +245,14 @@ def test_register_from_dvc_at_older_revision(project: dict[str, Any], tmp_path: 
                                        "rev": project["old"], "commit": project["old"],
                                        "path": "models/m"}
     assert mv["lineage"]["git"]["commit"] == project["old"]
+    # the data lineage is that of the old revision too, read from git's objects
+    old_dvc = yaml.safe_load(git(project["root"], "show", f"{project['old']}:models/m.dvc"))
+    recorded = mv["lineage"]["dvc"]["files"]["models/m.dvc"]["outs"][0]
+    assert recorded["md5"] == old_dvc["outs"][0]["md5"]
+    assert recorded["md5"] != yaml.safe_load(
+        (project["root"] / "models" / "m.dvc").read_text())["outs"][0]["md5"]
+    assert mv["lineage"]["dvc"]["stages"]["train"]["cmd"].endswith("train.py")
+    assert mv["lineage"]["dvc"]["remote_name"] == "storage"
     assert main([*opts, "pull", f"{name}@1", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == project["old_bytes"]
     # and the newest revision gives the newest bytes

@@ -66,11 +66,56 @@ def _yaml() -> Any:
     return yaml
 
 
-def _load_yaml(path: Path) -> Any:
+def _load_yaml(data: bytes) -> Any:
     yaml = _yaml()
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster when present
-    with open(path, "rb") as f:
-        return yaml.load(f, Loader=loader)
+    return yaml.load(data, Loader=loader)
+
+
+class _WorkTree:
+    """The DVC project's files as they are on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def names(self) -> tuple[list[str], bool]:
+        return _dvc_files(self.root)
+
+    def read(self, rel: str, limit: int | None = None) -> bytes | None:
+        path = self.root / rel
+        try:
+            if not path.is_file() or (limit is not None and path.stat().st_size > limit):
+                return None
+            return path.read_bytes()
+        except OSError:
+            return None
+
+
+class _Revision:
+    """The DVC project's files at a git revision, read from git's objects."""
+
+    def __init__(self, root: Path, rev: str) -> None:
+        self.root, self.rev = root, rev
+
+    def _git(self, *args: str) -> bytes | None:
+        out = subprocess.run(["git", *args], cwd=self.root, capture_output=True, timeout=30,
+                             check=False)
+        return out.stdout if out.returncode == 0 else None
+
+    def names(self) -> tuple[list[str], bool]:
+        # Run in the project's folder, ls-tree lists that folder, with paths relative to it.
+        listed = self._git("ls-tree", "-r", "-z", "--name-only", self.rev) or b""
+        names = [n for n in listed.decode("utf-8", "replace").split("\0")
+                 if n.endswith(".dvc") or n.rpartition("/")[2] in ("dvc.lock", "dvc.yaml")]
+        return sorted(names), True
+
+    def read(self, rel: str, limit: int | None = None) -> bytes | None:
+        if rel.startswith(".dvc/config"):
+            return _WorkTree(self.root).read(rel, limit)  # config.local is never committed
+        data = self._git("show", f"{self.rev}:./{rel}")
+        if data is None or (limit is not None and len(data) > limit):
+            return None
+        return data
 
 
 def plain(value: Any) -> Any:
@@ -98,15 +143,15 @@ def _entries(raw: Any) -> list[dict[str, Any]]:
     return [e for e in map(_entry, raw or []) if e is not None] if isinstance(raw, list) else []
 
 
-def read_config(root: Path) -> tuple[str | None, str | None]:
+def read_config(tree: Any) -> tuple[str | None, str | None]:
     """(default remote name, its URL) from ``.dvc/config`` and ``.dvc/config.local``."""
     sections: dict[str, dict[str, str]] = {}
     for name in ("config", "config.local"):
-        path = root / ".dvc" / name
-        if not path.is_file():
+        raw = tree.read(f".dvc/{name}")
+        if raw is None:
             continue
         current: dict[str, str] | None = None
-        for line in path.read_text(errors="replace").splitlines():
+        for line in raw.decode("utf-8", "replace").splitlines():
             stripped = line.strip()
             if not stripped or stripped.startswith(("#", ";")):
                 continue
@@ -181,24 +226,33 @@ def dvc_lineage(repo_dir: Path) -> dict[str, Any]:
     root = find_root(repo_dir)
     if root is None:
         return {"status": "not-a-repository"}
+    return _lineage_of(_WorkTree(root))
+
+
+def dvc_lineage_at(root: Path, rev: str) -> dict[str, Any]:
+    """The ``dvc`` lineage section of the DVC project at *root* as of git revision *rev*."""
+    return _lineage_of(_Revision(root, rev))
+
+
+def _lineage_of(tree: Any) -> dict[str, Any]:
     try:
-        return _read_project(root)
+        return _read_project(tree)
     except Exception as exc:  # a broken file must not stop a registration; record what failed
         return {"status": "error", "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
 
 
-def _read_project(root: Path) -> dict[str, Any]:
-    remote_name, remote = read_config(root)
-    names, complete = _dvc_files(root)
+def _read_project(tree: Any) -> dict[str, Any]:
+    remote_name, remote = read_config(tree)
+    names, complete = tree.names()
     stages: dict[str, Any] = {}
     files: dict[str, Any] = {}
     metrics_paths: list[str] = []
     for name in names:
-        path = root / name
-        if not path.is_file():
+        raw = tree.read(name)
+        if raw is None:
             continue  # listed by git but deleted in the working tree
         base = name.rpartition("/")[2]
-        data = _load_yaml(path)
+        data = _load_yaml(raw)
         if not isinstance(data, Mapping):
             continue
         if base == "dvc.lock":
@@ -219,15 +273,16 @@ def _read_project(root: Path) -> dict[str, Any]:
                 record["deps"] = _entries(data.get("deps"))
             files[name] = record
     params = {}
-    if (root / "params.yaml").is_file():
-        loaded = _load_yaml(root / "params.yaml")
+    raw_params = tree.read("params.yaml")
+    if raw_params is not None:
+        loaded = _load_yaml(raw_params)
         params = plain(loaded) if isinstance(loaded, Mapping) else {}
     metrics = {}
     for rel in sorted(set(metrics_paths)):
-        path = root / rel
-        if path.is_file() and path.stat().st_size <= METRICS_MAX:
+        raw = tree.read(rel, METRICS_MAX)
+        if raw is not None:
             try:
-                metrics[rel] = plain(_load_yaml(path))
+                metrics[rel] = plain(_load_yaml(raw))
             except Exception:  # JSON and YAML parse here; anything else is not recorded
                 continue
     section: dict[str, Any] = {
@@ -274,6 +329,11 @@ def dvc_sources(path: str, repo: str | None, rev: str | None) -> tuple[list[Any]
                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                           hint="check --repo and --rev") from None
     label = f"{path} at {rev or 'HEAD'}"
+    # At a revision DVC's own root_dir is virtual ("/"): read git from the real folder, the
+    # project's for a local repository, the temporary clone's for a URL.
+    local = None if "://" in repo_arg else find_root(Path(repo_arg))
+    project = local or Path(fs.repo.scm.root_dir)
+    data = dvc_lineage_at(project, commit) if commit else None
     sources = scan_fs(fs, path.strip("/") or "/", label)
     origin = repo_arg if "://" not in repo_arg else strip_credentials(repo_arg)
     lineage = {
@@ -282,7 +342,9 @@ def dvc_sources(path: str, repo: str | None, rev: str | None) -> tuple[list[Any]
                 "dirty": False, "remote": origin if "://" in origin else None,
                 "shallow": False, "path": path},
     }
+    if data is not None:
+        lineage["dvc"] = data
     return sources, lineage
 
 
-__all__ = ["dvc_lineage", "dvc_sources", "find_root", "plain", "read_config"]
+__all__ = ["dvc_lineage", "dvc_lineage_at", "dvc_sources", "find_root", "plain", "read_config"]
