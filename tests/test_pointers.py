@@ -87,14 +87,16 @@ def test_track_register_checkout(repo: Path, capsys: pytest.CaptureFixture[str])
     assert model_bytes(target) == v2_bytes
 
     # a file not in the version is removed; a missing one is restored
-    (target / "stray.bin").write_bytes(b"x" * 10)
+    (target / "junk" / "deep").mkdir(parents=True)
+    (target / "junk" / "deep" / "stray.bin").write_bytes(b"x" * 10)
     (target / "config.json").unlink()
     capsys.readouterr()
     assert main(["checkout"]) == 10  # stray.bin is in no stored version: refused
-    assert (target / "stray.bin").exists() and not (target / "config.json").exists()
+    assert (target / "junk" / "deep" / "stray.bin").exists()
+    assert not (target / "config.json").exists()
     [forced] = run_json(capsys, "checkout", "--force")
-    assert forced["extra"] == ["stray.bin"] and forced["missing"] == ["config.json"]
-    assert model_bytes(target) == v2_bytes
+    assert forced["extra"] == ["junk/deep/stray.bin"] and forced["missing"] == ["config.json"]
+    assert model_bytes(target) == v2_bytes and not (target / "junk").exists()
 
 
 def test_checkout_keeps_unregistered_work(repo: Path, capsys: pytest.CaptureFixture[str]

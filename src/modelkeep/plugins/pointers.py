@@ -405,7 +405,8 @@ def _apply(store: Store, snap: Snapshot, pointer: Pointer, state: PointerState,
     for rel in state.extra:
         _local_path(pointer, rel).unlink()
     if pointer.kind == "folder":
-        for folder, _dirs, _files in sorted(os.walk(target, topdown=False), reverse=False):
+        # Bottom-up, so a folder emptied by removing its empty subfolders goes too.
+        for folder, _dirs, _files in os.walk(target, topdown=False):
             if folder != str(target) and not os.listdir(folder):
                 os.rmdir(folder)
     entries = {f.path: f for f in snap.files}
