@@ -81,6 +81,12 @@ def test_track_register_checkout(repo: Path, capsys: pytest.CaptureFixture[str])
     [again] = run_json(capsys, "checkout", "models/llm")
     assert again["status"] == "ok" and again["unchanged"] == 5
     assert (target / "model.safetensors").stat().st_mtime_ns == before
+    # digests are remembered in the git folder, so an unchanged file costs a stat next time
+    cache = json.loads((repo / ".git" / "modelkeep" / "digests.json").read_text())
+    [cached] = [v for k, v in cache.items() if k.endswith("/models/llm/model.safetensors")]
+    shown = run_json(capsys, "show", f"{name}@1")
+    [entry] = [f for f in shown["files"] if f["path"] == "model.safetensors"]
+    assert cached[0] == entry["size"] and cached[3] == entry["digest"]
 
     git(repo, "checkout", "-q", "main")
     run_json(capsys, "checkout")
