@@ -150,11 +150,14 @@ def add_commands(app: typer.Typer) -> None:
                                         f"registry, not {p.snapshot[:12]}"))
             except ModelkeepError as exc:
                 problems.append((p, exc.message))
-        data = [{**p.to_json(), "problem": why} for p, why in problems]
-        st.out.emit(data, lambda: [st.out.console.print(
-            f"{_rel(p.file)}: {why}", highlight=False) for p, why in problems] or
-            st.out.console.print(f"{len(found)} pointer(s): every version exists",
-                                 highlight=False))
+        def human() -> None:
+            for p, why in problems:
+                st.out.console.print(f"{_rel(p.file)}: {why}", highlight=False)
+            if not problems:
+                st.out.console.print(f"{len(found)} pointer(s): every version exists",
+                                     highlight=False)
+
+        st.out.emit([{**p.to_json(), "problem": why} for p, why in problems], human)
         if problems:
             raise NotFoundError(f"{len(problems)} pointed version(s) missing",
                                 hint="register and push them before pushing the code")
@@ -170,8 +173,11 @@ def add_commands(app: typer.Typer) -> None:
         exist (e.g. from `dvc install`) are kept: modelkeep's lines are added to them."""
         st = state(ctx)
         written = install_git_hooks(Path.cwd(), with_dvc=with_dvc)
-        st.out.emit([str(p) for p in written], lambda: [st.out.console.print(
-            f"installed {p}", highlight=False) for p in written])
+        def human() -> None:
+            for p in written:
+                st.out.console.print(f"installed {p}", highlight=False)
+
+        st.out.emit([str(p) for p in written], human)
 
 
 def _rel(path: Path) -> str:

@@ -40,7 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelkeep.errors import InvalidInputError, ModelkeepError, NotFoundError
+from modelkeep.errors import (
+    DirtyWorkspaceError,
+    InvalidInputError,
+    ModelkeepError,
+    NotFoundError,
+)
 from modelkeep.hooks._markers import hookimpl
 
 if TYPE_CHECKING:
@@ -50,12 +55,6 @@ if TYPE_CHECKING:
 SUFFIX = ".modelkeep"
 FORMAT = 1
 _KEYS = ("format", "model", "version", "snapshot", "uri", "kind", "size", "files")
-
-
-class DirtyWorkspaceError(ModelkeepError):
-    """Checkout would overwrite local content that is in no stored version."""
-
-    exit_code = 10
 
 
 @dataclass(frozen=True)
@@ -482,7 +481,6 @@ def modelkeep_after_register(version: ModelVersion, source: Path | str) -> None:
 __all__ = [
     "SUFFIX",
     "DigestCache",
-    "DirtyWorkspaceError",
     "Pointer",
     "PointerState",
     "checkout",
