@@ -246,6 +246,40 @@ def test_hook_collect_metadata(pm: PluginManager, open_keep, model: Path) -> Non
         keep.register(name, model, force=True)
 
 
+def test_hook_collect_lineage(pm: PluginManager, open_keep, model: Path) -> None:
+    seen: list[dict[str, Any]] = []
+
+    class Slurm:
+        @hookimpl
+        def modelkeep_collect_lineage(self, name: str, source: Path, repo_dir: Path,
+                                      keep: Keep) -> dict[str, Any]:
+            seen.append({"name": name, "source": source, "repo_dir": repo_dir})
+            return {"slurm": {"job": 42, "array": None, "nodes": ["n1", "n2"]},
+                    "git": {"status": "replaced"}}
+
+    pm.register(Slurm())
+    keep = open_keep()
+    name = unique_name()
+    v = keep.register(name, model)
+    assert seen == [{"name": name, "source": model, "repo_dir": model}]
+    # plugins answer before the built-ins: a section they answer wins; the others still come
+    assert v.lineage["slurm"] == {"job": 42, "array": None, "nodes": ["n1", "n2"]}
+    assert v.lineage["git"] == {"status": "replaced"} and "dvc" in v.lineage
+    assert keep.snapshot(v.ref).lineage == v.lineage
+    tags = keep.registry.get_version(name, v.version).tags
+    assert tags["modelkeep.slurm.job"] == "42" and tags["modelkeep.slurm.nodes"] == '["n1","n2"]'
+    assert "modelkeep.slurm.array" not in tags
+
+    class Floats:
+        @hookimpl(tryfirst=True)
+        def modelkeep_collect_lineage(self) -> dict[str, Any]:
+            return {"metrics": {"acc": 0.5}}
+
+    pm.register(Floats())
+    with pytest.raises(InvalidInputError, match=r"metrics\.acc"):
+        keep.register(name, model, force=True)
+
+
 def test_hook_validate_version(pm: PluginManager, open_keep, model: Path) -> None:
     calls: list[dict[str, Any]] = []
 
@@ -312,8 +346,9 @@ def test_hook_after_register(pm: PluginManager, open_keep, model: Path) -> None:
 
     class After:
         @hookimpl
-        def modelkeep_after_register(self, version: Any, keep: Keep) -> None:
+        def modelkeep_after_register(self, version: Any, keep: Keep, source: Path) -> None:
             done.append((version, keep.get(version.ref).version))
+            assert source == model
 
     pm.register(After())
     keep = open_keep()

@@ -33,6 +33,7 @@ from modelkeep.store import (
     Parent,
     Snapshot,
     SnapshotFile,
+    SourceFile,
     Store,
     VerifyReport,
     parse_uri,
@@ -68,6 +69,7 @@ class ModelVersion:
     author: str = ""
     bytes_added: int | None = None
     reused: bool = False  # register() returned an existing, identical version
+    lineage: Mapping[str, Any] = field(default_factory=dict)  # the snapshot's, see docs/format.md
 
     @property
     def ref(self) -> str:
@@ -100,6 +102,7 @@ class ModelVersion:
             "aliases": list(self.aliases),
             "tags": dict(self.tags),
             "parents": [p.to_json() for p in self.parents],
+            "lineage": dict(self.lineage),
             "files": [{"path": f.path, "size": f.size, "digest": f.digest,
                        "chunks": len(f.chunks), "tensors": len(f.tensors)
                        if f.tensors is not None else None} for f in self.files],
@@ -341,6 +344,7 @@ class Keep:
             message=snap.message,
             author=snap.author,
             bytes_added=int(added) if added and added.isdigit() else None,
+            lineage=snap.lineage,
         )
 
     # -- queries ---------------------------------------------------------------------------
@@ -353,6 +357,17 @@ class Keep:
 
     def snapshot(self, ref: str) -> Snapshot:
         return self._load(self._resolve(ref))[1]
+
+    def snapshot_at(self, uri: str) -> tuple[Store, Snapshot]:
+        """The store and snapshot a ``modelkeep://`` URI names, without asking the registry
+        (pointer files carry URIs, and must resolve even where the registry was rebuilt)."""
+        parsed = parse_uri(uri)
+        store = self._store_for(parsed.locator)
+        snap = self._snapshots.get(parsed.snapshot_id)
+        if snap is None:
+            snap = store.load_snapshot(parsed.snapshot_id)
+            self._snapshots[parsed.snapshot_id] = snap
+        return store, snap
 
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of *name*, oldest first."""
@@ -386,17 +401,37 @@ class Keep:
         message: str | None = None,
         force: bool = False,
         progress: Progress | None = None,
+        sources: Sequence[SourceFile] | None = None,
+        lineage: Mapping[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> ModelVersion:
         """Store the folder or file at *path* as a new version of *name*.
+
+        *path* is a local path or any fsspec URL (``s3://…``, ``az://…``, ``memory://…``, read
+        with *storage_options*), streamed into the store without a local copy. *sources*, when
+        given, are the files to store instead (e.g. from :mod:`modelkeep.sources`), *path* then
+        only naming where they came from. *lineage* sections win over what the
+        ``modelkeep_collect_lineage`` plugins record.
 
         Content identical to the newest version returns that version (``reused=True``) unless
         *force*. Nothing becomes visible until every byte is stored and every plugin accepted
         the version and its *aliases* (else :class:`~modelkeep.errors.VetoError`).
         """
+        from modelkeep.sources import is_url, scan_url
+
         validate_name(name)
         aliases = [validate_alias(a) for a in aliases]
         user_tags = _check_tags(tags or {})
-        sources = scan_local(path)
+        source: Path | str
+        if isinstance(path, str) and is_url(path):
+            source, repo_dir = path, Path.cwd()
+        else:
+            source = Path(path)
+            repo_dir = source if source.is_dir() else source.parent
+        if sources is None:
+            sources = (scan_url(path, storage_options) if isinstance(source, str)
+                       else scan_local(source))
+        sources = list(sources)
         findings = self._scan(name, sources)
         parent_refs = []
         for p in parents:
@@ -423,7 +458,9 @@ class Keep:
                 existing = self.get(f"{name}@{latest.version}")
                 return replace(existing, reused=True)
 
-        snapshot = replace(snapshot, tags=self._collect_tags(name, Path(path), snapshot))
+        snapshot = replace(snapshot, lineage=self._collect_lineage(
+            name, source, repo_dir, lineage or {}))
+        snapshot = replace(snapshot, tags=self._collect_tags(name, source, snapshot))
         self._validate(name, snapshot, findings)
         for alias in aliases:
             self._check_alias(name, alias, None, snapshot.tags, registering=True)
@@ -437,6 +474,7 @@ class Keep:
             TAG_PREFIX + "bytes_added": str(stats.bytes_added),
             TAG_PREFIX + "dedup_ratio": f"{stats.dedup_ratio:.4f}",
             TAG_PREFIX + "files": str(stats.files),
+            **lineage_tags(snapshot.lineage),
         }
         if parent_refs:
             registry_tags[TAG_PREFIX + "parents"] = ",".join(str(p) for p in parent_refs)
@@ -453,7 +491,7 @@ class Keep:
         if aliases:
             rv = replace(rv, aliases=tuple(sorted(set(rv.aliases) | set(aliases))))
         version = self._version(rv, snapshot, sid)
-        self.hook.modelkeep_after_register(version=version, keep=self)
+        self.hook.modelkeep_after_register(version=version, keep=self, source=source)
         return version
 
     # -- hooks around register -------------------------------------------------------------
@@ -472,7 +510,17 @@ class Keep:
                                         hint="return modelkeep.hooks.Finding objects")
         return findings
 
-    def _collect_tags(self, name: str, source: Path, snapshot: Snapshot) -> dict[str, str]:
+    def _collect_lineage(
+        self, name: str, source: Path | str, repo_dir: Path, given: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        collected: dict[str, Any] = {}
+        for answer in reversed(self.hook.modelkeep_collect_lineage(
+                name=name, source=source, repo_dir=repo_dir, keep=self)):
+            collected.update(answer or {})
+        collected.update(given)
+        return _check_lineage(collected)
+
+    def _collect_tags(self, name: str, source: Path | str, snapshot: Snapshot) -> dict[str, str]:
         collected: dict[str, str] = {}
         for answer in reversed(self.hook.modelkeep_collect_metadata(
                 name=name, source=source, snapshot=snapshot, keep=self)):
@@ -592,6 +640,62 @@ def _check_tags(tags: Mapping[str, str]) -> dict[str, str]:
             raise InvalidInputError(f"tag {key!r} is longer than {MAX_TAG_VALUE} characters")
         out[key] = value
     return out
+
+
+LINEAGE_TAG_MAX = 5000  # the smallest tag-value limit among MLflow's database schemas
+
+
+def _check_lineage(lineage: Mapping[str, Any]) -> dict[str, Any]:
+    """Refuse lineage a snapshot cannot hold: non-string keys, floats, non-JSON values."""
+
+    def check(value: Any, where: str) -> None:
+        if value is None or isinstance(value, str | bool | int):
+            return
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise InvalidInputError(f"lineage key {k!r} at {where} is not a string")
+                check(v, f"{where}.{k}")
+            return
+        if isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                check(v, f"{where}[{i}]")
+            return
+        raise InvalidInputError(
+            f"lineage value at {where} is a {type(value).__name__}",
+            hint="lineage holds JSON strings, integers, booleans, lists and objects; "
+                 "write other numbers as strings",
+        )
+
+    out = {}
+    for section, value in lineage.items():
+        check(value, str(section))
+        out[str(section)] = value
+    return out
+
+
+def lineage_tags(lineage: Mapping[str, Any]) -> dict[str, str]:
+    """Registry tags mirroring the lineage: ``modelkeep.<section>.<key>`` for each member of
+    each section, scalars as text and the rest as compact JSON, left out when longer than
+    :data:`LINEAGE_TAG_MAX` (the snapshot holds everything)."""
+    import json
+
+    tags = {}
+    for section, value in lineage.items():
+        if not isinstance(value, Mapping):
+            continue
+        for key, item in value.items():
+            if item is None:
+                continue
+            if isinstance(item, bool):
+                text = "true" if item else "false"
+            elif isinstance(item, str | int):
+                text = str(item)
+            else:
+                text = json.dumps(item, sort_keys=True, separators=(",", ":"))
+            if len(text) <= LINEAGE_TAG_MAX:
+                tags[f"{TAG_PREFIX}{section}.{key}"] = text
+    return tags
 
 
 def _chunk_ids_in(entry: FileEntry, start: int, end: int) -> tuple[str, ...]:

@@ -131,10 +131,17 @@ class VetoError(ModelkeepError):
         self.reasons = tuple(reasons)
 
 
+class DirtyWorkspaceError(ModelkeepError):
+    """A checkout would overwrite local files whose content is in no stored version."""
+
+    exit_code = 10
+
+
 __all__ = [
     "ConfigError",
     "CredentialsError",
     "DestinationExistsError",
+    "DirtyWorkspaceError",
     "IntegrityError",
     "InvalidInputError",
     "InvalidNameError",

@@ -122,7 +122,9 @@ def init(
 def register(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Model name.")],
-    path: Annotated[Path, typer.Argument(help="Model folder or file.")],
+    path: Annotated[str, typer.Argument(help="Model folder or file, an fsspec URL (s3://, "
+                                        "az://, memory:// …), or a DVC-tracked path with "
+                                        "--rev/--repo (or dvc://PATH).")],
     parent: Annotated[list[str] | None, typer.Option("--parent", help="Parent version "
                                                      "(NAME@REF); repeatable.")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE; repeatable.")] = None,
@@ -131,17 +133,45 @@ def register(
     message: Annotated[str | None, typer.Option("-m", "--message", help="Description.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Register even if identical to the "
                                         "newest version.")] = False,
+    rev: Annotated[str | None, typer.Option("--rev", help="Read PATH, tracked by DVC, at this "
+                                            "git revision.")] = None,
+    repo: Annotated[str | None, typer.Option("--repo", help="DVC repository (folder or git "
+                                             "URL) holding PATH; default: the current one.")]
+    = None,
+    source_options: Annotated[str | None, typer.Option(
+        "--source-options", help="fsspec options for a URL source, as JSON.")] = None,
 ) -> None:
-    """Store a model folder as a new version of NAME."""
+    """Store a model folder (local, any fsspec URL, or DVC-tracked) as a new version of NAME."""
+    import json
+
+    from modelkeep.sources import is_url, scan_url
     from modelkeep.store import scan_local
 
     st = _state(ctx)
     keep = st.keep()
-    total = sum(f.size for f in scan_local(path))
+    lineage = None
+    source: str | Path = path
+    if rev is not None or repo is not None or path.startswith("dvc://"):
+        from modelkeep.plugins.dvc import dvc_sources
+
+        inner = path.removeprefix("dvc://")
+        sources, lineage = dvc_sources(inner, repo, rev)
+        source = f"dvc://{inner}"
+    elif is_url(path):
+        try:
+            options = json.loads(source_options) if source_options else {}
+        except ValueError:
+            raise InvalidInputError("--source-options is not JSON",
+                                    hint='e.g. --source-options \'{"anon": true}\'') from None
+        sources = scan_url(path, options)
+    else:
+        source = Path(path)
+        sources = scan_local(source)
+    total = sum(f.size for f in sources)
     with st.out.progress(f"storing {name}", total) as advance:
         mv = keep.register(
-            name, path, parents=parent or (), tags=_parse_tags(tag or []), aliases=alias or (),
-            message=message, force=force, progress=advance,
+            name, source, parents=parent or (), tags=_parse_tags(tag or []), aliases=alias or (),
+            message=message, force=force, progress=advance, sources=sources, lineage=lineage,
         )
 
     def human() -> None:
@@ -227,6 +257,8 @@ def show(
             c.print(f"message:  {mv.message}", highlight=False)
         for k, v in sorted(mv.user_tags.items()):
             c.print(f"tag:      {k}={v}", highlight=False)
+        for line in _lineage_lines(mv.lineage):
+            c.print(line, highlight=False, markup=False)
         table = Table("file", "size", "chunks", "tensors")
         for f in mv.files:
             table.add_row(f.path, human_bytes(f.size), str(len(f.chunks)),
@@ -234,6 +266,37 @@ def show(
         c.print(table)
 
     st.out.emit(mv.to_json(), human)
+
+
+def _lineage_lines(lineage: dict[str, Any] | Any) -> list[str]:
+    from modelkeep.lineage import data_versions
+
+    lines = []
+    git = lineage.get("git") if lineage else None
+    if isinstance(git, dict):
+        if git.get("status") == "ok" and git.get("commit"):
+            flags = [f for f in ("dirty", "shallow") if git.get(f)]
+            where = git.get("branch") or "detached HEAD"
+            extra = f" ({', '.join(flags)})" if flags else ""
+            lines.append(f"git:      {git['commit']} on {where}{extra}")
+            if git.get("remote"):
+                lines.append(f"remote:   {git['remote']}")
+        else:
+            lines.append(f"git:      {git.get('status')}")
+    dvc = lineage.get("dvc") if lineage else None
+    if isinstance(dvc, dict):
+        if dvc.get("status") != "ok":
+            lines.append(f"dvc:      {dvc.get('status')}")
+        else:
+            stages = ", ".join(sorted(dvc.get("stages") or {})) or "none"
+            lines.append(f"dvc:      stages {stages}; remote {dvc.get('remote') or '-'}")
+            for d in data_versions(lineage):
+                lines.append(f"data:     {d['path']} {d['hash']} ({d['via']})")
+    source = lineage.get("source") if lineage else None
+    if isinstance(source, dict):
+        lines.append("source:   " + " ".join(f"{k}={v}" for k, v in sorted(source.items())
+                                             if v is not None))
+    return lines
 
 
 @app.command()
@@ -427,6 +490,11 @@ def plugins_(ctx: typer.Context) -> None:
         st.out.console.print(table)
 
     st.out.emit([p.to_json() for p in infos], human)
+
+
+from modelkeep.cli.gitdvc_cmds import add_commands as _add_gitdvc  # noqa: E402
+
+_add_gitdvc(app)
 
 
 def _command(plugins: PluginManager) -> Any:

@@ -36,6 +36,9 @@ ENV = "MODELKEEP_PLUGINS"
 DEFAULT_PLUGINS: dict[str, str] = {
     "modelkeep.findings": "modelkeep.hooks.builtin",
     "modelkeep.mlflow": "modelkeep.plugins.mlflow.hooks",
+    "modelkeep.git": "modelkeep.plugins.git",
+    "modelkeep.dvc": "modelkeep.plugins.dvc",
+    "modelkeep.pointers": "modelkeep.plugins.pointers",
 }
 
 

@@ -8,6 +8,7 @@ by name, so arguments can be added later without breaking plugins. Hooks run in 
 Where a hook is called, in one ``register``::
 
     modelkeep_scan_file         each file, before any byte is stored
+    modelkeep_collect_lineage   after the content is stored: code and data the version came from
     modelkeep_collect_metadata  after the content is stored, before anything is visible
     modelkeep_validate_version  every validator, then every alias pre-check:
     modelkeep_before_alias_change   a refusal from either stops here: nothing is registered
@@ -144,8 +145,37 @@ def modelkeep_scan_file(
 
 
 @hookspec
+def modelkeep_collect_lineage(
+    name: str, source: Path | str, repo_dir: Path, keep: Keep
+) -> Mapping[str, Any] | None:
+    """Record where a version being registered came from: code commit, data versions, inputs.
+
+    Called once the content is stored and the version is known to be new (not for identical
+    content, which reuses the newest version). Each answer maps section names to JSON values;
+    the sections of every answer are merged into the snapshot's ``lineage`` object (the first
+    answering wins a section), and scalar members of each section are mirrored into registry
+    tags ``modelkeep.<section>.<key>``. The built-in plugins answer ``git`` and ``dvc``. Values
+    must be JSON without floating-point numbers (snapshots hold none): write a non-integer number
+    as a string. Keep it fast: it runs inside every registration.
+
+    :param name: The model name.
+    :param source: The local folder or file being registered, or the URL it is read from.
+    :param repo_dir: The folder whose repositories describe the version: the registered path's
+        folder for a local source, else the working folder.
+    :param keep: The :class:`~modelkeep.api.Keep` doing the work.
+    :returns: ``{section: value}``, or None to add nothing.
+
+    Example::
+
+        @hookimpl
+        def modelkeep_collect_lineage(repo_dir):
+            return {"slurm": {"job": os.environ.get("SLURM_JOB_ID")}}
+    """
+
+
+@hookspec
 def modelkeep_collect_metadata(
-    name: str, source: Path, snapshot: Snapshot, keep: Keep
+    name: str, source: Path | str, snapshot: Snapshot, keep: Keep
 ) -> Mapping[str, str] | None:
     """Add tags to a version being registered: lineage, provenance, anything worth recording.
 
@@ -154,7 +184,7 @@ def modelkeep_collect_metadata(
     not start with ``modelkeep.`` (reserved); values are strings up to 100,000 characters.
 
     :param name: The model name.
-    :param source: The local folder or file being registered.
+    :param source: The local folder or file being registered, or the URL it is read from.
     :param snapshot: The draft snapshot: files (with tensor maps), size, parents, message, author
         and the caller's tags.
     :param keep: The :class:`~modelkeep.api.Keep` doing the work.
@@ -219,7 +249,7 @@ def modelkeep_before_register(
 
 
 @hookspec
-def modelkeep_after_register(version: ModelVersion, keep: Keep) -> None:
+def modelkeep_after_register(version: ModelVersion, keep: Keep, source: Path | str) -> None:
     """Called once a new version is registered and its aliases are set.
 
     The version is visible to everyone by now; an exception raised here reaches the caller but
@@ -227,6 +257,7 @@ def modelkeep_after_register(version: ModelVersion, keep: Keep) -> None:
 
     :param version: The new version.
     :param keep: The :class:`~modelkeep.api.Keep` doing the work.
+    :param source: The local folder or file registered, or the URL it was read from.
 
     Example::
 
