@@ -40,9 +40,11 @@ lint: .venv
 demo: .venv
 	$(VPY) examples/demo.py
 
-# DVC is a peer in the benchmark, not a test dependency; git-lfs joins where installed.
+# DVC and git-lfs are peers in the benchmark; git-lfs comes from Debian where apt-get can install
+# it, and its column is skipped otherwise.
 bench: .venv
 	$(VPY) -m pip install -q -e ".[dvc]"
+	command -v git-lfs >/dev/null || apt-get install -y -q git-lfs || echo "git-lfs not installed: its column is skipped"
 	$(VPY) bench/run.py
 
 clean:
