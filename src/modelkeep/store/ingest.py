@@ -159,7 +159,10 @@ class Ingestor:
         self.db = db
         self.known = known
         self.workers = workers or (4 if db.location.is_local else 16)
-        self.max_inflight = max_inflight or self.workers * 2
+        # Locally two chunks read ahead keep every worker busy (hashing and writing a chunk takes
+        # several times as long as reading it); object stores need more requests in flight.
+        local = db.location.is_local
+        self.max_inflight = max_inflight or (self.workers + 2 if local else self.workers * 2)
         self._seen: set[str] = set()
         self._seen_lock = threading.Lock()
 
