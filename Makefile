@@ -5,6 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+TORCH_VERSION ?= 2.13.0
 
 .DEFAULT_GOAL := test
 .PHONY: .venv node_modules test lint demo bench clean
@@ -17,9 +18,12 @@ node_modules: $(NODE_STAMP)
 # other test because the test suite sets MODELKEEP_PLUGINS (tests/conftest.py).
 EXAMPLE_PLUGIN := examples/plugins/approval
 
+# torch first, pinned to the CPU build on this machine's disk: otherwise the frameworks in the test
+# extra (Lightning, Transformers), which ask for torch unpinned, pull a multi-GB CUDA build.
 $(VENV_STAMP): pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip
+	$(VPY) -m pip install "torch==$(TORCH_VERSION)"
 	$(VPY) -m pip install -e ".[test]"
 	$(VPY) -m pip install -e $(EXAMPLE_PLUGIN)
 	touch $@
@@ -31,11 +35,11 @@ $(NODE_STAMP): package.json package-lock.json
 	touch $@
 
 test: .venv node_modules
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
 	$(VPY) -m pytest -n 2
 
 lint: .venv
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
 
 demo: .venv
 	$(VPY) examples/demo.py
