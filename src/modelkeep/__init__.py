@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from modelkeep.errors import (
+    CheckpointError,
     ConfigError,
     CredentialsError,
     DestinationExistsError,
@@ -38,10 +39,12 @@ from modelkeep.errors import (
 
 if TYPE_CHECKING:
     from modelkeep.api import Diff, FileChange, Keep, ModelVersion, TensorChanges, open
+    from modelkeep.training import Tracker, track
 
 __version__ = "0.1.0"
 
 _LAZY = {"Diff", "FileChange", "Keep", "ModelVersion", "TensorChanges", "open"}
+_LAZY_TRAINING = {"Tracker", "track"}
 
 
 def __getattr__(name: str) -> Any:
@@ -50,10 +53,15 @@ def __getattr__(name: str) -> Any:
         from modelkeep import api
 
         return getattr(api, name)
+    if name in _LAZY_TRAINING:
+        from modelkeep import training
+
+        return getattr(training, name)
     raise AttributeError(f"module 'modelkeep' has no attribute {name!r}")
 
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "CredentialsError",
     "DestinationExistsError",
@@ -75,8 +83,10 @@ __all__ = [
     "StoreError",
     "StoreUnreachableError",
     "TensorChanges",
+    "Tracker",
     "UnsafePathError",
     "VetoError",
     "__version__",
     "open",
+    "track",
 ]

@@ -45,6 +45,7 @@ from modelkeep.store.snapshot import CREATED_FORMAT
 
 if TYPE_CHECKING:
     from modelkeep.hooks.manager import PluginManager
+    from modelkeep.training import PendingCheckpoint, Tracker
 
 Progress = Callable[[int], None]
 TAG_PREFIX = "modelkeep."
@@ -284,6 +285,7 @@ class Keep:
         self._snapshots: dict[str, Snapshot] = {}
         self._stores: dict[str, Store] = {store.location.locator: store}
         self._lock = threading.Lock()
+        self._trackers: dict[str, Tracker] = {}  # the ones checkpoint() made, by model name
 
     def __repr__(self) -> str:
         return f"Keep(store={self.store.url!r}, registry={self.registry.uri!r})"
@@ -404,6 +406,7 @@ class Keep:
         sources: Sequence[SourceFile] | None = None,
         lineage: Mapping[str, Any] | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
     ) -> ModelVersion:
         """Store the folder or file at *path* as a new version of *name*.
 
@@ -415,7 +418,8 @@ class Keep:
 
         Content identical to the newest version returns that version (``reused=True``) unless
         *force*. Nothing becomes visible until every byte is stored and every plugin accepted
-        the version and its *aliases* (else :class:`~modelkeep.errors.VetoError`).
+        the version and its *aliases* (else :class:`~modelkeep.errors.VetoError`). *run_id*
+        links the version to the MLflow run that produced it.
         """
         from modelkeep.sources import is_url, scan_url
 
@@ -478,13 +482,18 @@ class Keep:
         }
         if parent_refs:
             registry_tags[TAG_PREFIX + "parents"] = ",".join(str(p) for p in parent_refs)
+        # Only passed when set, so a Registry without run links still works.
+        link: dict[str, Any] = {}
+        if run_id:
+            registry_tags[TAG_PREFIX + "run_id"] = run_id
+            link["run_id"] = run_id
         self.hook.modelkeep_before_register(
             name=name, snapshot=snapshot, tags=registry_tags, keep=self)
 
         sid = self.store.save_snapshot(snapshot)
         self._snapshots[sid] = snapshot
         rv = self.registry.create_version(
-            name, self.store.uri(sid), tags=registry_tags, description=message or None
+            name, self.store.uri(sid), tags=registry_tags, description=message or None, **link
         )
         for alias in aliases:
             self._move_alias(name, alias, rv.version)
@@ -568,6 +577,48 @@ class Keep:
         self.registry.set_alias(name, alias, version)
         if listening:
             caller(name=name, alias=alias, version=version, previous=previous, keep=self)
+
+    # -- training --------------------------------------------------------------------------
+
+    def checkpoint(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        step: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> PendingCheckpoint:
+        """Register the checkpoint at *path* as the next version of *name*, in the background.
+
+        Returns at once, after a private copy of *path* is taken (the training loop may overwrite
+        it). Each checkpoint's parent is the previous one of *name*; *metrics* become
+        ``metric.<key>`` tags. Errors surface at :meth:`flush` (also run at process exit). For
+        every-N / best-metric policies and retention use :func:`modelkeep.track`.
+        """
+        from modelkeep.training import Tracker
+
+        with self._lock:
+            tracker = self._trackers.get(name)
+            if tracker is None or tracker.closed:
+                tracker = self._trackers[name] = Tracker(self, name)
+        return tracker.checkpoint(path, step=step, metrics=metrics, tags=tags, force=True)
+
+    def flush(self, timeout: float | None = None) -> list[ModelVersion]:
+        """Wait for every checkpoint :meth:`checkpoint` queued; raise
+        :class:`~modelkeep.errors.CheckpointError` if any was not registered."""
+        with self._lock:
+            trackers = list(self._trackers.values())
+        out: list[ModelVersion] = []
+        first: BaseException | None = None
+        for tracker in trackers:
+            try:
+                out.extend(tracker.flush(timeout))
+            except BaseException as exc:  # flush the others before raising the first error
+                first = first or exc
+        if first is not None:
+            raise first
+        return out
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -107,6 +107,24 @@ class MissingExtraError(ModelkeepError, ImportError):
         self.extra = extra
 
 
+class CheckpointError(ModelkeepError):
+    """Checkpoints registered in the background could not all be stored or registered.
+
+    Raised when pending uploads are flushed (context exit, ``flush()``, ``close()``); ``failures``
+    holds ``(step, error)`` for each checkpoint that was not registered, and ``__cause__`` is the
+    first underlying error.
+    """
+
+    exit_code = 8
+
+    def __init__(
+        self, message: str, *, hint: str | None = None,
+        failures: tuple[tuple[int | None, BaseException], ...] = (),
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.failures = failures
+
+
 class DestinationExistsError(InvalidInputError, FileExistsError):
     """The destination of a pull exists and is not empty."""
 
@@ -138,6 +156,7 @@ class DirtyWorkspaceError(ModelkeepError):
 
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "CredentialsError",
     "DestinationExistsError",

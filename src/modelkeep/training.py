@@ -1,0 +1,623 @@
+"""Checkpoints from training loops: :func:`track`, :class:`Tracker` and ``Keep.checkpoint``.
+
+This module owns registering checkpoints without stalling the training loop:
+
+* **Policy.** A :class:`Tracker` registers a checkpoint every *every* steps, or when the
+  monitored metric improves (``mode`` ``"min"``/``"max"``), or on every call when neither is set.
+  Each registered checkpoint's parent is the previous one, so a run is a chain in the version DAG;
+  metrics become ``metric.<name>`` tags and the step a ``step`` tag. When MLflow is already
+  imported and a run is active, the version is linked to that run.
+* **Background uploads.** The training thread only takes a private copy of the checkpoint
+  (*staging*) and queues it; one worker thread per tracker stores and registers checkpoints in
+  order. The queue holds at most *max_pending* staged checkpoints, so disk use is bounded by
+  ``max_pending + 1`` checkpoints and memory by the store's fixed ingest buffers. When the queue is
+  full, ``on_full="skip"`` (the default) drops the newest queued checkpoint that is not the current
+  best, so training never waits for the store; ``on_full="block"`` waits instead.
+* **Staging.** A training loop usually overwrites its checkpoint on the next save, so the upload
+  must never read the file in place. ``staging="copy"`` (the default) copies into a private folder
+  beside the checkpoint (same filesystem, so a copy-on-write clone where the filesystem has them,
+  and never a RAM-backed temp dir); ``staging="link"`` hard-links instead, which is free but only
+  safe for writers that never rewrite a saved file in place (Hugging Face ``Trainer`` writes each
+  save to a new ``checkpoint-N`` folder); a file changed under a link is detected and reported.
+* **Errors.** Nothing raises in the training loop because of the store: failures are collected
+  and raised as one :class:`~modelkeep.errors.CheckpointError` by :meth:`Tracker.flush` (context
+  exit, ``close()``, ``Keep.flush()``), or printed at process exit. After *max_failures*
+  consecutive failures the tracker stops trying (an unreachable store costs its timeouts a few
+  times, not once per step). The store's write order keeps a failed upload invisible: chunks, then
+  the snapshot, then the registry entry.
+* **Retention.** With *keep_last*, the last K checkpoints and the best one stay; the others get
+  the registry tag ``modelkeep.retention=expired``. The aliases *last_alias* and *best_alias* follow
+  the newest and the best checkpoint. Nothing is deleted: removing expired versions' bytes comes
+  with the store's garbage collection.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import math
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from modelkeep.errors import CheckpointError, InvalidInputError, ModelkeepError, SourceError
+from modelkeep.refs import validate_alias, validate_name
+
+if TYPE_CHECKING:
+    from modelkeep.api import Keep, ModelVersion
+
+RETENTION_TAG = "modelkeep.retention"
+METRIC_PREFIX = "metric."
+STAGING_PREFIX = ".modelkeep-staging-"
+_TAG_KEY_UNSAFE = re.compile(r"[^\w.\- /]")
+_FICLONE = 0x40049409  # Linux ioctl: copy-on-write clone (btrfs, xfs, bcachefs)
+
+
+def _metric_value(value: Any) -> float | None:
+    try:
+        out = float(value)  # python/numpy scalars and 0-d tensors
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
+
+
+def _format_metric(value: float) -> str:
+    return repr(value)
+
+
+def active_mlflow_run_id() -> str | None:
+    """The id of MLflow's active run in this thread, without importing MLflow if the training
+    script did not (MLflow's active run is per thread, so ask from the training thread)."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return None
+    try:
+        run = mlflow.active_run()
+    except Exception:
+        return None
+    return run.info.run_id if run is not None else None
+
+
+# -- staging -----------------------------------------------------------------------------------
+
+
+def _clone_or_copy(src: Path, dst: Path) -> None:
+    try:
+        import fcntl
+
+        with src.open("rb") as fi, dst.open("wb") as fo:
+            fcntl.ioctl(fo.fileno(), _FICLONE, fi.fileno())
+        shutil.copymode(src, dst)
+        return
+    except (ImportError, OSError):
+        pass
+    shutil.copy2(src, dst)  # sendfile / copy_file_range on Linux: kernel-side, no Python buffers
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        _clone_or_copy(src, dst)
+
+
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def stage(src: Path, dest: Path, mode: Literal["copy", "link"]) -> dict[Path, tuple[int, int, int]]:
+    """Copy or link the file or folder *src* to the new folder *dest* (a file keeps its name).
+
+    Returns each staged file's (inode, size, mtime) so a link can be checked after the upload.
+    """
+    put = _clone_or_copy if mode == "copy" else _link_or_copy
+    dest.mkdir(parents=True)
+    seen: dict[Path, tuple[int, int, int]] = {}
+    if src.is_file():
+        target = dest / src.name
+        put(src, target)
+        seen[target] = _stat_key(target)
+        return seen
+    if not src.is_dir():
+        raise SourceError(f"checkpoint {str(src)!r} does not exist",
+                          hint="save the checkpoint before registering it")
+    for root, dirs, files in os.walk(src, followlinks=False):
+        dirs.sort()
+        rel = Path(root).relative_to(src)
+        (dest / rel).mkdir(parents=True, exist_ok=True)
+        for fname in sorted(files):
+            source = Path(root) / fname
+            target = dest / rel / fname
+            if source.is_symlink():
+                # Followed, as scan_local would; a private copy keeps the link target stable too.
+                _clone_or_copy(source.resolve(), target)
+            else:
+                put(source, target)
+            seen[target] = _stat_key(target)
+        for dname in dirs:
+            if (Path(root) / dname).is_symlink():  # os.walk does not descend into linked folders
+                shutil.copytree((Path(root) / dname).resolve(), dest / rel / dname)
+    return seen
+
+
+# -- pending checkpoints -----------------------------------------------------------------------
+
+
+class PendingCheckpoint:
+    """One checkpoint handed to a tracker; resolves to its :class:`ModelVersion`, or to None when
+    it was skipped (queue full, or the tracker stopped after repeated failures)."""
+
+    def __init__(self, step: int | None, metrics: Mapping[str, float], tags: Mapping[str, str],
+                 run_id: str | None, is_best: bool) -> None:
+        self.step = step
+        self.metrics = dict(metrics)
+        self.tags = dict(tags)
+        self.run_id = run_id
+        self.is_best = is_best
+        self.staged: Path | None = None
+        self.stats: dict[Path, tuple[int, int, int]] = {}
+        self.skipped_reason: str | None = None
+        self._done = threading.Event()
+        self._version: ModelVersion | None = None
+        self._error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        state = ("pending" if not self._done.is_set() else "failed" if self._error
+                 else "skipped" if self.skipped_reason else f"registered {self._version!r}")
+        return f"<PendingCheckpoint step={self.step} {state}>"
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def skipped(self) -> bool:
+        return self.skipped_reason is not None
+
+    def result(self, timeout: float | None = None) -> ModelVersion | None:
+        """The registered version (None if skipped); raises the upload's error."""
+        if not self._done.wait(timeout):
+            raise CheckpointError(f"checkpoint at step {self.step} is still uploading",
+                                  hint="wait longer, or check the store")
+        if self._error is not None:
+            raise self._error
+        return self._version
+
+    def _finish(self, version: ModelVersion | None = None, error: BaseException | None = None,
+                skipped: str | None = None) -> None:
+        self._version, self._error, self.skipped_reason = version, error, skipped
+        self._done.set()
+
+
+# -- the tracker -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Stats:
+    requested: int = 0
+    queued: int = 0
+    registered: int = 0
+    skipped: int = 0
+    failed: int = 0
+    upload_seconds: list[float] = field(default_factory=list)
+
+
+_live: weakref.WeakSet[Tracker] = weakref.WeakSet()
+
+
+class Tracker:
+    """Registers a training run's checkpoints as a chain of versions of one model.
+
+    Use it through :func:`track` (a context manager) or ``Keep.checkpoint``; the module docstring
+    describes the policy, staging, errors and retention.
+    """
+
+    def __init__(
+        self,
+        keep: Keep,
+        name: str,
+        *,
+        every: int | None = None,
+        monitor: str | None = None,
+        mode: Literal["min", "max"] = "min",
+        keep_last: int | None = None,
+        parent: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        last_alias: str | None = "last",
+        best_alias: str | None = "best",
+        max_pending: int = 2,
+        on_full: Literal["skip", "block"] = "skip",
+        staging: Literal["copy", "link"] = "copy",
+        staging_dir: str | os.PathLike[str] | None = None,
+        flush_timeout: float | None = None,
+        max_failures: int = 3,
+    ) -> None:
+        validate_name(name)
+        if every is not None and every < 1:
+            raise InvalidInputError(f"every must be a positive number of steps, not {every}")
+        if mode not in ("min", "max"):
+            raise InvalidInputError(f"mode must be 'min' or 'max', not {mode!r}")
+        if keep_last is not None and keep_last < 1:
+            raise InvalidInputError(f"keep_last must be at least 1, not {keep_last}")
+        if max_pending < 1:
+            raise InvalidInputError(f"max_pending must be at least 1, not {max_pending}")
+        if on_full not in ("skip", "block"):
+            raise InvalidInputError(f"on_full must be 'skip' or 'block', not {on_full!r}")
+        if staging not in ("copy", "link"):
+            raise InvalidInputError(f"staging must be 'copy' or 'link', not {staging!r}")
+        self.keep = keep
+        self.name = name
+        self.every = every
+        self.monitor = monitor
+        self.mode = mode
+        self.keep_last = keep_last
+        self.tags = dict(tags or {})
+        self.last_alias = validate_alias(last_alias) if last_alias else None
+        self.best_alias = validate_alias(best_alias) if best_alias and monitor else None
+        self.max_pending = max_pending
+        self.on_full = on_full
+        self.staging = staging
+        self.staging_dir = Path(staging_dir) if staging_dir is not None else None
+        self.flush_timeout = flush_timeout
+        self.max_failures = max_failures
+        self.stats = _Stats()
+        self.versions: list[ModelVersion] = []
+        self.closed = False
+
+        self._parent = parent  # ref of the previous registered checkpoint
+        self._calls = 0
+        self._best: float | None = None  # best monitored value among queued checkpoints
+        self._best_item: PendingCheckpoint | None = None
+        self._cond = threading.Condition()
+        self._queue: deque[PendingCheckpoint] = deque()
+        self._reserved = 0  # slots taken by checkpoints being staged
+        self._busy = False  # the worker holds a checkpoint
+        self._unreported: list[tuple[int | None, BaseException]] = []
+        self._consecutive_failures = 0
+        self._stopped_by: BaseException | None = None
+        self._staging_roots: set[Path] = set()
+        self._chain: list[tuple[int, float | None]] = []  # (version, monitored value)
+        self._expired: set[int] = set()
+        self._best_version: tuple[int, float] | None = None
+        self._worker: threading.Thread | None = None
+        _live.add(self)
+
+    def __repr__(self) -> str:
+        return f"Tracker({self.name!r}, registered={self.stats.registered})"
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            self.close()
+        except CheckpointError as flush_error:
+            if exc is None:
+                raise
+            # The training error is the one to see; the upload failure rides along as a note.
+            exc.add_note(f"modelkeep: {flush_error}")
+
+    # -- policy --------------------------------------------------------------------------------
+
+    def _improves(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        if self._best is None:
+            return True
+        return value < self._best if self.mode == "min" else value > self._best
+
+    def due(self, step: int | None = None, metrics: Mapping[str, Any] | None = None) -> bool:
+        """Whether :meth:`checkpoint` would register at *step* with *metrics*: call it before
+        saving, to save only when the checkpoint will be kept."""
+        return self._due(step if step is not None else self._calls + 1, metrics)
+
+    def _due(self, step: int, metrics: Mapping[str, Any] | None) -> bool:
+        if self.every is None and self.monitor is None:
+            return True
+        if self.every is not None and step % self.every == 0:
+            return True
+        if self.monitor is not None:
+            return self._improves(_metric_value((metrics or {}).get(self.monitor)))
+        return False
+
+    # -- the training thread's side ------------------------------------------------------------
+
+    def checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        step: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        force: bool = False,
+    ) -> PendingCheckpoint | None:
+        """Queue the checkpoint at *path* if the policy says so (always with *force*).
+
+        Returns None when the policy skips this step, else a :class:`PendingCheckpoint`. Only the
+        staging copy happens here; upload and registration run on the worker thread.
+        """
+        if self.closed:
+            raise CheckpointError(f"tracker for {self.name!r} is closed",
+                                  hint="open a new one with modelkeep.track()")
+        self._calls += 1
+        counted = step if step is not None else self._calls
+        if not force and not self._due(counted, metrics):
+            return None
+        self.stats.requested += 1
+        values = {str(k): v for k, v in (metrics or {}).items()}
+        numeric = {k: x for k, x in ((k, _metric_value(v)) for k, v in values.items())
+                   if x is not None}
+        monitored = numeric.get(self.monitor) if self.monitor else None
+        is_best = self._improves(monitored)
+        item_tags = {**self.tags, **{str(k): str(v) for k, v in (tags or {}).items()}}
+        item = PendingCheckpoint(step, numeric, item_tags, active_mlflow_run_id(), is_best)
+
+        with self._cond:
+            if self._stopped_by is not None:
+                return self._skip(item, f"stopped after {self.max_failures} failures")
+            if not self._make_room(item):
+                return self._skip(item, "upload queue full")
+            self._reserved += 1
+        try:
+            item.staged = self._staging_root(Path(path)) / f"{counted}-{uuid.uuid4().hex[:8]}"
+            item.stats = stage(Path(path), item.staged, self.staging)
+        except BaseException:
+            with self._cond:
+                self._reserved -= 1
+                self._cond.notify_all()
+            self._cleanup(item)
+            raise
+        with self._cond:
+            self._reserved -= 1
+            if is_best:
+                self._best, self._best_item = monitored, item
+            self._queue.append(item)
+            self.stats.queued += 1
+            self._ensure_worker()
+            self._cond.notify_all()
+        return item
+
+    def _make_room(self, item: PendingCheckpoint) -> bool:
+        """Under the lock: wait or drop until a slot is free; False to skip *item* itself."""
+        while len(self._queue) + self._reserved >= self.max_pending:
+            if self.on_full == "block":
+                self._cond.wait(1.0)
+                if self._stopped_by is not None:
+                    return False
+                continue
+            # Drop the newest queued checkpoint that is not the best: the new one supersedes it
+            # as "last", and the best must survive for retention.
+            for victim in reversed(self._queue):
+                if victim is not self._best_item or item.is_best:
+                    self._queue.remove(victim)
+                    self._skip(victim, "superseded by a newer checkpoint while queued")
+                    break
+            else:
+                return False
+        return True
+
+    def _skip(self, item: PendingCheckpoint, reason: str) -> PendingCheckpoint:
+        self.stats.skipped += 1
+        self._cleanup(item)
+        item._finish(skipped=reason)
+        return item
+
+    def _staging_root(self, path: Path) -> Path:
+        # Beside the checkpoint: same filesystem (links and clones work, the copy stays on disk)
+        # and never a RAM-backed /tmp. Removed when the tracker closes.
+        base = self.staging_dir or path.resolve().parent
+        root = base / f"{STAGING_PREFIX}{os.getpid()}-{id(self):x}"
+        self._staging_roots.add(root)
+        return root
+
+    @staticmethod
+    def _cleanup(item: PendingCheckpoint) -> None:
+        if item.staged is not None:
+            shutil.rmtree(item.staged, ignore_errors=True)
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or not self._worker.is_alive():
+            # A daemon, so a store that never answers cannot keep the process alive; pending
+            # work is flushed (with a timeout) by the atexit hook instead.
+            self._worker = threading.Thread(target=self._run, name=f"modelkeep-{self.name}",
+                                            daemon=True)
+            self._worker.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    if self.closed:
+                        return
+                    self._cond.wait()
+                item = self._queue.popleft()
+                self._busy = True
+                self._cond.notify_all()
+                stopped = self._stopped_by is not None
+            try:
+                if stopped:
+                    self.stats.skipped += 1
+                    item._finish(skipped=f"stopped after {self.max_failures} failures")
+                else:
+                    self._upload(item)
+            finally:
+                self._cleanup(item)
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _upload(self, item: PendingCheckpoint) -> None:
+        assert item.staged is not None
+        started = time.perf_counter()
+        tags = dict(item.tags)
+        if item.step is not None:
+            tags["step"] = str(item.step)
+        for key, value in item.metrics.items():
+            tags[METRIC_PREFIX + _TAG_KEY_UNSAFE.sub("_", key)] = _format_metric(value)
+        message = f"checkpoint at step {item.step}" if item.step is not None else "checkpoint"
+        try:
+            version = self.keep.register(
+                self.name, item.staged, parents=[self._parent] if self._parent else [],
+                tags=tags, message=message, run_id=item.run_id,
+            )
+            changed = [p for p, key in item.stats.items() if _stat_key(p) != key]
+            if changed:
+                self.keep.registry.set_tag(self.name, version.version, RETENTION_TAG, "expired")
+                raise CheckpointError(
+                    f"{changed[0].name!r} changed while {self.name}@{version.version} was "
+                    "uploading; that version is marked expired",
+                    hint="use staging='copy' for checkpoints rewritten in place",
+                )
+            if not version.reused:
+                self._retain(version, item.metrics.get(self.monitor) if self.monitor else None)
+        except Exception as exc:
+            with self._cond:
+                self.stats.failed += 1
+                self._consecutive_failures += 1
+                self._unreported.append((item.step, exc))
+                if self._consecutive_failures >= self.max_failures:
+                    self._stopped_by = exc
+            item._finish(error=exc)
+            return
+        with self._cond:
+            self._consecutive_failures = 0
+            self.stats.registered += 1
+            self.stats.upload_seconds.append(time.perf_counter() - started)
+            if not version.reused:
+                self.versions.append(version)
+                self._parent = version.ref
+        item._finish(version)
+
+    def _retain(self, version: ModelVersion, value: float | None) -> None:
+        """Move the aliases and mark versions outside the keep set (registry side only)."""
+        registry = self.keep.registry
+        self._chain.append((version.version, value))
+        if self.last_alias:
+            registry.set_alias(self.name, self.last_alias, version.version)
+        if value is not None and self.monitor:
+            best = self._best_version
+            if best is None or (value < best[1] if self.mode == "min" else value > best[1]):
+                self._best_version = (version.version, value)
+                if self.best_alias:
+                    registry.set_alias(self.name, self.best_alias, version.version)
+        if self.keep_last is None:
+            return
+        keep = {v for v, _ in self._chain[-self.keep_last:]}
+        if self._best_version is not None:
+            keep.add(self._best_version[0])
+        for number, _value in self._chain:
+            if number not in keep and number not in self._expired:
+                registry.set_tag(self.name, number, RETENTION_TAG, "expired")
+                self._expired.add(number)
+
+    # -- flushing ------------------------------------------------------------------------------
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue) + self._reserved + (1 if self._busy else 0)
+
+    def flush(self, timeout: float | None = None) -> list[ModelVersion]:
+        """Wait until every queued checkpoint is registered; return the versions so far.
+
+        Raises :class:`~modelkeep.errors.CheckpointError` for failures not reported before, or
+        when *timeout* (default: the tracker's *flush_timeout*) passes first.
+        """
+        timeout = self.flush_timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._reserved or self._busy:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    waiting = len(self._queue) + (1 if self._busy else 0)
+                    raise CheckpointError(
+                        f"{waiting} checkpoint(s) of {self.name!r} still uploading after "
+                        f"{timeout:g}s",
+                        hint="the store is slow or unreachable; nothing partial was registered",
+                    )
+                self._cond.wait(left if left is not None else 1.0)
+            failures, self._unreported = tuple(self._unreported), []
+        if failures:
+            first = failures[0][1]
+            steps = ", ".join(str(s) for s, _ in failures[:5] if s is not None)
+            where = f" (steps {steps}{', …' if len(failures) > 5 else ''})" if steps else ""
+            message = first.message if isinstance(first, ModelkeepError) else str(first)
+            hint = first.hint if isinstance(first, ModelkeepError) else None
+            raise CheckpointError(
+                f"{len(failures)} checkpoint(s) of {self.name!r} were not registered{where}: "
+                f"{message}", hint=hint, failures=failures,
+            ) from first
+        return list(self.versions)
+
+    def close(self, timeout: float | None = None) -> list[ModelVersion]:
+        """Flush, stop the worker and remove the staging folders."""
+        if self.closed:
+            return list(self.versions)
+        try:
+            return self.flush(timeout)
+        finally:
+            with self._cond:
+                self.closed = True
+                self._cond.notify_all()
+            for root in self._staging_roots:
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(root)
+            _live.discard(self)
+
+
+def track(
+    name: str,
+    *,
+    keep: Keep | None = None,
+    store: str | None = None,
+    registry: str | None = None,
+    store_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Tracker:
+    """A :class:`Tracker` for *name*, usable as a context manager that flushes on exit::
+
+        with modelkeep.track("mnist", every=100, monitor="val_loss", keep_last=3) as run:
+            for step in range(steps):
+                ...
+                if run.due(step, {"val_loss": val_loss}):
+                    torch.save(model.state_dict(), "ckpt/model.pt")
+                    run.checkpoint("ckpt", step=step, metrics={"val_loss": val_loss})
+
+    *keep* defaults to ``modelkeep.open(store, registry, store_options=...)``; *options* are
+    :class:`Tracker`'s (``every``, ``monitor``, ``mode``, ``keep_last``, ``parent`` …).
+    """
+    if keep is None:
+        from modelkeep.api import open as open_keep
+
+        keep = open_keep(store, registry, store_options=store_options)
+    return Tracker(keep, name, **options)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    # A script that never closed its tracker still gets its checkpoints registered, and hears
+    # about failures; an exception here would only print a traceback, so print one line.
+    for tracker in list(_live):
+        try:
+            tracker.close(tracker.flush_timeout if tracker.flush_timeout is not None else 300.0)
+        except ModelkeepError as exc:
+            print(f"modelkeep: {exc}", file=sys.stderr)
+        except Exception as exc:  # never let one tracker stop the others from flushing
+            print(f"modelkeep: flushing {tracker.name!r} failed: {exc!r}", file=sys.stderr)
+
+
+__all__ = ["PendingCheckpoint", "Tracker", "active_mlflow_run_id", "stage", "track"]
