@@ -607,7 +607,6 @@ def track(
     return Tracker(keep, name, **options)
 
 
-@atexit.register
 def _flush_at_exit() -> None:
     # A script that never closed its tracker still gets its checkpoints registered, and hears
     # about failures; an exception here would only print a traceback, so print one line.
@@ -619,5 +618,21 @@ def _flush_at_exit() -> None:
         except Exception as exc:  # never let one tracker stop the others from flushing
             print(f"modelkeep: flushing {tracker.name!r} failed: {exc!r}", file=sys.stderr)
 
+
+def _register_exit_hook() -> None:
+    # Uploads use thread pools, and concurrent.futures refuses new work once its own exit hook
+    # ran; that hook runs in threading's shutdown, before atexit. Threading's exit hooks run in
+    # reverse order of registration, so registering after concurrent.futures (imported first)
+    # flushes while pools still work. atexit is the fallback where that hook does not exist.
+    import concurrent.futures.thread  # noqa: F401  (registers its hook first)
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(_flush_at_exit)
+    else:
+        atexit.register(_flush_at_exit)
+
+
+_register_exit_hook()
 
 __all__ = ["PendingCheckpoint", "Tracker", "active_mlflow_run_id", "stage", "track"]
