@@ -23,6 +23,11 @@ from tests.servers import (
 # not enable one explicitly; subprocesses inherit this.
 os.environ["MODELKEEP_PLUGINS"] = ""
 
+# Keras picks its backend at import: torch, the one installed with the test extra.
+os.environ.setdefault("KERAS_BACKEND", "torch")
+# Transformers builds tiny models from configs in the tests; nothing may be fetched from a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture(scope="session")
 def moto_s3(tmp_path_factory: pytest.TempPathFactory):
