@@ -591,17 +591,20 @@ class Keep:
     ) -> PendingCheckpoint:
         """Register the checkpoint at *path* as the next version of *name*, in the background.
 
-        Returns at once, after a private copy of *path* is taken (the training loop may overwrite
-        it). Each checkpoint's parent is the previous one of *name*; *metrics* become
-        ``metric.<key>`` tags. Errors surface at :meth:`flush` (also run at process exit). For
-        every-N / best-metric policies and retention use :func:`modelkeep.track`.
+        Returns once a private copy of *path* is taken (the training loop may overwrite it), or,
+        when two checkpoints are already waiting, once one of them is stored: every checkpoint
+        given here is registered. Each one's parent is the previous one of *name*; *metrics*
+        become ``metric.<key>`` tags. Errors surface at :meth:`flush` (also run at process exit).
+        For every-N / best-metric policies, skipping under load, and retention use
+        :func:`modelkeep.track`.
         """
         from modelkeep.training import Tracker
 
         with self._lock:
             tracker = self._trackers.get(name)
             if tracker is None or tracker.closed:
-                tracker = self._trackers[name] = Tracker(self, name)
+                tracker = self._trackers[name] = Tracker(self, name, on_full="block",
+                                                         cpu_budget=None)
         return tracker.checkpoint(path, step=step, metrics=metrics, tags=tags, force=True)
 
     def flush(self, timeout: float | None = None) -> list[ModelVersion]:

@@ -61,6 +61,7 @@ RETENTION_TAG = "modelkeep.retention"
 METRIC_PREFIX = "metric."
 STAGING_PREFIX = ".modelkeep-staging-"
 _TAG_KEY_UNSAFE = re.compile(r"[^\w.\- /]")
+MAX_REST = 30.0  # seconds: one-off costs (a new registry's schema) must not pause uploads long
 _FICLONE = 0x40049409  # Linux ioctl: copy-on-write clone (btrfs, xfs, bcachefs)
 
 
@@ -244,6 +245,7 @@ class Tracker:
         staging_dir: str | os.PathLike[str] | None = None,
         flush_timeout: float | None = None,
         max_failures: int = 3,
+        cpu_budget: float | None = 0.03,
     ) -> None:
         validate_name(name)
         if every is not None and every < 1:
@@ -256,6 +258,8 @@ class Tracker:
             raise InvalidInputError(f"max_pending must be at least 1, not {max_pending}")
         if on_full not in ("skip", "block"):
             raise InvalidInputError(f"on_full must be 'skip' or 'block', not {on_full!r}")
+        if cpu_budget is not None and not 0 < cpu_budget <= 1:
+            raise InvalidInputError(f"cpu_budget must be in (0, 1], not {cpu_budget}")
         if staging not in ("copy", "link"):
             raise InvalidInputError(f"staging must be 'copy' or 'link', not {staging!r}")
         self.keep = keep
@@ -273,6 +277,7 @@ class Tracker:
         self.staging_dir = Path(staging_dir) if staging_dir is not None else None
         self.flush_timeout = flush_timeout
         self.max_failures = max_failures
+        self.cpu_budget = cpu_budget
         self.stats = _Stats()
         self.versions: list[ModelVersion] = []
         self.closed = False
@@ -293,6 +298,8 @@ class Tracker:
         self._expired: set[int] = set()
         self._best_version: tuple[int, float] | None = None
         self._worker: threading.Thread | None = None
+        self._rest_until = 0.0  # the worker's pacing: no new upload before this (monotonic)
+        self._flushing = 0
         _live.add(self)
 
     def __repr__(self) -> str:
@@ -441,10 +448,17 @@ class Tracker:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue:
-                    if self.closed:
-                        return
-                    self._cond.wait()
+                while True:
+                    if not self._queue:
+                        if self.closed:
+                            return
+                        self._cond.wait()
+                        continue
+                    rest = self._rest_until - time.monotonic()
+                    if rest <= 0 or self._flushing or self.closed:
+                        break
+                    # Pacing: newer checkpoints may replace queued ones meanwhile (on_full).
+                    self._cond.wait(rest)
                 item = self._queue.popleft()
                 self._busy = True
                 self._cond.notify_all()
@@ -462,6 +476,22 @@ class Tracker:
                     self._cond.notify_all()
 
     def _upload(self, item: PendingCheckpoint) -> None:
+        assert item.staged is not None
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        try:
+            self._register(item)
+        finally:
+            if self.cpu_budget is not None and self.on_full == "skip":
+                # Registering is mostly Python (MLflow, SQL, bookkeeping) that holds the GIL the
+                # training thread needs. Rest so this thread's CPU time stays within the budget
+                # of wall time: a tiny model saving every step sees a checkpoint registered every
+                # few seconds; a large upload, which waits on I/O, is never slowed down.
+                cpu = time.thread_time() - cpu_started
+                wall = time.perf_counter() - started
+                rest = min(MAX_REST, max(0.0, cpu / self.cpu_budget - wall))
+                self._rest_until = time.monotonic() + rest
+
+    def _register(self, item: PendingCheckpoint) -> None:
         assert item.staged is not None
         started = time.perf_counter()
         tags = dict(item.tags)
@@ -539,6 +569,16 @@ class Tracker:
         """
         timeout = self.flush_timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._flushing += 1
+            self._cond.notify_all()
+        try:
+            return self._wait_all(timeout, deadline)
+        finally:
+            with self._cond:
+                self._flushing -= 1
+
+    def _wait_all(self, timeout: float | None, deadline: float | None) -> list[ModelVersion]:
         with self._cond:
             while self._queue or self._reserved or self._busy:
                 left = None if deadline is None else deadline - time.monotonic()

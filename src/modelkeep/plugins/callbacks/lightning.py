@@ -64,8 +64,10 @@ class ModelkeepCheckpoint(ModelCheckpoint):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # Lightning writes each checkpoint to a temporary file and moves it into place (an
+        # fsspec transaction), never rewriting a saved file: hard links are safe and free.
         options = {"monitor": self.monitor, "mode": self.mode, "keep_last": keep_last,
-                   **(tracker_options or {})}
+                   "staging": "link", **(tracker_options or {})}
         self.modelkeep = TrackerOwner(name, keep, store, registry, store_options, options)
         self._registered_step: int | None = None
 
