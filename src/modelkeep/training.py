@@ -13,6 +13,11 @@ This module owns registering checkpoints without stalling the training loop:
   ``max_pending + 1`` checkpoints and memory by the store's fixed ingest buffers. When the queue is
   full, ``on_full="skip"`` (the default) drops the newest queued checkpoint that is not the current
   best, so training never waits for the store; ``on_full="block"`` waits instead.
+* **Pacing.** Registering is mostly Python (MLflow, SQL, bookkeeping) holding the GIL the training
+  thread needs. In ``skip`` mode the worker rests after each upload so its own CPU time stays
+  within *cpu_budget* (3%) of wall time (at most 30 s): a tiny model saving every step gets a
+  checkpoint registered every few seconds (the newest and the best always), while a large upload,
+  which mostly waits on I/O, is not held back. A flush ends the rest at once.
 * **Staging.** A training loop usually overwrites its checkpoint on the next save, so the upload
   must never read the file in place. ``staging="copy"`` (the default) copies into a private folder
   beside the checkpoint (same filesystem, so a copy-on-write clone where the filesystem has them,
@@ -298,6 +303,7 @@ class Tracker:
         self._expired: set[int] = set()
         self._best_version: tuple[int, float] | None = None
         self._worker: threading.Thread | None = None
+        self._trash: list[Path] = []  # staged folders of skipped checkpoints, for the worker
         self._rest_until = 0.0  # the worker's pacing: no new upload before this (monotonic)
         self._flushing = 0
         _live.add(self)
@@ -417,8 +423,12 @@ class Tracker:
         return True
 
     def _skip(self, item: PendingCheckpoint, reason: str) -> PendingCheckpoint:
+        """Under the lock. Deleting a staged folder takes milliseconds (rmdir on a journaling
+        filesystem), so the worker does it, not the training thread."""
         self.stats.skipped += 1
-        self._cleanup(item)
+        if item.staged is not None:
+            self._trash.append(item.staged)
+            self._cond.notify_all()
         item._finish(skipped=reason)
         return item
 
@@ -449,6 +459,15 @@ class Tracker:
         while True:
             with self._cond:
                 while True:
+                    if self._trash:
+                        trash, self._trash = self._trash, []
+                        self._cond.release()
+                        try:
+                            for folder in trash:
+                                shutil.rmtree(folder, ignore_errors=True)
+                        finally:
+                            self._cond.acquire()
+                        continue
                     if not self._queue:
                         if self.closed:
                             return
