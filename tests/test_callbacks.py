@@ -46,10 +46,10 @@ def _lightning_module():  # type: ignore[no-untyped-def]
     class Tiny(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            # 16 MiB frozen: several content-defined chunks, so dedup shows in one .ckpt file.
-            self.backbone = torch.nn.Linear(512, 8192)
+            # 8 MiB frozen: several content-defined chunks, so dedup shows in one .ckpt file.
+            self.backbone = torch.nn.Linear(512, 4096)
             self.backbone.requires_grad_(False)
-            self.head = torch.nn.Linear(8192, 4)
+            self.head = torch.nn.Linear(4096, 4)
 
         def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
             x, y = batch
@@ -130,9 +130,9 @@ def _keras_model():  # type: ignore[no-untyped-def]
     import keras
 
     keras.utils.set_random_seed(0)
-    # 16 MiB frozen: several content-defined chunks, so dedup shows in one .keras/.h5 file.
+    # 8 MiB frozen: several content-defined chunks, so dedup shows in one .keras/.h5 file.
     model = keras.Sequential([keras.Input((512,)),
-                              keras.layers.Dense(8192, activation="relu", trainable=False),
+                              keras.layers.Dense(4096, activation="relu", trainable=False),
                               keras.layers.Dense(4)])
     model.compile(optimizer=keras.optimizers.SGD(0.1),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

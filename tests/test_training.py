@@ -263,36 +263,32 @@ def _script(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "train.py"
     script.write_text(body)
     return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=90,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+                          cwd=tmp_path, timeout=90)
 
 
-def test_process_exit_flushes_pending_checkpoints(tmp_path: Path, mlflow_sqlite_uri: str) -> None:
+def test_process_exit_flushes_and_reports(tmp_path: Path, mlflow_sqlite_uri: str) -> None:
+    # One script, two trackers left unflushed: one registers at exit, one reports its failure.
     name = unique_name()
     result = _script(tmp_path, f"""
-import modelkeep, pathlib
+import modelkeep, pathlib, socket
 keep = modelkeep.open(store="store", registry={mlflow_sqlite_uri!r})
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+dead = modelkeep.open(store="s3://bucket/models", registry={mlflow_sqlite_uri!r}, store_options={{
+    "key": "testing", "secret": "testing",
+    "client_kwargs": {{"endpoint_url": f"http://127.0.0.1:{{port}}", "region_name": "us-east-1"}},
+    "config_kwargs": {{"connect_timeout": 1, "retries": {{"max_attempts": 1}}}}}})
 p = pathlib.Path("ckpt"); p.mkdir()
 for step in range(3):
     (p / "w.bin").write_bytes(bytes([step]) * 1000)
     keep.checkpoint({name!r}, p, step=step)
-# no flush: the exit hook registers what is queued
+dead.checkpoint("m-exit", p, step=1)
+# no flush: the exit hook registers what is queued and reports what failed
 """)
     assert result.returncode == 0, result.stderr
-    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
-    assert [v.tags["step"] for v in keep.versions(name)] == ["0", "1", "2"]
-
-
-def test_process_exit_reports_failures(tmp_path: Path, mlflow_sqlite_uri: str) -> None:
-    result = _script(tmp_path, f"""
-import modelkeep, pathlib
-from tests.test_training import _unreachable_s3
-keep = _unreachable_s3({mlflow_sqlite_uri!r})
-p = pathlib.Path("ckpt"); p.mkdir(); (p / "w.bin").write_bytes(b"w")
-keep.checkpoint("m-exit", p, step=1)
-""")
     assert "modelkeep: 1 checkpoint(s) of 'm-exit' were not registered" in result.stderr
     assert "unreachable" in result.stderr
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
+    assert [v.tags["step"] for v in keep.versions(name)] == ["0", "1", "2"]
 
 
 def test_import_modelkeep_stays_light() -> None:
