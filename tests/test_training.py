@@ -55,7 +55,7 @@ def _train_step(model: Tiny, opt: torch.optim.Optimizer, x: torch.Tensor, y: tor
     loss = torch.nn.functional.cross_entropy(model(x), y)
     loss.backward()
     opt.step()
-    return float(loss)
+    return loss.item()
 
 
 def _save(folder: Path, model: Tiny, opt: torch.optim.Optimizer, step: int) -> None:
