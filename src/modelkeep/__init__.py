@@ -8,6 +8,10 @@ Model Registry::
     v = keep.register("llama-ft", "out/checkpoint", aliases=["candidate"])
     keep.pull("llama-ft@candidate", "serving/model")
 
+    with modelkeep.track("llama-ft", every=500, monitor="val_loss", keep_last=3) as run:
+        ...                                      # training loop
+        run.checkpoint("out/checkpoint", step=step, metrics={"val_loss": val_loss})
+
 Importing this package is cheap: MLflow and the storage backends load only when used.
 """
 

@@ -484,7 +484,8 @@ class Tracker:
                 stopped = self._stopped_by is not None
             try:
                 if stopped:
-                    self.stats.skipped += 1
+                    with self._cond:
+                        self.stats.skipped += 1
                     item._finish(skipped=f"stopped after {self.max_failures} failures")
                 else:
                     self._upload(item)
