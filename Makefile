@@ -8,7 +8,7 @@ NODE_STAMP := node_modules/.installed
 TORCH_VERSION ?= 2.13.0
 
 .DEFAULT_GOAL := test
-.PHONY: .venv node_modules test lint demo bench clean
+.PHONY: .venv node_modules test lint demo bench bench-callbacks clean
 
 # `make .venv` / `make node_modules`: set up once; re-runs are no-ops until the inputs change.
 .venv: $(VENV_STAMP)
@@ -50,6 +50,10 @@ bench: .venv
 	$(VPY) -m pip install -q -e ".[dvc]"
 	command -v git-lfs >/dev/null || apt-get install -y -q git-lfs || echo "git-lfs not installed: its column is skipped"
 	$(VPY) bench/run.py
+
+# Training-step overhead of the framework callbacks (bench/RESULTS-callbacks.md).
+bench-callbacks: .venv
+	$(VPY) bench/callbacks.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache build dist
