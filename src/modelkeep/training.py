@@ -126,12 +126,14 @@ def _stat_key(path: Path) -> tuple[int, int, int]:
 
 
 def stage(src: Path, dest: Path, mode: Literal["copy", "link"]) -> dict[Path, tuple[int, int, int]]:
-    """Copy or link the file or folder *src* to the new folder *dest* (a file keeps its name).
+    """Copy or link the file or folder *src* into the empty folder *dest*, made if missing (a
+    file keeps its name).
 
     Returns each staged file's (inode, size, mtime) so a link can be checked after the upload.
     """
     put = _clone_or_copy if mode == "copy" else _link_or_copy
-    dest.mkdir(parents=True)
+    if not dest.is_dir():
+        dest.mkdir(parents=True)
     seen: dict[Path, tuple[int, int, int]] = {}
     if src.is_file():
         target = dest / src.name
@@ -304,8 +306,10 @@ class Tracker:
         self._best_version: tuple[int, float] | None = None
         self._worker: threading.Thread | None = None
         self._trash: list[Path] = []  # staged folders of skipped checkpoints, for the worker
+        self._free_slots: list[Path] = []  # empty staging folders, ready for the next checkpoint
         self._rest_until = 0.0  # the worker's pacing: no new upload before this (monotonic)
         self._flushing = 0
+        self._idle = False  # the worker waits for an empty queue to fill
         _live.add(self)
 
     def __repr__(self) -> str:
@@ -385,7 +389,7 @@ class Tracker:
                 return self._skip(item, "upload queue full")
             self._reserved += 1
         try:
-            item.staged = self._staging_root(Path(path)) / f"{counted}-{uuid.uuid4().hex[:8]}"
+            item.staged = self._take_slot(Path(path))
             item.stats = stage(Path(path), item.staged, self.staging)
         except BaseException:
             with self._cond:
@@ -400,7 +404,8 @@ class Tracker:
             self._queue.append(item)
             self.stats.queued += 1
             self._ensure_worker()
-            self._cond.notify_all()
+            if self._idle:  # a resting worker wakes on its own when its rest ends
+                self._cond.notify_all()
         return item
 
     def _make_room(self, item: PendingCheckpoint) -> bool:
@@ -427,18 +432,59 @@ class Tracker:
         filesystem), so the worker does it, not the training thread."""
         self.stats.skipped += 1
         if item.staged is not None:
+            # No wake-up: the worker empties the trash before its next upload, and waking a
+            # resting worker costs the training thread a GIL hand-over.
             self._trash.append(item.staged)
-            self._cond.notify_all()
         item._finish(skipped=reason)
         return item
 
-    def _staging_root(self, path: Path) -> Path:
-        # Beside the checkpoint: same filesystem (links and clones work, the copy stays on disk)
-        # and never a RAM-backed /tmp. Removed when the tracker closes.
-        base = self.staging_dir or path.resolve().parent
+    def _take_slot(self, path: Path) -> Path:
+        """An empty staging folder: a recycled one when there is one, since creating a folder
+        can take milliseconds (journaling filesystems) that the training thread should not pay.
+
+        Staging lives beside the checkpoint: the same filesystem (links and clones work, the copy
+        stays on disk) and never a RAM-backed /tmp. Removed when the tracker closes.
+        """
+        base = self.staging_dir or Path(os.path.dirname(os.path.abspath(path)))
         root = base / f"{STAGING_PREFIX}{os.getpid()}-{id(self):x}"
-        self._staging_roots.add(root)
-        return root
+        with self._cond:
+            self._staging_roots.add(root)
+            for i, slot in enumerate(self._free_slots):
+                if slot.parent == root:
+                    return self._free_slots.pop(i)
+        return root / uuid.uuid4().hex[:12]
+
+    def _recycle(self, folder: Path) -> None:
+        """On the worker: empty a used staging folder and keep it (and a few spares) for reuse."""
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.unlink(entry.path)
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        with self._cond:
+            want = self.max_pending + 1
+            if len(self._free_slots) >= want or self.closed:
+                keep_it = False
+            else:
+                self._free_slots.append(folder)
+                keep_it = True
+            spares = max(0, want - len(self._free_slots))
+        if not keep_it:
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        made = []
+        for _ in range(spares):
+            spare = folder.parent / uuid.uuid4().hex[:12]
+            with contextlib.suppress(OSError):
+                spare.mkdir()
+                made.append(spare)
+        with self._cond:
+            self._free_slots.extend(made)
 
     @staticmethod
     def _cleanup(item: PendingCheckpoint) -> None:
@@ -464,20 +510,23 @@ class Tracker:
                         self._cond.release()
                         try:
                             for folder in trash:
-                                shutil.rmtree(folder, ignore_errors=True)
+                                self._recycle(folder)
                         finally:
                             self._cond.acquire()
                         continue
                     if not self._queue:
                         if self.closed:
                             return
+                        self._idle = True
                         self._cond.wait()
+                        self._idle = False
                         continue
                     rest = self._rest_until - time.monotonic()
                     if rest <= 0 or self._flushing or self.closed:
                         break
-                    # Pacing: newer checkpoints may replace queued ones meanwhile (on_full).
-                    self._cond.wait(rest)
+                    # Pacing: newer checkpoints may replace queued ones meanwhile (on_full);
+                    # wake now and then to recycle their staging folders.
+                    self._cond.wait(min(rest, 0.25))
                 item = self._queue.popleft()
                 self._busy = True
                 self._cond.notify_all()
@@ -490,7 +539,8 @@ class Tracker:
                 else:
                     self._upload(item)
             finally:
-                self._cleanup(item)
+                if item.staged is not None:
+                    self._recycle(item.staged)
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
