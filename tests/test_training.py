@@ -302,3 +302,28 @@ def test_import_modelkeep_stays_light() -> None:
                           "print('modelkeep.training' in sys.modules, 'fsspec' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_staging_copy_is_private_and_a_rewritten_link_is_detected(tmp_path: Path) -> None:
+    from modelkeep.training import _stat_key, stage
+
+    src = tmp_path / "ckpt.bin"
+    src.write_bytes(b"a" * 4096)
+    copied = stage(src, tmp_path / "copy", "copy")
+    linked = stage(src, tmp_path / "link", "link")
+    time.sleep(0.01)  # a distinct mtime for the rewrite
+    with src.open("r+b") as f:  # what torch.save / h5py do to an existing path: rewrite in place
+        f.write(b"b" * 4096)
+    (copy_path, copy_key), = copied.items()
+    (link_path, link_key), = linked.items()
+    assert copy_path.read_bytes() == b"a" * 4096 and _stat_key(copy_path) == copy_key
+    assert link_path.read_bytes() == b"b" * 4096  # a link shares the rewritten bytes ...
+    assert _stat_key(link_path) != link_key  # ... and the tracker sees it changed
+    # A writer that replaces the file (new inode), as Lightning and the callbacks arrange, leaves
+    # the link intact.
+    linked = stage(src, tmp_path / "link2", "link")
+    replacement = tmp_path / "tmp.bin"
+    replacement.write_bytes(b"c" * 4096)
+    replacement.replace(src)
+    (link_path, link_key), = linked.items()
+    assert link_path.read_bytes() == b"b" * 4096 and _stat_key(link_path) == link_key

@@ -11,11 +11,14 @@ Resume: ``keep.pull("mnist@latest", "resume")``, then
 version's ``epoch`` tag. Tested on the torch backend (``KERAS_BACKEND=torch``).
 
 Keras says whether it saved only inside ``ModelCheckpoint``; this subclass wraps the two methods
-that decide and save (``_should_save_model``, ``_save_model``; Keras 3.0 to 3.15).
+that decide and save (``_should_save_model``, ``_save_model``; Keras 3.0 to 3.15). Keras rewrites
+its file in place, so the subclass removes the old file just before each save: every save is a new
+file, which staging hard-links instead of copying.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +64,7 @@ class ModelkeepCheckpoint(keras.callbacks.ModelCheckpoint):
         if mode == "auto":  # Keras' own rule: accuracies and AUCs are maximised
             mode = "max" if any(k in monitor for k in ("acc", "auc", "fmeasure")) else "min"
         options = {"monitor": monitor, "mode": mode, "keep_last": keep_last,
-                   **(tracker_options or {})}
+                   "staging": "link", **(tracker_options or {})}
         self.modelkeep = TrackerOwner(name, keep, store, registry, store_options, options)
         self._steps = 0
         self._will_save: tuple[str, int, dict[str, Any]] | None = None
@@ -74,6 +77,11 @@ class ModelkeepCheckpoint(keras.callbacks.ModelCheckpoint):
                            filepath: str) -> bool:
         should = super()._should_save_model(epoch, batch, logs, filepath)
         self._will_save = (filepath, epoch, dict(logs or {})) if should else None
+        if should and os.path.lexists(filepath):
+            # Keras rewrites its file in place. Removing it first makes the save a new file, so
+            # staging can hard-link it (free) instead of copying it on the training thread; the
+            # old file was about to be truncated anyway.
+            os.unlink(filepath)
         return should
 
     def _save_model(self, epoch: int, batch: int | None, logs: dict[str, Any]) -> None:
