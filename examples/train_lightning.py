@@ -58,10 +58,11 @@ def main() -> None:
     keep = modelkeep.open(store=str(work / "store"), registry=f"sqlite:///{work / 'mlflow.db'}")
     torch.manual_seed(0)
 
-    # A checkpoint every 5 steps; the best by train_loss gets the alias "best"; only the last 2
-    # and the best stay unexpired.
+    # A checkpoint every 5 steps (save_top_k=-1: Lightning keeps them all, not only improvements);
+    # the best by train_loss gets the alias "best"; only the last 2 and the best stay unexpired.
     callback = ModelkeepCheckpoint("tiny-lightning", keep=keep, dirpath=work / "ckpt",
-                                   every_n_train_steps=5, monitor="train_loss", keep_last=2,
+                                   every_n_train_steps=5, monitor="train_loss", save_top_k=-1,
+                                   keep_last=2,
                                    tracker_options=EVERY_ONE)
     trainer(work, 20, callback).fit(Tiny(), data())
     for v in keep.versions("tiny-lightning"):
@@ -73,7 +74,8 @@ def main() -> None:
     folder = keep.pull("tiny-lightning@latest", work / "resume")
     latest = keep.get("tiny-lightning@latest")
     again = ModelkeepCheckpoint("tiny-lightning", keep=keep, dirpath=work / "ckpt2",
-                                every_n_train_steps=5, monitor="train_loss", keep_last=2,
+                                every_n_train_steps=5, monitor="train_loss", save_top_k=-1,
+                                keep_last=2,
                                 tracker_options={**EVERY_ONE, "parent": latest.ref})
     resumed = trainer(work, 30, again)
     resumed.fit(Tiny(), data(), ckpt_path=checkpoint_file(folder))
