@@ -35,11 +35,11 @@ $(NODE_STAMP): package.json package-lock.json
 	touch $@
 
 test: .venv node_modules
-	$(VENV)/bin/ruff check src tests bench examples/*.py
+	$(VENV)/bin/ruff check src tests bench examples
 	$(VPY) -m pytest -n 2
 
 lint: .venv
-	$(VENV)/bin/ruff check src tests bench examples/*.py
+	$(VENV)/bin/ruff check src tests bench examples
 
 demo: .venv
 	$(VPY) examples/demo.py

@@ -5,8 +5,8 @@ import pathlib
 
 import yaml
 
-scale = yaml.safe_load(open("params.yaml"))["prepare"]["scale"]
-rows = list(csv.DictReader(open("data/raw.csv")))
+scale = yaml.safe_load(pathlib.Path("params.yaml").read_text())["prepare"]["scale"]
+rows = list(csv.DictReader(pathlib.Path("data/raw.csv").read_text().splitlines()))
 out = pathlib.Path("data/prepared.csv")
 with out.open("w", newline="") as f:
     w = csv.writer(f)

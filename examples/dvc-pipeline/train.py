@@ -8,8 +8,9 @@ import numpy as np
 import yaml
 from safetensors.numpy import save_file
 
-params = yaml.safe_load(open("params.yaml"))["train"]
-rows = [(float(r["x"]), float(r["y"])) for r in csv.DictReader(open("data/prepared.csv"))]
+params = yaml.safe_load(pathlib.Path("params.yaml").read_text())["train"]
+prepared = pathlib.Path("data/prepared.csv").read_text().splitlines()
+rows = [(float(r["x"]), float(r["y"])) for r in csv.DictReader(prepared)]
 rng = np.random.default_rng(params["seed"] + len(rows))
 hidden = params["hidden"]
 weights = {
@@ -21,4 +22,4 @@ model = pathlib.Path("model")
 model.mkdir(exist_ok=True)
 save_file(weights, str(model / "model.safetensors"))
 (model / "config.json").write_text(json.dumps({"hidden": hidden}) + "\n")
-json.dump({"loss": 0.125, "rows": len(rows)}, open("metrics.json", "w"))
+pathlib.Path("metrics.json").write_text(json.dumps({"loss": 0.125, "rows": len(rows)}))
