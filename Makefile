@@ -7,7 +7,7 @@ VENV_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
 .DEFAULT_GOAL := test
-.PHONY: .venv node_modules test lint demo bench clean
+.PHONY: .venv node_modules chromium test lint demo bench clean
 
 # `make .venv` / `make node_modules`: set up once; re-runs are no-ops until the inputs change.
 .venv: $(VENV_STAMP)
@@ -30,9 +30,16 @@ $(NODE_STAMP): package.json package-lock.json
 	test -x node_modules/.bin/azurite-blob
 	touch $@
 
-test: .venv node_modules
+# The UI test drives the system's Chromium (Debian packages; no browser download).
+chromium:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -q && apt-get install -y -q chromium chromium-driver)
+
+# loadgroup: tests marked with one xdist_group share a worker, so servers that take long to
+# start (mlflow server on PostgreSQL, MariaDB, basic-auth) start once per session.
+test: .venv node_modules chromium
 	$(VENV)/bin/ruff check src tests bench
-	$(VPY) -m pytest -n 2
+	$(VPY) -m pytest -n 2 --dist loadgroup
 
 lint: .venv
 	$(VENV)/bin/ruff check src tests bench
