@@ -105,8 +105,8 @@ class MlflowRegistry:
                 who = f"user {user!r}" if user else "this user"
                 raise RegistryPermissionError(
                     f"registry {self.uri} refused {what}: permission denied for {who}",
-                    hint="ask an MLflow admin for EDIT (to register) or MANAGE (to change "
-                    "aliases and permissions) on the model",
+                    hint="ask an MLflow admin for EDIT on the model (to register and move "
+                    "aliases) or MANAGE (to delete aliases)",
                 ) from None
             text = str(exc.message if hasattr(exc, "message") else exc)
             if "max retries" in text.lower() or "connection" in text.lower():
