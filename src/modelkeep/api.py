@@ -722,7 +722,8 @@ class Keep:
         if aliases:
             rv = replace(rv, aliases=tuple(sorted(set(rv.aliases) | set(aliases))))
         version = replace(self._version(rv, snapshot, sid), bytes_added=0)
-        self.hook.modelkeep_after_register(version=version, keep=self)
+        # The source of a promotion is the promoted version, read through its URI.
+        self.hook.modelkeep_after_register(version=version, keep=self, source=src_rv.source)
         return version
 
     # -- disaster recovery -----------------------------------------------------------------
@@ -771,7 +772,9 @@ class Keep:
             for number, (sid, snap) in enumerate(items, start=1):
                 report.versions.append(rebuild_mod.PlannedVersion(
                     name=name, version=number, snapshot_id=sid, uri=uris[number - 1],
-                    created=snap.created, tags=rebuild_mod.registry_tags(snap, sid, added[sid]),
+                    created=snap.created,
+                    tags={**rebuild_mod.registry_tags(snap, sid, added[sid]),
+                          **lineage_tags(snap.lineage)},
                     description=snap.message, exists=number <= len(existing)))
         if conflicts:
             raise RegistryError(
