@@ -29,7 +29,9 @@ from tests.test_mlflow_artifacts import MODEL_CODE
 pytestmark = pytest.mark.xdist_group("mlflow-servers")
 
 
-@pytest.fixture(params=["mlflow_server", "mlflow_postgres_server", "mlflow_mariadb_server"],
+# Session-scoped, so pytest groups the tests by backend and starts each server once.
+@pytest.fixture(scope="session",
+                params=["mlflow_server", "mlflow_postgres_server", "mlflow_mariadb_server"],
                 ids=["sqlite", "postgresql", "mariadb"])
 def server(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     return request.getfixturevalue(request.param)
