@@ -8,7 +8,7 @@ NODE_STAMP := node_modules/.installed
 TORCH_VERSION ?= 2.13.0
 
 .DEFAULT_GOAL := test
-.PHONY: .venv node_modules test lint demo bench bench-callbacks clean
+.PHONY: .venv node_modules chromium test lint demo bench bench-callbacks clean
 
 # `make .venv` / `make node_modules`: set up once; re-runs are no-ops until the inputs change.
 .venv: $(VENV_STAMP)
@@ -18,7 +18,7 @@ node_modules: $(NODE_STAMP)
 # other test because the test suite sets MODELKEEP_PLUGINS (tests/conftest.py).
 EXAMPLE_PLUGIN := examples/plugins/approval
 
-# torch first, pinned to the CPU build on this machine's disk: otherwise the frameworks in the test
+# torch first, pinned to a CPU build: otherwise the frameworks in the test
 # extra (Lightning, Transformers), which ask for torch unpinned, pull a multi-GB CUDA build.
 $(VENV_STAMP): pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -34,9 +34,16 @@ $(NODE_STAMP): package.json package-lock.json
 	test -x node_modules/.bin/azurite-blob
 	touch $@
 
-test: .venv node_modules
+# The UI test drives the system's Chromium (Debian packages; no browser download).
+chromium:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -q && apt-get install -y -q chromium chromium-driver)
+
+# loadgroup: tests marked with one xdist_group share a worker, so servers that take long to
+# start (mlflow server on PostgreSQL, MariaDB, basic-auth) start once per session.
+test: .venv node_modules chromium
 	$(VENV)/bin/ruff check src tests bench examples
-	$(VPY) -m pytest -n 2
+	$(VPY) -m pytest -n 2 --dist loadgroup
 
 lint: .venv
 	$(VENV)/bin/ruff check src tests bench examples

@@ -14,6 +14,7 @@ from tests.servers import (
     MlflowServer,
     MotoS3,
     ServerStartError,
+    create_database,
     start_azurite,
     start_mlflow_server,
     start_moto,
@@ -73,6 +74,52 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         server: MlflowServer = start_mlflow_server(workdir, f"sqlite:///{workdir / 'mlflow.db'}")
     except ServerStartError as exc:
         pytest.fail(f"could not start mlflow server:\n{exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.process.stop()
+
+
+def _database_server(tmp_path_factory: pytest.TempPathFactory, kind: str):
+    workdir = tmp_path_factory.mktemp(f"mlflow-{kind}")
+    try:
+        db = create_database(kind)
+    except ServerStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        try:
+            server: MlflowServer = start_mlflow_server(workdir, db.uri)
+        except ServerStartError as exc:
+            pytest.fail(f"could not start mlflow server on {kind}:\n{exc}", pytrace=False)
+        try:
+            yield server
+        finally:
+            server.process.stop()
+    finally:
+        db.drop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_postgres_server(tmp_path_factory: pytest.TempPathFactory):
+    """An ``mlflow server`` over a fresh database on the local PostgreSQL (``url``)."""
+    yield from _database_server(tmp_path_factory, "postgresql")
+
+
+@pytest.fixture(scope="session")
+def mlflow_mariadb_server(tmp_path_factory: pytest.TempPathFactory):
+    """An ``mlflow server`` over a fresh database on the local MariaDB (``url``)."""
+    yield from _database_server(tmp_path_factory, "mysql")
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory):
+    """An ``mlflow server --app-name basic-auth`` over SQLite (``url``, ``admin``)."""
+    workdir = tmp_path_factory.mktemp("mlflow-auth")
+    try:
+        server: MlflowServer = start_mlflow_server(
+            workdir, f"sqlite:///{workdir / 'mlflow.db'}", app_name="basic-auth")
+    except ServerStartError as exc:
+        pytest.fail(f"could not start mlflow server with basic-auth:\n{exc}", pytrace=False)
     try:
         yield server
     finally:

@@ -296,27 +296,123 @@ class MlflowServer:
     url: str
     process: ManagedProcess
     store: Path  # the modelkeep store run artifacts are proxied into
+    backend_store_uri: str = ""
+    admin: tuple[str, str] | None = None  # (username, password) with --app-name basic-auth
 
 
-def start_mlflow_server(workdir: Path, backend_store_uri: str) -> MlflowServer:
-    """``mlflow server`` on loopback over *backend_store_uri*, with this interpreter's plugins
-    (modelkeep's artifact repository among them). Run artifacts are served by the server
-    (``mlflow-artifacts:``) and stored in a modelkeep store under *workdir*."""
+def start_mlflow_server(
+    workdir: Path,
+    backend_store_uri: str,
+    *,
+    app_name: str | None = None,
+    env: dict[str, str] | None = None,
+) -> MlflowServer:
+    """``mlflow server`` on loopback over *backend_store_uri* (SQLite, PostgreSQL, MySQL), with
+    this interpreter's plugins (modelkeep's artifact repository among them). Run artifacts are
+    served by the server (``mlflow-artifacts:``) and stored in a modelkeep store under *workdir*.
+    With ``app_name="basic-auth"`` the server asks for credentials: an admin ``admin`` with a
+    random password (``admin`` of the result) is created in a SQLite user database in *workdir*."""
     exe = Path(sys.executable).parent / "mlflow"
-    env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    full_env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false",
+                "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
     store = workdir / "store"
+    extra: list[str] = []
+    admin = None
+    if app_name is not None:
+        extra = ["--app-name", app_name]
+    if app_name == "basic-auth":
+        # MLflow ships no default admin password and refuses the one older releases shipped
+        # (password1234); the config names a fresh one and a user store of its own.
+        admin = (AUTH_ADMIN_USERNAME, f"admin-{uuid.uuid4().hex[:16]}")
+        config = workdir / "basic_auth.ini"
+        config.write_text(
+            "[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = sqlite:///{workdir / 'basic_auth.db'}\n"
+            f"admin_username = {admin[0]}\n"
+            f"admin_password = {admin[1]}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        full_env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
+        # The auth app's forms need a fixed CSRF secret; any value does for one process.
+        full_env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", uuid.uuid4().hex)
 
     def start(port: int) -> ManagedProcess:
         proc = ManagedProcess(
             "mlflow server",
             [str(exe), "server", "--backend-store-uri", backend_store_uri,
              "--artifacts-destination", f"modelkeep://file{store}/@runs",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *extra],
             workdir / f"mlflow-{port}.log",
-            env=env,
+            env=full_env,
         )
-        proc.wait_ready(lambda: _http_answers(f"http://127.0.0.1:{port}/health"), timeout=90)
+        proc.wait_ready(lambda: _http_answers(f"http://127.0.0.1:{port}/health"), timeout=120)
         return proc
 
     port, proc = _start_with_retries(start)
-    return MlflowServer(url=f"http://127.0.0.1:{port}", process=proc, store=store)
+    return MlflowServer(url=f"http://127.0.0.1:{port}", process=proc, store=store,
+                        backend_store_uri=backend_store_uri, admin=admin)
+
+
+AUTH_ADMIN_USERNAME = "admin"
+
+
+# ------------------------------------------------------- databases for mlflow server backends
+
+POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+MARIADB = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
+
+
+@dataclass
+class Database:
+    """A fresh, empty database on the machine's PostgreSQL or MariaDB, dropped by :meth:`drop`."""
+
+    kind: str  # "postgresql" or "mysql"
+    name: str
+
+    @property
+    def uri(self) -> str:
+        """A SQLAlchemy URL for ``mlflow server --backend-store-uri``."""
+        if self.kind == "postgresql":
+            return (f"postgresql+psycopg2://{POSTGRES['user']}@{POSTGRES['host']}:"
+                    f"{POSTGRES['port']}/{self.name}")
+        return f"mysql+pymysql://{MARIADB['user']}@{MARIADB['host']}:{MARIADB['port']}/{self.name}"
+
+    def drop(self) -> None:
+        _admin_sql(self.kind, f"DROP DATABASE IF EXISTS {self.name}")
+
+
+def _admin_sql(kind: str, statement: str) -> None:
+    if kind == "postgresql":
+        import psycopg2
+
+        conn = psycopg2.connect(dbname="postgres", connect_timeout=10, **POSTGRES)
+        conn.autocommit = True  # CREATE/DROP DATABASE cannot run inside a transaction
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        finally:
+            conn.close()
+    else:
+        import pymysql
+
+        conn = pymysql.connect(connect_timeout=10, **MARIADB)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        finally:
+            conn.close()
+
+
+def create_database(kind: str) -> Database:
+    """A new database named ``mk_<random>`` (so parallel sessions never share one)."""
+    db = Database(kind, f"mk_{uuid.uuid4().hex[:16]}")
+    try:
+        _admin_sql(kind, f"CREATE DATABASE {db.name}")
+    except Exception as exc:
+        where = POSTGRES if kind == "postgresql" else MARIADB
+        raise ServerStartError(
+            f"cannot create a {kind} database on {where['host']}:{where['port']} "
+            f"as {where['user']}: {exc}"
+        ) from exc
+    return db

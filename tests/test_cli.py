@@ -60,7 +60,8 @@ def test_full_cycle(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shown = run_json(capsys, "show", f"{name}@candidate")
     assert shown["version"] == 1 and shown["message"] == "first run"
     log = run_json(capsys, "log", name)
-    assert [v["version"] for v in log] == [2, 1]
+    assert [v["version"] for v in log["versions"]] == [2, 1]
+    assert [(e["alias"], e["version"]) for e in log["alias_history"]] == [("candidate", 1)]
     d = run_json(capsys, "diff", f"{name}@1", f"{name}@2")
     [changed] = [f for f in d["files"] if f["path"] == "model.safetensors"]
     assert changed["status"] == "changed" and changed["tensors"]["changed"] == changed_names

@@ -23,9 +23,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelkeep import aliases as aliases_mod
+from modelkeep import rebuild as rebuild_mod
 from modelkeep.config import Config, StoreConfig, load_config
-from modelkeep.errors import InvalidInputError, NotFoundError, PluginError, StoreError, VetoError
+from modelkeep.errors import (
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    PluginError,
+    RegistryError,
+    StoreError,
+    VetoError,
+)
 from modelkeep.hooks import Finding
+from modelkeep.rebuild import RebuildReport
 from modelkeep.refs import Ref, parse_ref, validate_alias, validate_name
 from modelkeep.registry import Registry, RegistryVersion
 from modelkeep.store import (
@@ -50,6 +61,7 @@ if TYPE_CHECKING:
 Progress = Callable[[int], None]
 TAG_PREFIX = "modelkeep."
 MAX_TAG_VALUE = 100_000  # MLflow's limit for model-version tag values
+MAX_DESCRIPTION = 5000  # MLflow's description columns are VARCHAR(5000) on PostgreSQL and MySQL
 
 
 @dataclass(frozen=True)
@@ -552,31 +564,245 @@ class Keep:
 
     def _check_alias(
         self, name: str, alias: str, version: int | None, tags: Mapping[str, str], *,
-        registering: bool,
+        registering: bool, action: str = "set",
     ) -> None:
-        """Ask every plugin whether *alias* may point at *version* (None: the new version)."""
+        """Ask every plugin whether *alias* may point at *version* (None: the new version, or
+        no version when *action* is ``delete``)."""
         caller = self.hook.modelkeep_before_alias_change
         if not caller.get_hookimpls():
             return
         previous = self._alias_target(name, alias)
         answers = caller(name=name, alias=alias, version=version, tags=dict(tags),
-                         previous=previous, keep=self)
+                         previous=previous, action=action, keep=self)
         reasons = [str(r) for r in answers if r]
         if reasons:
-            target = f"{name}@{version}" if version is not None else f"the new version of {name}"
+            if action == "delete":
+                what = f"deleting alias {alias!r} of {name}"
+            else:
+                target = (f"{name}@{version}" if version is not None
+                          else f"the new version of {name}")
+                what = f"alias {alias!r} on {target}"
             raise VetoError(
-                f"alias {alias!r} on {target} refused: {'; '.join(reasons)}", reasons=reasons,
+                f"{what} refused: {'; '.join(reasons)}", reasons=reasons,
                 hint="nothing was registered" if registering else "the alias was not moved",
             )
 
-    def _move_alias(self, name: str, alias: str, version: int) -> None:
-        """Point *alias* at *version* (already checked) and tell the plugins."""
+    def _move_alias(self, name: str, alias: str, version: int | None, action: str = "set") -> None:
+        """Point *alias* at *version* (already checked), or delete it when *version* is None;
+        record the change in the alias history and tell the plugins."""
+        model = self.registry.get_model(name)
+        previous = model.aliases.get(alias)
+        if version is None:
+            self.registry.delete_alias(name, alias)
+        else:
+            self.registry.set_alias(name, alias, version)
+        if previous != version or action != "set":
+            key = aliases_mod.HISTORY_TAG + alias
+            events = aliases_mod.decode(alias, model.tags.get(key))
+            events.append(aliases_mod.AliasEvent(alias, version, aliases_mod.now(), _author(),
+                                                 action))
+            self.registry.set_model_tag(name, key, aliases_mod.encode(events))
         caller = self.hook.modelkeep_after_alias_change
-        listening = bool(caller.get_hookimpls())
-        previous = self._alias_target(name, alias) if listening else None
-        self.registry.set_alias(name, alias, version)
-        if listening:
-            caller(name=name, alias=alias, version=version, previous=previous, keep=self)
+        if caller.get_hookimpls():
+            caller(name=name, alias=alias, version=version, previous=previous, action=action,
+                   keep=self)
+
+    # -- aliases, descriptions, promotion ----------------------------------------------------
+
+    def set_alias(self, ref: str, alias: str) -> ModelVersion:
+        """Point *alias* at the version *ref* names, once every plugin accepts it."""
+        alias = validate_alias(alias)
+        rv = self._resolve(ref)
+        self._check_alias(rv.name, alias, rv.version, rv.tags, registering=False)
+        self._move_alias(rv.name, alias, rv.version)
+        return self.get(f"{rv.name}@{rv.version}")
+
+    def delete_alias(self, name: str, alias: str) -> int:
+        """Remove *alias* from model *name*; returns the version it pointed at."""
+        validate_name(name)
+        alias = validate_alias(alias)
+        rv = self.registry.get_by_alias(name, alias)
+        self._check_alias(name, alias, None, rv.tags, registering=False, action="delete")
+        self._move_alias(name, alias, None, action="delete")
+        return rv.version
+
+    def rollback(self, name: str, alias: str, to: int | None = None) -> ModelVersion:
+        """Move *alias* back to the version it pointed at before (or to version *to*).
+
+        Repeated rollbacks walk further back through the alias history
+        (:mod:`modelkeep.aliases`); the plugins are asked as for any alias change.
+        """
+        validate_name(name)
+        alias = validate_alias(alias)
+        model = self.registry.get_model(name)
+        current = model.aliases.get(alias)
+        if to is None:
+            events = aliases_mod.decode(alias, model.tags.get(aliases_mod.HISTORY_TAG + alias))
+            to = aliases_mod.rollback_target(events, current)
+            if to is None:
+                raise NotFoundError(
+                    f"alias {alias!r} of {name} has no earlier version to go back to",
+                    hint=f"see its history with `modelkeep log {name}`, or pass --to VERSION")
+        rv = self.registry.get_version(name, to)
+        self._check_alias(name, alias, rv.version, rv.tags, registering=False, action="rollback")
+        self._move_alias(name, alias, rv.version, action="rollback")
+        return self.get(f"{name}@{rv.version}")
+
+    def alias_history(self, name: str) -> list[aliases_mod.AliasEvent]:
+        """Every recorded change of every alias of *name*, oldest first."""
+        validate_name(name)
+        return aliases_mod.history(self.registry.get_model(name).tags)
+
+    def describe(self, target: str, text: str) -> None:
+        """Set the description of a version (``NAME@REF``) or of a model (``NAME``)."""
+        if len(text) > MAX_DESCRIPTION:
+            raise InvalidInputError(f"description is longer than {MAX_DESCRIPTION} characters")
+        if "@" in target:
+            rv = self._resolve(target)
+            self.registry.set_description(rv.name, rv.version, text)
+        else:
+            self.registry.get_model(validate_name(target))
+            self.registry.set_description(target, None, text)
+
+    def description(self, target: str) -> str:
+        """The description of a version (``NAME@REF``) or of a model (``NAME``)."""
+        if "@" in target:
+            return self._resolve(target).description
+        return self.registry.get_model(validate_name(target)).description
+
+    def promote(
+        self,
+        ref: str,
+        to_name: str,
+        *,
+        aliases: Iterable[str] = (),
+        message: str | None = None,
+        force: bool = False,
+    ) -> ModelVersion:
+        """Register the version *ref* names as a new version of model *to_name*, copying no
+        file bytes.
+
+        The new version gets a snapshot of its own, with the same files (the same chunks) and
+        user tags, *to_name* as its name and the promoted version as its parent: one small
+        object in the store the source lives in, so that the store alone still says which
+        models hold which versions (``registry rebuild``). Validators and alias pre-checks are
+        asked as for ``register``; when the newest version of *to_name* already has identical
+        content, that version is returned (``reused=True``) unless *force*.
+        """
+        validate_name(to_name)
+        aliases = [validate_alias(a) for a in aliases]
+        src_rv = self._resolve(ref)
+        store, src, src_sid = self._load(src_rv)
+        if not force:
+            latest = self.registry.latest(to_name)
+            if latest is not None and latest.tags.get(TAG_PREFIX + "tree") == src.tree:
+                for alias in aliases:
+                    self._check_alias(to_name, alias, latest.version, latest.tags,
+                                      registering=False)
+                for alias in aliases:
+                    self._move_alias(to_name, alias, latest.version)
+                return replace(self.get(f"{to_name}@{latest.version}"), reused=True)
+        snapshot = replace(
+            src, name=to_name, created=utc_now(), author=_author(),
+            message=src.message if message is None else message,
+            parents=(Parent(src_sid, src_rv.name, src_rv.version),),
+        )
+        self._validate(to_name, snapshot, ())
+        for alias in aliases:
+            self._check_alias(to_name, alias, None, snapshot.tags, registering=True)
+        registry_tags = {
+            **src_rv.tags,
+            TAG_PREFIX + "tree": snapshot.tree,
+            TAG_PREFIX + "size": str(snapshot.size),
+            TAG_PREFIX + "bytes_added": "0",
+            TAG_PREFIX + "dedup_ratio": "1.0000",
+            TAG_PREFIX + "files": str(len(snapshot.files)),
+            TAG_PREFIX + "parents": f"{src_rv.name}@{src_rv.version}",
+        }
+        registry_tags[TAG_PREFIX + "snapshot"] = snapshot.id
+        self.hook.modelkeep_before_register(
+            name=to_name, snapshot=snapshot, tags=registry_tags, keep=self)
+        sid = store.save_snapshot(snapshot)
+        self._snapshots[sid] = snapshot
+        rv = self.registry.create_version(
+            to_name, store.uri(sid), tags=registry_tags, description=snapshot.message or None)
+        for alias in aliases:
+            self._move_alias(to_name, alias, rv.version)
+        if aliases:
+            rv = replace(rv, aliases=tuple(sorted(set(rv.aliases) | set(aliases))))
+        version = replace(self._version(rv, snapshot, sid), bytes_added=0)
+        # The source of a promotion is the promoted version, read through its URI.
+        self.hook.modelkeep_after_register(version=version, keep=self, source=src_rv.source)
+        return version
+
+    # -- disaster recovery -----------------------------------------------------------------
+
+    def rebuild_registry(self, *, dry_run: bool = False) -> RebuildReport:
+        """Recreate in this Keep's registry the models and versions of every snapshot in its
+        store (rules in :mod:`modelkeep.rebuild`). Conflicts are found before anything is
+        written; *dry_run* writes nothing at all."""
+        report = RebuildReport(self.registry.uri, self.store.url, dry_run)
+
+        def load(sid: str) -> tuple[str, Snapshot | None, str]:
+            try:
+                return sid, self.store.load_snapshot(sid), ""
+            except (IntegrityError, NotFoundError) as exc:
+                return sid, None, exc.message
+
+        with ThreadPoolExecutor(8, thread_name_prefix="modelkeep-rebuild") as pool:
+            loaded = list(pool.map(load, list(self.store.snapshot_ids())))
+        good: list[tuple[str, Snapshot]] = []
+        for sid, snap, problem in loaded:
+            if snap is None:
+                report.skipped.append((sid, problem or "unreadable"))
+                continue
+            try:
+                validate_name(snap.name)
+            except InvalidInputError:
+                report.skipped.append((sid, f"invalid model name {snap.name!r}"))
+                continue
+            good.append((sid, snap))
+        ordered = rebuild_mod.order(good)
+        added = rebuild_mod.bytes_added(ordered)
+        by_name: dict[str, list[tuple[str, Snapshot]]] = {}
+        for sid, snap in ordered:
+            by_name.setdefault(snap.name, []).append((sid, snap))
+
+        conflicts = []
+        for name, items in sorted(by_name.items()):
+            uris = [self.store.uri(sid) for sid, _snap in items]
+            try:
+                existing = [rv.source for rv in self.registry.versions(name)]
+            except NotFoundError:
+                existing = []
+            if existing != uris[:len(existing)]:
+                conflicts.append(name)
+                continue
+            for number, (sid, snap) in enumerate(items, start=1):
+                report.versions.append(rebuild_mod.PlannedVersion(
+                    name=name, version=number, snapshot_id=sid, uri=uris[number - 1],
+                    created=snap.created,
+                    tags={**rebuild_mod.registry_tags(snap, sid, added[sid]),
+                          **lineage_tags(snap.lineage)},
+                    description=snap.message, exists=number <= len(existing)))
+        if conflicts:
+            raise RegistryError(
+                f"registry {self.registry.uri} already holds other versions of "
+                f"{', '.join(repr(n) for n in conflicts)}",
+                hint="rebuild into an empty registry (--registry URI); nothing was written")
+        if dry_run:
+            return report
+        for planned in report.versions:
+            if planned.exists:
+                continue
+            rv = self.registry.create_version(planned.name, planned.uri, tags=planned.tags,
+                                              description=planned.description or None, run_id="")
+            if rv.version != planned.version:
+                raise RegistryError(
+                    f"registry numbered {planned.name}@{planned.version} as {rv.version}",
+                    hint="another client registered versions of it meanwhile; rebuild into a "
+                    "registry nobody else uses")
+        return report
 
     # -- training --------------------------------------------------------------------------
 

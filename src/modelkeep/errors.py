@@ -89,6 +89,18 @@ class RegistryError(ModelkeepError):
     exit_code = 6
 
 
+class RegistryAuthError(RegistryError, PermissionError):
+    """The registry server wants credentials it did not get, or rejected them (HTTP 401)."""
+
+    default_hint = "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+
+
+class RegistryPermissionError(RegistryError, PermissionError):
+    """The registry knows the user but refuses this operation to them (HTTP 403)."""
+
+    default_hint = "ask the registry's admin for permission on the model"
+
+
 class ConfigError(InvalidInputError):
     """A configuration file or environment variable is invalid."""
 
@@ -169,7 +181,9 @@ __all__ = [
     "ModelkeepError",
     "NotFoundError",
     "PluginError",
+    "RegistryAuthError",
     "RegistryError",
+    "RegistryPermissionError",
     "SourceError",
     "StoreError",
     "StoreUnreachableError",

@@ -27,6 +27,17 @@ class RegistryVersion:
     run_id: str | None = None
 
 
+@dataclass(frozen=True)
+class RegistryModel:
+    """A registered model as the registry knows it: its own description and tags (not its
+    versions'), and where each alias points."""
+
+    name: str
+    description: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    aliases: Mapping[str, int] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Registry(Protocol):
     """What modelkeep needs from a model catalogue."""
@@ -40,8 +51,12 @@ class Registry(Protocol):
         *,
         tags: Mapping[str, str],
         description: str | None = None,
+        run_id: str | None = None,
     ) -> RegistryVersion:
-        """Create the model if needed and a new version of it; the registry picks the number."""
+        """Create the model if needed and a new version of it; the registry picks the number.
+
+        *run_id* links the version to the training run that produced it; when it is None an
+        implementation may find the run itself (MLflow's: the active run); ``""`` links none."""
         ...
 
     def get_version(self, name: str, version: int) -> RegistryVersion:
@@ -60,6 +75,26 @@ class Registry(Protocol):
 
     def models(self) -> list[str]: ...
 
+    def get_model(self, name: str) -> RegistryModel:
+        """Raise :class:`~modelkeep.errors.NotFoundError` if the model does not exist."""
+        ...
+
+    def create_model(self, name: str) -> None:
+        """Create an empty registered model; nothing happens if it exists."""
+        ...
+
     def set_alias(self, name: str, alias: str, version: int) -> None: ...
 
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Raise :class:`~modelkeep.errors.NotFoundError` if the alias is not set."""
+        ...
+
     def set_tag(self, name: str, version: int, key: str, value: str) -> None: ...
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        """Set a tag of the registered model itself (not of a version)."""
+        ...
+
+    def set_description(self, name: str, version: int | None, text: str) -> None:
+        """Set the description of a version, or of the model when *version* is None."""
+        ...

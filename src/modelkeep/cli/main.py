@@ -18,6 +18,8 @@ import click
 import typer
 from rich.table import Table
 
+from modelkeep.aliases import AliasEvent
+from modelkeep.cli import registry_cmds
 from modelkeep.cli._errors import report
 from modelkeep.cli._output import Output, human_bytes
 from modelkeep.errors import InvalidInputError
@@ -303,13 +305,27 @@ def _lineage_lines(lineage: dict[str, Any] | Any) -> list[str]:
 def log(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="Model name.")]
 ) -> None:
-    """History of a model, newest first."""
+    """History of a model, newest first: its versions and every alias change."""
     st = _state(ctx)
-    versions = list(reversed(st.keep().versions(name)))
+    keep = st.keep()
+    versions = list(reversed(keep.versions(name)))
+    events = list(reversed(keep.alias_history(name)))
 
     def human() -> None:
         c = st.out.console
-        for v in versions:
+        # One timeline: versions by creation time, alias changes by the time they were made.
+        timeline: list[tuple[str, Any]] = [(f"{v.created:%Y-%m-%dT%H:%M:%SZ}", v)
+                                           for v in versions]
+        timeline += [(e.time, e) for e in events]
+        timeline.sort(key=lambda item: item[0], reverse=True)
+        for _when, item in timeline:
+            if isinstance(item, AliasEvent):
+                target = f"-> {name}@{item.version}" if item.version is not None else "deleted"
+                c.print(f"[cyan]alias {item.alias}[/cyan] {target}  ({item.op})", highlight=False)
+                c.print(f"  {item.time.replace('T', ' ').rstrip('Z')} UTC  {item.user}",
+                        highlight=False)
+                continue
+            v = item
             aliases = f" ({', '.join(v.aliases)})" if v.aliases else ""
             c.print(f"[bold]{v.ref}[/bold]{aliases}  {v.snapshot_id[:12]}")
             c.print(f"  {v.created:%Y-%m-%d %H:%M:%S} UTC  {v.author}  {human_bytes(v.size)}, "
@@ -319,7 +335,8 @@ def log(
             if v.message:
                 c.print(f"  {v.message}", highlight=False)
 
-    st.out.emit([v.to_json() for v in versions], human)
+    st.out.emit({"name": name, "versions": [v.to_json() for v in versions],
+                 "alias_history": [e.to_json() for e in events]}, human)
 
 
 # -- pull / cat ---------------------------------------------------------------------------------
@@ -495,6 +512,7 @@ def plugins_(ctx: typer.Context) -> None:
 from modelkeep.cli.gitdvc_cmds import add_commands as _add_gitdvc  # noqa: E402
 
 _add_gitdvc(app)
+registry_cmds.add_to(app)
 
 
 def _command(plugins: PluginManager) -> Any:

@@ -277,9 +277,10 @@ def modelkeep_before_alias_change(
     version: int | None,
     tags: Mapping[str, str],
     previous: int | None,
+    action: str,
     keep: Keep,
 ) -> str | None:
-    """Accept or refuse pointing an alias at a version (a promotion).
+    """Accept or refuse pointing an alias at a version (a promotion), or deleting it.
 
     Every implementation is called; any refusal raises :class:`~modelkeep.errors.VetoError` and
     the alias is not moved. When aliases are given to ``register``, every alias is checked before
@@ -287,39 +288,44 @@ def modelkeep_before_alias_change(
 
     :param name: The model name.
     :param alias: The alias to set, e.g. ``production``.
-    :param version: The version the alias would point at, or None for the version being
-        registered (which has no number yet).
-    :param tags: That version's tags (for a version being registered, the tags it will have).
+    :param version: The version the alias would point at; None for the version being registered
+        (which has no number yet), and None when the alias is being deleted.
+    :param tags: That version's tags (for a version being registered, the tags it will have; for
+        a deletion, the tags of the version the alias points at now).
     :param previous: The version the alias points at now, or None if it is not set.
+    :param action: ``set`` (``register --alias``, ``modelkeep alias``, ``promote --alias``),
+        ``rollback`` (``modelkeep rollback``) or ``delete`` (``modelkeep alias --delete``).
     :param keep: The :class:`~modelkeep.api.Keep` doing the work.
     :returns: A reason to refuse, or None to accept.
 
     Example::
 
         @hookimpl
-        def modelkeep_before_alias_change(alias, tags):
-            if alias == "production" and "approved-by" not in tags:
+        def modelkeep_before_alias_change(alias, tags, action):
+            if alias == "production" and action != "delete" and "approved-by" not in tags:
                 return "production needs an approved-by tag"
     """
 
 
 @hookspec
 def modelkeep_after_alias_change(
-    name: str, alias: str, version: int, previous: int | None, keep: Keep
+    name: str, alias: str, version: int | None, previous: int | None, action: str, keep: Keep
 ) -> None:
-    """Called after an alias was set.
+    """Called after an alias was set, rolled back or deleted (and its history recorded).
 
     :param name: The model name.
     :param alias: The alias.
-    :param version: The version it points at now.
+    :param version: The version it points at now, or None if it was deleted.
     :param previous: The version it pointed at before, or None if it was not set.
+    :param action: ``set``, ``rollback`` or ``delete``, as for
+        :func:`modelkeep_before_alias_change`.
     :param keep: The :class:`~modelkeep.api.Keep` doing the work.
 
     Example::
 
         @hookimpl
-        def modelkeep_after_alias_change(name, alias, version, previous):
-            audit.write(f"{name}@{alias}: {previous} -> {version}")
+        def modelkeep_after_alias_change(name, alias, version, previous, action):
+            audit.write(f"{name}@{alias}: {previous} -> {version} ({action})")
     """
 
 

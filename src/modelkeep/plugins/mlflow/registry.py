@@ -8,6 +8,7 @@ modelkeep errors (``NotFoundError``, ``RegistryError``) with a hint.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -15,16 +16,45 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from modelkeep.errors import MissingExtraError, NotFoundError, RegistryError
-from modelkeep.registry import RegistryVersion
+from modelkeep.errors import (
+    MissingExtraError,
+    NotFoundError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryPermissionError,
+)
+from modelkeep.registry import RegistryModel, RegistryVersion
 
 T = TypeVar("T")
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
-_DENIED = {"PERMISSION_DENIED", "UNAUTHENTICATED", "UNAUTHORIZED"}
+_DENIED = {"PERMISSION_DENIED"}
+_UNAUTHENTICATED = {"UNAUTHENTICATED", "UNAUTHORIZED"}
 # SQLite lets one writer in at a time; concurrent registers from several processes see "database
 # is locked" or a lost race on the version number. Both are safe to retry.
 _RETRYABLE = ("database is locked", "unique constraint", "integrityerror", "deadlock",
               "lock wait timeout", "duplicate entry", "already exists")
+
+
+def _http_status(exc: Exception) -> int | None:
+    """The HTTP status a REST error came with, if MLflow kept it (it does not always)."""
+    for attr in ("status_code", "http_status_code"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int):
+            return value
+    text = str(exc)
+    # A server that answers with a non-JSON body is reported as "... error code 401 != 200".
+    for status in (401, 403):
+        if f"error code {status}" in text or f"status code {status}" in text:
+            return status
+    return None
+
+
+def _active_run_id() -> str | None:
+    """The id of the MLflow run active in this process, if any: a version registered inside a
+    training run is linked to it, as ``mlflow.register_model`` does."""
+    mlflow = _mlflow()
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None
 
 
 def _mlflow() -> Any:
@@ -62,10 +92,21 @@ class MlflowRegistry:
             if code in _NOT_FOUND or "not found" in str(exc).lower():
                 raise NotFoundError(f"{what} not found in registry {self.uri}",
                                     hint="list models with `modelkeep list`") from None
-            if code in _DENIED:
-                raise RegistryError(
-                    f"registry {self.uri} refused {what}: permission denied",
-                    hint="check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or the token",
+            status = _http_status(exc)
+            if code in _UNAUTHENTICATED or status == 401:
+                raise RegistryAuthError(
+                    f"registry {self.uri} refused {what}: not logged in "
+                    f"(credentials missing or wrong)",
+                    hint="set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                    "(or MLFLOW_TRACKING_TOKEN) for this server",
+                ) from None
+            if code in _DENIED or status == 403:
+                user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+                who = f"user {user!r}" if user else "this user"
+                raise RegistryPermissionError(
+                    f"registry {self.uri} refused {what}: permission denied for {who}",
+                    hint="ask an MLflow admin for EDIT on the model (to register and move "
+                    "aliases) or MANAGE (to delete aliases)",
                 ) from None
             text = str(exc.message if hasattr(exc, "message") else exc)
             if "max retries" in text.lower() or "connection" in text.lower():
@@ -120,6 +161,9 @@ class MlflowRegistry:
     ) -> RegistryVersion:
         from mlflow.exceptions import MlflowException
 
+        if run_id is None:
+            run_id = _active_run_id()
+
         def ensure_model() -> None:
             try:
                 self._client.create_registered_model(name)
@@ -129,7 +173,7 @@ class MlflowRegistry:
 
         def create() -> Any:
             return self._client.create_model_version(
-                name, source, run_id=run_id, tags=dict(tags), description=description,
+                name, source, run_id=run_id or None, tags=dict(tags), description=description,
                 await_creation_for=0,
             )
 
@@ -191,6 +235,51 @@ class MlflowRegistry:
                 if not token:
                     break
         return sorted(names)
+
+    def get_model(self, name: str) -> RegistryModel:
+        with self._errors(f"model {name!r}"):
+            model = self._client.get_registered_model(name)
+        return RegistryModel(
+            name=model.name,
+            description=model.description or "",
+            tags=dict(model.tags or {}),
+            aliases={a: int(v) for a, v in (getattr(model, "aliases", None) or {}).items()},
+        )
+
+    def create_model(self, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        def create() -> None:
+            try:
+                self._client.create_registered_model(name)
+            except MlflowException as exc:
+                if str(getattr(exc, "error_code", "")) != "RESOURCE_ALREADY_EXISTS":
+                    raise
+
+        with self._errors(f"creating model {name!r}"):
+            self._retry("creating the model", create)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        # MLflow deletes a missing alias silently; the protocol promises NotFoundError.
+        self.get_by_alias(name, alias)
+        with self._errors(f"alias {alias!r} of {name!r}"):
+            self._retry("deleting the alias",
+                        lambda: self._client.delete_registered_model_alias(name, alias))
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        with self._errors(f"tag {key!r} of model {name!r}"):
+            self._retry("setting the tag",
+                        lambda: self._client.set_registered_model_tag(name, key, value))
+
+    def set_description(self, name: str, version: int | None, text: str) -> None:
+        if version is None:
+            with self._errors(f"model {name!r}"):
+                self._retry("setting the description", lambda: self._client.update_registered_model(
+                    name, description=text))
+        else:
+            with self._errors(f"version {name}@{version}"):
+                self._retry("setting the description", lambda: self._client.update_model_version(
+                    name, str(version), description=text))
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         with self._errors(f"alias {alias!r} of {name!r}"):

@@ -2,7 +2,7 @@
 
 - Refuses to point a protected alias (``production``; set ``MODELKEEP_APPROVAL_ALIASES`` to a
   comma list to change them) at a version without an ``approved-by`` tag, whether the alias is
-  given to ``modelkeep register --alias`` or set later.
+  given to ``modelkeep register --alias`` or set later (``modelkeep alias``, ``rollback``).
 - Tags every new version ``approval.status`` = ``approved`` or ``pending``.
 - Adds ``modelkeep approve NAME@REF --by WHO``, which sets the ``approved-by`` tag.
 
@@ -28,8 +28,9 @@ def protected_aliases() -> set[str]:
 
 
 @hookimpl
-def modelkeep_before_alias_change(alias: str, tags: Mapping[str, str]) -> str | None:
-    if alias in protected_aliases() and not tags.get(TAG):
+def modelkeep_before_alias_change(alias: str, tags: Mapping[str, str], action: str) -> str | None:
+    # Taking a protected alias away needs no approval: it promotes nothing.
+    if action != "delete" and alias in protected_aliases() and not tags.get(TAG):
         return f"{alias!r} needs an {TAG!r} tag; approve the version first"
     return None
 
