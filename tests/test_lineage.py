@@ -123,23 +123,21 @@ def test_lineage_fields_are_exact(project: dict[str, Any], keep: Keep) -> None:
     assert keep.store.load_snapshot(mv.snapshot_id).lineage == mv.lineage
 
 
-def test_capture_is_fast(project: dict[str, Any]) -> None:
+def test_capture_reads_files_and_never_imports_dvc(project: dict[str, Any]) -> None:
+    # How long capture takes on a large repository belongs in bench/, not here; what keeps it
+    # cheap is checked: a few git calls and YAML reads, never an import of DVC itself.
     code = (
-        "import sys, time\n"
+        "import sys\n"
         "from pathlib import Path\n"
         "from modelkeep.plugins.dvc import dvc_lineage\n"
         "from modelkeep.plugins.git import git_lineage\n"
         f"root = Path({str(project['root'])!r})\n"
-        "dvc_lineage(root)\n"  # imports yaml once
-        "start = time.perf_counter()\n"
         "g, d = git_lineage(root), dvc_lineage(root)\n"
-        "print(time.perf_counter() - start, g['status'], d['status'], 'dvc' in sys.modules)\n"
+        "print(g['status'], d['status'], 'dvc' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
-    # DVC itself is never imported: capture costs a few git calls and YAML reads
-    assert out[1:] == ["ok", "ok", "False"]
-    assert float(out[0]) < 0.5
+    assert out == ["ok", "ok", "False"]
 
 
 def test_show_prints_lineage(project: dict[str, Any], tmp_path: Path, mlflow_sqlite_uri: str,
