@@ -1,0 +1,124 @@
+"""A/B loop for the store's speed: `cp`, store phase and pull of one model, per code variant.
+
+``make bench`` answers "does modelkeep meet its targets against its peers"; this answers "is
+this change to ``store/`` faster than the code before it", which on a shared two-core machine
+needs the variants interleaved in one loop, each run paired with a ``cp`` of the same file taken
+just before it. Each variant is a ``src`` folder (a copy of ``src/`` with the change applied); each
+measurement runs in a fresh process with that folder first on ``sys.path``::
+
+    cp -r src /tmp/before-src            # then edit src/ (or the copy)
+    .venv/bin/python bench/ab.py --model-mib 1024 --rounds 5 /tmp/before-src src
+
+It prints every sample, then per variant and operation the median seconds and the median of the
+paired ratios to ``cp``. Nothing is written outside ``--workdir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _model
+
+HERE = Path(__file__).resolve().parent
+
+_CHILD = r"""
+import json, sys, time
+from modelkeep.store import Snapshot, Store, scan_local, utc_now
+
+spec = json.loads(sys.argv[1])
+store = Store.open(spec["store"])
+if spec["op"] == "store":
+    store.ensure_initialized()
+    start = time.perf_counter()
+    files, _stats = store.ingest(scan_local(spec["src"]))
+    sid = store.save_snapshot(Snapshot(name="ab", files=files, created=utc_now()))
+else:
+    snap = store.load_snapshot(spec["sid"])
+    start = time.perf_counter()
+    store.materialize(snap, spec["dest"])
+    sid = spec["sid"]
+print("AB-RESULT", json.dumps({"seconds": time.perf_counter() - start, "sid": sid}))
+"""
+
+
+def _child(variant: Path, spec: dict[str, str], cache: Path) -> dict[str, float | str]:
+    env = dict(os.environ, PYTHONPATH=str(variant), MODELKEEP_CACHE_DIR=str(cache))
+    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], env=env,
+                          capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("AB-RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{variant}: {spec['op']} failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, float | str] = json.loads(lines[-1][len("AB-RESULT "):])
+    return result
+
+
+def _cp(model: Path, out: Path) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    os.sync()
+    start = time.perf_counter()
+    subprocess.run(["cp", "-r", str(model), str(out)], check=True)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(out)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("variants", nargs="+", type=Path, help="src folders to compare")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ops", default="store,pull", help="store, pull or both")
+    parser.add_argument("--model-mib", type=int, default=1024)
+    parser.add_argument("--workdir", type=Path, default=HERE / "work-ab")
+    args = parser.parse_args(argv)
+    ops = args.ops.split(",")
+    work: Path = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / "model"
+    if not model.exists():
+        _model.write_single(work, "model", args.model_mib)
+    samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    sids: dict[str, str] = {}
+    for r in range(args.rounds):
+        shift = r % len(args.variants)  # rotate, so no variant always runs first
+        for variant in args.variants[shift:] + args.variants[:shift]:
+            key = str(variant)
+            store = work / f"store-{args.variants.index(variant)}"
+            for op in ops:
+                cp = _cp(model, work / "cp-out")
+                os.sync()
+                if op == "store":
+                    shutil.rmtree(store, ignore_errors=True)
+                    spec = {"op": "store", "store": str(store), "src": str(model)}
+                else:
+                    if key not in sids:
+                        raise SystemExit("pull needs a store: put 'store' before 'pull' in --ops")
+                    dest = work / "pull-out"
+                    shutil.rmtree(dest, ignore_errors=True)
+                    spec = {"op": "pull", "store": str(store), "sid": sids[key],
+                            "dest": str(dest)}
+                res = _child(variant, spec, work / "cache")
+                if op == "store":
+                    sids[key] = str(res["sid"])
+                seconds = float(res["seconds"])
+                samples.setdefault((key, op), []).append((seconds, cp))
+                print(f"round {r} {op:5} {key}: {seconds:.2f} s (cp {cp:.2f} s)", flush=True)
+    print()
+    for (key, op), pairs in samples.items():
+        med = statistics.median(s for s, _ in pairs)
+        ratio = statistics.median(s / c for s, c in pairs)
+        print(f"{op:5} {key}: median {med:.2f} s, paired median {ratio:.2f}x cp "
+              f"(pairs {', '.join(f'{s / c:.2f}' for s, c in pairs)})")
+    shutil.rmtree(work / "pull-out", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
