@@ -4,7 +4,7 @@ entry point).
 MLflow asks each registered provider for tags when ``mlflow.start_run()`` creates a run. This one
 adds ``modelkeep.git.commit`` (``git rev-parse HEAD`` in the working folder, when it is inside a
 git work tree) and ``modelkeep.store`` (the store the project's modelkeep settings name, with any
-``user:password@`` removed), so a run says which code produced it and where its versions go.
+user, password and query removed), so a run says which code produced it and where its versions go.
 
 It must never make starting a run slow or fail: git gets a short timeout, and anything that goes
 wrong (no git, not a repository, bad settings) only leaves the tag out.
@@ -13,9 +13,10 @@ wrong (no git, not a repository, bad settings) only leaves the tag out.
 from __future__ import annotations
 
 import subprocess
-import urllib.parse
 
 from mlflow.tracking.context.abstract_context import RunContextProvider
+
+from modelkeep.plugins.git import strip_credentials
 
 GIT_TIMEOUT = 5.0
 COMMIT_TAG = "modelkeep.git.commit"
@@ -43,13 +44,7 @@ def store_url() -> str | None:
         url = load_config().resolve_store(None).url
     except Exception:  # settings are the user's to fix when they use modelkeep, not here
         return None
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is not None or parts.username is not None:
-        netloc = parts.hostname or ""
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-        url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return url
+    return strip_credentials(url)
 
 
 class ModelkeepRunContext(RunContextProvider):
