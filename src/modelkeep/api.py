@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from modelkeep.errors import (
     NotFoundError,
     PluginError,
     RegistryError,
+    SourceError,
     StoreError,
     VetoError,
 )
@@ -41,16 +42,20 @@ from modelkeep.refs import Ref, parse_ref, validate_alias, validate_name
 from modelkeep.registry import Registry, RegistryVersion
 from modelkeep.store import (
     FileEntry,
+    GcReport,
+    IngestStats,
     Parent,
     Snapshot,
     SnapshotFile,
     SourceFile,
     Store,
+    SyncReport,
     VerifyReport,
     parse_uri,
     scan_local,
     utc_now,
 )
+from modelkeep.store.gc import ChunksCollectedError
 from modelkeep.store.location import location_from_locator, parse_location
 from modelkeep.store.snapshot import CREATED_FORMAT
 
@@ -62,6 +67,7 @@ Progress = Callable[[int], None]
 TAG_PREFIX = "modelkeep."
 MAX_TAG_VALUE = 100_000  # MLflow's limit for model-version tag values
 MAX_DESCRIPTION = 5000  # MLflow's description columns are VARCHAR(5000) on PostgreSQL and MySQL
+_GC_RETRIES = 3  # a register overlapping two collections that removed its chunks stores again
 
 
 @dataclass(frozen=True)
@@ -205,7 +211,7 @@ def open(
     else:
         the_registry = registry
     return Keep(the_store, the_registry, store_options=options, plugins=pm,
-                named_stores=config.stores.values())
+                named_stores=config.stores.values(), config=config)
 
 
 def _merge_options(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -281,9 +287,12 @@ class Keep:
         store_options: Mapping[str, Any] | None = None,
         plugins: PluginManager | None = None,
         named_stores: Iterable[StoreConfig] = (),
+        config: Config | None = None,
     ) -> None:
         """*named_stores* are the configured stores, whose options are used to read a version
-        that lives in one of them (a copy, or a version registered through another store)."""
+        that lives in one of them (a copy, or a version registered through another store), and
+        to open the destination of :meth:`sync`. *config* holds the policies plugins read
+        (default: none)."""
         if plugins is None:
             from modelkeep.hooks.manager import get_plugin_manager
 
@@ -294,6 +303,10 @@ class Keep:
         self.hook = plugins.hook
         self._options = dict(store_options or {})
         self._named = tuple(named_stores)
+        if config is None:
+            config = Config(root=Path.cwd(), store=store.url, registry=registry.uri,
+                            stores={n.name: n for n in self._named})
+        self.config = config
         self._snapshots: dict[str, Snapshot] = {}
         self._stores: dict[str, Store] = {store.location.locator: store}
         self._lock = threading.Lock()
@@ -502,7 +515,7 @@ class Keep:
         self.hook.modelkeep_before_register(
             name=name, snapshot=snapshot, tags=registry_tags, keep=self)
 
-        sid = self.store.save_snapshot(snapshot)
+        sid = self._save_snapshot(snapshot, stats, sources)
         self._snapshots[sid] = snapshot
         rv = self.registry.create_version(
             name, self.store.uri(sid), tags=registry_tags, description=message or None, **link
@@ -514,6 +527,24 @@ class Keep:
         version = self._version(rv, snapshot, sid)
         self.hook.modelkeep_after_register(version=version, keep=self, source=source)
         return version
+
+    def _save_snapshot(
+        self, snapshot: Snapshot, stats: IngestStats, sources: Sequence[SourceFile]
+    ) -> str:
+        """Write the snapshot; if a garbage collection removed chunks the ingest had found
+        present (docs/format.md §13), store the sources again and retry, a few times."""
+        for attempt in range(_GC_RETRIES):
+            try:
+                return self.store.save_snapshot(snapshot, since=stats.gc_mark)
+            except ChunksCollectedError:
+                if attempt == _GC_RETRIES - 1:
+                    raise
+                files, stats = self.store.ingest(list(sources))
+                if files != snapshot.files:
+                    raise SourceError("the files changed while being registered",
+                                      hint="register them again once nothing writes them"
+                                      ) from None
+        raise AssertionError("unreachable")
 
     # -- hooks around register -------------------------------------------------------------
 
@@ -693,6 +724,8 @@ class Keep:
         aliases = [validate_alias(a) for a in aliases]
         src_rv = self._resolve(ref)
         store, src, src_sid = self._load(src_rv)
+        # Before the chunks are relied on: the commit check compares it (docs/format.md §13).
+        mark = store.gc_mark()
         if not force:
             latest = self.registry.latest(to_name)
             if latest is not None and latest.tags.get(TAG_PREFIX + "tree") == src.tree:
@@ -722,7 +755,7 @@ class Keep:
         registry_tags[TAG_PREFIX + "snapshot"] = snapshot.id
         self.hook.modelkeep_before_register(
             name=to_name, snapshot=snapshot, tags=registry_tags, keep=self)
-        sid = store.save_snapshot(snapshot)
+        sid = store.save_snapshot(snapshot, since=mark)
         self._snapshots[sid] = snapshot
         rv = self.registry.create_version(
             to_name, store.uri(sid), tags=registry_tags, description=snapshot.message or None)
@@ -734,6 +767,109 @@ class Keep:
         # The source of a promotion is the promoted version, read through its URI.
         self.hook.modelkeep_after_register(version=version, keep=self, source=src_rv.source)
         return version
+
+    # -- replication and garbage collection ------------------------------------------------
+
+    def open_store(self, store: str) -> Store:
+        """A store by its name in ``[stores.NAME]``, or by URL; a URL on the default store's
+        backend gets the default store's options. Plugins' storage options apply as usual."""
+        named = next((n for n in self._named if n.name == store), None)
+        if named is not None:
+            url, name, explicit = named.url, named.name, dict(named.options)
+        elif "://" not in store and "/" not in store and not store.startswith("."):
+            # A bare word is a store name; taking a typo for a new folder would copy there.
+            known = ", ".join(sorted(n.name for n in self._named)) or "none"
+            raise InvalidInputError(f"no store named {store!r}",
+                                    hint=f"configured stores: {known}; or pass a URL or path")
+        else:
+            url, name = store, None
+            protocol = parse_location(store).protocol
+            explicit = self._options if protocol == self.store.location.protocol else {}
+        location = parse_location(url)
+        options = _plugin_options(self.plugins, location.protocol, url, name, explicit)
+        return Store.open(url, options)
+
+    def _sync_plan(self, refs: Sequence[str] | None) -> dict[str, list[str]]:
+        """{source store locator: snapshot ids} of the versions *refs* name (default: every
+        version of every model), oldest first."""
+        rvs: list[RegistryVersion] = []
+        if refs is None:
+            for model in self.registry.models():
+                rvs.extend(self.registry.versions(model))
+        else:
+            for ref in refs:
+                parsed = parse_ref(ref)
+                if parsed.version is None and parsed.alias is None and "@" not in ref:
+                    rvs.extend(self.registry.versions(validate_name(parsed.name)))
+                else:
+                    rvs.append(self._resolve(parsed))
+        plan: dict[str, list[str]] = {}
+        for rv in rvs:
+            try:
+                parsed_uri = parse_uri(rv.source)
+            except InvalidInputError:
+                continue  # a version another tool registered: no snapshot to copy
+            ids = plan.setdefault(parsed_uri.locator, [])
+            if parsed_uri.snapshot_id not in ids:
+                ids.append(parsed_uri.snapshot_id)
+        return plan
+
+    def sync(
+        self,
+        to: str | Store,
+        refs: Sequence[str] | None = None,
+        *,
+        dry_run: bool = False,
+        workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> SyncReport:
+        """Copy versions to the store *to* (a ``[stores.NAME]`` name, a URL, or a
+        :class:`~modelkeep.store.Store`), sending only the chunks it lacks; resumable, and never
+        leaving a copied snapshot without its chunks (:mod:`modelkeep.store.sync`).
+
+        *refs* are ``NAME@REF`` (one version) or ``NAME`` (every version of it); default: every
+        version of every model. Versions already in *to* are counted as present.
+        """
+        dest = to if isinstance(to, Store) else self.open_store(to)
+        if dest.location.locator == self.store.location.locator:
+            raise StoreError(f"the destination is this store ({dest.url})",
+                             hint="name another store with --to")
+        plan = self._sync_plan(refs)
+        total = SyncReport(self.store.url, dest.url, dry_run)
+        for locator, ids in plan.items():
+            if locator == dest.location.locator:
+                total.snapshots += len(ids)
+                total.snapshots_present += len(ids)
+                continue
+            report = self._store_for(locator).sync_to(
+                dest, ids, dry_run=dry_run, workers=workers, progress=progress)
+            for key in ("snapshots", "snapshots_copied", "snapshots_present", "chunks_copied",
+                        "chunks_present", "bytes_copied", "bytes_present"):
+                setattr(total, key, getattr(total, key) + getattr(report, key))
+            total.copied.extend(report.copied)
+        return total
+
+    def sync_size(self, refs: Sequence[str] | None = None) -> int:
+        """Total bytes of the versions :meth:`sync` would consider (for a progress bar)."""
+        size = 0
+        for locator, ids in self._sync_plan(refs).items():
+            store = self._store_for(locator)
+            for sid in ids:
+                size += store.load_snapshot(sid).size
+        return size
+
+    def gc(
+        self,
+        *,
+        grace: timedelta = timedelta(hours=1),
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> GcReport:
+        """Collect garbage in this Keep's store: chunks no snapshot and no run manifest uses,
+        older than *grace*, in two phases (:mod:`modelkeep.store.gc`), safe while other
+        processes register. Versions that retention allows to go are deleted first (registry,
+        then snapshot), so that their chunks become unreferenced."""
+        return self.store.gc(grace=grace, dry_run=dry_run, progress=progress)
 
     # -- disaster recovery -----------------------------------------------------------------
 

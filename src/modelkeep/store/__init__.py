@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from modelkeep.store.codec import Kind
+from modelkeep.store.gc import ChunksCollectedError, GcItem, GcMark, GcReport
 from modelkeep.store.ingest import IngestStats, SourceFile, scan_local
 from modelkeep.store.location import Location, parse_location
 from modelkeep.store.materialize import SnapshotFile
@@ -10,10 +11,15 @@ from modelkeep.store.runs import RunArtifacts
 from modelkeep.store.safetensors import Tensor
 from modelkeep.store.snapshot import FileEntry, Parent, Snapshot, check_relpath
 from modelkeep.store.store import ParsedURI, Store, parse_runs_uri, parse_uri, utc_now
+from modelkeep.store.sync import SyncReport
 from modelkeep.store.verify import Problem, VerifyReport
 
 __all__ = [
+    "ChunksCollectedError",
     "FileEntry",
+    "GcItem",
+    "GcMark",
+    "GcReport",
     "IngestStats",
     "Kind",
     "Location",
@@ -25,6 +31,7 @@ __all__ = [
     "SnapshotFile",
     "SourceFile",
     "Store",
+    "SyncReport",
     "Tensor",
     "VerifyReport",
     "check_relpath",

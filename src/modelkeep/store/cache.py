@@ -3,7 +3,9 @@
 Dedup on an object store would otherwise cost one HEAD request per chunk per version. The cache
 lives in ``$MODELKEEP_CACHE_DIR`` (default ``~/.cache/modelkeep``), is shared by every process on
 the machine (SQLite in WAL mode) and only ever records ids that a store confirmed. It is an
-optimisation, never a source of truth: a cold or deleted cache only costs requests.
+optimisation, never a source of truth: a cold or deleted cache only costs requests. Entries are
+keyed by the store's garbage-collection epoch (docs/format.md §13), so a collection that hides
+chunks makes every machine's entries for that store unused, and writers re-check.
 Local stores do not use it; a ``stat`` is as cheap as a cache lookup.
 """
 
@@ -90,6 +92,19 @@ class KnownChunks:
             if db is not None:
                 db.execute("DELETE FROM known WHERE store = ?", (self.store_key,))
                 db.commit()
+
+    def retire_others(self, prefix: str) -> None:
+        """Drop the ids of every key starting with *prefix* except this one: the entries a
+        store's earlier garbage-collection epochs recorded."""
+        with self._lock:
+            db = self._db()
+            if db is not None:
+                try:
+                    db.execute("DELETE FROM known WHERE store >= ? AND store < ? AND store != ?",
+                               (prefix, prefix + "\uffff", self.store_key))
+                    db.commit()
+                except sqlite3.Error:
+                    pass
 
     def close(self) -> None:
         self.flush()

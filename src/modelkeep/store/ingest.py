@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from modelkeep.errors import SourceError, UnsafePathError
 from modelkeep.store.buffers import BufferPool
@@ -34,6 +34,9 @@ from modelkeep.store.hashing import content_id
 from modelkeep.store.objects import ObjectDB
 from modelkeep.store.safetensors import Layout
 from modelkeep.store.snapshot import FileEntry, file_digest
+
+if TYPE_CHECKING:
+    from modelkeep.store.gc import GcMark
 
 Progress = Callable[[int], None]
 _Stored = tuple[str, int, bool]  # chunk id, length, created by this call
@@ -57,6 +60,9 @@ class IngestStats:
     bytes_added: int = 0  # raw bytes of chunks this ingest created
     chunks_total: int = 0
     chunks_added: int = 0
+    # The garbage-collection state read before any chunk was looked at; the commit check
+    # compares it with the state when the snapshot or manifest is written.
+    gc_mark: GcMark | None = None
 
     @property
     def dedup_ratio(self) -> float:

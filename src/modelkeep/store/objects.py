@@ -5,6 +5,7 @@ Layout under the store root (two-character fan-out, like git and dvc-objects)::
     modelkeep-store.json        store descriptor (format version), written once
     chunks/ab/cdef…             chunk objects, id = BLAKE3 of the raw chunk
     snapshots/ab/cdef…          snapshot objects, id = BLAKE3 of the canonical JSON
+    fossils/ab/cdef…            chunks a garbage collection has hidden (see :mod:`gc`)
 
 Objects are immutable. A write is a *conditional create*: it succeeds only if the object does not
 exist yet (``O_EXCL`` semantics through ``os.link`` locally, ``If-None-Match: *`` on S3,
@@ -13,7 +14,9 @@ bytes, because the name is the hash of the content. Nothing is ever renamed into
 store and nothing is ever overwritten, so a crash can leave only unreferenced objects, never a
 damaged one.
 
-Every read is checked against the id it was asked for.
+Every read is checked against the id it was asked for. A chunk read falls back to its fossil: a
+garbage collection may have hidden a chunk that a version committed in the same instant still
+uses, and the next collection puts it back (docs/format.md §13).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import fsspec
 
@@ -36,6 +41,7 @@ from modelkeep.store.hashing import content_id, is_id
 from modelkeep.store.location import Location, translate_errors
 
 DESCRIPTOR = "modelkeep-store.json"
+FOSSILS = "fossils"
 _DIRS = {Kind.CHUNK: "chunks", Kind.SNAPSHOT: "snapshots"}
 
 
@@ -80,6 +86,11 @@ class ObjectDB:
         if not is_id(oid):
             raise IntegrityError(f"malformed object id {oid!r}")
         return f"{self.root}/{_DIRS[kind]}/{oid[:2]}/{oid[2:]}"
+
+    def fossil_path(self, oid: str) -> str:
+        if not is_id(oid):
+            raise IntegrityError(f"malformed object id {oid!r}")
+        return f"{self.root}/{FOSSILS}/{oid[:2]}/{oid[2:]}"
 
     def descriptor_path(self) -> str:
         return f"{self.root}/{DESCRIPTOR}"
@@ -219,7 +230,19 @@ class ObjectDB:
     def get(self, kind: Kind, oid: str, what: str | None = None) -> memoryview:
         """Return the raw payload of an object after checking its header and its id."""
         what = what or f"{kind.name.lower()} {oid[:12]}"
-        payload = codec.decode(self.read_blob(self.path(kind, oid), what), kind, what)
+        try:
+            blob = self.read_blob(self.path(kind, oid), what)
+        except NotFoundError:
+            if kind is not Kind.CHUNK:
+                raise
+            # Hidden by a garbage collection while a version that uses it was committed; the
+            # next collection restores it. Same bytes, same checks.
+            try:
+                blob = self.read_blob(self.fossil_path(oid), what)
+            except NotFoundError:
+                raise NotFoundError(
+                    f"{what} is missing from the store {self.location.url}") from None
+        payload = codec.decode(blob, kind, what)
         if content_id(payload) != oid:
             raise IntegrityError(f"{what} is corrupt: its content does not match its id {oid}")
         return payload
@@ -243,6 +266,8 @@ class ObjectDB:
                 entries = self.fs.find(base)
             except FileNotFoundError:
                 return
+            finally:
+                self.fs.invalidate_cache()  # see listing()
             for entry in sorted(entries):
                 parts = entry.rstrip("/").split("/")
                 if len(parts) >= 2 and is_id(parts[-2] + parts[-1]) and len(parts[-2]) == 2:
@@ -255,3 +280,105 @@ class ObjectDB:
             return os.path.getsize(path)
         with translate_errors(self.location):
             return int(self.fs.size(path))
+
+    # -- garbage collection ---------------------------------------------------------------
+    # Used by :mod:`modelkeep.store.gc` only. These are the only operations that remove or
+    # move objects; everything else in the store is write-once.
+
+    def listing(self, base: str) -> Iterator[tuple[str, int, datetime]]:
+        """``(path, size, modified)`` of every file under *base* (recursively), with the
+        modification time the storage service recorded (never this machine's clock)."""
+        with translate_errors(self.location):
+            if self._local:
+                for dirpath, _dirs, files in os.walk(base):
+                    for name in files:
+                        full = os.path.join(dirpath, name)
+                        try:
+                            st = os.stat(full)
+                        except FileNotFoundError:
+                            continue
+                        yield full, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)
+                return
+            try:
+                found = self.fs.find(base, detail=True)
+            except FileNotFoundError:
+                return
+            finally:
+                # A listing fills fsspec's directory cache, which later existence checks would
+                # answer from: other machines' writes and deletes must stay visible.
+                self.fs.invalidate_cache()
+            for path, info in sorted(found.items()):
+                if info.get("type") == "directory":
+                    continue
+                yield path, int(info.get("size") or 0), modified(info)
+
+    def ids_with_times(self, base: str) -> Iterator[tuple[str, int, datetime]]:
+        """``(id, stored size, modified)`` of the objects in a fan-out tree (chunks/, fossils/)."""
+        for path, size, when in self.listing(base):
+            parts = path.rstrip("/").split("/")
+            if len(parts) >= 2 and len(parts[-2]) == 2 and is_id(parts[-2] + parts[-1]):
+                yield parts[-2] + parts[-1], size, when
+
+    def delete_path(self, path: str) -> bool:
+        """Remove one file; False if it was not there."""
+        try:
+            if self._local:
+                os.unlink(path)
+                return True
+            with translate_errors(self.location):
+                self.fs.rm_file(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def copy_path(self, src: str, dst: str) -> None:
+        """Copy one object inside the store (server-side on object stores)."""
+        if self._local:
+            self._ensure_dir(os.path.dirname(dst))
+            tmp = f"{dst}.{os.getpid()}.{threading.get_ident()}.tmp"
+            try:
+                os.link(src, tmp)  # same inode: no bytes copied, and the source may go now
+                os.replace(tmp, dst)
+                os.utime(dst)  # the hiding time, read by the next collection
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            return
+        with translate_errors(self.location):
+            self.fs.cp_file(src, dst)
+
+    def now(self) -> datetime:
+        """The storage service's clock, read from a file written for the purpose; collection
+        decisions compare object times with this, so a skewed client clock cannot matter."""
+        path = f"{self.root}/gc/clock/{os.getpid()}-{threading.get_ident()}-{time.time_ns()}"
+        if self._local:
+            self._ensure_dir(os.path.dirname(path))
+            with open(path, "wb"):
+                pass
+            try:
+                return datetime.fromtimestamp(os.stat(path).st_mtime, UTC)
+            finally:
+                os.unlink(path)
+        with translate_errors(self.location):
+            self.fs.pipe_file(path, b"")
+            try:
+                return modified(self.fs.info(path))
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(path)
+
+
+def modified(info: dict[str, Any]) -> datetime:
+    """The modification time in an fsspec ``info`` record (s3fs ``LastModified``, adlfs
+    ``last_modified``, local ``mtime``), as an aware UTC datetime."""
+    for key in ("LastModified", "last_modified", "mtime", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, UTC)
+        if isinstance(value, str):
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    raise ValueError(f"no modification time in {sorted(info)}")

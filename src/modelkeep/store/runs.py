@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from modelkeep.errors import IntegrityError, NotFoundError
+from modelkeep.store.gc import ChunksCollectedError
 from modelkeep.store.ingest import IngestStats, scan_local
 from modelkeep.store.location import translate_errors
 from modelkeep.store.materialize import SnapshotFile
@@ -48,14 +49,21 @@ class RunArtifacts:
     # -- writing ---------------------------------------------------------------------------
 
     def log_file(self, local_file: str | os.PathLike[str], relpath: str) -> IngestStats:
-        """Store *local_file* as the artifact *relpath* (chunks, then its manifest)."""
+        """Store *local_file* as the artifact *relpath* (chunks, then its manifest, then the
+        garbage-collection commit check of docs/format.md §13)."""
         relpath = check_relpath(relpath)
         entries, stats = self.store.ingest(scan_local(local_file))
         entry = replace(entries[0], path=relpath)
         blob = canonical_json(
             {"format": ARTIFACT_FORMAT, "type": "modelkeep.artifact", "file": entry.to_json()}
         )
-        self._write_manifest(self._path(relpath), blob)
+        path = self._path(relpath)
+        self._write_manifest(path, blob)
+        try:
+            self.store.settle([cid for cid, _n in entry.chunks], stats.gc_mark)
+        except ChunksCollectedError:
+            self.store.db.delete_path(path)  # it names chunks that are gone
+            raise
         return stats
 
     def _write_manifest(self, path: str, blob: bytes) -> None:
@@ -128,4 +136,18 @@ class RunArtifacts:
         for name, is_dir in sorted(names):
             rel = f"{folder}/{name}" if folder else name
             out.append((rel, None if is_dir else self.entry(rel)))
+        return out
+
+    def all_entries(self) -> list[tuple[str, FileEntry]]:
+        """``(artifact path, entry)`` of every manifest under this prefix, at any depth."""
+        out = []
+        base = self.base.rstrip("/") + "/"
+        for path, _size, _when in self.store.db.listing(self.base):
+            if path.endswith(".tmp") or not path.startswith(base):
+                continue
+            rel = path[len(base):]
+            try:
+                out.append((rel, self.entry(rel)))
+            except NotFoundError:
+                continue  # replaced or removed since the listing
         return out

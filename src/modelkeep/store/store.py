@@ -20,13 +20,15 @@ import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError, StoreError
+from modelkeep.store import gc as gc_mod
 from modelkeep.store.cache import KnownChunks
 from modelkeep.store.codec import Kind
+from modelkeep.store.gc import ChunksCollectedError, GcMark, GcReport
 from modelkeep.store.hashing import content_id
 from modelkeep.store.ingest import Ingestor, IngestStats, SourceFile
 from modelkeep.store.location import Location, location_from_locator, parse_location
@@ -34,6 +36,7 @@ from modelkeep.store.materialize import SnapshotFile, materialize
 from modelkeep.store.objects import ObjectDB
 from modelkeep.store.runs import RunArtifacts
 from modelkeep.store.snapshot import CREATED_FORMAT, FileEntry, Snapshot, parse
+from modelkeep.store.sync import SyncReport
 from modelkeep.store.verify import Problem, VerifyReport, verify_snapshots
 
 SCHEME = "modelkeep"
@@ -85,6 +88,7 @@ class Store:
         if use_cache is None:
             use_cache = not location.is_local and location.protocol != "memory"
         self.known = KnownChunks(self._cache_key()) if use_cache else None
+        self._known_by_run: dict[int, KnownChunks] = {}
         self._descriptor_ok = False
 
     def _cache_key(self) -> str:
@@ -128,6 +132,10 @@ class Store:
 
     # -- descriptor ------------------------------------------------------------------------
 
+    def descriptor(self) -> dict[str, Any] | None:
+        """The store descriptor (docs/format.md §2.1), or None where no store exists yet."""
+        return self._descriptor()
+
     def _descriptor(self) -> dict[str, Any] | None:
         try:
             raw = self.db.read_blob(self.db.descriptor_path(), "store descriptor")
@@ -169,15 +177,94 @@ class Store:
     ) -> tuple[tuple[FileEntry, ...], IngestStats]:
         """Store the chunks of *sources*; returns their file entries and what was added."""
         self.ensure_initialized()
-        return Ingestor(self.db, known=self.known).ingest(sources, progress)
+        # Read before any chunk is looked at: see the commit check in save_snapshot.
+        mark = self.gc_mark()
+        entries, stats = Ingestor(self.db, known=self.known_for(mark)).ingest(sources, progress)
+        stats.gc_mark = mark
+        return entries, stats
 
-    def save_snapshot(self, snapshot: Snapshot) -> str:
-        """Write the snapshot object (after its chunks; before any registry entry)."""
+    def save_snapshot(self, snapshot: Snapshot, *, since: GcMark | None = None) -> str:
+        """Write the snapshot object (after its chunks; before any registry entry).
+
+        *since* is the garbage-collection mark read before the chunks were looked at (the
+        ``gc_mark`` of :meth:`ingest`'s stats, or :meth:`gc_mark`); if a collection ran since,
+        every chunk is checked and hidden ones are restored, and if one is gone the snapshot
+        is removed again and :class:`~modelkeep.store.gc.ChunksCollectedError` raised.
+        """
         self.ensure_initialized()
         payload = snapshot.encode()
         sid = snapshot.id
-        self.db.put(Kind.SNAPSHOT, sid, payload)
+        created = self.db.put(Kind.SNAPSHOT, sid, payload)
+        try:
+            self.settle([cid for f in snapshot.files for cid, _n in f.chunks], since)
+        except ChunksCollectedError:
+            if created:
+                self.delete_snapshot(sid)
+            raise
         return sid
+
+    # -- garbage collection ----------------------------------------------------------------
+
+    def gc_mark(self) -> GcMark:
+        """The store's garbage-collection state, for a writer about to look at chunks."""
+        return gc_mod.read_mark(self.db)
+
+    def settle(self, chunk_ids: list[str], since: GcMark | None) -> None:
+        """The commit check of a writer that has just written a snapshot or manifest using
+        *chunk_ids* (see :func:`modelkeep.store.gc.settle`)."""
+        gc_mod.settle(self.db, chunk_ids, since)
+
+    def known_for(self, mark: GcMark) -> KnownChunks | None:
+        """The known-chunk cache for the current collection epoch; none while a collection is
+        running (it may be hiding what the cache says exists)."""
+        if self.known is None or not mark.settled:
+            return None
+        if mark.run == 0:
+            return self.known
+        known = self._known_by_run.get(mark.run)
+        if known is None:
+            known = KnownChunks(f"{self._cache_key()}#gc{mark.run}", self.known.path)
+            known.retire_others(self._cache_key())
+            self._known_by_run = {mark.run: known}
+        return known
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Remove a snapshot object. Its chunks stay until a garbage collection finds nothing
+        else uses them; a registry entry naming it stops resolving (remove that first)."""
+        if not self.db.delete_path(self.db.path(Kind.SNAPSHOT, snapshot_id)):
+            raise NotFoundError(f"snapshot {snapshot_id[:12]} is not in the store {self.url}")
+
+    def gc(
+        self,
+        grace: timedelta = timedelta(hours=1),
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> GcReport:
+        """Sweep chunks that no snapshot and no run manifest references and that are older than
+        *grace*, in two phases (hidden by one run, deleted by a later one), safe while other
+        processes write (docs/format.md §13)."""
+        return gc_mod.collect(self, grace, dry_run=dry_run, progress=progress)
+
+    def sync_to(
+        self,
+        dest: Store,
+        snapshot_ids: list[str],
+        *,
+        dry_run: bool = False,
+        workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> SyncReport:
+        """Copy snapshots and the chunks *dest* lacks (see :mod:`modelkeep.store.sync`)."""
+        from modelkeep.store.sync import sync
+
+        return sync(self, dest, snapshot_ids, dry_run=dry_run, workers=workers,
+                    progress=progress)
+
+    def forget_known(self) -> None:
+        """Drop this machine's known-chunk cache entries for this store, every epoch."""
+        if self.known is not None:
+            self.known.forget_store()
+            self.known.retire_others(self._cache_key())
 
     # -- reading ---------------------------------------------------------------------------
 

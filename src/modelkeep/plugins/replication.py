@@ -1,0 +1,61 @@
+"""Built-in plugin ``modelkeep.replication``: copy every new version to the stores a policy names.
+
+After a version is registered, :func:`replicate` copies it (its snapshot and the chunks each
+destination lacks) to every store in the ``replicate_to`` list that applies to the model's name::
+
+    [policies."team-*"]
+    replicate_to = ["backup", "s3://dr-bucket/models"]
+
+The version is visible before the copy starts; a failed copy raises an error naming the store
+and the command that finishes it (``modelkeep sync --to STORE NAME@VERSION``), which copies only
+what is still missing. Block the plugin with ``MODELKEEP_PLUGINS=-modelkeep.replication``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from modelkeep.errors import ConfigError, ModelkeepError, StoreError
+from modelkeep.hooks import hookimpl
+
+if TYPE_CHECKING:
+    from modelkeep.api import Keep, ModelVersion
+    from modelkeep.store import SyncReport
+
+
+def replicate_targets(policies: Mapping[str, Any], name: str) -> list[str]:
+    """The stores a version of model *name* is copied to: the ``replicate_to`` lists of every
+    policy table whose key (a glob) matches *name*, in file order, without repeats."""
+    out: list[str] = []
+    for pattern, table in policies.items():
+        if not isinstance(table, Mapping) or "replicate_to" not in table:
+            continue
+        targets = table["replicate_to"]
+        if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
+            raise ConfigError(f"policies.{pattern}.replicate_to must be a list of store names",
+                              hint='e.g. replicate_to = ["backup"]')
+        if fnmatch.fnmatchcase(name, pattern):
+            out.extend(t for t in targets if t not in out)
+    return out
+
+
+def replicate(keep: Keep, version: ModelVersion, stores: Sequence[str]) -> list[SyncReport]:
+    """Copy *version* to each of *stores* (names from ``[stores.NAME]`` or URLs)."""
+    reports = []
+    for store in stores:
+        try:
+            reports.append(keep.sync(store, [version.ref]))
+        except ModelkeepError as exc:
+            raise StoreError(
+                f"{version.ref} is registered, but copying it to {store} failed: {exc.message}",
+                hint=f"finish with `modelkeep sync --to {store} {version.ref}`") from exc
+    return reports
+
+
+@hookimpl
+def modelkeep_after_register(version: ModelVersion, keep: Keep) -> None:
+    stores = replicate_targets(keep.config.policies, version.name)
+    if stores:
+        replicate(keep, version, stores)
