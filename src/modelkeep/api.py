@@ -791,7 +791,7 @@ class Keep:
 
     def _sync_plan(self, refs: Sequence[str] | None) -> dict[str, list[str]]:
         """{source store locator: snapshot ids} of the versions *refs* name (default: every
-        version of every model), oldest first."""
+        version of every model stored in this Keep's store), oldest first."""
         rvs: list[RegistryVersion] = []
         if refs is None:
             for model in self.registry.models():
@@ -809,6 +809,8 @@ class Keep:
                 parsed_uri = parse_uri(rv.source)
             except InvalidInputError:
                 continue  # a version another tool registered: no snapshot to copy
+            if refs is None and parsed_uri.locator != self.store.location.locator:
+                continue  # the registry may list versions of other stores too
             ids = plan.setdefault(parsed_uri.locator, [])
             if parsed_uri.snapshot_id not in ids:
                 ids.append(parsed_uri.snapshot_id)
@@ -827,8 +829,9 @@ class Keep:
         :class:`~modelkeep.store.Store`), sending only the chunks it lacks; resumable, and never
         leaving a copied snapshot without its chunks (:mod:`modelkeep.store.sync`).
 
-        *refs* are ``NAME@REF`` (one version) or ``NAME`` (every version of it); default: every
-        version of every model. Versions already in *to* are counted as present.
+        *refs* are ``NAME@REF`` (one version) or ``NAME`` (every version of it), copied from
+        whichever store each lives in; default: every version of every model that lives in this
+        Keep's store. Versions already in *to* are counted as present.
         """
         dest = to if isinstance(to, Store) else self.open_store(to)
         if dest.location.locator == self.store.location.locator:
@@ -867,9 +870,15 @@ class Keep:
     ) -> GcReport:
         """Collect garbage in this Keep's store: chunks no snapshot and no run manifest uses,
         older than *grace*, in two phases (:mod:`modelkeep.store.gc`), safe while other
-        processes register. Versions that retention allows to go are deleted first (registry,
-        then snapshot), so that their chunks become unreferenced."""
-        return self.store.gc(grace=grace, dry_run=dry_run, progress=progress)
+        processes register. Versions that retention allows to go are deleted first (registry
+        entry, then snapshot), so that their chunks become unreferenced; in a dry run their
+        snapshots are passed as ``ignore_snapshots`` instead, so the report shows what they
+        would free. The report's ``deleted_snapshots`` lists them."""
+        deleted: list[str] = []
+        report = self.store.gc(grace=grace, dry_run=dry_run, progress=progress,
+                               ignore_snapshots=deleted if dry_run else ())
+        report.deleted_snapshots = deleted
+        return report
 
     # -- disaster recovery -----------------------------------------------------------------
 

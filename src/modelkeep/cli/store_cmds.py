@@ -78,7 +78,7 @@ def sync(
     ctx: typer.Context,
     refs: Annotated[list[str] | None, typer.Argument(
         metavar="[REF...]", help="Versions (NAME@REF) or models (NAME, every version); "
-        "default: every version of every model.")] = None,
+        "default: every version of every model in the store (--store).")] = None,
     to: Annotated[str, typer.Option("--to", help="Destination: a store named in "
                                     "modelkeep.toml, or a URL.")] = "",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be copied; "

@@ -19,7 +19,7 @@ from __future__ import annotations
 import getpass
 import json
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -249,8 +249,8 @@ def _start_run(db: ObjectDB, grace: timedelta) -> tuple[int, datetime]:
     return number, when or db.now()
 
 
-def _references(store: Store, report: GcReport) -> dict[str, str]:
-    """{chunk id: who uses it} over every snapshot and run manifest in the store."""
+def _references(store: Store, report: GcReport, ignore: Collection[str]) -> dict[str, str]:
+    """{chunk id: who uses it} over every snapshot (but those in *ignore*) and run manifest."""
     refs: dict[str, str] = {}
 
     def load(sid: str) -> tuple[str, Any]:
@@ -261,7 +261,7 @@ def _references(store: Store, report: GcReport) -> dict[str, str]:
 
     workers = _WORKERS_LOCAL if store.location.is_local else _WORKERS_REMOTE
     with ThreadPoolExecutor(workers, thread_name_prefix="modelkeep-gc") as pool:
-        for sid, snap in pool.map(load, list(store.snapshot_ids())):
+        for sid, snap in pool.map(load, [s for s in store.snapshot_ids() if s not in ignore]):
             if snap is None:
                 continue
             report.snapshots += 1
@@ -281,9 +281,14 @@ def collect(
     *,
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
+    ignore_snapshots: Collection[str] = (),
 ) -> GcReport:
     """One collection run over *store* (docs/format.md §13). *progress* gets 1 per chunk or
-    fossil examined."""
+    fossil examined. *ignore_snapshots* count as deleted: a dry run of deleting versions and
+    then collecting passes the snapshots it would have deleted (a real run must delete them)."""
+    if ignore_snapshots and not dry_run:
+        raise StoreError("snapshots can only be ignored in a dry run",
+                         hint="delete them with Store.delete_snapshot first")
     if grace < timedelta(0):
         raise StoreError("the grace period cannot be negative", hint="e.g. --grace 1h")
     db = store.db
@@ -300,7 +305,7 @@ def collect(
         # References are listed only after the start marker exists: a writer that commits
         # later sees this run in its commit check.
         try:
-            refs = _references(store, report)
+            refs = _references(store, report, set(ignore_snapshots))
         except IntegrityError as exc:
             raise IntegrityError(
                 f"garbage collection stopped, nothing removed: {exc.message}",

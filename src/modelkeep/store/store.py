@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -239,11 +239,14 @@ class Store:
         grace: timedelta = timedelta(hours=1),
         dry_run: bool = False,
         progress: Progress | None = None,
+        ignore_snapshots: Collection[str] = (),
     ) -> GcReport:
         """Sweep chunks that no snapshot and no run manifest references and that are older than
         *grace*, in two phases (hidden by one run, deleted by a later one), safe while other
-        processes write (docs/format.md §13)."""
-        return gc_mod.collect(self, grace, dry_run=dry_run, progress=progress)
+        processes write (docs/format.md §13). In a dry run, *ignore_snapshots* count as
+        deleted."""
+        return gc_mod.collect(self, grace, dry_run=dry_run, progress=progress,
+                              ignore_snapshots=ignore_snapshots)
 
     def sync_to(
         self,
