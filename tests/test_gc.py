@@ -60,6 +60,8 @@ def test_gc_removes_exactly_the_chunks_of_a_deleted_snapshot(backend: Backend,
     before = stored(store)
 
     assert store.gc(grace=NOW).items == []  # everything is referenced
+    planned = store.gc(grace=NOW, dry_run=True, ignore_snapshots=[v2.snapshot_id])
+    assert {i.id for i in planned.hidden} == garbage  # what deleting v2 would free
     store.delete_snapshot(v2.snapshot_id)
 
     young = store.gc(grace=timedelta(hours=1))  # too recent to touch
@@ -248,3 +250,23 @@ def test_gc_racing_concurrent_registers_never_breaks_a_committed_version(
     last = committed[-1]
     out = keep.store.materialize(keep.store.load_snapshot(last["sid"]), tmp_path / "pulled")
     assert tree_digest(out) == tree_digest(Path(last["folder"]))
+
+
+def test_run_manifests_keep_their_chunks_and_collections_do_not_overlap(tmp_path: Path) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    artifact = tmp_path / "weights.bin"
+    artifact.write_bytes(bytes(range(256)) * 4096)
+    store.runs("exp/1/artifacts").log_file(artifact, "model/weights.bin")
+    used = set(store.runs("exp/1/artifacts").entry("model/weights.bin").chunks)
+    for _ in range(2):
+        report = store.gc(grace=NOW)
+        assert report.items == [] and report.manifests == 1
+    assert stored(store) == {cid for cid, _n in used}
+
+    # A run that started and has not finished (another machine collecting) blocks a second one.
+    from modelkeep.errors import StoreError
+
+    store.db.put_raw_once(f"{store.db.root}/gc/runs/{3:010d}.start", b"{}")
+    assert not store.gc_mark().settled
+    with pytest.raises(StoreError, match=r"another garbage collection .* is running"):
+        store.gc(grace=NOW)

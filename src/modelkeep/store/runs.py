@@ -87,10 +87,17 @@ class RunArtifacts:
     def entry(self, relpath: str) -> FileEntry:
         what = f"artifact {relpath!r}"
         try:
-            raw = self.store.db.read_blob(self._path(relpath), what)
+            entry = self._read(self._path(relpath), what)
         except NotFoundError:
             raise NotFoundError(f"no artifact {relpath!r} under {self.prefix or 'the run root'}",
                                 hint="list the run's artifacts") from None
+        if entry.path != relpath:
+            raise IntegrityError(f"{what}: its manifest names {entry.path!r}")
+        return entry
+
+    def _read(self, path: str, what: str) -> FileEntry:
+        """The file entry of the manifest at *path* (its own path field is not checked)."""
+        raw = self.store.db.read_blob(path, what)
         try:
             doc = json.loads(bytes(raw))
         except (ValueError, UnicodeDecodeError):
@@ -102,10 +109,7 @@ class RunArtifacts:
             or not isinstance(doc.get("file"), dict)
         ):
             raise IntegrityError(f"{what} has a malformed manifest")
-        entry = parse_file_entry(doc["file"], what)
-        if entry.path != relpath:
-            raise IntegrityError(f"{what}: its manifest names {entry.path!r}")
-        return entry
+        return parse_file_entry(doc["file"], what)
 
     def open(self, relpath: str) -> SnapshotFile:
         return SnapshotFile(self.store.db, self.entry(relpath))
@@ -147,7 +151,9 @@ class RunArtifacts:
                 continue
             rel = path[len(base):]
             try:
-                out.append((rel, self.entry(rel)))
+                # Where the run prefix ends is not known from here, so the manifest's own
+                # path is not compared with its location.
+                out.append((rel, self._read(path, f"artifact manifest {rel!r}")))
             except NotFoundError:
                 continue  # replaced or removed since the listing
         return out
