@@ -313,8 +313,11 @@ def start_mlflow_server(
     With ``app_name="basic-auth"`` the server asks for credentials: an admin ``admin`` with a
     random password (``admin`` of the result) is created in a SQLite user database in *workdir*."""
     exe = Path(sys.executable).parent / "mlflow"
+    # Job execution would start a job runner and seven huey consumers per server (about 1.3 GB);
+    # nothing here submits MLflow jobs.
     full_env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false",
-                "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
     store = workdir / "store"
     extra: list[str] = []
     admin = None
