@@ -55,6 +55,7 @@ from modelkeep.store import (
     scan_local,
     utc_now,
 )
+from modelkeep.store.codec import Kind
 from modelkeep.store.gc import ChunksCollectedError
 from modelkeep.store.location import location_from_locator, parse_location
 from modelkeep.store.snapshot import CREATED_FORMAT
@@ -852,14 +853,21 @@ class Keep:
             total.copied.extend(report.copied)
         return total
 
-    def sync_size(self, refs: Sequence[str] | None = None) -> int:
-        """Total bytes of the versions :meth:`sync` would consider (for a progress bar)."""
-        size = 0
+    def sync_size(self, to: str | Store, refs: Sequence[str] | None = None) -> int:
+        """Bytes :meth:`sync` will report progress for: the distinct chunks of the versions
+        that *to* does not hold yet (for a progress bar)."""
+        dest = to if isinstance(to, Store) else self.open_store(to)
+        sizes: dict[str, int] = {}
         for locator, ids in self._sync_plan(refs).items():
+            if locator == dest.location.locator:
+                continue
             store = self._store_for(locator)
             for sid in ids:
-                size += store.load_snapshot(sid).size
-        return size
+                if dest.db.exists(Kind.SNAPSHOT, sid):
+                    continue
+                for entry in store.load_snapshot(sid).files:
+                    sizes.update(entry.chunks)
+        return sum(sizes.values())
 
     def gc(
         self,

@@ -94,9 +94,10 @@ def sync(
         raise InvalidInputError("no destination store", hint="pass --to STORE")
     st = _state(ctx, json_out)
     keep = st.keep()
-    total = keep.sync_size(refs or None)
+    dest = keep.open_store(to)
+    total = keep.sync_size(dest, refs or None)
     with st.out.progress(f"copying to {to}", total or 1) as advance:
-        report = keep.sync(to, refs or None, dry_run=dry_run, workers=jobs, progress=advance)
+        report = keep.sync(dest, refs or None, dry_run=dry_run, workers=jobs, progress=advance)
 
     def human() -> None:
         c = st.out.console

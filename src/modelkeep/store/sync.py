@@ -23,6 +23,7 @@ from modelkeep.errors import IntegrityError, NotFoundError, StoreError
 from modelkeep.store.codec import Kind
 
 if TYPE_CHECKING:
+    from modelkeep.store.gc import GcMark
     from modelkeep.store.snapshot import Snapshot
     from modelkeep.store.store import Store
 
@@ -170,7 +171,7 @@ def sync(
     return report
 
 
-def _present(dst: Store, ids: list[str], mark: Any, workers: int) -> set[str]:
+def _present(dst: Store, ids: list[str], mark: GcMark, workers: int) -> set[str]:
     """The chunks among *ids* that *dst* holds (in ``chunks/``; a hidden chunk counts as
     missing and is copied again)."""
     if not ids or dst.descriptor() is None:
