@@ -30,7 +30,6 @@ from modelkeep.store.chunking import (
     read_cuts,
 )
 from modelkeep.store.codec import Kind
-from modelkeep.store.hashing import content_id
 from modelkeep.store.objects import ObjectDB
 from modelkeep.store.safetensors import Layout
 from modelkeep.store.snapshot import FileEntry, file_digest
@@ -167,7 +166,7 @@ class Ingestor:
         self._seen_lock = threading.Lock()
 
     def _store_chunk(self, data: memoryview) -> _Stored:
-        cid = content_id(data)
+        cid = self.db.object_id(data)
         with self._seen_lock:
             if cid in self._seen:
                 return cid, len(data), False

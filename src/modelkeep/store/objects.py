@@ -14,6 +14,10 @@ store and nothing is ever overwritten, so a crash can leave only unreferenced ob
 damaged one.
 
 Every read is checked against the id it was asked for.
+
+In an encrypted store (:mod:`modelkeep.store.crypto`) ids are keyed hashes and every object is
+sealed; the store supplies the cipher lazily, on the first read or write, so opening a store costs
+no request and a store nobody reads needs no key.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import fsspec
 
@@ -34,6 +39,9 @@ from modelkeep.store import codec
 from modelkeep.store.codec import Kind
 from modelkeep.store.hashing import content_id, is_id
 from modelkeep.store.location import Location, translate_errors
+
+if TYPE_CHECKING:
+    from modelkeep.store.crypto import ObjectCipher
 
 DESCRIPTOR = "modelkeep-store.json"
 _DIRS = {Kind.CHUNK: "chunks", Kind.SNAPSHOT: "snapshots"}
@@ -73,6 +81,34 @@ class ObjectDB:
         self._local = location.is_local
         self._made_dirs: set[str] = set()
         self._dirs_lock = threading.Lock()
+        self._cipher_loader: Callable[[], ObjectCipher | None] | None = None
+        self._cipher: ObjectCipher | None = None
+        self._cipher_loaded = False
+        self._cipher_lock = threading.Lock()
+
+    # -- encryption ------------------------------------------------------------------------
+
+    def set_cipher_loader(self, loader: Callable[[], ObjectCipher | None]) -> None:
+        """*loader* says, once, whether objects are sealed and with what (None: plain)."""
+        with self._cipher_lock:
+            self._cipher_loader = loader
+            self._cipher_loaded = False
+            self._cipher = None
+
+    @property
+    def cipher(self) -> ObjectCipher | None:
+        if not self._cipher_loaded:
+            with self._cipher_lock:
+                if not self._cipher_loaded:
+                    loader = self._cipher_loader
+                    self._cipher = loader() if loader is not None else None
+                    self._cipher_loaded = True
+        return self._cipher
+
+    def object_id(self, data: bytes | bytearray | memoryview) -> str:
+        """The id *data* is stored under: plain BLAKE3, or keyed in an encrypted store."""
+        cipher = self.cipher
+        return content_id(data) if cipher is None else cipher.object_id(data)
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -88,8 +124,15 @@ class ObjectDB:
 
     def put(self, kind: Kind, oid: str, raw: bytes | memoryview) -> bool:
         """Store *raw* under *oid* unless present. Returns True if this call created it."""
-        header = codec.encode_header(kind, len(raw))
+        cipher = self.cipher
         path = self.path(kind, oid)
+        if cipher is not None:
+            header = codec.encode_header(kind, len(raw), codec.FLAG_SEALED)
+            nonce, sealed = cipher.seal(header, oid, raw)
+            if self._local:
+                return self._put_local(path, header + nonce, sealed)
+            return self._create_remote(path, b"".join((header, nonce, sealed)))
+        header = codec.encode_header(kind, len(raw))
         if self._local:
             return self._put_local(path, header, raw)
         # One copy into the request body; ``header + bytes(raw)`` would make two.
@@ -100,6 +143,31 @@ class ObjectDB:
         if self._local:
             return self._put_local(path, b"", blob)
         return self._create_remote(path, blob)
+
+    def remove_raw(self, path: str) -> None:
+        """Delete a non-content-addressed file (a key object replaced by rotation)."""
+        if self._local:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        with translate_errors(self.location), contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+
+    def list_raw(self, directory: str) -> list[str]:
+        """File names directly in *directory* under the root (empty if it does not exist)."""
+        path = f"{self.root}/{directory}"
+        if self._local:
+            try:
+                return sorted(n for n in os.listdir(path) if not n.startswith(".tmp-"))
+            except FileNotFoundError:
+                return []
+        with translate_errors(self.location):
+            self.fs.invalidate_cache(path)  # s3fs and adlfs cache listings; these change
+            try:
+                entries = self.fs.ls(path, detail=False)
+            except FileNotFoundError:
+                return []
+        return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
     def _create_remote(self, path: str, blob: bytes) -> bool:
         with translate_errors(self.location):
@@ -219,7 +287,16 @@ class ObjectDB:
     def get(self, kind: Kind, oid: str, what: str | None = None) -> memoryview:
         """Return the raw payload of an object after checking its header and its id."""
         what = what or f"{kind.name.lower()} {oid[:12]}"
-        payload = codec.decode(self.read_blob(self.path(kind, oid), what), kind, what)
+        cipher = self.cipher
+        blob = self.read_blob(self.path(kind, oid), what)
+        if cipher is not None:
+            body = codec.decode(blob, kind, what, sealed=True)
+            plain = memoryview(cipher.open(memoryview(blob)[: codec.HEADER_SIZE], oid, body, what))
+            # Authentication already binds the id; the hash also catches a writer's bug.
+            if cipher.object_id(plain) != oid:
+                raise IntegrityError(f"{what} is corrupt: its content does not match its id {oid}")
+            return plain
+        payload = codec.decode(blob, kind, what)
         if content_id(payload) != oid:
             raise IntegrityError(f"{what} is corrupt: its content does not match its id {oid}")
         return payload
