@@ -37,9 +37,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from modelkeep.errors import ConfigError, IntegrityError
+from modelkeep.store.chunking import MAX_CHUNK
 from modelkeep.store.codec import NONCE_SIZE, SEAL_OVERHEAD, TAG_SIZE
 
 KEY_SIZE = 32
+_SCRATCH_MAX = MAX_CHUNK + TAG_SIZE
 KEYS_DIR = "keys"
 WRAP_TYPE = "modelkeep.key"
 WRAP_FORMAT = 1
@@ -198,25 +200,46 @@ class ObjectCipher:
     def new_hasher(self) -> blake3:
         return blake3(key=self._id_key)
 
-    def seal(self, header: bytes, oid: str, data: bytes | memoryview) -> tuple[bytes, bytes]:
-        """``(nonce, ciphertext + tag)`` of *data* stored under *oid* with *header*."""
-        nonce = os.urandom(NONCE_SIZE)
-        return nonce, self._aead().encrypt(nonce, data, header + bytes.fromhex(oid))
+    def _scratch(self, name: str, size: int) -> memoryview:
+        """This thread's reusable buffer *name*, at least *size* bytes (objects larger than a
+        chunk get a fresh one): sealing into a reused buffer spares a 4 MiB allocation and its
+        page faults per chunk, which measured a quarter of the cost of encrypting."""
+        if size > _SCRATCH_MAX:
+            return memoryview(bytearray(size))
+        buf = getattr(self._local, name, None)
+        if buf is None:
+            buf = bytearray(_SCRATCH_MAX)
+            setattr(self._local, name, buf)
+        return memoryview(buf)[:size]
 
-    def open(self, header: bytes | memoryview, oid: str, body: memoryview, what: str) -> bytes:
-        """The plaintext of a sealed object body (nonce, ciphertext, tag)."""
+    def seal(self, header: bytes, oid: str, data: bytes | memoryview) -> tuple[bytes, memoryview]:
+        """``(nonce, ciphertext + tag)`` of *data* stored under *oid* with *header*. The
+        ciphertext is in this thread's buffer: write it out before sealing the next object."""
+        nonce = os.urandom(NONCE_SIZE)
+        out = self._scratch("seal_buf", len(data) + TAG_SIZE)
+        self._aead().encrypt_into(nonce, data, header + bytes.fromhex(oid), out)
+        return nonce, out
+
+    def open(self, header: bytes | memoryview, oid: str, body: memoryview, what: str,
+             *, transient: bool = False) -> memoryview:
+        """The plaintext of a sealed object body (nonce, ciphertext, tag). With *transient*, it
+        is in this thread's buffer, valid until the thread opens the next object."""
         if len(body) < SEAL_OVERHEAD:
             raise IntegrityError(f"{what} is truncated: a sealed payload needs "
                                  f"{SEAL_OVERHEAD} bytes, it has {len(body)}")
         nonce = bytes(body[:NONCE_SIZE])
+        size = len(body) - SEAL_OVERHEAD
+        out = (self._scratch("open_buf", size) if transient
+               else memoryview(bytearray(size)))
         try:
-            return self._aead().decrypt(nonce, body[NONCE_SIZE:], bytes(header) +
-                                        bytes.fromhex(oid))
+            self._aead().decrypt_into(nonce, body[NONCE_SIZE:],
+                                      bytes(header) + bytes.fromhex(oid), out)
         except InvalidTag:
             raise IntegrityError(
                 f"{what} fails authentication: its bytes were altered, or it is another "
                 f"object's content stored under its id {oid}"
             ) from None
+        return out
 
 
 def candidates_from(keys: Iterable[tuple[bytes, str]]) -> list[Candidate]:

@@ -127,6 +127,8 @@ class ObjectDB:
         cipher = self.cipher
         path = self.path(kind, oid)
         if cipher is not None:
+            if self._local and os.path.exists(path):
+                return False  # before sealing: encrypting costs as much as hashing
             header = codec.encode_header(kind, len(raw), codec.FLAG_SEALED)
             nonce, sealed = cipher.seal(header, oid, raw)
             if self._local:
@@ -284,14 +286,20 @@ class ObjectDB:
         except FileNotFoundError:
             raise NotFoundError(f"{what} is missing from the store {self.location.url}") from None
 
-    def get(self, kind: Kind, oid: str, what: str | None = None) -> memoryview:
-        """Return the raw payload of an object after checking its header and its id."""
+    def get(
+        self, kind: Kind, oid: str, what: str | None = None, *, transient: bool = False
+    ) -> memoryview:
+        """Return the raw payload of an object after checking its header and its id.
+
+        *transient* lets an encrypted store decrypt into a buffer of the calling thread that the
+        thread's next ``get`` reuses: for callers that are done with the bytes before then."""
         what = what or f"{kind.name.lower()} {oid[:12]}"
         cipher = self.cipher
         blob = self.read_blob(self.path(kind, oid), what)
         if cipher is not None:
             body = codec.decode(blob, kind, what, sealed=True)
-            plain = memoryview(cipher.open(memoryview(blob)[: codec.HEADER_SIZE], oid, body, what))
+            plain = cipher.open(memoryview(blob)[: codec.HEADER_SIZE], oid, body, what,
+                                transient=transient)
             # Authentication already binds the id; the hash also catches a writer's bug.
             if cipher.object_id(plain) != oid:
                 raise IntegrityError(f"{what} is corrupt: its content does not match its id {oid}")
