@@ -8,10 +8,11 @@ stores it into a fresh plain store and a fresh encrypted store (the order altern
 rounds), then pulls it back from each; every measurement runs in a fresh process, after ``sync``,
 with the source in the page cache. The encrypted/plain ratio is taken per round (the two runs
 next to each other saw the same state of a shared machine) and its median is the figure quoted
-against the target (under 1.3x for storing a new version). A ``cp`` of the model per round is
-printed for scale. The load average is printed before and after, since other work on the machine
-moves every figure. Nothing is written outside ``--workdir`` (deleted at the end unless
-``--keep``).
+against the target (under 1.3x for storing a new version). The CPU time of each run (all threads,
+user and system) is printed beside it: it moves far less with other work on the machine than the
+wall time does. A ``cp`` of the model per round is printed for scale, and the load average
+before, after and between rounds, since other work on the machine moves every figure. Nothing is
+written outside ``--workdir`` (deleted at the end unless ``--keep``).
 """
 
 from __future__ import annotations
@@ -41,15 +42,16 @@ store = Store.open(spec["store"], options)
 if spec["op"] == "store":
     store.ensure_initialized()
     store.db.cipher  # the key object is read before the clock starts, as a long-lived process has
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     files, _stats = store.ingest(scan_local(spec["src"]))
     sid = store.save_snapshot(Snapshot(name="bench", files=files, created=utc_now()))
 else:
     snap = store.load_snapshot(spec["sid"])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     store.materialize(snap, spec["dest"])
     sid = spec["sid"]
-print("BENCH-RESULT", json.dumps({"seconds": time.perf_counter() - start, "sid": sid}))
+print("BENCH-RESULT", json.dumps({"seconds": time.perf_counter() - start,
+                                  "cpu": time.process_time() - cpu, "sid": sid}))
 """
 
 
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {size / 2**30:.2f} GiB, {args.rounds} rounds; load average {_load()} "
           f"(1, 5, 15 min) on {os.cpu_count()} cores", flush=True)
     samples: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
     cps: list[float] = []
     try:
         for r in range(args.rounds):
@@ -134,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                         sids[name] = str(res["sid"])
                     seconds = float(res["seconds"])
                     samples.setdefault((name, op), []).append(seconds)
+                    cpu.setdefault((name, op), []).append(float(res["cpu"]))
                     print(f"round {r} {op:5} {name:9}: {seconds:6.2f} s "
-                          f"({size / seconds / 2**30:.2f} GiB/s)", flush=True)
+                          f"({size / seconds / 2**30:.2f} GiB/s), CPU {res['cpu']:.2f} s",
+                          flush=True)
             print(f"round {r} cp             : {cps[-1]:6.2f} s; load average {_load()}",
                   flush=True)
     finally:
@@ -155,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{op:5}: plain median {statistics.median(plain):.2f} s, encrypted median "
               f"{statistics.median(enc):.2f} s, paired median ratio {ratio:.2f}x "
               f"(pairs {', '.join(f'{x:.2f}' for x in ratios)}){verdict}")
+        pc, ec = cpu[("plain", op)], cpu[("encrypted", op)]
+        print(f"{'':5}  CPU (user + system, all threads): plain median {statistics.median(pc):.2f}"
+              f" s, encrypted median {statistics.median(ec):.2f} s, paired median ratio "
+              f"{statistics.median(e / p for e, p in zip(ec, pc, strict=True)):.2f}x")
     print(f"load average at the end: {_load()}")
     return 1 if failed else 0
 

@@ -15,8 +15,9 @@ Sealed object layout (docs/format.md §13) and what each piece defends against:
 * the 16-byte object header, with the *sealed* codec flag, and the object's 32-byte id are the
   associated data, so bytes moved to another name (a swapped chunk, an older snapshot copied over
   a newer one) or a header edited to claim another kind or length fail authentication;
-* a fresh random 96-bit nonce per object: objects are written once, and with at most billions of
-  objects per data key the collision odds of random nonces stay negligible (NIST SP 800-38D).
+* a fresh random 96-bit nonce per object: objects are written once, and NIST SP 800-38D allows
+  2^32 random-nonce encryptions per key, which at chunk sizes of 256 KiB to 4 MiB is petabytes of
+  distinct chunks per store.
 
 This module holds key material; nothing here formats a key into an error or a log line.
 """
