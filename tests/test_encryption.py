@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pytest
 from blake3 import blake3
@@ -472,3 +473,40 @@ def test_mlflow_reads_an_encrypted_version(tmp_path: Path, mlflow_sqlite_uri: st
     keep.register(name, src)
     out = mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / "o"))
     assert tree_digest(Path(out)) == tree_digest(src)
+    # The modelkeep:// filesystem reads through the same key sources.
+    v = keep.get(f"{name}@1")
+    with fsspec.open(f"{v.uri}/config.json", "rb") as f:
+        assert f.read() == (src / "config.json").read_bytes()
+    # The store alone rebuilds the registry: snapshots are read back through the key.
+    report = keep.rebuild_registry(dry_run=True)
+    assert not report.skipped and name in report.models
+
+
+def test_pointer_files_on_an_encrypted_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             mlflow_sqlite_uri: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.gitrepos import commit, init_git
+
+    root = init_git(tmp_path / "repo")
+    monkeypatch.chdir(root)
+    for var in ("MODELKEEP_STORE", "MODELKEEP_REGISTRY", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(var, raising=False)
+    key = key_file(tmp_path)
+    assert main(["init", "--registry", mlflow_sqlite_uri, "--encrypt", "--key-file",
+                 str(key)]) == 0
+    (root / ".gitignore").write_text("/.modelkeep\n")
+    target = write_model(root / "models" / "llm", tensors(seed=1, n=3))
+    v1 = (target / "model.safetensors").read_bytes()
+    name = unique_name()
+    assert main(["-q", "track", name, "models/llm"]) == 0
+    commit(root, "model v1")
+    capsys.readouterr()
+    assert main(["--json", "status"]) == 0
+    [state] = json.loads(capsys.readouterr().out)
+    assert state["status"] == "ok" and state["unchanged"] == 5  # keyed digests match
+    write_model(target, tensors(seed=2, n=3))
+    assert main(["--json", "status"]) == 1
+    [state] = json.loads(capsys.readouterr().out)
+    assert "model.safetensors" in state["modified"]
+    assert main(["-q", "checkout", "--force"]) == 0
+    assert (target / "model.safetensors").read_bytes() == v1
