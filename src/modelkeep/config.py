@@ -33,7 +33,8 @@ first, then taken as a URL or path (write ``./team`` for a folder that shares a 
 
 Environment: ``MODELKEEP_CONFIG`` (the file), ``MODELKEEP_STORE`` (a store name or URL),
 ``MODELKEEP_STORE_OPTIONS`` (a JSON object merged over the options of the store in use),
-``MODELKEEP_REGISTRY``; ``MODELKEEP_PLUGINS`` is read by :mod:`modelkeep.hooks`. Credentials
+``MODELKEEP_REGISTRY``; ``MODELKEEP_PLUGINS`` is read by :mod:`modelkeep.hooks`, and
+``MODELKEEP_KEY`` (an encrypted store's key) by :mod:`modelkeep.store.store`. Credentials
 belong in the environment the backend already reads (``AWS_*``, ``AZURE_STORAGE_*``) or a plugin
 that provides storage options, not in a committed file; :func:`redact` hides them when settings are
 shown.
