@@ -19,7 +19,7 @@ from blake3 import blake3
 import modelkeep
 from modelkeep.cli.main import main
 from modelkeep.errors import ConfigError, IntegrityError, StoreError, StoreKeyError
-from modelkeep.store import Kind, Store
+from modelkeep.store import Kind, Store, scan_local
 from modelkeep.store.crypto import format_key, kek_id, new_key, parse_key
 from tests.backends import Backend, local_backend, unique_name
 from tests.helpers import change_fraction, tensors, tree_digest, write_model
@@ -390,6 +390,20 @@ def test_interrupted_rotation_is_finished_by_running_it_again(tmp_path: Path) ->
         Store.open(url, keys=lambda: [(old, "old")]).key_status()
 
 
+def test_interrupted_init_is_finished_by_running_it_again(tmp_path: Path) -> None:
+    url = str(tmp_path / "store")
+    kek = new_key()
+    first = Store.open(url).init_encrypted(kek)
+    # A crash after the key object was written, before the descriptor.
+    (Path(url) / "modelkeep-store.json").unlink()
+    again = Store.open(url).init_encrypted(kek)
+    assert again.store_id == first.store_id and again.key_ids == (kek_id(kek),)
+    store = Store.open(url, keys=lambda: [(kek, "k")])
+    [entry], _stats = store.ingest(scan_local(write_model(tmp_path / "m", tensors(n=2),
+                                                          extra=False)))
+    assert store.db.get(Kind.CHUNK, entry.chunks[0][0]).nbytes == entry.chunks[0][1]
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 
@@ -439,6 +453,10 @@ def test_cli_init_encrypt_status_rotate(tmp_path: Path, monkeypatch: pytest.Monk
     # The settings still name the old key: refused, clearly, until they name the new one.
     assert main(["pull", name, str(tmp_path / "out")]) == 5
     assert "wrong key for store" in capsys.readouterr().err
+    assert main(["--json", "key", "status"]) == 5  # says why, and which key ids would open it
+    stale = json.loads(capsys.readouterr().out)
+    assert stale["key_id"] is None and stale["key_ids"] == [rotated["key_id"]]
+    assert stale["key_error"].startswith("wrong key for store")
     monkeypatch.setenv("MODELKEEP_KEY", new.read_text().strip())
     assert main(["pull", name, str(tmp_path / "out")]) == 0
     assert tree_digest(tmp_path / "out") == tree_digest(src)

@@ -66,19 +66,26 @@ def print_status(st: State, status: KeyStatus, verb: str | None = None) -> None:
             c.print("encrypted: no", highlight=False)
             return
         c.print(f"encrypted: yes ({status.scheme})", highlight=False)
-        c.print(f"key id:    {status.key_id}  [{status.key_source or 'given'}]",
-                highlight=False, markup=False)
-        if len(status.key_ids) > 1:
-            c.print(f"key ids:   {', '.join(status.key_ids)}", highlight=False)
+        if status.key_id is not None:
+            c.print(f"key id:    {status.key_id}  [{status.key_source or 'given'}]",
+                    highlight=False, markup=False)
+        else:
+            c.print(f"key:       not opened: {status.key_error}", highlight=False, markup=False)
+        if len(status.key_ids) > 1 or status.key_id is None:
+            c.print(f"key ids:   {', '.join(status.key_ids) or '(none)'}", highlight=False)
 
     st.out.emit(status.to_json(), human)
 
 
 @key_app.command()
 def status(ctx: typer.Context) -> None:
-    """Say whether the store is encrypted and which key id opens it (never the key)."""
+    """Say whether the store is encrypted and which key id opens it (never the key). Exits 5
+    when the store is encrypted and no key offered opens it."""
     st = _state(ctx)
-    print_status(st, open_store(st).key_status())
+    result = open_store(st).key_status()
+    print_status(st, result)
+    if result.encrypted and result.key_id is None:
+        raise typer.Exit(5)
 
 
 @key_app.command()

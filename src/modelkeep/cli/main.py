@@ -113,8 +113,8 @@ def init(
     if key_file is not None and not encrypt:
         raise InvalidInputError("--key-file is only used with --encrypt",
                                 hint="add --encrypt to create an encrypted store")
-    existing = find_config()
-    if encrypt and existing is not None:
+    existing = find_config() if encrypt else None
+    if existing is not None:
         # A new encrypted store for an existing project: its settings are left as they are.
         path = existing
     else:
@@ -147,9 +147,14 @@ def init(
             "encrypted": encrypted, "key_id": key_id}
 
     def human() -> None:
-        text = f"wrote {path}\nstore:    {the_store.url}\nregistry: {config.registry}"
+        verb = "settings" if path == existing else "wrote"
+        text = f"{verb} {path}\nstore:    {the_store.url}\nregistry: {config.registry}"
         if encrypted:
             text += f"\nencrypted, key id {key_id}"
+            if path == existing and key_file is not None:
+                text += (f"\nthe settings were left as they are: add key_file = "
+                         f"\"{key_file.expanduser().resolve()}\" to the store's options, or "
+                         "set MODELKEEP_KEY")
         st.out.console.print(text, highlight=False, markup=False)
 
     st.out.emit(data, human)

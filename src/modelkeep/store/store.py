@@ -63,7 +63,6 @@ Progress = Callable[[int], None]
 # Keys offered for a store by something above the store layer: (32-byte key, where it came from).
 KeySource = Callable[[], Iterable[tuple[bytes, str]]]
 KEY_ENV = "MODELKEEP_KEY"
-KEY_OPTIONS = ("key_file",)  # store options that are modelkeep's, not the filesystem's
 _STORE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -79,11 +78,13 @@ class KeyStatus:
     key_id: str | None = None  # the id of the key this process opened it with
     key_source: str | None = None
     key_ids: tuple[str, ...] = ()  # every key the store has a key object for
+    key_error: str | None = None  # why no offered key opens it (no key, wrong key)
 
     def to_json(self) -> dict[str, object]:
         return {"store": self.url, "exists": self.exists, "encrypted": self.encrypted,
                 "scheme": self.scheme, "store_id": self.store_id, "key_id": self.key_id,
-                "key_source": self.key_source, "key_ids": list(self.key_ids)}
+                "key_source": self.key_source, "key_ids": list(self.key_ids),
+                "key_error": self.key_error}
 
 
 @dataclass(frozen=True)
@@ -360,9 +361,12 @@ class Store:
         if self.location.is_local:
             os.makedirs(self.location.root, exist_ok=True)
         store_id = secrets.token_hex(16)
-        dek, id_key = new_key(), new_key()
-        self.db.put_raw_once(wrap_path(self.db.root, kek_id(kek)),
-                             wrap_keys(kek, store_id, dek, id_key, utc_now()))
+        path = wrap_path(self.db.root, kek_id(kek))
+        if not self.db.put_raw_once(path, wrap_keys(kek, store_id, new_key(), new_key(),
+                                                    utc_now())):
+            # A key object for this key without a descriptor: an init that crashed (or runs
+            # now) made it. Adopt its store id, so the descriptor matches the key object.
+            store_id = self._orphan_store_id(path, kek)
         blob = json.dumps(
             {"format": STORE_FORMAT, "type": "modelkeep.store", "hash": "blake3",
              "created": utc_now(),
@@ -377,14 +381,32 @@ class Store:
         self._descriptor_ok = True
         return self.key_status()
 
+    def _orphan_store_id(self, path: str, kek: bytes) -> str:
+        from modelkeep.store.crypto import unwrap_keys
+
+        what = f"key object {path.rsplit('/', 2)[-2]}/{path.rsplit('/', 1)[-1]} of store {self.url}"
+        blob = bytes(self.db.read_blob(path, what))
+        try:
+            store_id = str(json.loads(blob)["store_id"])
+        except (ValueError, KeyError, TypeError):
+            store_id = ""
+        if not _STORE_ID.match(store_id):
+            raise IntegrityError(f"{what} is malformed", hint="remove it and init again")
+        unwrap_keys(blob, kek, store_id, what)  # it must be this key's, and intact
+        return store_id
+
     def key_status(self) -> KeyStatus:
-        """Whether the store is encrypted and which key ids open it; opens it with the offered
-        key when it is encrypted (so a wrong key is reported here too)."""
+        """Whether the store is encrypted, which key ids open it, and whether an offered key
+        does (``key_id``; else ``key_error`` says why). Needs no key."""
         desc = self._descriptor()
         enc = self._encryption(desc, self.url)
         if enc is None:
             return KeyStatus(self.url, desc is not None, False)
-        cipher = self.db.cipher
+        try:
+            cipher = self.db.cipher
+        except StoreKeyError as exc:
+            return KeyStatus(self.url, True, True, enc["scheme"], enc["store_id"],
+                             key_ids=self._key_ids(), key_error=exc.message)
         assert cipher is not None
         return KeyStatus(self.url, True, True, enc["scheme"], enc["store_id"], cipher.kek_id,
                          self._key_source, self._key_ids())
