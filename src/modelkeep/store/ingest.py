@@ -165,7 +165,7 @@ class Ingestor:
         self._seen: set[str] = set()
         self._seen_lock = threading.Lock()
 
-    def _store_chunk(self, data: memoryview) -> _Stored:
+    def _store_chunk(self, data: memoryview, buf: bytearray) -> _Stored:
         cid = self.db.object_id(data)
         with self._seen_lock:
             if cid in self._seen:
@@ -182,7 +182,8 @@ class Ingestor:
         ):
             created = False
         else:
-            created = self.db.put(Kind.CHUNK, cid, data)
+            # The buffer goes back to the pool once this returns: it may be sealed in place.
+            created = self.db.put(Kind.CHUNK, cid, data, workspace=buf)
         if self.known is not None:
             self.known.add(cid)
         return cid, len(data), created
@@ -213,7 +214,7 @@ class Ingestor:
                         for buf, data in chunks:
                             if failed:  # stop reading as soon as a write has failed
                                 raise failed[0]
-                            fut = pool.submit(self._store_chunk, data)
+                            fut = pool.submit(self._store_chunk, data, buf)
                             fut.add_done_callback(release(buf))
                             futures.append(fut)
                             if progress is not None:

@@ -122,15 +122,24 @@ class ObjectDB:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def put(self, kind: Kind, oid: str, raw: bytes | memoryview) -> bool:
-        """Store *raw* under *oid* unless present. Returns True if this call created it."""
+    def put(
+        self, kind: Kind, oid: str, raw: bytes | memoryview, *,
+        workspace: bytearray | None = None,
+    ) -> bool:
+        """Store *raw* under *oid* unless present. Returns True if this call created it.
+
+        *workspace* is the buffer *raw* starts at, given by a caller that no longer needs its
+        bytes: an encrypted store may seal the object in it, in place."""
         cipher = self.cipher
         path = self.path(kind, oid)
         if cipher is not None:
             if self._local and os.path.exists(path):
                 return False  # before sealing: encrypting costs as much as hashing
             header = codec.encode_header(kind, len(raw), codec.FLAG_SEALED)
-            nonce, sealed = cipher.seal(header, oid, raw)
+            if workspace is not None and (not isinstance(raw, memoryview)
+                                          or raw.obj is not workspace):
+                workspace = None  # only a view of the workspace itself may be sealed in it
+            nonce, sealed = cipher.seal(header, oid, raw, workspace)
             if self._local:
                 return self._put_local(path, header + nonce, sealed)
             return self._create_remote(path, b"".join((header, nonce, sealed)))
