@@ -128,17 +128,18 @@ class ObjectDB:
     ) -> bool:
         """Store *raw* under *oid* unless present. Returns True if this call created it.
 
-        *workspace* is the buffer *raw* starts at, given by a caller that no longer needs its
-        bytes: an encrypted store may seal the object in it, in place."""
+        *workspace* is the buffer *raw* is the start of (``memoryview(workspace)[:n]``), given
+        by a caller that no longer needs its bytes: an encrypted store may seal the object in
+        it, in place."""
         cipher = self.cipher
         path = self.path(kind, oid)
         if cipher is not None:
             if self._local and os.path.exists(path):
-                return False  # before sealing: encrypting costs as much as hashing
+                return False  # checked before sealing, which would be wasted work
             header = codec.encode_header(kind, len(raw), codec.FLAG_SEALED)
             if workspace is not None and (not isinstance(raw, memoryview)
                                           or raw.obj is not workspace):
-                workspace = None  # only a view of the workspace itself may be sealed in it
+                workspace = None  # not a view of it: seal into a buffer of our own
             nonce, sealed = cipher.seal(header, oid, raw, workspace)
             if self._local:
                 return self._put_local(path, header + nonce, sealed)
