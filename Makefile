@@ -8,7 +8,7 @@ NODE_STAMP := node_modules/.installed
 TORCH_VERSION ?= 2.13.0
 
 .DEFAULT_GOAL := test
-.PHONY: .venv node_modules chromium test lint demo bench bench-callbacks clean
+.PHONY: .venv node_modules chromium test lint demo bench bench-callbacks bench-encryption clean
 
 # `make .venv` / `make node_modules`: set up once; re-runs are no-ops until the inputs change.
 .venv: $(VENV_STAMP)
@@ -61,6 +61,10 @@ bench: .venv
 # Training-step overhead of the framework callbacks (bench/RESULTS-callbacks.md).
 bench-callbacks: .venv
 	$(VPY) bench/callbacks.py
+
+# Encrypted against plain store, new 1 GiB version and pull (bench/RESULTS-encryption.md).
+bench-encryption: .venv
+	$(VPY) bench/encryption.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache build dist

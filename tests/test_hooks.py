@@ -138,23 +138,30 @@ def test_hook_storage_options(pm: PluginManager, mlflow_sqlite_uri: str, moto_s3
     assert keep.get(v.ref).size == v.size
 
 
-def test_hook_provide_keys(pm: PluginManager, open_keep, model: Path) -> None:
-    # A spec only for now: encryption will ask it. Plugins can already implement it.
-    assert specs.modelkeep_provide_keys.modelkeep_spec["firstresult"] is True
-    asked: list[str] = []
+def test_hook_provide_keys(pm: PluginManager, open_keep, tmp_path: Path, model: Path) -> None:
+    from modelkeep.store import Store
+    from modelkeep.store.crypto import new_key
 
-    class Keys:
+    assert specs.modelkeep_provide_keys.modelkeep_spec["firstresult"] is True
+    kek = new_key()
+    url = str(tmp_path / "encrypted")
+    Store.open(url).init_encrypted(kek)
+    asked: list[tuple[str, str | None]] = []
+
+    class Vault:
         @hookimpl
         def modelkeep_provide_keys(self, url: str, store_name: str | None) -> dict[str, bytes]:
-            asked.append(url)
-            return {"k1": bytes(32)}
+            asked.append((url, store_name))
+            return {"unrelated": new_key(), "vault-2026": kek}
 
-    pm.register(Keys())
-    keep = open_keep()
-    keep.register(unique_name(), model)
-    assert asked == []  # not called by register or open yet
-    assert pm.hook.modelkeep_provide_keys(url=keep.store.url, store_name=None) == {
-        "k1": bytes(32)}
+    pm.register(Vault())
+    keep = open_keep(store=url)
+    v = keep.register(unique_name(), model)
+    assert keep.verify(v.ref).ok
+    assert asked == [(url, None)]  # once, when the store turned out to be encrypted
+    assert keep.store.key_status().key_source == "key provider key 'vault-2026'"
+    open_keep().register(unique_name(), model)  # a plain store never asks
+    assert len(asked) == 1
 
 
 # -- registering ----------------------------------------------------------------------------------

@@ -197,11 +197,7 @@ def open(
 
     config = config or load_config()
     pm = plugins if plugins is not None else get_plugin_manager()
-    choice = config.resolve_store(store)
-    options = _merge_options(choice.options, store_options or {})
-    location = parse_location(choice.url)
-    options = _plugin_options(pm, location.protocol, choice.url, choice.name, options)
-    the_store = Store.open(choice.url, options)
+    the_store, options = _open_store(config, pm, store, store_options)
     if isinstance(registry, str) or registry is None:
         uri = registry or config.registry
         the_registry: Registry | None = pm.hook.modelkeep_registry(uri=uri)
@@ -213,6 +209,31 @@ def open(
         the_registry = registry
     return Keep(the_store, the_registry, store_options=options, plugins=pm,
                 named_stores=config.stores.values(), config=config)
+
+
+def open_store(
+    store: str | None = None,
+    *,
+    store_options: Mapping[str, Any] | None = None,
+    config: Config | None = None,
+    plugins: PluginManager | None = None,
+) -> Store:
+    """The store :func:`open` would use, without a registry (for store maintenance such as key
+    rotation): the same settings, plugin storage options and key sources."""
+    from modelkeep.hooks.manager import get_plugin_manager
+
+    pm = plugins if plugins is not None else get_plugin_manager()
+    return _open_store(config or load_config(), pm, store, store_options)[0]
+
+
+def _open_store(
+    config: Config, pm: PluginManager, store: str | None, store_options: Mapping[str, Any] | None
+) -> tuple[Store, dict[str, Any]]:
+    choice = config.resolve_store(store)
+    options = _merge_options(choice.options, store_options or {})
+    location = parse_location(choice.url)
+    options = _plugin_options(pm, location.protocol, choice.url, choice.name, options)
+    return Store.open(choice.url, options, keys=hook_keys(pm, choice.url, choice.name)), options
 
 
 def _merge_options(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,7 +275,26 @@ def open_locator(
     else:
         url, name = location_from_locator(locator).url, None
         explicit = default_options if protocol == default_protocol else {}
-    return Store.from_locator(locator, _plugin_options(plugins, protocol, url, name, explicit))
+    return Store.from_locator(locator, _plugin_options(plugins, protocol, url, name, explicit),
+                              keys=hook_keys(plugins, url, name))
+
+
+def hook_keys(
+    pm: PluginManager, url: str, name: str | None
+) -> Callable[[], list[tuple[bytes, str]]]:
+    """The keys ``modelkeep_provide_keys`` offers for a store, asked only when the store turns
+    out to be encrypted (a KMS call costs time, and plain stores never need it)."""
+
+    def ask() -> list[tuple[bytes, str]]:
+        answer = pm.hook.modelkeep_provide_keys(url=url, store_name=name)
+        if not answer:
+            return []
+        if not isinstance(answer, Mapping):
+            raise PluginError("a modelkeep_provide_keys plugin returned something other than "
+                              "a mapping of key id to key", hint="return {key_id: key_bytes}")
+        return [(key, f"key provider key {str(kid)[:64]!r}") for kid, key in answer.items()]
+
+    return ask
 
 
 def _named_store(named_stores: Iterable[StoreConfig], locator: str) -> StoreConfig | None:
@@ -495,7 +535,7 @@ class Keep:
         for alias in aliases:
             self._check_alias(name, alias, None, snapshot.tags, registering=True)
 
-        sid = snapshot.id
+        sid = self.store.snapshot_id(snapshot)
         registry_tags = {
             **snapshot.tags,
             TAG_PREFIX + "snapshot": sid,
@@ -753,7 +793,7 @@ class Keep:
             TAG_PREFIX + "files": str(len(snapshot.files)),
             TAG_PREFIX + "parents": f"{src_rv.name}@{src_rv.version}",
         }
-        registry_tags[TAG_PREFIX + "snapshot"] = snapshot.id
+        registry_tags[TAG_PREFIX + "snapshot"] = store.snapshot_id(snapshot)
         self.hook.modelkeep_before_register(
             name=to_name, snapshot=snapshot, tags=registry_tags, keep=self)
         sid = store.save_snapshot(snapshot, since=mark)

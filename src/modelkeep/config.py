@@ -33,7 +33,8 @@ first, then taken as a URL or path (write ``./team`` for a folder that shares a 
 
 Environment: ``MODELKEEP_CONFIG`` (the file), ``MODELKEEP_STORE`` (a store name or URL),
 ``MODELKEEP_STORE_OPTIONS`` (a JSON object merged over the options of the store in use),
-``MODELKEEP_REGISTRY``; ``MODELKEEP_PLUGINS`` is read by :mod:`modelkeep.hooks`. Credentials
+``MODELKEEP_REGISTRY``; ``MODELKEEP_PLUGINS`` is read by :mod:`modelkeep.hooks`, and
+``MODELKEEP_KEY`` (an encrypted store's key) by :mod:`modelkeep.store.store`. Credentials
 belong in the environment the backend already reads (``AWS_*``, ``AZURE_STORAGE_*``) or a plugin
 that provides storage options, not in a committed file; :func:`redact` hides them when settings are
 shown.
@@ -283,14 +284,19 @@ def load_config(start: Path | None = None) -> Config:
     )
 
 
-def write_config(folder: Path, *, store: str | None, registry: str | None) -> Path:
-    """Write a new ``modelkeep.toml`` in *folder* (refuses to overwrite one)."""
+def write_config(
+    folder: Path, *, store: str | None, registry: str | None, key_file: str | None = None
+) -> Path:
+    """Write a new ``modelkeep.toml`` in *folder* (refuses to overwrite one). *key_file* is
+    recorded in ``[store_options]`` (a path, never a key)."""
     path = folder / CONFIG_NAME
     if path.exists():
         raise ConfigError(f"{path} already exists", hint="edit it, or remove it first")
     lines = ["# modelkeep settings; see `modelkeep --help`", ""]
     lines.append(f"store = {json.dumps(store or DEFAULT_STORE)}")
     lines.append(f"registry = {json.dumps(registry or 'sqlite:///mlflow.db')}")
+    if key_file is not None:
+        lines += ["", "[store_options]", f"key_file = {json.dumps(key_file)}"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

@@ -83,6 +83,15 @@ class CredentialsError(StoreError, PermissionError):
     )
 
 
+class StoreKeyError(StoreError, PermissionError):
+    """An encrypted store was opened without its key, or with a wrong one."""
+
+    default_hint = (
+        "give the store's key in MODELKEEP_KEY, as key_file in the store's options in "
+        "modelkeep.toml, or through a key-provider plugin"
+    )
+
+
 class RegistryError(ModelkeepError):
     """The model registry refused or failed an operation."""
 
@@ -186,6 +195,7 @@ __all__ = [
     "RegistryPermissionError",
     "SourceError",
     "StoreError",
+    "StoreKeyError",
     "StoreUnreachableError",
     "UnsafePathError",
     "VetoError",

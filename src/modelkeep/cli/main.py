@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 
 from modelkeep.aliases import AliasEvent
-from modelkeep.cli import registry_cmds, store_cmds
+from modelkeep.cli import key_cmds, registry_cmds, store_cmds
 from modelkeep.cli._errors import report
 from modelkeep.cli._output import Output, human_bytes
 from modelkeep.errors import InvalidInputError
@@ -98,23 +98,66 @@ def init(
     store: Annotated[str | None, typer.Option("--store", help="Store URL to record.")] = None,
     registry: Annotated[str | None, typer.Option("--registry", help="Registry URI to record.")]
     = None,
+    encrypt: Annotated[bool, typer.Option("--encrypt", help="Create an encrypted store; the key "
+                                          "comes from --key-file, MODELKEEP_KEY, the store's "
+                                          "key_file or a key plugin.")] = False,
+    key_file: Annotated[Path | None, typer.Option("--key-file", help="With --encrypt: file "
+                                                  "holding the key; recorded as the store's "
+                                                  "key_file.")] = None,
 ) -> None:
-    """Write modelkeep.toml in the current folder and create the store."""
-    from modelkeep.config import load_config, write_config
-    from modelkeep.store import Store
+    """Write modelkeep.toml in the current folder (unless there is one) and create the store."""
+    from modelkeep.api import open_store
+    from modelkeep.config import find_config, load_config, write_config
 
     st = _state(ctx)
-    path = write_config(Path.cwd(), store=store or st.store, registry=registry or st.registry)
+    if key_file is not None and not encrypt:
+        raise InvalidInputError("--key-file is only used with --encrypt",
+                                hint="add --encrypt to create an encrypted store")
+    existing = find_config() if encrypt else None
+    if existing is not None:
+        # A new encrypted store for an existing project: its settings are left as they are.
+        path = existing
+    else:
+        path = write_config(Path.cwd(), store=store or st.store, registry=registry or st.registry,
+                            key_file=str(key_file.expanduser().resolve()) if key_file else None)
     config = load_config()
-    the_store = Store.open(config.store, config.store_options)
-    the_store.ensure_initialized()
-    st.out.emit(
-        {"config": str(path), "store": the_store.url, "registry": config.registry},
-        lambda: st.out.console.print(
-            f"wrote {path}\nstore:    {the_store.url}\nregistry: {config.registry}",
-            highlight=False,
-        ),
-    )
+    the_store = open_store(store or st.store, config=config, plugins=st.plugins)
+    encrypted = False
+    if encrypt:
+        from modelkeep.cli.key_cmds import read_key_file
+
+        if key_file is not None:
+            kek = read_key_file(key_file, "key file")
+        else:
+            offered = the_store.key_candidates()
+            if not offered:
+                raise InvalidInputError(
+                    "init --encrypt needs a key",
+                    hint="create one with `modelkeep key generate FILE` and pass --key-file "
+                    "FILE, or set MODELKEEP_KEY",
+                )
+            kek = offered[0].key
+        status = the_store.init_encrypted(kek)
+        encrypted = True
+        key_id: str | None = status.key_id
+    else:
+        the_store.ensure_initialized()
+        key_id = None
+    data = {"config": str(path), "store": the_store.url, "registry": config.registry,
+            "encrypted": encrypted, "key_id": key_id}
+
+    def human() -> None:
+        verb = "settings" if path == existing else "wrote"
+        text = f"{verb} {path}\nstore:    {the_store.url}\nregistry: {config.registry}"
+        if encrypted:
+            text += f"\nencrypted, key id {key_id}"
+            if path == existing and key_file is not None:
+                text += (f"\nthe settings were left as they are: add key_file = "
+                         f"\"{key_file.expanduser().resolve()}\" to the store's options, or "
+                         "set MODELKEEP_KEY")
+        st.out.console.print(text, highlight=False, markup=False)
+
+    st.out.emit(data, human)
 
 
 # -- register -----------------------------------------------------------------------------------
@@ -514,6 +557,7 @@ from modelkeep.cli.gitdvc_cmds import add_commands as _add_gitdvc  # noqa: E402
 _add_gitdvc(app)
 registry_cmds.add_to(app)
 store_cmds.add_to(app)
+key_cmds.add_to(app)
 
 
 def _command(plugins: PluginManager) -> Any:

@@ -96,15 +96,18 @@ def modelkeep_storage_options(
 
 @hookspec(firstresult=True)
 def modelkeep_provide_keys(url: str, store_name: str | None) -> Mapping[str, bytes] | None:
-    """Provide the encryption keys of a store.
+    """Provide the key-encryption keys of an encrypted store (docs/encryption.md).
 
-    Not called yet: this is the extension point for encrypted stores (keyed chunk ids and sealed
-    chunks), reserved so that key providers (a KMS, a vault, a keyring) can be written against a
-    fixed signature. The first implementation that returns keys wins.
+    Called once per opened store, the first time the store is found to be encrypted (never for
+    a plain store), after ``MODELKEEP_KEY`` and the store's ``key_file``: every key offered is
+    tried, and the one the store has a key object for opens it. The first implementation that
+    returns keys wins. Offer both keys during a rotation; offer none to pass. The key ids are
+    your own names, shown in messages; modelkeep identifies a key by its own key id, derived from
+    the key. Never log the key bytes.
 
     :param url: The store's URL.
     :param store_name: The name of the store in ``[stores.NAME]``, or None.
-    :returns: Key id to 32-byte key; or None to pass.
+    :returns: Your key id to 32-byte key; or None to pass.
 
     Example::
 

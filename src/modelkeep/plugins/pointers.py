@@ -208,11 +208,14 @@ def pointers_at(start: Path, rev: str) -> list[Pointer]:
 # -- comparing the workspace with a pointer --------------------------------------------------------
 
 
-def chunk_list(path: Path, relpath: str) -> list[tuple[str, int]]:
-    """The chunks a store would cut *path* into, hashed, without storing anything."""
+def chunk_list(path: Path, relpath: str, store: Store | None = None) -> list[tuple[str, int]]:
+    """The chunks a store would cut *path* into, hashed (with *store*'s ids: an encrypted store's
+    are keyed), without storing anything."""
     from modelkeep.store.buffers import BufferPool
     from modelkeep.store.chunking import cdc_chunks, plan_safetensors, read_cuts
     from modelkeep.store.hashing import content_id
+
+    id_of = store.db.object_id if store is not None else content_id
 
     pool = BufferPool(2)
     out = []
@@ -221,7 +224,7 @@ def chunk_list(path: Path, relpath: str) -> list[tuple[str, int]]:
         plan = plan_safetensors(f, size) if relpath.endswith(".safetensors") else None
         chunks = cdc_chunks(f, pool.take) if plan is None else read_cuts(f, plan[1], pool.take)
         for buf, data in chunks:
-            out.append((content_id(data), len(data)))
+            out.append((id_of(data), len(data)))
             pool.give(buf)
     return out
 
@@ -250,19 +253,28 @@ class DigestCache:
     def _key(st: os.stat_result) -> list[Any]:
         return [st.st_size, st.st_mtime_ns, st.st_ino]
 
-    def digest(self, path: Path, relpath: str) -> str:
+    @staticmethod
+    def _ns(store: Store | None) -> str:
+        # Digests depend on the store's ids (keyed in an encrypted store): one remembered for
+        # another id scheme is not reused. The id of no bytes names the scheme.
+        return "" if store is None or store.db.cipher is None else store.db.object_id(b"")[:16]
+
+    def digest(self, path: Path, relpath: str, store: Store | None = None) -> str:
         from modelkeep.store.snapshot import file_digest
 
         st = path.stat()
+        ns = self._ns(store)
         cached = self.entries.get(str(path))
-        if cached is not None and cached[:3] == self._key(st):
+        if cached is not None and cached[:3] == self._key(st) and \
+                (cached[4] if len(cached) > 4 else "") == ns:
             return str(cached[3])
-        digest = file_digest(chunk_list(path, relpath))
-        self.remember(path, digest)
+        digest = file_digest(chunk_list(path, relpath, store))
+        self.remember(path, digest, store)
         return digest
 
-    def remember(self, path: Path, digest: str) -> None:
-        self.entries[str(path)] = [*self._key(path.stat()), digest]
+    def remember(self, path: Path, digest: str, store: Store | None = None) -> None:
+        ns = self._ns(store)
+        self.entries[str(path)] = [*self._key(path.stat()), digest, *([ns] if ns else [])]
         self.changed = True
 
     def save(self) -> None:
@@ -316,7 +328,7 @@ def _local_files(pointer: Pointer) -> Iterator[str]:
             yield f if rel == "." else f"{rel}/{f}"
 
 
-def _matches(entry: FileEntry, path: Path, cache: DigestCache) -> bool:
+def _matches(entry: FileEntry, path: Path, cache: DigestCache, store: Store | None) -> bool:
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -325,17 +337,18 @@ def _matches(entry: FileEntry, path: Path, cache: DigestCache) -> bool:
         return False
     if bool(st.st_mode & 0o111) != bool(entry.mode & 0o111):
         return False
-    return cache.digest(path, entry.path) == entry.digest
+    return cache.digest(path, entry.path, store) == entry.digest
 
 
-def compare(snapshot: Snapshot, pointer: Pointer, cache: DigestCache) -> PointerState:
+def compare(snapshot: Snapshot, pointer: Pointer, cache: DigestCache,
+            store: Store | None = None) -> PointerState:
     state = PointerState(pointer)
     expected = {f.path: f for f in snapshot.files}
     for rel, entry in expected.items():
         local = _local_path(pointer, rel)
         if not local.exists():
             state.missing.append(rel)
-        elif _matches(entry, local, cache):
+        elif _matches(entry, local, cache, store):
             state.unchanged += 1
         else:
             state.modified.append(rel)
@@ -349,7 +362,8 @@ def status(keep: Keep, pointers: Sequence[Pointer]) -> list[PointerState]:
         return []
     cache = DigestCache.near(pointers[0].file.parent)
     try:
-        return [compare(keep.snapshot_at(p.uri)[1], p, cache) for p in pointers]
+        return [compare(snap, p, cache, store)
+                for p in pointers for store, snap in [keep.snapshot_at(p.uri)]]
     finally:
         cache.save()
 
@@ -362,7 +376,7 @@ def _stored(store: Store, path: Path, relpath: str) -> bool:
     nothing: some version holds it, or held it)."""
     from modelkeep.store import Kind
 
-    return all(store.db.exists(Kind.CHUNK, cid) for cid, _n in chunk_list(path, relpath))
+    return all(store.db.exists(Kind.CHUNK, cid) for cid, _n in chunk_list(path, relpath, store))
 
 
 def checkout(keep: Keep, pointers: Sequence[Pointer], *, force: bool = False
@@ -379,7 +393,7 @@ def checkout(keep: Keep, pointers: Sequence[Pointer], *, force: bool = False
     try:
         for pointer in pointers:
             store, snap = keep.snapshot_at(pointer.uri)
-            state = compare(snap, pointer, cache)
+            state = compare(snap, pointer, cache, store)
             if state.status != "ok":
                 _apply(store, snap, pointer, state, cache, force)
             results.append(state)
@@ -424,7 +438,7 @@ def _apply(store: Store, snap: Snapshot, pointer: Pointer, state: PointerState,
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        cache.remember(local, entry.digest)
+        cache.remember(local, entry.digest, store)
 
 
 # -- tracking --------------------------------------------------------------------------------------

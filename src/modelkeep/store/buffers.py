@@ -12,10 +12,15 @@ import queue
 import threading
 
 from modelkeep.store.chunking import MAX_CHUNK
+from modelkeep.store.codec import TAG_SIZE
+
+# Room after the largest chunk for an AES-GCM tag, so an encrypted store seals a chunk in the
+# buffer it was read into instead of copying it to another (docs/encryption.md).
+BUFFER_SIZE = MAX_CHUNK + TAG_SIZE
 
 
 class BufferPool:
-    def __init__(self, count: int, size: int = MAX_CHUNK) -> None:
+    def __init__(self, count: int, size: int = BUFFER_SIZE) -> None:
         self.size = size
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._unmade = count

@@ -6,13 +6,17 @@ An object is a 16-byte header followed by its payload::
     0       4     magic  b"MKOB"
     4       1     format version (1)
     5       1     kind   (1 = chunk, 2 = snapshot)
-    6       1     codec flags (bit 0: zstd, bit 1: AEAD-sealed; both reserved, 0 in format 1)
+    6       1     codec flags (bit 0: zstd, reserved; bit 1: sealed, AES-256-GCM)
     7       1     reserved, 0
     8       8     raw length, unsigned little-endian: length of the payload once decoded
 
 The header makes compression and encryption per-object options rather than new formats: a reader
 that meets a flag it does not know refuses the object instead of returning garbage. The payload of
-a format-1 object with flags 0 is the raw bytes; the object's id is the BLAKE3 of those bytes.
+an object with flags 0 is the raw bytes; the object's id is the BLAKE3 of those bytes. A sealed
+object's payload is ``nonce (12) + ciphertext (raw length) + tag (16)``, and its id the keyed
+BLAKE3 of the plaintext (:mod:`modelkeep.store.crypto`). An encrypted store holds only sealed
+objects and a plain one none, so a reader says which it expects and refuses the other: a plaintext
+object slipped into an encrypted store is as damaged as a corrupt one.
 """
 
 from __future__ import annotations
@@ -26,7 +30,11 @@ MAGIC = b"MKOB"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<4sBBBBQ")
 HEADER_SIZE = HEADER.size  # 16
-KNOWN_FLAGS = 0
+FLAG_SEALED = 0x02
+KNOWN_FLAGS = FLAG_SEALED
+NONCE_SIZE = 12
+TAG_SIZE = 16
+SEAL_OVERHEAD = NONCE_SIZE + TAG_SIZE
 
 
 class Kind(IntEnum):
@@ -38,8 +46,9 @@ def encode_header(kind: Kind, raw_length: int, flags: int = 0) -> bytes:
     return HEADER.pack(MAGIC, FORMAT_VERSION, int(kind), flags, 0, raw_length)
 
 
-def decode(blob: bytes | memoryview, kind: Kind, what: str) -> memoryview:
-    """Check *blob*'s header and return its payload. *what* names the object in errors."""
+def decode(blob: bytes | memoryview, kind: Kind, what: str, *, sealed: bool = False) -> memoryview:
+    """Check *blob*'s header and return its payload (for a *sealed* object: nonce, ciphertext and
+    tag, still to be opened). *what* names the object in errors."""
     view = memoryview(blob)
     if len(view) < HEADER_SIZE:
         raise IntegrityError(f"{what} is truncated ({len(view)} bytes, header needs 16)")
@@ -56,12 +65,19 @@ def decode(blob: bytes | memoryview, kind: Kind, what: str) -> memoryview:
     if flags & ~KNOWN_FLAGS:
         raise IntegrityError(
             f"{what} uses codec flags {flags:#04x} that this modelkeep does not support",
-            hint="upgrade modelkeep or open the store with its key",
+            hint="upgrade modelkeep",
         )
+    if sealed and not flags & FLAG_SEALED:
+        raise IntegrityError(f"{what} is not encrypted, but its store is: it was not written "
+                             "by this store")
+    if flags & FLAG_SEALED and not sealed:
+        raise IntegrityError(f"{what} is encrypted, but its store is not",
+                             hint="the object was copied from an encrypted store")
     payload = view[HEADER_SIZE:]
-    if len(payload) != raw_length:
+    expected = raw_length + (SEAL_OVERHEAD if sealed else 0)
+    if len(payload) != expected:
         raise IntegrityError(
-            f"{what} is truncated: header says {raw_length} bytes, payload has {len(payload)}"
+            f"{what} is truncated: header says {expected} bytes, payload has {len(payload)}"
         )
     return payload
 

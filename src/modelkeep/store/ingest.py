@@ -30,7 +30,6 @@ from modelkeep.store.chunking import (
     read_cuts,
 )
 from modelkeep.store.codec import Kind
-from modelkeep.store.hashing import content_id
 from modelkeep.store.objects import ObjectDB
 from modelkeep.store.safetensors import Layout
 from modelkeep.store.snapshot import FileEntry, file_digest
@@ -172,8 +171,8 @@ class Ingestor:
         self._seen: set[str] = set()
         self._seen_lock = threading.Lock()
 
-    def _store_chunk(self, data: memoryview) -> _Stored:
-        cid = content_id(data)
+    def _store_chunk(self, data: memoryview, buf: bytearray) -> _Stored:
+        cid = self.db.object_id(data)
         with self._seen_lock:
             if cid in self._seen:
                 return cid, len(data), False
@@ -189,7 +188,8 @@ class Ingestor:
         ):
             created = False
         else:
-            created = self.db.put(Kind.CHUNK, cid, data)
+            # The buffer goes back to the pool once this returns: it may be sealed in place.
+            created = self.db.put(Kind.CHUNK, cid, data, workspace=buf)
         if self.known is not None:
             self.known.add(cid)
         return cid, len(data), created
@@ -220,7 +220,7 @@ class Ingestor:
                         for buf, data in chunks:
                             if failed:  # stop reading as soon as a write has failed
                                 raise failed[0]
-                            fut = pool.submit(self._store_chunk, data)
+                            fut = pool.submit(self._store_chunk, data, buf)
                             fut.add_done_callback(release(buf))
                             futures.append(fut)
                             if progress is not None:

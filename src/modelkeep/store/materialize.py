@@ -42,7 +42,9 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 def _fetch_into(db: ObjectDB, entry: FileEntry, index: int, offset: int, fd: int) -> int:
     """Fetch and verify chunk *index* of *entry* and write it at *offset* of *fd*."""
     cid, n = entry.chunks[index]
-    data = db.get(Kind.CHUNK, cid, f"chunk {index} ({cid[:12]}) of {entry.path}")
+    # Written out before this thread fetches again, so a reused decryption buffer is safe.
+    data = db.get(Kind.CHUNK, cid, f"chunk {index} ({cid[:12]}) of {entry.path}",
+                  transient=True)
     if len(data) != n:
         raise IntegrityError(
             f"chunk {index} of {entry.path} has {len(data)} bytes, its snapshot says {n}"

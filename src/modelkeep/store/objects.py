@@ -17,6 +17,10 @@ damaged one.
 Every read is checked against the id it was asked for. A chunk read falls back to its fossil: a
 garbage collection may have hidden a chunk that a version committed in the same instant still
 uses, and the next collection puts it back (docs/format.md §13).
+
+In an encrypted store (:mod:`modelkeep.store.crypto`) ids are keyed hashes and every object is
+sealed; the store supplies the cipher lazily, on the first read or write, so opening a store costs
+no request and a store nobody reads needs no key.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 
@@ -39,6 +43,9 @@ from modelkeep.store import codec
 from modelkeep.store.codec import Kind
 from modelkeep.store.hashing import content_id, is_id
 from modelkeep.store.location import Location, translate_errors
+
+if TYPE_CHECKING:
+    from modelkeep.store.crypto import ObjectCipher
 
 DESCRIPTOR = "modelkeep-store.json"
 FOSSILS = "fossils"
@@ -79,6 +86,34 @@ class ObjectDB:
         self._local = location.is_local
         self._made_dirs: set[str] = set()
         self._dirs_lock = threading.Lock()
+        self._cipher_loader: Callable[[], ObjectCipher | None] | None = None
+        self._cipher: ObjectCipher | None = None
+        self._cipher_loaded = False
+        self._cipher_lock = threading.Lock()
+
+    # -- encryption ------------------------------------------------------------------------
+
+    def set_cipher_loader(self, loader: Callable[[], ObjectCipher | None]) -> None:
+        """*loader* says, once, whether objects are sealed and with what (None: plain)."""
+        with self._cipher_lock:
+            self._cipher_loader = loader
+            self._cipher_loaded = False
+            self._cipher = None
+
+    @property
+    def cipher(self) -> ObjectCipher | None:
+        if not self._cipher_loaded:
+            with self._cipher_lock:
+                if not self._cipher_loaded:
+                    loader = self._cipher_loader
+                    self._cipher = loader() if loader is not None else None
+                    self._cipher_loaded = True
+        return self._cipher
+
+    def object_id(self, data: bytes | bytearray | memoryview) -> str:
+        """The id *data* is stored under: plain BLAKE3, or keyed in an encrypted store."""
+        cipher = self.cipher
+        return content_id(data) if cipher is None else cipher.object_id(data)
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -97,10 +132,29 @@ class ObjectDB:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def put(self, kind: Kind, oid: str, raw: bytes | memoryview) -> bool:
-        """Store *raw* under *oid* unless present. Returns True if this call created it."""
-        header = codec.encode_header(kind, len(raw))
+    def put(
+        self, kind: Kind, oid: str, raw: bytes | memoryview, *,
+        workspace: bytearray | None = None,
+    ) -> bool:
+        """Store *raw* under *oid* unless present. Returns True if this call created it.
+
+        *workspace* is the buffer *raw* is the start of (``memoryview(workspace)[:n]``), given
+        by a caller that no longer needs its bytes: an encrypted store may seal the object in
+        it, in place."""
+        cipher = self.cipher
         path = self.path(kind, oid)
+        if cipher is not None:
+            if self._local and os.path.exists(path):
+                return False  # checked before sealing, which would be wasted work
+            header = codec.encode_header(kind, len(raw), codec.FLAG_SEALED)
+            if workspace is not None and (not isinstance(raw, memoryview)
+                                          or raw.obj is not workspace):
+                workspace = None  # not a view of it: seal into a buffer of our own
+            nonce, sealed = cipher.seal(header, oid, raw, workspace)
+            if self._local:
+                return self._put_local(path, header + nonce, sealed)
+            return self._create_remote(path, b"".join((header, nonce, sealed)))
+        header = codec.encode_header(kind, len(raw))
         if self._local:
             return self._put_local(path, header, raw)
         # One copy into the request body; ``header + bytes(raw)`` would make two.
@@ -111,6 +165,31 @@ class ObjectDB:
         if self._local:
             return self._put_local(path, b"", blob)
         return self._create_remote(path, blob)
+
+    def remove_raw(self, path: str) -> None:
+        """Delete a non-content-addressed file (a key object replaced by rotation)."""
+        if self._local:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        with translate_errors(self.location), contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+
+    def list_raw(self, directory: str) -> list[str]:
+        """File names directly in *directory* under the root (empty if it does not exist)."""
+        path = f"{self.root}/{directory}"
+        if self._local:
+            try:
+                return sorted(n for n in os.listdir(path) if not n.startswith(".tmp-"))
+            except FileNotFoundError:
+                return []
+        with translate_errors(self.location):
+            self.fs.invalidate_cache(path)  # s3fs and adlfs cache listings; these change
+            try:
+                entries = self.fs.ls(path, detail=False)
+            except FileNotFoundError:
+                return []
+        return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
     def _create_remote(self, path: str, blob: bytes) -> bool:
         with translate_errors(self.location):
@@ -227,8 +306,13 @@ class ObjectDB:
         except FileNotFoundError:
             raise NotFoundError(f"{what} is missing from the store {self.location.url}") from None
 
-    def get(self, kind: Kind, oid: str, what: str | None = None) -> memoryview:
-        """Return the raw payload of an object after checking its header and its id."""
+    def get(
+        self, kind: Kind, oid: str, what: str | None = None, *, transient: bool = False
+    ) -> memoryview:
+        """Return the raw payload of an object after checking its header and its id.
+
+        *transient* lets an encrypted store decrypt into a buffer of the calling thread that the
+        thread's next ``get`` reuses: for callers that are done with the bytes before then."""
         what = what or f"{kind.name.lower()} {oid[:12]}"
         try:
             blob = self.read_blob(self.path(kind, oid), what)
@@ -242,6 +326,15 @@ class ObjectDB:
             except NotFoundError:
                 raise NotFoundError(
                     f"{what} is missing from the store {self.location.url}") from None
+        cipher = self.cipher
+        if cipher is not None:
+            body = codec.decode(blob, kind, what, sealed=True)
+            plain = cipher.open(memoryview(blob)[: codec.HEADER_SIZE], oid, body, what,
+                                transient=transient)
+            # Authentication already binds the id; the hash also catches a writer's bug.
+            if cipher.object_id(plain) != oid:
+                raise IntegrityError(f"{what} is corrupt: its content does not match its id {oid}")
+            return plain
         payload = codec.decode(blob, kind, what)
         if content_id(payload) != oid:
             raise IntegrityError(f"{what} is corrupt: its content does not match its id {oid}")

@@ -7,7 +7,8 @@ other run) plus an *artifact manifest* at ``runs/<run prefix>/<path>``: canonica
 a snapshot (docs/format.md §5.3, validated the same way). Chunks are written first and the manifest
 last, so a failed log leaves only unreferenced chunks; logging a path again replaces its manifest
 (atomically on local disk; a single PUT on object stores). Checkpoints logged every epoch thus
-share every unchanged tensor.
+share every unchanged tensor. An encrypted store refuses run artifacts: their manifests would be
+plaintext files named by the artifacts' paths.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from modelkeep.errors import IntegrityError, NotFoundError
+from modelkeep.errors import IntegrityError, NotFoundError, StoreError
 from modelkeep.store.gc import ChunksCollectedError
 from modelkeep.store.ingest import IngestStats, scan_local
 from modelkeep.store.location import translate_errors
@@ -52,6 +53,14 @@ class RunArtifacts:
         """Store *local_file* as the artifact *relpath* (chunks, then its manifest, then the
         garbage-collection commit check of docs/format.md §13)."""
         relpath = check_relpath(relpath)
+        self.store.ensure_initialized()
+        if self.store.db.cipher is not None:
+            # A manifest is a plain, replaceable file named by the artifact's path: it would put
+            # names and chunk lists in the clear, so encrypted stores take no run artifacts.
+            raise StoreError(
+                f"store {self.store.url} is encrypted and does not take MLflow run artifacts",
+                hint="log run artifacts to a plain store; register models into this one",
+            )
         entries, stats = self.store.ingest(scan_local(local_file))
         entry = replace(entries[0], path=relpath)
         blob = canonical_json(

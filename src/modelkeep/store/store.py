@@ -10,6 +10,12 @@ URI grammar (``modelkeep://`` names a version's files wherever the store is)::
 
 for example ``modelkeep://s3/bucket/models/@9f2c…e1/model.safetensors`` or
 ``modelkeep://file/home/me/proj/.modelkeep/store/@9f2c…e1``.
+
+An encrypted store (docs/encryption.md) is recorded in its descriptor; its key is looked for, when
+first needed, in ``MODELKEEP_KEY``, in the ``key_file`` store option, then in the keys a caller
+supplies (the key-provider hook). ``key_file`` is modelkeep's option, never passed to fsspec, and
+also marks the store as one that must be encrypted: a new store is created encrypted, and an
+existing unencrypted one is refused rather than written in the clear.
 """
 
 from __future__ import annotations
@@ -17,14 +23,22 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Collection, Iterator
+import secrets
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError, StoreError
+from modelkeep.errors import (
+    ConfigError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    StoreError,
+    StoreKeyError,
+)
 from modelkeep.store import gc as gc_mod
 from modelkeep.store.cache import KnownChunks
 from modelkeep.store.codec import Kind
@@ -39,6 +53,9 @@ from modelkeep.store.snapshot import CREATED_FORMAT, FileEntry, Snapshot, parse
 from modelkeep.store.sync import SyncReport
 from modelkeep.store.verify import Problem, VerifyReport, verify_snapshots
 
+if TYPE_CHECKING:
+    from modelkeep.store.crypto import Candidate, ObjectCipher
+
 SCHEME = "modelkeep"
 STORE_FORMAT = 1
 MAX_URI = 500
@@ -46,6 +63,31 @@ _URI = re.compile(r"^modelkeep://(?P<locator>[^@]+?)/@(?P<sid>[0-9a-f]{64})(?:/(
 _RUNS_URI = re.compile(r"^modelkeep://(?P<locator>[^@]+?)/@runs(?:/(?P<prefix>.*))?$")
 
 Progress = Callable[[int], None]
+# Keys offered for a store by something above the store layer: (32-byte key, where it came from).
+KeySource = Callable[[], Iterable[tuple[bytes, str]]]
+KEY_ENV = "MODELKEEP_KEY"
+_STORE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    """Whether a store is encrypted, and the ids (never the bytes) of the keys that open it."""
+
+    url: str
+    exists: bool
+    encrypted: bool
+    scheme: str | None = None
+    store_id: str | None = None
+    key_id: str | None = None  # the id of the key this process opened it with
+    key_source: str | None = None
+    key_ids: tuple[str, ...] = ()  # every key the store has a key object for
+    key_error: str | None = None  # why no offered key opens it (no key, wrong key)
+
+    def to_json(self) -> dict[str, object]:
+        return {"store": self.url, "exists": self.exists, "encrypted": self.encrypted,
+                "scheme": self.scheme, "store_id": self.store_id, "key_id": self.key_id,
+                "key_source": self.key_source, "key_ids": list(self.key_ids),
+                "key_error": self.key_error}
 
 
 @dataclass(frozen=True)
@@ -82,14 +124,24 @@ def utc_now() -> str:
 class Store:
     """A model store at one location."""
 
-    def __init__(self, location: Location, *, use_cache: bool | None = None) -> None:
-        self.location = location
+    def __init__(
+        self, location: Location, *, use_cache: bool | None = None, keys: KeySource | None = None
+    ) -> None:
+        options = dict(location.options)
+        key_file = options.pop("key_file", None)
+        self.key_file = str(key_file) if key_file else None
+        self.location = location = replace(location, options=options)
         self.db = ObjectDB(location)
         if use_cache is None:
             use_cache = not location.is_local and location.protocol != "memory"
         self.known = KnownChunks(self._cache_key()) if use_cache else None
         self._known_by_run: dict[int, KnownChunks] = {}
         self._descriptor_ok = False
+        self._keys = keys
+        self._given: list[Candidate] = []  # keys handed to init_encrypted / rotate_key
+        self._only_given = False
+        self._key_source: str | None = None
+        self.db.set_cipher_loader(self._load_cipher)
 
     def _cache_key(self) -> str:
         # The locator leaves out the endpoint, so two services with a bucket of the same name
@@ -99,12 +151,16 @@ class Store:
         return f"{self.location.locator}#{content_id(opts.encode())[:16]}"
 
     @classmethod
-    def open(cls, url: str, options: dict[str, Any] | None = None) -> Store:
-        return cls(parse_location(url, options))
+    def open(
+        cls, url: str, options: dict[str, Any] | None = None, *, keys: KeySource | None = None
+    ) -> Store:
+        return cls(parse_location(url, options), keys=keys)
 
     @classmethod
-    def from_locator(cls, locator: str, options: dict[str, Any] | None = None) -> Store:
-        return cls(location_from_locator(locator, options))
+    def from_locator(
+        cls, locator: str, options: dict[str, Any] | None = None, *, keys: KeySource | None = None
+    ) -> Store:
+        return cls(location_from_locator(locator, options), keys=keys)
 
     @property
     def url(self) -> str:
@@ -160,6 +216,10 @@ class Store:
         if self._descriptor_ok:
             return
         if self._descriptor() is None:
+            if self.key_file is not None:
+                # The settings ask for an encrypted store: never create it in the clear.
+                self.init_encrypted(self._key_file_candidate().key)
+                return
             if self.location.is_local:
                 os.makedirs(self.location.root, exist_ok=True)
             blob = json.dumps(
@@ -168,7 +228,232 @@ class Store:
             ).encode()
             self.db.put_raw_once(self.db.descriptor_path(), blob)
             self._descriptor()
+            self.db.set_cipher_loader(self._load_cipher)
+        elif self.key_file is not None:
+            self.db.cipher  # noqa: B018 -- refuses an unencrypted store that should be encrypted
         self._descriptor_ok = True
+
+    # -- encryption ------------------------------------------------------------------------
+
+    @staticmethod
+    def _encryption(desc: dict[str, Any] | None, url: str) -> dict[str, str] | None:
+        enc = desc.get("encryption") if desc is not None else None
+        if enc is None:
+            return None
+        from modelkeep.store.crypto import SCHEME
+
+        if (not isinstance(enc, dict) or enc.get("scheme") != SCHEME
+                or not _STORE_ID.match(str(enc.get("store_id", "")))):
+            raise IntegrityError(
+                f"store descriptor at {url} names an unknown encryption scheme",
+                hint=f"this modelkeep reads {SCHEME!r}; upgrade modelkeep",
+            )
+        return {"scheme": enc["scheme"], "store_id": enc["store_id"]}
+
+    def _key_file_candidate(self) -> Candidate:
+        from modelkeep.store.crypto import Candidate, parse_key
+
+        assert self.key_file is not None
+        path = os.path.expanduser(self.key_file)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(4096)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the key file {self.key_file!r} of store {self.url}: "
+                f"{exc.strerror or type(exc).__name__}",
+                hint="fix key_file in the store's options, or create it with "
+                "`modelkeep key generate FILE`",
+            ) from None
+        return Candidate(parse_key(data, f"key file {self.key_file!r}"), f"key file "
+                         f"{self.key_file!r}")
+
+    def key_candidates(self) -> list[Candidate]:
+        """Every key offered for this store, in the order they are tried."""
+        from modelkeep.store.crypto import candidates_from, parse_key
+
+        offered: list[tuple[bytes, str]] = [(c.key, c.source) for c in self._given]
+        if self._only_given:
+            return candidates_from(offered)
+        env = os.environ.get(KEY_ENV)
+        if env:
+            offered.append((parse_key(env, KEY_ENV), KEY_ENV))
+        if self.key_file is not None:
+            cand = self._key_file_candidate()
+            offered.append((cand.key, cand.source))
+        if self._keys is not None:
+            for key, source in self._keys():
+                if not isinstance(key, bytes | bytearray) or len(key) != 32:
+                    raise ConfigError(f"{source} gave a key that is not 32 bytes",
+                                      hint="a key provider must return 32-byte keys")
+                offered.append((bytes(key), source))
+        return candidates_from(offered)
+
+    def _load_cipher(self) -> ObjectCipher | None:
+        desc = self._descriptor()
+        enc = self._encryption(desc, self.url)
+        if enc is None:
+            if desc is not None and self.key_file is not None:
+                raise StoreError(
+                    f"store {self.url} is not encrypted, but its settings name a key_file",
+                    hint="remove key_file from its options, or create a new store with "
+                    "`modelkeep init --encrypt`",
+                )
+            return None
+        candidates = self.key_candidates()
+        if not candidates:
+            raise StoreKeyError(f"store {self.url} is encrypted and no key was given")
+        for cand in candidates:
+            cipher = self._open_with(cand, enc["store_id"])
+            if cipher is not None:
+                self._key_source = cand.source
+                return cipher
+        tried = ", ".join(f"{c.source} (key id {c.id})" for c in candidates)
+        raise StoreKeyError(
+            f"wrong key for store {self.url}: it has no key object for {tried}",
+            hint="give the key the store was created or last rotated with; "
+            "`modelkeep key status` lists the key ids it accepts",
+        )
+
+    def _open_with(self, cand: Candidate, store_id: str) -> ObjectCipher | None:
+        """The cipher *cand* opens, or None when the store has no key object for it."""
+        from modelkeep.store.crypto import ObjectCipher, unwrap_keys, wrap_path
+
+        what = f"key object keys/{cand.id}.json of store {self.url}"
+        try:
+            blob = self.db.read_blob(wrap_path(self.db.root, cand.id), what)
+        except NotFoundError:
+            return None
+        dek, id_key = unwrap_keys(bytes(blob), cand.key, store_id, what)
+        return ObjectCipher(dek, id_key, cand.id)
+
+    def _key_ids(self) -> tuple[str, ...]:
+        from modelkeep.store.crypto import KEYS_DIR
+
+        return tuple(n[:-5] for n in self.db.list_raw(KEYS_DIR)
+                     if n.endswith(".json") and _STORE_ID.match(n[:-5]))
+
+    def init_encrypted(self, kek: bytes) -> KeyStatus:
+        """Create this store encrypted, its data and id keys wrapped by *kek*.
+
+        Write order: the key object, then the descriptor (both conditional creates), so a crash
+        leaves either nothing a reader sees or a complete encrypted store. Refuses a store that
+        exists unencrypted (its objects would stay readable, and its ids unkeyed)."""
+        from modelkeep.store.crypto import SCHEME, Candidate, kek_id, new_key, wrap_keys, wrap_path
+
+        given = Candidate(kek, "the given key")
+        desc = self._descriptor()
+        if desc is not None:
+            enc = self._encryption(desc, self.url)
+            if enc is None:
+                held = any(True for _ in self.db.iter_ids(Kind.CHUNK)) or any(
+                    True for _ in self.db.iter_ids(Kind.SNAPSHOT))
+                what = "already holds unencrypted objects" if held else "was created unencrypted"
+                raise StoreError(
+                    f"cannot encrypt store {self.url}: it {what}",
+                    hint="encryption is chosen when a store is created: init --encrypt a new "
+                    "store location and register the versions there",
+                )
+            assert enc is not None
+            if self._open_with(given, enc["store_id"]) is None:
+                raise StoreKeyError(f"wrong key for store {self.url}: it is already encrypted "
+                                    "under another key")
+            self._given.insert(0, given)
+            self.db.set_cipher_loader(self._load_cipher)
+            self._descriptor_ok = True
+            return self.key_status()
+        for kind in (Kind.CHUNK, Kind.SNAPSHOT):
+            if any(True for _ in self.db.iter_ids(kind)):
+                raise StoreError(f"cannot encrypt store {self.url}: it already holds "
+                                 "unencrypted objects", hint="choose an empty location")
+        if self.location.is_local:
+            os.makedirs(self.location.root, exist_ok=True)
+        store_id = secrets.token_hex(16)
+        path = wrap_path(self.db.root, kek_id(kek))
+        if not self.db.put_raw_once(path, wrap_keys(kek, store_id, new_key(), new_key(),
+                                                    utc_now())):
+            # A key object for this key without a descriptor: an init that crashed (or runs
+            # now) made it. Adopt its store id, so the descriptor matches the key object.
+            store_id = self._orphan_store_id(path, kek)
+        blob = json.dumps(
+            {"format": STORE_FORMAT, "type": "modelkeep.store", "hash": "blake3",
+             "created": utc_now(),
+             "encryption": {"scheme": SCHEME, "store_id": store_id}},
+            sort_keys=True,
+        ).encode()
+        if not self.db.put_raw_once(self.db.descriptor_path(), blob):
+            # Another writer created the store first; open it like any existing store.
+            return self.init_encrypted(kek)
+        self._given.insert(0, given)
+        self.db.set_cipher_loader(self._load_cipher)
+        self._descriptor_ok = True
+        return self.key_status()
+
+    def _orphan_store_id(self, path: str, kek: bytes) -> str:
+        from modelkeep.store.crypto import unwrap_keys
+
+        what = f"key object {path.rsplit('/', 2)[-2]}/{path.rsplit('/', 1)[-1]} of store {self.url}"
+        blob = bytes(self.db.read_blob(path, what))
+        try:
+            store_id = str(json.loads(blob)["store_id"])
+        except (ValueError, KeyError, TypeError):
+            store_id = ""
+        if not _STORE_ID.match(store_id):
+            raise IntegrityError(f"{what} is malformed", hint="remove it and init again")
+        unwrap_keys(blob, kek, store_id, what)  # it must be this key's, and intact
+        return store_id
+
+    def key_status(self) -> KeyStatus:
+        """Whether the store is encrypted, which key ids open it, and whether an offered key
+        does (``key_id``; else ``key_error`` says why). Needs no key."""
+        desc = self._descriptor()
+        enc = self._encryption(desc, self.url)
+        if enc is None:
+            return KeyStatus(self.url, desc is not None, False)
+        try:
+            cipher = self.db.cipher
+        except StoreKeyError as exc:
+            return KeyStatus(self.url, True, True, enc["scheme"], enc["store_id"],
+                             key_ids=self._key_ids(), key_error=exc.message)
+        assert cipher is not None
+        return KeyStatus(self.url, True, True, enc["scheme"], enc["store_id"], cipher.kek_id,
+                         self._key_source, self._key_ids())
+
+    def rotate_key(self, new_kek: bytes) -> KeyStatus:
+        """Wrap the data and id keys under *new_kek* and remove the current key's key object.
+
+        Only the small key object changes: no chunk or snapshot is read or written. The new key
+        object is written (and read back with the new key) before the old one is removed, so a
+        crash in between leaves a store both keys open; running the rotation again finishes it."""
+        from modelkeep.store.crypto import Candidate, kek_id, unwrap_keys, wrap_keys, wrap_path
+
+        enc = self._encryption(self._descriptor(), self.url)
+        if enc is None:
+            raise StoreError(f"store {self.url} is not encrypted; there is no key to rotate",
+                             hint="create an encrypted store with `modelkeep init --encrypt`")
+        cipher = self.db.cipher
+        assert cipher is not None
+        old_id, new_id = cipher.kek_id, kek_id(new_kek)
+        if new_id == old_id:
+            raise InvalidInputError("the new key is the store's current key",
+                                    hint="generate a new key with `modelkeep key generate FILE`")
+        dek, id_key = cipher.keys()
+        new_path = wrap_path(self.db.root, new_id)
+        self.db.put_raw_once(new_path, wrap_keys(new_kek, enc["store_id"], dek, id_key, utc_now()))
+        # Whether this call wrote it or an interrupted rotation did, it must open with the new
+        # key to the same keys before the old way in is removed.
+        what = f"key object keys/{new_id}.json of store {self.url}"
+        if unwrap_keys(bytes(self.db.read_blob(new_path, what)), new_kek, enc["store_id"],
+                       what) != (dek, id_key):
+            raise IntegrityError(f"{what} holds other keys than the store's",
+                                 hint="remove it and rotate again")
+        self.db.remove_raw(wrap_path(self.db.root, old_id))
+        # From now on this store object opens with the new key only, as any later process will.
+        self._given = [Candidate(new_kek, "the new key")]
+        self._keys = None
+        self._only_given = True
+        self.db.set_cipher_loader(self._load_cipher)
+        return self.key_status()
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -193,7 +478,7 @@ class Store:
         """
         self.ensure_initialized()
         payload = snapshot.encode()
-        sid = snapshot.id
+        sid = self.db.object_id(payload)
         created = self.db.put(Kind.SNAPSHOT, sid, payload)
         try:
             self.settle([cid for f in snapshot.files for cid, _n in f.chunks], since)
@@ -202,6 +487,11 @@ class Store:
                 self.delete_snapshot(sid)
             raise
         return sid
+
+    def snapshot_id(self, snapshot: Snapshot) -> str:
+        """The id *snapshot* has in this store (keyed in an encrypted store, so it can differ
+        from :attr:`Snapshot.id`)."""
+        return self.db.object_id(snapshot.encode())
 
     # -- garbage collection ----------------------------------------------------------------
 
