@@ -200,12 +200,12 @@ def test_crash_before_snapshot_leaves_no_version(
     real_put = type(keep.store.db).put
     calls = {"n": 0}
 
-    def failing_put(self, kind, oid, raw):  # type: ignore[no-untyped-def]
+    def failing_put(self, kind, oid, raw, **kw):  # type: ignore[no-untyped-def]
         if kind is Kind.CHUNK:
             calls["n"] += 1
             if calls["n"] > 5:
                 raise OSError("injected failure: disk full")
-        return real_put(self, kind, oid, raw)
+        return real_put(self, kind, oid, raw, **kw)
 
     monkeypatch.setattr(type(keep.store.db), "put", failing_put)
     with pytest.raises(OSError, match="injected"):
