@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "modelkeep.git": "modelkeep.plugins.git",
     "modelkeep.dvc": "modelkeep.plugins.dvc",
     "modelkeep.pointers": "modelkeep.plugins.pointers",
+    "modelkeep.scanner": "modelkeep.plugins.scanner",
 }
 
 
