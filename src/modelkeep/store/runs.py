@@ -21,9 +21,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from modelkeep.errors import IntegrityError, NotFoundError
+from modelkeep.store.codec import Kind
 from modelkeep.store.ingest import IngestStats, scan_local
 from modelkeep.store.location import translate_errors
 from modelkeep.store.materialize import SnapshotFile
+from modelkeep.store.objects import MAX_OBJECT
 from modelkeep.store.snapshot import FileEntry, canonical_json, check_relpath, parse_file_entry
 
 if TYPE_CHECKING:
@@ -79,7 +81,7 @@ class RunArtifacts:
     def entry(self, relpath: str) -> FileEntry:
         what = f"artifact {relpath!r}"
         try:
-            raw = self.store.db.read_blob(self._path(relpath), what)
+            raw = self.store.db.read_blob(self._path(relpath), what, MAX_OBJECT[Kind.SNAPSHOT])
         except NotFoundError:
             raise NotFoundError(f"no artifact {relpath!r} under {self.prefix or 'the run root'}",
                                 hint="list the run's artifacts") from None
