@@ -268,3 +268,14 @@ def test_buffered_and_unbuffered_openers_agree(tmp_path: Path) -> None:
     path.write_bytes(blob)
     assert (scan_file("a.pkl", lambda: io.BytesIO(blob)).findings()
             == _scan(path))
+
+
+def test_legacy_torch_file_with_a_protocol_0_payload(tmp_path: Path) -> None:
+    # torch.load unpickles all five pickles of a legacy file, whatever their protocol: a payload
+    # in the fourth, without a protocol header, is found too.
+    magic = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+    parts = [magic, pickle.dumps(1001, protocol=2), pickle.dumps({}, protocol=2),
+             pickle.dumps(_Evil(), protocol=0), pickle.dumps([], protocol=2)]
+    path = tmp_path / "legacy.ckpt"
+    path.write_bytes(b"".join(parts) + os.urandom(256))
+    assert [f.names for f in _unsafe(_scan(path))] == [("os.system",)]

@@ -9,8 +9,10 @@ of ``STACK_GLOBAL`` (including strings fetched back from the memo).
 
 Which files: by name (``.pt``, ``.pth``, ``.bin``, ``.pkl``, ``.pickle``, ``.ckpt``, ``.joblib``)
 and by content, whatever the name: a pickle protocol 2-5 header (``0x80 0x02..0x05``), and zip
-archives holding ``*.pkl`` members (``archive/data.pkl``, as ``torch.save`` writes them). A file
-after a pickle is scanned too (the legacy ``torch.save`` format is several pickles back to back).
+archives holding ``*.pkl`` members (``archive/data.pkl``, as ``torch.save`` writes them). Bytes
+after a pickle that start with a protocol header are scanned as another pickle, and the legacy
+(non-zip) ``torch.save`` format, recognised by its magic-number pickle, has all five of its
+pickles scanned whatever their protocol.
 ``.safetensors`` files are never scanned: the format holds no code, and its first bytes (a
 little-endian header length) may look like a pickle header.
 
@@ -327,25 +329,35 @@ def _walk(stream: _Bounded, budget: _Budget, result: ScanResult) -> None:
         raise _Malformed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
 
 
-def _scan_pickles(stream: _Bounded, budget: _Budget, result: ScanResult, where: str) -> None:
-    """Scan consecutive pickles: a legacy torch.save file is several back to back, and anything
-    after a pickle that starts with a protocol header is scanned as one too."""
+def _scan_pickles(stream: _Bounded, budget: _Budget, result: ScanResult, where: str,
+                  required: int = 1) -> None:
+    """Scan consecutive pickles: the first *required* whatever their first bytes, then each one
+    that starts with a protocol header. (A legacy torch.save file is five pickles, any of which
+    torch.load unpickles, then raw tensor data.)"""
     for index in range(MAX_PICKLES):
         known = len(result.globals)
         try:
             _walk(stream, budget, result)
         except _Malformed as exc:
-            # After the first pickle, bytes that merely start like a pickle header are data
+            # Past the required pickles, bytes that merely start like a pickle header are data
             # (legacy torch storages) unless they imported something before breaking.
-            if index == 0 or len(result.globals) > known:
+            if index < required or len(result.globals) > known:
                 result.malformed = f"{where}{exc} at byte {stream.position}"
             return
+        if index + 1 < required:
+            continue
         if not _looks_like_pickle(stream.peek2()):
             return
     result.limited = f"{where}more than {MAX_PICKLES} consecutive pickles"
 
 
 # -- one file -------------------------------------------------------------------------------------
+
+
+# The first pickle of a legacy (non-zip) torch.save file: its magic number, protocol 2. Four
+# more pickles follow (format version, system info, the object, storage keys).
+_LEGACY_TORCH = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+_LEGACY_TORCH_PICKLES = 5
 
 
 def _looks_like_pickle(head: bytes) -> bool:
@@ -366,15 +378,16 @@ def scan_file(path: str, opener: Callable[[], BinaryIO]) -> ScanResult:
     with opener() as raw:
         # genops reads an opcode at a time: unbuffered, that is a system call per byte.
         f: Any = io.BufferedReader(raw, 1 << 20) if isinstance(raw, io.RawIOBase) else raw
-        head = f.read(4)
-        if head == b"PK\x03\x04":
+        head = f.read(len(_LEGACY_TORCH))
+        if head[:4] == b"PK\x03\x04":
             _scan_zip(f, budget, result, named or lower.endswith(".bin"))
             return result
         if not head or not (named or _looks_like_pickle(head)):
             return result
         result.is_pickle = True
+        required = _LEGACY_TORCH_PICKLES if head == _LEGACY_TORCH else 1
         try:
-            _scan_pickles(_Bounded(f, budget, head), budget, result, "")
+            _scan_pickles(_Bounded(f, budget, head), budget, result, "", required)
         except _Limit:
             result.limited = _limit_message(budget)
     return result
