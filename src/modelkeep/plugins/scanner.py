@@ -29,8 +29,9 @@ code                       severity  meaning
 =========================  ========  ===============================================================
 
 The work is bounded: at most :data:`MAX_SCAN_BYTES` bytes of pickle data and :data:`MAX_OPCODES`
-opcodes per file, at most :data:`MAX_PICKLES` pickles back to back and :data:`MAX_ZIP_MEMBERS`
-members per archive; a malformed or oversized file is a finding, never an exception.
+opcodes per pickle data read, at most :data:`MAX_PICKLES` pickles back to back and
+:data:`MAX_ZIP_PICKLES` pickles per archive; a malformed or oversized file is a finding, never an
+exception.
 
 At register, :func:`modelkeep_collect_metadata` records a summary on the version as tags:
 ``modelkeep.scan`` (``clean``, ``pickle``, ``unsafe`` or ``incomplete``) and, when unsafe,
@@ -72,7 +73,7 @@ NEVER_SCANNED = (".safetensors",)
 MAX_SCAN_BYTES = 64 << 20
 MAX_OPCODES = 2_000_000
 MAX_PICKLES = 16
-MAX_ZIP_MEMBERS = 10_000
+MAX_ZIP_PICKLES = 64  # torch.save writes one (data.pkl), TorchScript two or three
 MAX_NAMES_IN_MESSAGE = 20
 
 # Callables that rebuild data and nothing else: what torch.save, numpy and the standard
@@ -142,58 +143,10 @@ class _Malformed(Exception):
 
 
 class _Budget:
-    """Bytes and opcodes left for one file."""
+    """Opcodes left for one file (bytes are bounded by the window read, :func:`_scan_windows`)."""
 
     def __init__(self) -> None:
-        self.bytes = MAX_SCAN_BYTES
         self.opcodes = MAX_OPCODES
-
-
-class _Bounded(io.RawIOBase):
-    """Reads from *f*, raising :class:`_Limit` once the budget's bytes are spent: genops reads an
-    opcode's whole argument at once, so a length field of 2**60 must not become an allocation.
-    Bytes peeked at (to see whether another pickle follows) are pushed back."""
-
-    def __init__(self, f: BinaryIO, budget: _Budget, pushback: bytes = b"") -> None:
-        super().__init__()
-        self._f = f
-        self._budget = budget
-        self._pushback = pushback
-        self.position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def tell(self) -> int:  # genops asks, for each opcode's position
-        return self.position
-
-    def read(self, n: int | None = -1) -> bytes:
-        if n is None or n < 0 or n > self._budget.bytes:
-            raise _Limit
-        out, self._pushback = self._pushback[:n], self._pushback[n:]
-        if len(out) < n:
-            out += self._f.read(n - len(out))
-        self._budget.bytes -= len(out)
-        self.position += len(out)
-        return out
-
-    def peek2(self) -> bytes:
-        """The next two bytes, left unread."""
-        if len(self._pushback) < 2:
-            self._pushback += self._f.read(2 - len(self._pushback))
-        return self._pushback[:2]
-
-    def readline(self, size: int | None = -1) -> bytes:
-        # Protocol 0 arguments end at a newline; read a byte at a time (they are short).
-        out = bytearray()
-        while size is None or size < 0 or len(out) < size:
-            b = self.read(1)
-            if not b:
-                break
-            out += b
-            if b == b"\n":
-                break
-        return bytes(out)
 
 
 @dataclass
@@ -206,14 +159,32 @@ class ScanResult:
     unsafe: list[str] = field(default_factory=list)
     malformed: str | None = None
     limited: str | None = None
+    _seen: set[str] = field(default_factory=set, repr=False)
+    _allowed: list[bool] = field(default_factory=list, repr=False)
 
     def add_global(self, module: str, name: str) -> None:
         shown = display_name(module, name)
-        if shown in self.globals:
+        if shown in self._seen:
             return
+        self._seen.add(shown)
         self.globals.append(shown)
-        if not is_allowed(module, name):
+        allowed = is_allowed(module, name)
+        self._allowed.append(allowed)
+        if not allowed:
             self.unsafe.append(shown)
+
+    def merge(self, other: ScanResult) -> None:
+        """Add what scanning another part of the same file found."""
+        self.is_pickle = self.is_pickle or other.is_pickle
+        for shown, allowed in zip(other.globals, other._allowed, strict=True):
+            if shown not in self._seen:
+                self._seen.add(shown)
+                self.globals.append(shown)
+                self._allowed.append(allowed)
+                if not allowed:
+                    self.unsafe.append(shown)
+        self.malformed = self.malformed or other.malformed
+        self.limited = self.limited or other.limited
 
     def findings(self) -> list[Finding]:
         if not self.is_pickle:
@@ -272,7 +243,7 @@ def _pop_mark(stack: list[Any]) -> None:
     raise _Malformed("no MARK on the stack")
 
 
-def _walk(stream: _Bounded, budget: _Budget, result: ScanResult) -> None:
+def _walk(stream: io.BytesIO, budget: _Budget, result: ScanResult) -> None:
     """Replay the stack effects of one pickle's opcodes up to its STOP, recording imports."""
     stack: list[Any] = []
     memo: dict[int, Any] = {}
@@ -329,11 +300,15 @@ def _walk(stream: _Bounded, budget: _Budget, result: ScanResult) -> None:
         raise _Malformed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
 
 
-def _scan_pickles(stream: _Bounded, budget: _Budget, result: ScanResult, where: str,
-                  required: int = 1) -> None:
-    """Scan consecutive pickles: the first *required* whatever their first bytes, then each one
-    that starts with a protocol header. (A legacy torch.save file is five pickles, any of which
-    torch.load unpickles, then raw tensor data.)"""
+def _scan_pickles(data: bytes, budget: _Budget, result: ScanResult, where: str,
+                  required: int = 1) -> str:
+    """Scan consecutive pickles in *data*: the first *required* whatever their first bytes, then
+    each one that starts with a protocol header. (A legacy torch.save file is five pickles, any
+    of which torch.load unpickles, then raw tensor data.) Returns ``done``, or ``cut`` when a
+    pickle ran into the end of *data`, or ``peek`` when *data* ends too soon after one to see
+    whether another follows: then a longer window may say more."""
+    # In memory, genops's reads of an opcode at a time are C calls rather than Python ones.
+    stream = io.BytesIO(data)
     for index in range(MAX_PICKLES):
         known = len(result.globals)
         try:
@@ -342,13 +317,60 @@ def _scan_pickles(stream: _Bounded, budget: _Budget, result: ScanResult, where: 
             # Past the required pickles, bytes that merely start like a pickle header are data
             # (legacy torch storages) unless they imported something before breaking.
             if index < required or len(result.globals) > known:
-                result.malformed = f"{where}{exc} at byte {stream.position}"
-            return
+                result.malformed = f"{where}{exc} at byte {stream.tell()}"
+            return "cut" if stream.tell() >= len(data) else "done"
         if index + 1 < required:
             continue
-        if not _looks_like_pickle(stream.peek2()):
-            return
+        pos = stream.tell()
+        if len(data) - pos < 2:
+            return "peek"
+        if not _looks_like_pickle(data[pos:pos + 2]):
+            return "done"
     result.limited = f"{where}more than {MAX_PICKLES} consecutive pickles"
+    return "done"
+
+
+def _scan_windows(f: BinaryIO, head: bytes, result: ScanResult, where: str,
+                  required: int = 1, max_bytes: int | None = None) -> int:
+    """Scan the pickles at the start of *f* (after *head*, already read), reading a window that
+    doubles from 1 MiB up to *max_bytes* (:data:`MAX_SCAN_BYTES`) until the scan ends inside it:
+    a pickle of a few KiB followed by gigabytes of tensor data costs one small read. Returns the
+    bytes read."""
+    limit = MAX_SCAN_BYTES if max_bytes is None else max_bytes
+    window = max(min(1 << 20, limit), len(head))
+    data = head + _read_upto(f, window - len(head))
+    while True:
+        attempt = ScanResult(result.path, is_pickle=True)
+        try:
+            state = _scan_pickles(data, _Budget(), attempt, where, required)
+        except _Limit:
+            state = "done"
+            attempt.limited = f"{where}more than {MAX_OPCODES} opcodes; later imports are unknown"
+        at_end = len(data) < window  # the whole file is in memory: what it says is final
+        if state == "done" or at_end:
+            result.merge(attempt)
+            return len(data)
+        if window >= limit:
+            attempt.malformed = None  # cut by the limit, not damaged
+            attempt.limited = (f"{where}more than {MAX_SCAN_BYTES >> 20} MiB of pickle data; "
+                               "later imports are unknown")
+            result.merge(attempt)
+            return len(data)
+        more = min(window, limit - window)
+        data += _read_upto(f, more)
+        window += more
+
+
+def _read_upto(f: BinaryIO, n: int) -> bytes:
+    """Up to *n* bytes: fewer only at the end of *f*."""
+    parts, left = [], n
+    while left > 0:
+        block = f.read(left)
+        if not block:
+            break
+        parts.append(block)
+        left -= len(block)
+    return b"".join(parts)
 
 
 # -- one file -------------------------------------------------------------------------------------
@@ -374,55 +396,45 @@ def scan_file(path: str, opener: Callable[[], BinaryIO]) -> ScanResult:
     # .bin is a pickle only by content: raw weights are named .bin too. The other names are
     # scanned whatever their first bytes (protocols 0 and 1 have no header).
     named = lower.endswith(PICKLE_SUFFIXES) and not lower.endswith(".bin")
-    budget = _Budget()
     with opener() as raw:
-        # genops reads an opcode at a time: unbuffered, that is a system call per byte.
-        f: Any = io.BufferedReader(raw, 1 << 20) if isinstance(raw, io.RawIOBase) else raw
-        head = f.read(len(_LEGACY_TORCH))
+        f: Any = raw
+        head = _read_upto(f, len(_LEGACY_TORCH))
         if head[:4] == b"PK\x03\x04":
-            _scan_zip(f, budget, result, named or lower.endswith(".bin"))
+            _scan_zip(f, result, named or lower.endswith(".bin"))
             return result
         if not head or not (named or _looks_like_pickle(head)):
             return result
         result.is_pickle = True
         required = _LEGACY_TORCH_PICKLES if head == _LEGACY_TORCH else 1
-        try:
-            _scan_pickles(_Bounded(f, budget, head), budget, result, "", required)
-        except _Limit:
-            result.limited = _limit_message(budget)
+        _scan_windows(f, head, result, "", required)
     return result
 
 
-def _limit_message(budget: _Budget) -> str:
-    if budget.opcodes < 0:
-        return f"more than {MAX_OPCODES} opcodes; later imports are unknown"
-    return f"more than {MAX_SCAN_BYTES >> 20} MiB of pickle data; later imports are unknown"
-
-
-def _scan_zip(f: BinaryIO, budget: _Budget, result: ScanResult, named: bool) -> None:
+def _scan_zip(f: BinaryIO, result: ScanResult, named: bool) -> None:
     try:
         f.seek(0)
-        archive = zipfile.ZipFile(f)  # type: ignore[arg-type]
+        archive = zipfile.ZipFile(f)
         infos = archive.infolist()
     except Exception as exc:  # not a zip after all, or a damaged one
         if named:
             result.is_pickle = True
             result.malformed = f"damaged zip archive ({type(exc).__name__})"
         return
-    if len(infos) > MAX_ZIP_MEMBERS:
-        result.is_pickle = True
-        result.limited = f"archive has more than {MAX_ZIP_MEMBERS} members"
-        infos = infos[:MAX_ZIP_MEMBERS]
     members = [i for i in infos if i.filename.endswith(".pkl") and not i.is_dir()]
+    if len(members) > MAX_ZIP_PICKLES:
+        result.limited = f"archive holds more than {MAX_ZIP_PICKLES} pickles"
+        members = members[:MAX_ZIP_PICKLES]
+    left = MAX_SCAN_BYTES  # for the whole archive, not per member
     for info in members:
         result.is_pickle = True
+        if left <= 0:
+            result.limited = (f"more than {MAX_SCAN_BYTES >> 20} MiB of pickle data; later "
+                              "imports are unknown")
+            return
         try:
             with archive.open(info) as member:
-                _scan_pickles(_Bounded(member, budget), budget, result,  # type: ignore[arg-type]
-                              f"{info.filename}: ")
-        except _Limit:
-            result.limited = f"{info.filename}: {_limit_message(budget)}"
-            return
+                left -= _scan_windows(member, b"", result,  # type: ignore[arg-type]
+                                      f"{info.filename}: ", max_bytes=left)
         except Exception as exc:  # decompression errors, bad CRC, encrypted members
             result.malformed = f"{info.filename}: {type(exc).__name__}: {exc}"
 
