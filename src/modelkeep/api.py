@@ -64,8 +64,9 @@ Progress = Callable[[int], None]
 TAG_PREFIX = "modelkeep."
 MAX_TAG_VALUE = 100_000  # MLflow's limit for model-version tag values
 MAX_DESCRIPTION = 5000  # MLflow's description columns are VARCHAR(5000) on PostgreSQL and MySQL
-# Reserved tags a plugin may set from modelkeep_collect_metadata: the scan summary
-# (modelkeep.plugins.scanner). Every other ``modelkeep.`` key is modelkeep's own.
+# Reserved tags a plugin may set from modelkeep_collect_metadata (the key and its dotted
+# children): the scan summary (modelkeep.plugins.scanner). Every other ``modelkeep.`` key is
+# modelkeep's own.
 PLUGIN_TAG_PREFIXES = ("modelkeep.scan",)
 
 
@@ -571,8 +572,8 @@ class Keep:
                 name=name, source=source, snapshot=snapshot, keep=self,
                 findings=tuple(findings))):
             collected.update(answer or {})
-        reserved = {k: v for k, v in collected.items()
-                    if isinstance(k, str) and k.startswith(PLUGIN_TAG_PREFIXES)}
+        reserved = {k: v for k, v in collected.items() if isinstance(k, str) and any(
+            k == p or k.startswith(p + ".") for p in PLUGIN_TAG_PREFIXES)}
         plain = {k: v for k, v in collected.items() if k not in reserved}
         # The caller's own tags win over what plugins suggest.
         return {**_check_tags({**plain, **snapshot.tags}), **_check_tags(reserved, reserved=True)}
