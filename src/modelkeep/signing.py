@@ -278,7 +278,7 @@ class SignatureStatus:
                 "signers": list(self.signers), "problems": list(self.problems)}
 
 
-def check_document(blob: bytes, snapshot_id: str, name: str, key_name: str) -> str:
+def check_document(blob: bytes, snapshot_id: str, key_name: str) -> str:
     """The key id of a good signature object *blob* for *snapshot_id* stored under *key_name*;
     raises ValueError saying what is wrong otherwise."""
     ed25519 = _crypto()
@@ -319,7 +319,7 @@ def judge(store: Store, snapshot_id: str, model: str, snapshot_name: str,
     for name in names:
         try:
             blob = store.db.read_signature(snapshot_id, name)
-            signers.append(check_document(bytes(blob), snapshot_id, model, name))
+            signers.append(check_document(bytes(blob), snapshot_id, name))
         except (ValueError, NotFoundError) as exc:
             problems.append(str(exc))
     if signers and snapshot_name != model:
