@@ -96,8 +96,8 @@ def test_one_tensor_from_s3_fetches_a_small_fraction(
     fetched: list[int] = []
     real_read = ObjectDB.read_blob
 
-    def counting(self: ObjectDB, path: str, what: str):  # type: ignore[no-untyped-def]
-        blob = real_read(self, path, what)
+    def counting(self: ObjectDB, path: str, what: str, limit: int | None = None):  # type: ignore[no-untyped-def]
+        blob = real_read(self, path, what, limit)
         fetched.append(len(blob))
         return blob
 

@@ -408,8 +408,10 @@ def test_hook_before_alias_change(pm: PluginManager, open_keep, model: Path) -> 
     assert approval.of("before")[-1]["version"] == 1
     (model / "config.json").write_text("{}\n")
     v2 = keep.register(name, model, aliases=["production"], tags={"approved-by": "bo"})
+    # The tags the version will have, the built-in scanner's summary among them.
     assert approval.of("before")[-1] == {"alias": "production", "version": None,
-                                         "previous": None, "tags": {"approved-by": "bo"}}
+                                         "previous": None,
+                                         "tags": {"approved-by": "bo", "modelkeep.scan": "clean"}}
     assert keep.get(f"{name}@production").version == v2.version == 2
 
 

@@ -40,6 +40,7 @@ from modelkeep.hooks import Finding
 from modelkeep.rebuild import RebuildReport
 from modelkeep.refs import Ref, parse_ref, validate_alias, validate_name
 from modelkeep.registry import Registry, RegistryVersion
+from modelkeep.signing import SIGNING_KEY_ENV, SIGNING_KEY_OPTION
 from modelkeep.store import (
     FileEntry,
     GcReport,
@@ -62,6 +63,7 @@ from modelkeep.store.snapshot import CREATED_FORMAT
 
 if TYPE_CHECKING:
     from modelkeep.hooks.manager import PluginManager
+    from modelkeep.signing import SignatureStatus, Signer
     from modelkeep.training import PendingCheckpoint, Tracker
 
 Progress = Callable[[int], None]
@@ -69,6 +71,10 @@ TAG_PREFIX = "modelkeep."
 MAX_TAG_VALUE = 100_000  # MLflow's limit for model-version tag values
 MAX_DESCRIPTION = 5000  # MLflow's description columns are VARCHAR(5000) on PostgreSQL and MySQL
 _GC_RETRIES = 3  # a register overlapping two collections that removed its chunks stores again
+# Reserved tags a plugin may set from modelkeep_collect_metadata (the key and its dotted
+# children): the scan summary (modelkeep.plugins.scanner). Every other ``modelkeep.`` key is
+# modelkeep's own.
+PLUGIN_TAG_PREFIXES = ("modelkeep.scan",)
 
 
 @dataclass(frozen=True)
@@ -187,17 +193,22 @@ def open(
     store_options: Mapping[str, Any] | None = None,
     config: Config | None = None,
     plugins: PluginManager | None = None,
+    signing_key: str | os.PathLike[str] | None = None,
 ) -> Keep:
     """Open the store and registry named by the arguments, the environment or modelkeep.toml.
 
     *store* is a store name from ``[stores.NAME]`` or a URL; *plugins* a plugin manager
-    (default: the process-wide one, with the plugins ``MODELKEEP_PLUGINS`` selects).
+    (default: the process-wide one, with the plugins ``MODELKEEP_PLUGINS`` selects);
+    *signing_key* the Ed25519 private key file that signs every snapshot written (default:
+    ``MODELKEEP_SIGNING_KEY``, else the store option ``signing_key``; see
+    :mod:`modelkeep.signing`).
     """
     from modelkeep.hooks.manager import get_plugin_manager
 
     config = config or load_config()
     pm = plugins if plugins is not None else get_plugin_manager()
-    the_store, options = _open_store(config, pm, store, store_options)
+    the_store, options, option_key = _open_store(config, pm, store, store_options)
+    signing_key = signing_key or os.environ.get(SIGNING_KEY_ENV) or option_key
     if isinstance(registry, str) or registry is None:
         uri = registry or config.registry
         the_registry: Registry | None = pm.hook.modelkeep_registry(uri=uri)
@@ -208,7 +219,8 @@ def open(
     else:
         the_registry = registry
     return Keep(the_store, the_registry, store_options=options, plugins=pm,
-                named_stores=config.stores.values(), config=config)
+                named_stores=config.stores.values(), config=config,
+                signing_key=signing_key)
 
 
 def open_store(
@@ -228,12 +240,16 @@ def open_store(
 
 def _open_store(
     config: Config, pm: PluginManager, store: str | None, store_options: Mapping[str, Any] | None
-) -> tuple[Store, dict[str, Any]]:
+) -> tuple[Store, dict[str, Any], str | None]:
+    """The store, its filesystem options, and the signing key named in them (modelkeep's
+    option, never passed to the filesystem)."""
     choice = config.resolve_store(store)
     options = _merge_options(choice.options, store_options or {})
     location = parse_location(choice.url)
     options = _plugin_options(pm, location.protocol, choice.url, choice.name, options)
-    return Store.open(choice.url, options, keys=hook_keys(pm, choice.url, choice.name)), options
+    option_key = options.pop(SIGNING_KEY_OPTION, None)
+    the_store = Store.open(choice.url, options, keys=hook_keys(pm, choice.url, choice.name))
+    return the_store, options, option_key
 
 
 def _merge_options(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -275,8 +291,9 @@ def open_locator(
     else:
         url, name = location_from_locator(locator).url, None
         explicit = default_options if protocol == default_protocol else {}
-    return Store.from_locator(locator, _plugin_options(plugins, protocol, url, name, explicit),
-                              keys=hook_keys(plugins, url, name))
+    options = _plugin_options(plugins, protocol, url, name, explicit)
+    options.pop(SIGNING_KEY_OPTION, None)  # modelkeep's, not the filesystem's
+    return Store.from_locator(locator, options, keys=hook_keys(plugins, url, name))
 
 
 def hook_keys(
@@ -329,11 +346,13 @@ class Keep:
         plugins: PluginManager | None = None,
         named_stores: Iterable[StoreConfig] = (),
         config: Config | None = None,
+        signing_key: str | os.PathLike[str] | None = None,
     ) -> None:
         """*named_stores* are the configured stores, whose options are used to read a version
         that lives in one of them (a copy, or a version registered through another store), and
         to open the destination of :meth:`sync`. *config* holds the policies plugins read
-        (default: none)."""
+        (default: none). *signing_key* is a private key file: every snapshot this Keep writes
+        is signed."""
         if plugins is None:
             from modelkeep.hooks.manager import get_plugin_manager
 
@@ -352,9 +371,13 @@ class Keep:
         self._stores: dict[str, Store] = {store.location.locator: store}
         self._lock = threading.Lock()
         self._trackers: dict[str, Tracker] = {}  # the ones checkpoint() made, by model name
+        self.signing_key = signing_key
+        self._signer: Signer | None = None
 
     def __repr__(self) -> str:
-        return f"Keep(store={self.store.url!r}, registry={self.registry.uri!r})"
+        from modelkeep.config import redact_url
+
+        return redact_url(f"Keep(store={self.store.url!r}, registry={self.registry.uri!r})")
 
     # -- resolution ------------------------------------------------------------------------
 
@@ -492,6 +515,7 @@ class Keep:
         validate_name(name)
         aliases = [validate_alias(a) for a in aliases]
         user_tags = _check_tags(tags or {})
+        signer = self.signer()  # a bad key fails here, before anything is stored
         source: Path | str
         if isinstance(path, str) and is_url(path):
             source, repo_dir = path, Path.cwd()
@@ -530,7 +554,7 @@ class Keep:
 
         snapshot = replace(snapshot, lineage=self._collect_lineage(
             name, source, repo_dir, lineage or {}))
-        snapshot = replace(snapshot, tags=self._collect_tags(name, source, snapshot))
+        snapshot = replace(snapshot, tags=self._collect_tags(name, source, snapshot, findings))
         self._validate(name, snapshot, findings)
         for alias in aliases:
             self._check_alias(name, alias, None, snapshot.tags, registering=True)
@@ -557,6 +581,9 @@ class Keep:
             name=name, snapshot=snapshot, tags=registry_tags, keep=self)
 
         sid = self._save_snapshot(snapshot, stats, sources)
+        # Write order: the signature after the snapshot it signs, before the registry entry.
+        if signer is not None:
+            signer.sign(self.store, sid)
         self._snapshots[sid] = snapshot
         rv = self.registry.create_version(
             name, self.store.uri(sid), tags=registry_tags, description=message or None, **link
@@ -613,13 +640,18 @@ class Keep:
         collected.update(given)
         return _check_lineage(collected)
 
-    def _collect_tags(self, name: str, source: Path | str, snapshot: Snapshot) -> dict[str, str]:
+    def _collect_tags(self, name: str, source: Path | str, snapshot: Snapshot,
+                      findings: Sequence[Finding] = ()) -> dict[str, str]:
         collected: dict[str, str] = {}
         for answer in reversed(self.hook.modelkeep_collect_metadata(
-                name=name, source=source, snapshot=snapshot, keep=self)):
+                name=name, source=source, snapshot=snapshot, keep=self,
+                findings=tuple(findings))):
             collected.update(answer or {})
+        reserved = {k: v for k, v in collected.items() if isinstance(k, str) and any(
+            k == p or k.startswith(p + ".") for p in PLUGIN_TAG_PREFIXES)}
+        plain = {k: v for k, v in collected.items() if k not in reserved}
         # The caller's own tags win over what plugins suggest.
-        return _check_tags({**collected, **snapshot.tags})
+        return {**_check_tags({**plain, **snapshot.tags}), **_check_tags(reserved, reserved=True)}
 
     def _validate(self, name: str, snapshot: Snapshot, findings: Sequence[Finding]) -> None:
         reasons = [str(r) for r in self.hook.modelkeep_validate_version(
@@ -763,6 +795,7 @@ class Keep:
         """
         validate_name(to_name)
         aliases = [validate_alias(a) for a in aliases]
+        signer = self.signer()
         src_rv = self._resolve(ref)
         store, src, src_sid = self._load(src_rv)
         # Before the chunks are relied on: the commit check compares it (docs/format.md §13).
@@ -797,6 +830,8 @@ class Keep:
         self.hook.modelkeep_before_register(
             name=to_name, snapshot=snapshot, tags=registry_tags, keep=self)
         sid = store.save_snapshot(snapshot, since=mark)
+        if signer is not None:
+            signer.sign(store, sid)
         self._snapshots[sid] = snapshot
         rv = self.registry.create_version(
             to_name, store.uri(sid), tags=registry_tags, description=snapshot.message or None)
@@ -934,7 +969,9 @@ class Keep:
         """Recreate in this Keep's registry the models and versions of every snapshot in its
         store (rules in :mod:`modelkeep.rebuild`). Conflicts are found before anything is
         written; *dry_run* writes nothing at all."""
-        report = RebuildReport(self.registry.uri, self.store.url, dry_run)
+        from modelkeep.config import redact_url
+
+        report = RebuildReport(redact_url(self.registry.uri), self.store.url, dry_run)
 
         def load(sid: str) -> tuple[str, Snapshot | None, str]:
             try:
@@ -1098,13 +1135,66 @@ class Keep:
         parsed = parse_uri(rv.source)
         return self._store_for(parsed.locator).verify([parsed.snapshot_id], progress=progress)
 
+    def scan(self, ref: str) -> list[Finding]:
+        """Run every ``modelkeep_scan_file`` scanner over the files of registered version *ref*,
+        read through the store (only the chunks a scanner reads are fetched): the findings a
+        register of the same files would get, without trusting the version's tags."""
+        import io
 
-def _check_tags(tags: Mapping[str, str]) -> dict[str, str]:
+        store, snap, _sid = self._load(self._resolve(ref))
+        caller = self.hook.modelkeep_scan_file
+        findings: list[Finding] = []
+        for entry in snap.files:
+            def opener(entry: FileEntry = entry) -> Any:
+                return io.BufferedReader(store.open_file(snap, entry.path), 1 << 20)
+
+            for answer in caller(name=snap.name, path=entry.path, size=entry.size,
+                                 opener=opener):
+                findings.extend(answer or ())
+        return findings
+
+    # -- signatures ------------------------------------------------------------------------
+
+    def signer(self) -> Signer | None:
+        """The loaded signing key, or None when this Keep does not sign."""
+        if self.signing_key is None or self.signing_key == "":
+            return None
+        if self._signer is None:
+            from modelkeep.signing import Signer
+
+            self._signer = Signer.from_file(self.signing_key)
+        return self._signer
+
+    def trusted_keys(self, extra: Iterable[str | os.PathLike[str]] = ()) -> set[str]:
+        """Ids of the trusted public keys: *extra* (files or key ids), ``MODELKEEP_TRUSTED_KEYS``
+        and the signing key's own public key."""
+        from modelkeep.signing import env_trusted_keys, trusted_key_ids
+
+        ids = trusted_key_ids([*extra, *env_trusted_keys()])
+        signer = self.signer()
+        if signer is not None:
+            ids.add(signer.key_id)
+        return ids
+
+    def signature_status(
+        self, ref: str, trusted_keys: Iterable[str | os.PathLike[str]] | None = None
+    ) -> SignatureStatus:
+        """Whether version *ref* carries a good signature by a trusted key: ``valid``,
+        ``untrusted``, ``invalid`` or ``missing`` with the key id (:mod:`modelkeep.signing`).
+        *trusted_keys* are public key files or key ids, added to :meth:`trusted_keys`."""
+        from modelkeep.signing import judge
+
+        rv = self._resolve(ref)
+        store, snap, sid = self._load(rv)
+        return judge(store, sid, rv.name, snap.name, self.trusted_keys(trusted_keys or ()))
+
+
+def _check_tags(tags: Mapping[str, str], *, reserved: bool = False) -> dict[str, str]:
     out = {}
     for key, value in tags.items():
         if not isinstance(key, str) or not key or len(key) > 250:
             raise InvalidInputError(f"invalid tag key {key!r}", hint="use 1-250 characters")
-        if key.startswith(TAG_PREFIX):
+        if key.startswith(TAG_PREFIX) and not reserved:
             raise InvalidInputError(
                 f"tag key {key!r} is reserved", hint=f"keys starting {TAG_PREFIX!r} are modelkeep's"
             )

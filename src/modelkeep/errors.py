@@ -16,9 +16,14 @@ class ModelkeepError(Exception):
     default_hint = ""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        # Messages name stores and registries by URL, and a URL may carry a password
+        # (``http://user:password@host``): no error ever shows one.
+        from modelkeep.config import redact_url
+
+        message = redact_url(message)
         super().__init__(message)
         self.message = message
-        self.hint = self.default_hint if hint is None else hint
+        self.hint = redact_url(self.default_hint if hint is None else hint)
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message

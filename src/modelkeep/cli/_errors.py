@@ -36,5 +36,8 @@ def report(exc: BaseException) -> int:
 
 
 def _one_line(text: str) -> str:
-    line = " ".join(text.split())
+    from modelkeep.config import redact_url
+
+    # Backend exceptions may quote a URL with its password; modelkeep's own are redacted already.
+    line = redact_url(" ".join(text.split()))
     return line if len(line) <= 500 else line[:497] + "..."

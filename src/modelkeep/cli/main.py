@@ -22,7 +22,7 @@ from modelkeep.aliases import AliasEvent
 from modelkeep.cli import key_cmds, registry_cmds, store_cmds
 from modelkeep.cli._errors import report
 from modelkeep.cli._output import Output, human_bytes
-from modelkeep.errors import InvalidInputError
+from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
     from modelkeep.api import Keep
@@ -458,25 +458,83 @@ def verify(
     ctx: typer.Context,
     ref: Annotated[str | None, typer.Argument(help="Version to check; omit for the whole "
                                               "store.")] = None,
+    require_signed: Annotated[bool, typer.Option(
+        "--require-signed", help="Also fail for any version (REF, else every registered "
+        "version) without a valid signature by a trusted key.")] = False,
+    trusted_key: Annotated[list[str] | None, typer.Option(
+        "--trusted-key", help="Public key file (or key id) to trust; repeatable. The signing "
+        "key in use and MODELKEEP_TRUSTED_KEYS are trusted too.")] = None,
 ) -> None:
-    """Fetch every chunk and check it against its id."""
+    """Fetch every chunk and check it against its id; with --require-signed, check signatures."""
     st = _state(ctx)
     keep = st.keep()
+    signatures: list[dict[str, Any]] = []
+    if require_signed:
+        trusted = keep.trusted_keys(trusted_key or ())
+        if not trusted:
+            raise InvalidInputError(
+                "--require-signed needs a trusted key",
+                hint="pass --trusted-key PUB, set MODELKEEP_TRUSTED_KEYS, or set the signing key")
+        # Versions other tools registered (sources that are not modelkeep:// URIs) are not
+        # modelkeep's to judge; modelkeep cannot read them either.
+        refs = [ref] if ref else [f"{m}@{v.version}" for m in keep.models()
+                                  for v in keep.registry.versions(m)
+                                  if v.source.startswith("modelkeep://")]
+        for r in refs:
+            try:
+                status = keep.signature_status(r, trusted).to_json()
+            except (IntegrityError, NotFoundError) as exc:  # no snapshot to judge
+                status = {"snapshot": None, "state": "invalid", "key_id": None, "signers": [],
+                          "problems": [exc.message]}
+            signatures.append({"ref": r, **status})
     total = keep.get(ref).size if ref else 0
     with st.out.progress("verifying", total or 1) as advance:
         result = keep.verify(ref, progress=advance)
+    unsigned = [s for s in signatures if s["state"] != "valid"]
 
     def human() -> None:
         c = st.out.console
         for p in result.problems:
             c.print(f"DAMAGED {p}", highlight=False)
-        status = "ok" if result.ok else f"{len(result.problems)} problem(s)"
+        for s in unsigned:
+            by = f" (key {s['key_id'][:16]})" if s["key_id"] else ""
+            why = f": {'; '.join(s['problems'])}" if s["problems"] else ""
+            c.print(f"UNSIGNED {s['ref']}: signature {s['state']}{by}{why}", highlight=False)
+        status = "ok" if result.ok and not unsigned else \
+            f"{len(result.problems) + len(unsigned)} problem(s)"
         c.print(f"{status}: {result.snapshots} snapshot(s), {result.chunks} chunk(s), "
                 f"{human_bytes(result.bytes)} checked", highlight=False)
+        if require_signed:
+            c.print(f"signatures: {len(signatures) - len(unsigned)} of {len(signatures)} "
+                    f"version(s) signed by a trusted key", highlight=False)
 
-    st.out.emit(result.to_json(), human)
-    if not result.ok:
+    data = result.to_json()
+    if require_signed:
+        data["signatures"] = signatures
+        data["ok"] = result.ok and not unsigned
+    st.out.emit(data, human)
+    if not result.ok or unsigned:
         raise typer.Exit(4)
+
+
+@app.command()
+def keygen(
+    ctx: typer.Context,
+    signing: Annotated[Path, typer.Option(
+        "--signing", help="Write a new Ed25519 signing key here (and its public key to "
+        "OUT.pub); never overwrites.")],
+) -> None:
+    """Create a key pair for signing snapshots (MODELKEEP_SIGNING_KEY=OUT to use it)."""
+    from modelkeep.signing import write_key_pair
+
+    st = _state(ctx)
+    private, public, kid = write_key_pair(signing)
+    st.out.emit(
+        {"private_key": str(private), "public_key": str(public), "key_id": kid},
+        lambda: st.out.console.print(
+            f"wrote signing key {private} (keep it secret) and public key {public}\n"
+            f"key id: {kid}", highlight=False),
+    )
 
 
 # -- config / plugins ---------------------------------------------------------------------------

@@ -22,7 +22,10 @@ class Finding:
     message: str
     severity: Severity = "warning"
     scanner: str = ""  # who found it, for the message a user sees
-    code: str = ""  # a stable identifier (``pickle.global``), for policies to match on
+    code: str = ""  # a stable identifier (``pickle.unsafe-global``), for policies to match on
+    # What the finding is about, one item each (the callables a pickle imports …), so that a
+    # policy or a tag need not parse the message.
+    names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -30,4 +33,4 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "message": self.message, "severity": self.severity,
-                "scanner": self.scanner, "code": self.code}
+                "scanner": self.scanner, "code": self.code, "names": list(self.names)}

@@ -40,6 +40,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "modelkeep.dvc": "modelkeep.plugins.dvc",
     "modelkeep.pointers": "modelkeep.plugins.pointers",
     "modelkeep.replication": "modelkeep.plugins.replication",
+    "modelkeep.scanner": "modelkeep.plugins.scanner",
 }
 
 

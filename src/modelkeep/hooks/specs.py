@@ -178,19 +178,22 @@ def modelkeep_collect_lineage(
 
 @hookspec
 def modelkeep_collect_metadata(
-    name: str, source: Path | str, snapshot: Snapshot, keep: Keep
+    name: str, source: Path | str, snapshot: Snapshot, keep: Keep, findings: Sequence[Finding]
 ) -> Mapping[str, str] | None:
     """Add tags to a version being registered: lineage, provenance, anything worth recording.
 
     Called once the content is stored and before anything is visible. Tags from every plugin are
     merged (the first answering wins a key); tags the caller passed win over all of them. Keys must
-    not start with ``modelkeep.`` (reserved); values are strings up to 100,000 characters.
+    not start with ``modelkeep.`` (reserved), except ``modelkeep.scan`` and ``modelkeep.scan.*``:
+    the summary of the scan findings, which the built-in scanner records; values are strings up
+    to 100,000 characters.
 
     :param name: The model name.
     :param source: The local folder or file being registered, or the URL it is read from.
     :param snapshot: The draft snapshot: files (with tensor maps), size, parents, message, author
         and the caller's tags.
     :param keep: The :class:`~modelkeep.api.Keep` doing the work.
+    :param findings: Every finding of every :func:`modelkeep_scan_file` implementation.
     :returns: Tags to add, or None.
 
     Example::

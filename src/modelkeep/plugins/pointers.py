@@ -47,6 +47,7 @@ from modelkeep.errors import (
     NotFoundError,
 )
 from modelkeep.hooks._markers import hookimpl
+from modelkeep.store.materialize import safe_join
 
 if TYPE_CHECKING:
     from modelkeep.api import Keep, ModelVersion
@@ -412,6 +413,10 @@ def _apply(store: Store, snap: Snapshot, pointer: Pointer, state: PointerState,
                     f"{str(local)!r} has changes that are in no stored version",
                     hint=f"register them (`modelkeep register {pointer.model} "
                          f"{pointer.target}`) or pass --force to discard them")
+    # The workspace exists and is the user's: a folder in it may be a link leading out. Every
+    # path is checked before anything changes.
+    writes = {rel: pointer.target if pointer.kind == "file" else safe_join(pointer.target, rel)
+              for rel in state.missing + state.modified}
     target = pointer.target
     if pointer.kind == "folder" and target.exists() and not target.is_dir():
         target.unlink()
@@ -425,7 +430,7 @@ def _apply(store: Store, snap: Snapshot, pointer: Pointer, state: PointerState,
     entries = {f.path: f for f in snap.files}
     for rel in state.missing + state.modified:
         entry = entries[rel]
-        local = _local_path(pointer, rel)
+        local = writes[rel]
         if local.is_dir():
             shutil.rmtree(local)
         local.parent.mkdir(parents=True, exist_ok=True)

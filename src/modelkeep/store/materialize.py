@@ -62,6 +62,22 @@ def _target(root: Path, relpath: str) -> Path:
     return target
 
 
+def safe_join(root: Path, relpath: str) -> Path:
+    """*root*/*relpath* for writing into a folder that already holds files, refused when a
+    folder on the way is a symbolic link: writing through it could land anywhere on the
+    machine. (The last component may be a link: files are replaced, never written through.)"""
+    check_relpath(relpath)
+    parts = relpath.split("/")
+    current = root
+    for part in parts[:-1]:
+        current = current / part
+        if current.is_symlink():
+            raise UnsafePathError(
+                f"cannot write {relpath!r}: {str(current)!r} is a symbolic link",
+                hint="modelkeep never writes through links; remove it or use another folder")
+    return current / parts[-1]
+
+
 def materialize(
     db: ObjectDB,
     snapshot: Snapshot,

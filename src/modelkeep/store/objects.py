@@ -6,6 +6,7 @@ Layout under the store root (two-character fan-out, like git and dvc-objects)::
     chunks/ab/cdef…             chunk objects, id = BLAKE3 of the raw chunk
     snapshots/ab/cdef…          snapshot objects, id = BLAKE3 of the canonical JSON
     fossils/ab/cdef…            chunks a garbage collection has hidden (see :mod:`gc`)
+    signatures/ab/cdef…/<key>   signatures of snapshot abcdef…, one per key (docs/format.md §15)
 
 Objects are immutable. A write is a *conditional create*: it succeeds only if the object does not
 exist yet (``O_EXCL`` semantics through ``os.link`` locally, ``If-None-Match: *`` on S3,
@@ -14,7 +15,9 @@ bytes, because the name is the hash of the content. Nothing is ever renamed into
 store and nothing is ever overwritten, so a crash can leave only unreferenced objects, never a
 damaged one.
 
-Every read is checked against the id it was asked for. A chunk read falls back to its fossil: a
+Every read is checked against the id it was asked for, and bounded: an object larger than its
+kind may be (:data:`MAX_OBJECT`) is refused before it is read, so a hostile store cannot make a
+reader allocate without limit. A chunk read falls back to its fossil: a
 garbage collection may have hidden a chunk that a version committed in the same instant still
 uses, and the next collection puts it back (docs/format.md §13).
 
@@ -50,6 +53,14 @@ if TYPE_CHECKING:
 DESCRIPTOR = "modelkeep-store.json"
 FOSSILS = "fossils"
 _DIRS = {Kind.CHUNK: "chunks", Kind.SNAPSHOT: "snapshots"}
+SIGNATURES = "signatures"
+# Largest stored object of each kind: chunks are at most 4 MiB (chunking.py), plus a header and
+# room for per-chunk codec overhead (an AEAD nonce and tag); a snapshot lists about 75 bytes per
+# chunk, so 64 MiB describes models of several TiB.
+MAX_OBJECT = {Kind.CHUNK: (4 << 20) + 4096, Kind.SNAPSHOT: 64 << 20}
+MAX_DESCRIPTOR = 1 << 20
+MAX_SIGNATURE = 64 << 10
+MAX_SIGNATURES = 64  # signature objects looked at per snapshot
 
 
 # s3fs (412 PreconditionFailed), adlfs (409 BlobAlreadyExists) and memory all raise a plain
@@ -290,19 +301,25 @@ class ObjectDB:
         with translate_errors(self.location):
             return bool(self.fs.exists(path))
 
-    def read_blob(self, path: str, what: str) -> bytes | mmap.mmap:
-        """The stored bytes at *path*. Large local objects are mapped rather than read: hashing
-        and writing them out then touch the page cache directly, saving a copy and an
-        allocation per chunk on a pull."""
+    def read_blob(self, path: str, what: str, limit: int | None = None) -> bytes | mmap.mmap:
+        """The stored bytes at *path*, refused when longer than *limit*. Large local objects are
+        mapped rather than read: hashing and writing them out then touch the page cache
+        directly, saving a copy and an allocation per chunk on a pull."""
         try:
             if self._local:
                 with open(path, "rb") as f:
                     size = os.fstat(f.fileno()).st_size
+                    _check_size(size, limit, what)
                     if size < _MMAP_MIN:
                         return f.read()
                     return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
             with translate_errors(self.location):
-                return bytes(self.fs.cat_file(path))
+                if limit is None:
+                    return bytes(self.fs.cat_file(path))
+                # A ranged read: one byte past the limit is enough to know it is too long.
+                data = bytes(self.fs.cat_file(path, start=0, end=limit + 1))
+                _check_size(len(data), limit, what)
+                return data
         except FileNotFoundError:
             raise NotFoundError(f"{what} is missing from the store {self.location.url}") from None
 
@@ -315,14 +332,14 @@ class ObjectDB:
         thread's next ``get`` reuses: for callers that are done with the bytes before then."""
         what = what or f"{kind.name.lower()} {oid[:12]}"
         try:
-            blob = self.read_blob(self.path(kind, oid), what)
+            blob = self.read_blob(self.path(kind, oid), what, MAX_OBJECT[kind])
         except NotFoundError:
             if kind is not Kind.CHUNK:
                 raise
             # Hidden by a garbage collection while a version that uses it was committed; the
             # next collection restores it. Same bytes, same checks.
             try:
-                blob = self.read_blob(self.fossil_path(oid), what)
+                blob = self.read_blob(self.fossil_path(oid), what, MAX_OBJECT[kind])
             except NotFoundError:
                 raise NotFoundError(
                     f"{what} is missing from the store {self.location.url}") from None
@@ -365,6 +382,47 @@ class ObjectDB:
                 parts = entry.rstrip("/").split("/")
                 if len(parts) >= 2 and is_id(parts[-2] + parts[-1]) and len(parts[-2]) == 2:
                     yield parts[-2] + parts[-1]
+
+    # -- signatures ------------------------------------------------------------------------
+
+    def signature_dir(self, snapshot_id: str) -> str:
+        if not is_id(snapshot_id):
+            raise IntegrityError(f"malformed object id {snapshot_id!r}")
+        return f"{self.root}/{SIGNATURES}/{snapshot_id[:2]}/{snapshot_id[2:]}"
+
+    def put_signature(self, snapshot_id: str, key_id: str, blob: bytes) -> bool:
+        """Conditional create of a snapshot's signature by one key (same key, same bytes)."""
+        if not is_id(key_id):
+            raise IntegrityError(f"malformed key id {key_id!r}")
+        path = f"{self.signature_dir(snapshot_id)}/{key_id}"
+        if self._local:
+            return self._put_local(path, b"", blob)
+        return self._create_remote(path, blob)
+
+    def signature_keys(self, snapshot_id: str) -> list[str]:
+        """The key ids that signed *snapshot_id* (names only: nothing is verified here)."""
+        base = self.signature_dir(snapshot_id)
+        with translate_errors(self.location):
+            if self._local:
+                try:
+                    names = os.listdir(base)
+                except (FileNotFoundError, NotADirectoryError):
+                    return []
+            else:
+                try:
+                    # Listings are cached by fsspec; a signature written by another client must
+                    # be seen.
+                    self.fs.invalidate_cache(base)
+                    names = [e.rstrip("/").rsplit("/", 1)[-1]
+                             for e in self.fs.ls(base, detail=False)]
+                except FileNotFoundError:
+                    return []
+        return sorted(n for n in names if is_id(n))[:MAX_SIGNATURES]
+
+    def read_signature(self, snapshot_id: str, key_id: str) -> bytes | mmap.mmap:
+        path = f"{self.signature_dir(snapshot_id)}/{key_id}"
+        return self.read_blob(path, f"signature {key_id[:16]} of snapshot {snapshot_id[:12]}",
+                              MAX_SIGNATURE)
 
     def size(self, kind: Kind, oid: str) -> int:
         """Stored size of an object, header included."""
@@ -475,3 +533,8 @@ def modified(info: dict[str, Any]) -> datetime:
         if isinstance(value, str):
             return datetime.fromisoformat(value.replace("Z", "+00:00"))
     raise ValueError(f"no modification time in {sorted(info)}")
+
+def _check_size(size: int, limit: int | None, what: str) -> None:
+    if limit is not None and size > limit:
+        raise IntegrityError(f"{what} is larger than {limit} bytes, the most such an object may "
+                             f"be; it was not read")

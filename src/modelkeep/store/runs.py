@@ -22,10 +22,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from modelkeep.errors import IntegrityError, NotFoundError, StoreError
+from modelkeep.store.codec import Kind
 from modelkeep.store.gc import ChunksCollectedError
 from modelkeep.store.ingest import IngestStats, scan_local
 from modelkeep.store.location import translate_errors
 from modelkeep.store.materialize import SnapshotFile
+from modelkeep.store.objects import MAX_OBJECT
 from modelkeep.store.snapshot import FileEntry, canonical_json, check_relpath, parse_file_entry
 
 if TYPE_CHECKING:
@@ -106,7 +108,7 @@ class RunArtifacts:
 
     def _read(self, path: str, what: str) -> FileEntry:
         """The file entry of the manifest at *path* (its own path field is not checked)."""
-        raw = self.store.db.read_blob(path, what)
+        raw = self.store.db.read_blob(path, what, MAX_OBJECT[Kind.SNAPSHOT])
         try:
             doc = json.loads(bytes(raw))
         except (ValueError, UnicodeDecodeError):

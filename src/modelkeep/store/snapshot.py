@@ -27,6 +27,14 @@ SNAPSHOT_FORMAT = 1
 CREATED_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # UTC, microseconds
 _DRIVE = re.compile(r"^[A-Za-z]:")
 MAX_PATH = 4096
+# Bounds on untrusted snapshots (docs/format.md §5.7), so that parsing one costs time and memory
+# in proportion to a real model's: a snapshot payload is at most 64 MiB (the largest object
+# objects.py reads), a chunk at most 4 MiB (chunking.py), JSON nested at most 64 deep.
+MAX_SNAPSHOT_BYTES = 64 << 20
+MAX_CHUNK_LENGTH = 4 << 20
+MAX_FILES = 1_000_000
+MAX_DIMS = 64
+MAX_DEPTH = 64
 
 
 def check_relpath(path: str) -> str:
@@ -204,8 +212,13 @@ def _req(obj: Mapping[str, Any], key: str, typ: type | tuple[type, ...], what: s
 def parse(payload: bytes | memoryview, what: str = "snapshot") -> Snapshot:
     """Validate and decode a snapshot payload. Raises :class:`IntegrityError` or
     :class:`UnsafePathError`; never returns a snapshot with an unsafe path."""
+    if len(payload) > MAX_SNAPSHOT_BYTES:
+        raise _fail(what, f"larger than {MAX_SNAPSHOT_BYTES} bytes")
+    raw = bytes(payload)
+    if _nesting(raw) > MAX_DEPTH:
+        raise _fail(what, f"JSON nested more than {MAX_DEPTH} deep")
     try:
-        data = json.loads(bytes(payload))
+        data = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise _fail(what, "not valid JSON") from None
     if not isinstance(data, dict):
@@ -218,20 +231,16 @@ def parse(payload: bytes | memoryview, what: str = "snapshot") -> Snapshot:
             f"{SNAPSHOT_FORMAT}", hint="upgrade modelkeep",
         )
     files = []
-    seen: set[str] = set()
-    for raw in _req(data, "files", list, what):
-        if not isinstance(raw, dict):
+    raw_files = _req(data, "files", list, what)
+    if len(raw_files) > MAX_FILES:
+        raise _fail(what, f"more than {MAX_FILES} files")
+    tree = _Tree(what)
+    for item in raw_files:
+        if not isinstance(item, dict):
             raise _fail(what, "a file entry is not an object")
-        entry = parse_file_entry(raw, what)
-        if entry.path in seen:
-            raise _fail(what, f"duplicate path {entry.path!r}")
-        seen.add(entry.path)
+        entry = parse_file_entry(item, what)
+        tree.add(entry.path)
         files.append(entry)
-    for path in seen:
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in seen:
-                raise _fail(what, f"{path!r} lies under {'/'.join(parts[:i])!r}, which is a file")
     parents = []
     for raw in _req(data, "parents", list, what):
         if not isinstance(raw, dict) or not is_id(raw.get("snapshot")):
@@ -267,6 +276,52 @@ def parse(payload: bytes | memoryview, what: str = "snapshot") -> Snapshot:
     return snap
 
 
+def _nesting(raw: bytes) -> int:
+    """How deep the JSON arrays and objects in *raw* nest (brackets inside strings count too,
+    which can only overstate it). Checked before decoding, so a hostile snapshot of a million
+    ``[`` costs one pass over its bytes, not a million-deep parse."""
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(raw):
+        if match.group() in (b"[", b"{"):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_DEPTH:
+                    return deepest
+        else:
+            depth -= 1
+    return deepest
+
+
+_BRACKETS = re.compile(rb"[\[\]{}]")
+_IS_FILE = object()
+
+
+class _Tree:
+    """The paths of a snapshot as a tree of components: one walk per path finds duplicates and
+    files under files in time linear in the paths' length."""
+
+    def __init__(self, what: str) -> None:
+        self.root: dict[str, Any] = {}
+        self.what = what
+
+    def add(self, path: str) -> None:
+        node = self.root
+        parts = path.split("/")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if child is _IS_FILE:
+                raise _fail(self.what, f"{path!r} lies under {'/'.join(parts[:i + 1])!r}, "
+                            "which is a file")
+            node = child
+        existing = node.get(parts[-1])
+        if existing is _IS_FILE:
+            raise _fail(self.what, f"duplicate path {path!r}")
+        if existing is not None:
+            raise _fail(self.what, f"{path!r} is a file and also holds other files")
+        node[parts[-1]] = _IS_FILE
+
+
 def parse_file_entry(raw: Mapping[str, Any], what: str) -> FileEntry:
     """Validate one untrusted file entry (§5.3 fields) and return it."""
     path = check_relpath(_req(raw, "path", str, what))
@@ -284,7 +339,7 @@ def parse_file_entry(raw: Mapping[str, Any], what: str) -> FileEntry:
             or not is_id(item[0])
             or not isinstance(item[1], int)
             or isinstance(item[1], bool)
-            or item[1] <= 0
+            or not 0 < item[1] <= MAX_CHUNK_LENGTH
         ):
             raise _fail(what, f"file {path!r} has a malformed chunk entry")
         chunks.append((item[0], item[1]))
@@ -305,7 +360,9 @@ def parse_file_entry(raw: Mapping[str, Any], what: str) -> FileEntry:
                 raise _fail(what, f"a tensor entry of {path!r} is malformed")
             shape = _req(t, "shape", list, what)
             start, end = _req(t, "start", int, what), _req(t, "end", int, what)
-            if not all(isinstance(d, int) and d >= 0 for d in shape) or not (
+            if len(shape) > MAX_DIMS or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+            ) or not (
                 0 <= start <= end <= size
             ):
                 raise _fail(what, f"a tensor entry of {path!r} is out of range")

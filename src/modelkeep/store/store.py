@@ -47,7 +47,7 @@ from modelkeep.store.hashing import content_id
 from modelkeep.store.ingest import Ingestor, IngestStats, SourceFile
 from modelkeep.store.location import Location, location_from_locator, parse_location
 from modelkeep.store.materialize import SnapshotFile, materialize
-from modelkeep.store.objects import ObjectDB
+from modelkeep.store.objects import MAX_DESCRIPTOR, ObjectDB
 from modelkeep.store.runs import RunArtifacts
 from modelkeep.store.snapshot import CREATED_FORMAT, FileEntry, Snapshot, parse
 from modelkeep.store.sync import SyncReport
@@ -194,7 +194,8 @@ class Store:
 
     def _descriptor(self) -> dict[str, Any] | None:
         try:
-            raw = self.db.read_blob(self.db.descriptor_path(), "store descriptor")
+            raw = self.db.read_blob(self.db.descriptor_path(), "store descriptor",
+                                    MAX_DESCRIPTOR)
         except NotFoundError:
             return None
         try:
