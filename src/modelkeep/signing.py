@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from modelkeep.errors import ConfigError, InvalidInputError, MissingExtraError, NotFoundError
+from modelkeep.errors import ConfigError, InvalidInputError, NotFoundError
 from modelkeep.store.hashing import content_id, is_id
 
 if TYPE_CHECKING:
@@ -56,10 +56,8 @@ State = Literal["valid", "untrusted", "invalid", "missing"]
 
 
 def _crypto() -> Any:
-    try:
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError as exc:
-        raise MissingExtraError("cryptography", "signing") from exc
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     return ed25519
 
 
