@@ -36,6 +36,7 @@ from modelkeep.errors import (
     VetoError,
 )
 from modelkeep.hooks import Finding
+from modelkeep.policy.rules import Policies
 from modelkeep.rebuild import RebuildReport
 from modelkeep.refs import Ref, parse_ref, validate_alias, validate_name
 from modelkeep.registry import Registry, RegistryVersion
@@ -123,6 +124,37 @@ class ModelVersion:
 
 
 @dataclass(frozen=True)
+class DeletedVersion:
+    """What :meth:`Keep.delete_version` removed."""
+
+    name: str
+    version: int
+    snapshot_id: str
+    snapshot_deleted: bool  # False when other versions still use the snapshot
+    shared_with: tuple[str, ...] = ()  # those versions (``NAME@N``)
+    aliases_deleted: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ref": self.ref, "name": self.name, "version": self.version,
+                "snapshot": self.snapshot_id, "snapshot_deleted": self.snapshot_deleted,
+                "shared_with": list(self.shared_with),
+                "aliases_deleted": list(self.aliases_deleted)}
+
+
+@dataclass(frozen=True)
+class _StoredSource:
+    """A stored file presented to scanners like a file being registered."""
+
+    relpath: str
+    size: int
+    open: Callable[[], Any]
+
+
+@dataclass(frozen=True)
 class TensorChanges:
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
@@ -205,7 +237,7 @@ def open(
     else:
         the_registry = registry
     return Keep(the_store, the_registry, store_options=options, plugins=pm,
-                named_stores=config.stores.values())
+                named_stores=config.stores.values(), policies=config.policy_set)
 
 
 def _merge_options(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -281,9 +313,11 @@ class Keep:
         store_options: Mapping[str, Any] | None = None,
         plugins: PluginManager | None = None,
         named_stores: Iterable[StoreConfig] = (),
+        policies: Policies | None = None,
     ) -> None:
         """*named_stores* are the configured stores, whose options are used to read a version
-        that lives in one of them (a copy, or a version registered through another store)."""
+        that lives in one of them (a copy, or a version registered through another store);
+        *policies* the ``[policies]`` rules (default: none)."""
         if plugins is None:
             from modelkeep.hooks.manager import get_plugin_manager
 
@@ -294,6 +328,7 @@ class Keep:
         self.hook = plugins.hook
         self._options = dict(store_options or {})
         self._named = tuple(named_stores)
+        self.policies = policies if policies is not None else Policies()
         self._snapshots: dict[str, Snapshot] = {}
         self._stores: dict[str, Store] = {store.location.locator: store}
         self._lock = threading.Lock()
@@ -531,6 +566,19 @@ class Keep:
                                         hint="return modelkeep.hooks.Finding objects")
         return findings
 
+    def scan(self, ref: str) -> list[Finding]:
+        """The findings of every ``modelkeep_scan_file`` plugin over a registered version's
+        files, read from the store (each scanner reads only what it needs)."""
+        rv = self._resolve(ref)
+        store, snap, _sid = self._load(rv)
+        return self._scan_stored(rv.name, store, snap)
+
+    def _scan_stored(self, name: str, store: Store, snap: Snapshot) -> list[Finding]:
+        sources = [_StoredSource(f.path, f.size,
+                                 lambda f=f: store.open_file(snap, f.path))  # type: ignore[misc]
+                   for f in snap.files]
+        return self._scan(name, sources)
+
     def _collect_lineage(
         self, name: str, source: Path | str, repo_dir: Path, given: Mapping[str, Any]
     ) -> dict[str, Any]:
@@ -707,7 +755,9 @@ class Keep:
             message=src.message if message is None else message,
             parents=(Parent(src_sid, src_rv.name, src_rv.version),),
         )
-        self._validate(to_name, snapshot, ())
+        # Scanners see the promoted files, read from the store, as they would at register: the
+        # target model's policies may be stricter than the source's.
+        self._validate(to_name, snapshot, self._scan_stored(to_name, store, snapshot))
         for alias in aliases:
             self._check_alias(to_name, alias, None, snapshot.tags, registering=True)
         registry_tags = {
@@ -734,6 +784,76 @@ class Keep:
         # The source of a promotion is the promoted version, read through its URI.
         self.hook.modelkeep_after_register(version=version, keep=self, source=src_rv.source)
         return version
+
+    # -- deleting --------------------------------------------------------------------------
+
+    def delete_version(self, ref: str) -> DeletedVersion:
+        """Delete the registry version *ref* names, and its snapshot object from the store when
+        no other registered version (of any model) points at the same snapshot.
+
+        An aliased version is refused (:class:`~modelkeep.errors.VetoError`) while its model's
+        policy is ``immutable`` (the default); otherwise its aliases are deleted first, through
+        the alias hooks and history like ``modelkeep alias --delete``. The chunks only this
+        version used stay until the store's garbage collection sweeps unreferenced chunks.
+        """
+        rv = self._resolve(ref)
+        name, number = rv.name, rv.version
+        try:
+            parsed = parse_uri(rv.source)
+        except InvalidInputError:
+            raise NotFoundError(
+                f"{name}@{number} was not registered by modelkeep (source {rv.source!r})",
+                hint="delete it with the registry's own tools") from None
+        aliases = tuple(sorted(rv.aliases))
+        if aliases:
+            immutable = self.policies.for_name(name).setting("immutable")
+            if immutable.value:
+                reason = (f"{name}@{number} has alias(es) {', '.join(aliases)} and versions of "
+                          f"{name} are immutable ({immutable.origin})")
+                raise VetoError(
+                    f"deleting {name}@{number} refused: {reason}", reasons=[reason],
+                    hint=f"point the alias elsewhere or remove it first (modelkeep alias "
+                         f"--delete {name} {aliases[0]}); nothing was deleted")
+            for alias in aliases:
+                self._check_alias(name, alias, None, rv.tags, registering=False, action="delete")
+        shared = self._snapshot_users(parsed.locator, parsed.snapshot_id, exclude=(name, number))
+        for alias in aliases:
+            self._move_alias(name, alias, None, action="delete")
+        # Registry entry first, then the snapshot. The version disappears for every reader in
+        # one step, and a crash between the two leaves an unreferenced snapshot, the same debris
+        # a crash during register leaves and garbage collection sweeps. The other order would
+        # leave a visible version whose snapshot is gone: a version nobody can pull.
+        self.registry.delete_version(name, number)
+        if not shared:
+            self._store_for(parsed.locator).delete_snapshot(parsed.snapshot_id)
+            self._snapshots.pop(parsed.snapshot_id, None)
+        return DeletedVersion(name, number, parsed.snapshot_id, not shared, shared, aliases)
+
+    def _snapshot_users(
+        self, locator: str, snapshot_id: str, exclude: tuple[str, int]
+    ) -> tuple[str, ...]:
+        """Every registered version, of any model, whose URI names this snapshot in this store
+        (but *exclude*)."""
+
+        def users(model: str) -> list[str]:
+            try:
+                found = self.registry.versions(model)
+            except NotFoundError:
+                return []  # deleted meanwhile
+            out = []
+            for rv in found:
+                if (rv.name, rv.version) == exclude:
+                    continue
+                try:
+                    parsed = parse_uri(rv.source)
+                except InvalidInputError:
+                    continue
+                if parsed.snapshot_id == snapshot_id and parsed.locator == locator:
+                    out.append(f"{rv.name}@{rv.version}")
+            return out
+
+        with ThreadPoolExecutor(8, thread_name_prefix="modelkeep-refs") as pool:
+            return tuple(ref for refs in pool.map(users, self.registry.models()) for ref in refs)
 
     # -- disaster recovery -----------------------------------------------------------------
 
@@ -1007,4 +1127,5 @@ def _tensor_changes(a: FileEntry, b: FileEntry) -> TensorChanges:
     )
 
 
-__all__ = ["Diff", "FileChange", "Keep", "ModelVersion", "TensorChanges", "open"]
+__all__ = ["DeletedVersion", "Diff", "FileChange", "Keep", "ModelVersion", "TensorChanges",
+           "open"]

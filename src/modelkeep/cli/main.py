@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 
 from modelkeep.aliases import AliasEvent
-from modelkeep.cli import registry_cmds
+from modelkeep.cli import policy_cmds, registry_cmds
 from modelkeep.cli._errors import report
 from modelkeep.cli._output import Output, human_bytes
 from modelkeep.errors import InvalidInputError
@@ -513,6 +513,7 @@ from modelkeep.cli.gitdvc_cmds import add_commands as _add_gitdvc  # noqa: E402
 
 _add_gitdvc(app)
 registry_cmds.add_to(app)
+policy_cmds.add_to(app)
 
 
 def _command(plugins: PluginManager) -> Any:

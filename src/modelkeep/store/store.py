@@ -14,6 +14,7 @@ for example ``modelkeep://s3/bucket/models/@9f2c…e1/model.safetensors`` or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -29,7 +30,12 @@ from modelkeep.store.cache import KnownChunks
 from modelkeep.store.codec import Kind
 from modelkeep.store.hashing import content_id
 from modelkeep.store.ingest import Ingestor, IngestStats, SourceFile
-from modelkeep.store.location import Location, location_from_locator, parse_location
+from modelkeep.store.location import (
+    Location,
+    location_from_locator,
+    parse_location,
+    translate_errors,
+)
 from modelkeep.store.materialize import SnapshotFile, materialize
 from modelkeep.store.objects import ObjectDB
 from modelkeep.store.runs import RunArtifacts
@@ -178,6 +184,16 @@ class Store:
         sid = snapshot.id
         self.db.put(Kind.SNAPSHOT, sid, payload)
         return sid
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Remove a snapshot object; one already gone is not an error. The caller makes sure no
+        registered version points at it any more: the store cannot know."""
+        path = self.db.path(Kind.SNAPSHOT, snapshot_id)
+        with translate_errors(self.location), contextlib.suppress(FileNotFoundError):
+            if self.location.is_local:
+                os.unlink(path)
+            else:
+                self.db.fs.rm_file(path)
 
     # -- reading ---------------------------------------------------------------------------
 
