@@ -65,11 +65,16 @@ def check(
         if not result.decisions:
             c.print(f"{result.ref}: {what}: no rule is set for {result.name}", highlight=False)
             return
-        table = Table("rule", "result", Column("from", overflow="fold"),
-                      Column("why", overflow="fold"), title=f"{result.ref}: {what}")
+        # One settings file holds every table: name it once, and each row's glob.
+        files = sorted({d.file for d in result.decisions if d.file})
+        c.print(f"{result.ref}: {what}, policies from {', '.join(files) or 'defaults'}",
+                highlight=False, markup=False)
+        table = Table(Column("rule", overflow="fold"), "result", Column("from", overflow="fold"),
+                      Column("why", overflow="fold", ratio=1))
         for d in result.decisions:
             why = d.reason + (f"; {d.fix}" if d.fix else "")
-            table.add_row(d.rule, _MARKS[d.status], escape(d.origin), escape(why))
+            origin = f'"{d.glob}"' if d.glob else "default"
+            table.add_row(d.rule, _MARKS[d.status], escape(origin), escape(why))
         c.print(table)
         failed = sum(1 for d in result.decisions if not d.passed)
         c.print(f"{failed} of {len(result.decisions)} rule(s) failed" if failed
@@ -115,7 +120,7 @@ def show(
 def _value(value: Any) -> str:
     import json
 
-    return json.dumps(value) if not isinstance(value, str) else repr(value)
+    return "-" if value is None else json.dumps(value)
 
 
 def _print_policy(st: State, policy: Policy) -> None:
@@ -123,16 +128,23 @@ def _print_policy(st: State, policy: Policy) -> None:
     if not policy.applies:
         c.print(f"no policy matches {policy.name}; the defaults apply", highlight=False)
     else:
+        files = sorted({s.file for s in policy.settings.values() if s.file})
         c.print(f"{policy.name}: matched " + ", ".join(f'"{g}"' for g in policy.matched)
-                + " (later wins)", highlight=False, markup=False)
-    table = Table("key", Column("value", overflow="fold"), Column("from", overflow="fold"))
+                + f" (the more specific wins) in {', '.join(files)}", highlight=False,
+                markup=False)
+    table = Table(Column("key", overflow="fold"), Column("value", overflow="fold"),
+                  Column("from", overflow="fold"))
+
+    def origin(glob: str | None) -> str:
+        return f'"{glob}"' if glob else "default"
+
     data = policy.to_json()
     for key, s in data["settings"].items():
-        setting = policy.setting(key)
-        table.add_row(key, escape(_value(s["value"])), escape(setting.origin))
+        table.add_row(key, escape(_value(s["value"])), escape(origin(s["glob"])))
     for gate in policy.gates.values():
         for s in gate.settings():
-            table.add_row(escape(s.key), escape(_value(s.to_json()["value"])), escape(s.origin))
+            table.add_row(escape(s.key), escape(_value(s.to_json()["value"])),
+                          escape(origin(s.glob)))
     c.print(table)
 
 
@@ -185,8 +197,8 @@ def prune(
             c.print(f"would delete {goes} of {len(report.plan)} version(s) (dry run)",
                     highlight=False)
         else:
-            c.print(f"deleted {len(report.deleted)} of {len(report.plan)} version(s); "
-                    f"`modelkeep gc` reclaims the chunks only they used", highlight=False)
+            c.print(f"deleted {len(report.deleted)} of {len(report.plan)} version(s); the "
+                    f"chunks only they used stay until garbage collection", highlight=False)
 
     st.out.emit(report.to_json(), human)
     if not report.ok:

@@ -151,7 +151,7 @@ def decide(
     if alias is None:
         setting = policy.setting("required_tags")
         if setting.value:
-            out.append(_required(setting, tags, "required_tags"))
+            out.append(_required(setting, tags, "required_tags", ""))
         setting = policy.setting("formats")
         if setting.value is not None and formats is not None:
             allowed = set(setting.value)
@@ -183,7 +183,8 @@ def decide(
     if gate is None:
         return out
     if gate.required_tags is not None and gate.required_tags.value:
-        out.append(_required(gate.required_tags, tags, gate.required_tags.key))
+        out.append(_required(gate.required_tags, tags, gate.required_tags.key,
+                             "tag the version first"))
     if gate.conditions is not None:
         for condition in gate.conditions.value:
             out.append(_condition(gate.conditions, condition, tags))
@@ -202,12 +203,12 @@ def decide(
     return out
 
 
-def _required(setting: Setting, tags: Mapping[str, str], rule: str) -> Decision:
+def _required(setting: Setting, tags: Mapping[str, str], rule: str, fix: str) -> Decision:
     missing = [t for t in setting.value if t not in tags]
     if missing:
         example = " ".join(f"--tag {t}=VALUE" for t in missing[:2])
         return _decision(setting, False, f"missing tag(s) {', '.join(missing)}",
-                         f"set them ({example})", rule=rule)
+                         fix or f"set them ({example})", rule=rule)
     return _decision(setting, True, f"has tag(s) {', '.join(setting.value)}", rule=rule)
 
 
