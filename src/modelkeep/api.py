@@ -644,9 +644,19 @@ class Keep:
             self.registry.delete_alias(name, alias)
         else:
             self.registry.set_alias(name, alias, version)
+        self._record_alias(name, alias, version, previous, action, model.tags)
+
+    def _record_alias(
+        self, name: str, alias: str, version: int | None, previous: int | None, action: str,
+        model_tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record an alias change made in the registry in its history, and tell the plugins.
+        *model_tags* are the model's tags from before the change (read again when None)."""
         if previous != version or action != "set":
             key = aliases_mod.HISTORY_TAG + alias
-            events = aliases_mod.decode(alias, model.tags.get(key))
+            if model_tags is None:
+                model_tags = self.registry.get_model(name).tags
+            events = aliases_mod.decode(alias, model_tags.get(key))
             events.append(aliases_mod.AliasEvent(alias, version, aliases_mod.now(), _author(),
                                                  action))
             self.registry.set_model_tag(name, key, aliases_mod.encode(events))
@@ -792,9 +802,9 @@ class Keep:
         no other registered version (of any model) points at the same snapshot.
 
         An aliased version is refused (:class:`~modelkeep.errors.VetoError`) while its model's
-        policy is ``immutable`` (the default); otherwise its aliases are deleted first, through
-        the alias hooks and history like ``modelkeep alias --delete``. The chunks only this
-        version used stay until the store's garbage collection sweeps unreferenced chunks.
+        policy is ``immutable`` (the default); otherwise its aliases go with it, asked of the
+        alias hooks and recorded in the alias history like ``modelkeep alias --delete``. The
+        chunks only this version used stay until the store's garbage collection sweeps them.
         """
         rv = self._resolve(ref)
         name, number = rv.name, rv.version
@@ -817,13 +827,13 @@ class Keep:
             for alias in aliases:
                 self._check_alias(name, alias, None, rv.tags, registering=False, action="delete")
         shared = self._snapshot_users(parsed.locator, parsed.snapshot_id, exclude=(name, number))
-        for alias in aliases:
-            self._move_alias(name, alias, None, action="delete")
-        # Registry entry first, then the snapshot. The version disappears for every reader in
-        # one step, and a crash between the two leaves an unreferenced snapshot, the same debris
-        # a crash during register leaves and garbage collection sweeps. The other order would
-        # leave a visible version whose snapshot is gone: a version nobody can pull.
+        # Registry entry first, then the snapshot. The version and its aliases disappear for
+        # every reader in one step, and a crash between the two leaves an unreferenced snapshot,
+        # the same debris a crash during register leaves and garbage collection sweeps. The
+        # other order would leave a visible version whose snapshot is gone: one nobody can pull.
         self.registry.delete_version(name, number)
+        for alias in aliases:
+            self._record_alias(name, alias, None, number, "delete")
         if not shared:
             self._store_for(parsed.locator).delete_snapshot(parsed.snapshot_id)
             self._snapshots.pop(parsed.snapshot_id, None)
