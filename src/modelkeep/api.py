@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import getpass
+import io
 import os
 import socket
 import threading
@@ -37,6 +38,7 @@ from modelkeep.errors import (
     VetoError,
 )
 from modelkeep.hooks import Finding
+from modelkeep.policy.rules import Policies
 from modelkeep.rebuild import RebuildReport
 from modelkeep.refs import Ref, parse_ref, validate_alias, validate_name
 from modelkeep.registry import Registry, RegistryVersion
@@ -136,6 +138,37 @@ class ModelVersion:
 
 
 @dataclass(frozen=True)
+class DeletedVersion:
+    """What :meth:`Keep.delete_version` removed."""
+
+    name: str
+    version: int
+    snapshot_id: str
+    snapshot_deleted: bool  # False when other versions still use the snapshot
+    shared_with: tuple[str, ...] = ()  # those versions (``NAME@N``)
+    aliases_deleted: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ref": self.ref, "name": self.name, "version": self.version,
+                "snapshot": self.snapshot_id, "snapshot_deleted": self.snapshot_deleted,
+                "shared_with": list(self.shared_with),
+                "aliases_deleted": list(self.aliases_deleted)}
+
+
+@dataclass(frozen=True)
+class _StoredSource:
+    """A stored file presented to scanners like a file being registered."""
+
+    relpath: str
+    size: int
+    open: Callable[[], Any]
+
+
+@dataclass(frozen=True)
 class TensorChanges:
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
@@ -220,7 +253,7 @@ def open(
         the_registry = registry
     return Keep(the_store, the_registry, store_options=options, plugins=pm,
                 named_stores=config.stores.values(), config=config,
-                signing_key=signing_key)
+                signing_key=signing_key, policies=config.policy_set)
 
 
 def open_store(
@@ -347,12 +380,13 @@ class Keep:
         named_stores: Iterable[StoreConfig] = (),
         config: Config | None = None,
         signing_key: str | os.PathLike[str] | None = None,
+        policies: Policies | None = None,
     ) -> None:
         """*named_stores* are the configured stores, whose options are used to read a version
         that lives in one of them (a copy, or a version registered through another store), and
-        to open the destination of :meth:`sync`. *config* holds the policies plugins read
+        to open the destination of :meth:`sync`. *config* is the configuration plugins read
         (default: none). *signing_key* is a private key file: every snapshot this Keep writes
-        is signed."""
+        is signed. *policies* are the ``[policies]`` rules (default: none)."""
         if plugins is None:
             from modelkeep.hooks.manager import get_plugin_manager
 
@@ -367,6 +401,7 @@ class Keep:
             config = Config(root=Path.cwd(), store=store.url, registry=registry.uri,
                             stores={n.name: n for n in self._named})
         self.config = config
+        self.policies = policies if policies is not None else Policies()
         self._snapshots: dict[str, Snapshot] = {}
         self._stores: dict[str, Store] = {store.location.locator: store}
         self._lock = threading.Lock()
@@ -630,6 +665,22 @@ class Keep:
                                         hint="return modelkeep.hooks.Finding objects")
         return findings
 
+    def scan(self, ref: str) -> list[Finding]:
+        """The findings of every ``modelkeep_scan_file`` plugin over a registered version's
+        files, read through the store (only the chunks a scanner reads are fetched): what a
+        register of the same files would get, without trusting the version's tags."""
+        rv = self._resolve(ref)
+        store, snap, _sid = self._load(rv)
+        return self._scan_stored(rv.name, store, snap)
+
+    def _scan_stored(self, name: str, store: Store, snap: Snapshot) -> list[Finding]:
+        # Buffered: scanners read small pieces (pickle opcodes), each a call into the store.
+        sources = [_StoredSource(f.path, f.size,
+                                 lambda f=f: io.BufferedReader(  # type: ignore[misc]
+                                     store.open_file(snap, f.path), 1 << 20))
+                   for f in snap.files]
+        return self._scan(name, sources)
+
     def _collect_lineage(
         self, name: str, source: Path | str, repo_dir: Path, given: Mapping[str, Any]
     ) -> dict[str, Any]:
@@ -700,9 +751,19 @@ class Keep:
             self.registry.delete_alias(name, alias)
         else:
             self.registry.set_alias(name, alias, version)
+        self._record_alias(name, alias, version, previous, action, model.tags)
+
+    def _record_alias(
+        self, name: str, alias: str, version: int | None, previous: int | None, action: str,
+        model_tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record an alias change made in the registry in its history, and tell the plugins.
+        *model_tags* are the model's tags from before the change (read again when None)."""
         if previous != version or action != "set":
             key = aliases_mod.HISTORY_TAG + alias
-            events = aliases_mod.decode(alias, model.tags.get(key))
+            if model_tags is None:
+                model_tags = self.registry.get_model(name).tags
+            events = aliases_mod.decode(alias, model_tags.get(key))
             events.append(aliases_mod.AliasEvent(alias, version, aliases_mod.now(), _author(),
                                                  action))
             self.registry.set_model_tag(name, key, aliases_mod.encode(events))
@@ -814,7 +875,9 @@ class Keep:
             message=src.message if message is None else message,
             parents=(Parent(src_sid, src_rv.name, src_rv.version),),
         )
-        self._validate(to_name, snapshot, ())
+        # Scanners see the promoted files, read from the store, as they would at register: the
+        # target model's policies may be stricter than the source's.
+        self._validate(to_name, snapshot, self._scan_stored(to_name, store, snapshot))
         for alias in aliases:
             self._check_alias(to_name, alias, None, snapshot.tags, registering=True)
         registry_tags = {
@@ -957,11 +1020,93 @@ class Keep:
         entry, then snapshot), so that their chunks become unreferenced; in a dry run their
         snapshots are passed as ``ignore_snapshots`` instead, so the report shows what they
         would free. The report's ``deleted_snapshots`` lists them."""
-        deleted: list[str] = []
+        from modelkeep.policy import apply_retention
+
+        retention = apply_retention(self, dry_run=dry_run)
+        if dry_run:
+            deleted = [item.snapshot_id for item in retention.to_delete]
+        else:
+            deleted = [d.snapshot_id for d in retention.deleted if d.snapshot_deleted]
         report = self.store.gc(grace=grace, dry_run=dry_run, progress=progress,
                                ignore_snapshots=deleted if dry_run else ())
         report.deleted_snapshots = deleted
+        gone = {(d.name, d.version) for d in retention.deleted}
+        failed = dict(retention.failed)
+        report.versions = [
+            {**item.to_json(), "deleted": (item.name, item.version) in gone}
+            for item in retention.to_delete if item.ref not in failed
+        ] + [{"ref": ref, "error": error} for ref, error in failed.items()]
         return report
+
+    # -- deleting --------------------------------------------------------------------------
+
+    def delete_version(self, ref: str) -> DeletedVersion:
+        """Delete the registry version *ref* names, and its snapshot object from the store when
+        no other registered version (of any model) points at the same snapshot.
+
+        An aliased version is refused (:class:`~modelkeep.errors.VetoError`) while its model's
+        policy is ``immutable`` (the default); otherwise its aliases go with it, asked of the
+        alias hooks and recorded in the alias history like ``modelkeep alias --delete``. The
+        chunks only this version used stay until the store's garbage collection sweeps them.
+        """
+        rv = self._resolve(ref)
+        name, number = rv.name, rv.version
+        try:
+            parsed = parse_uri(rv.source)
+        except InvalidInputError:
+            raise NotFoundError(
+                f"{name}@{number} was not registered by modelkeep (source {rv.source!r})",
+                hint="delete it with the registry's own tools") from None
+        aliases = tuple(sorted(rv.aliases))
+        if aliases:
+            immutable = self.policies.for_name(name).setting("immutable")
+            if immutable.value:
+                reason = (f"{name}@{number} has alias(es) {', '.join(aliases)} and versions of "
+                          f"{name} are immutable ({immutable.origin})")
+                raise VetoError(
+                    f"deleting {name}@{number} refused: {reason}", reasons=[reason],
+                    hint=f"point the alias elsewhere or remove it first (modelkeep alias "
+                         f"--delete {name} {aliases[0]}); nothing was deleted")
+            for alias in aliases:
+                self._check_alias(name, alias, None, rv.tags, registering=False, action="delete")
+        shared = self._snapshot_users(parsed.locator, parsed.snapshot_id, exclude=(name, number))
+        # Registry entry first, then the snapshot. The version and its aliases disappear for
+        # every reader in one step, and a crash between the two leaves an unreferenced snapshot,
+        # the same debris a crash during register leaves and garbage collection sweeps. The
+        # other order would leave a visible version whose snapshot is gone: one nobody can pull.
+        self.registry.delete_version(name, number)
+        for alias in aliases:
+            self._record_alias(name, alias, None, number, "delete")
+        if not shared:
+            self._store_for(parsed.locator).delete_snapshot(parsed.snapshot_id)
+            self._snapshots.pop(parsed.snapshot_id, None)
+        return DeletedVersion(name, number, parsed.snapshot_id, not shared, shared, aliases)
+
+    def _snapshot_users(
+        self, locator: str, snapshot_id: str, exclude: tuple[str, int]
+    ) -> tuple[str, ...]:
+        """Every registered version, of any model, whose URI names this snapshot in this store
+        (but *exclude*)."""
+
+        def users(model: str) -> list[str]:
+            try:
+                found = self.registry.versions(model)
+            except NotFoundError:
+                return []  # deleted meanwhile
+            out = []
+            for rv in found:
+                if (rv.name, rv.version) == exclude:
+                    continue
+                try:
+                    parsed = parse_uri(rv.source)
+                except InvalidInputError:
+                    continue
+                if parsed.snapshot_id == snapshot_id and parsed.locator == locator:
+                    out.append(f"{rv.name}@{rv.version}")
+            return out
+
+        with ThreadPoolExecutor(8, thread_name_prefix="modelkeep-refs") as pool:
+            return tuple(ref for refs in pool.map(users, self.registry.models()) for ref in refs)
 
     # -- disaster recovery -----------------------------------------------------------------
 
@@ -1135,24 +1280,6 @@ class Keep:
         parsed = parse_uri(rv.source)
         return self._store_for(parsed.locator).verify([parsed.snapshot_id], progress=progress)
 
-    def scan(self, ref: str) -> list[Finding]:
-        """Run every ``modelkeep_scan_file`` scanner over the files of registered version *ref*,
-        read through the store (only the chunks a scanner reads are fetched): the findings a
-        register of the same files would get, without trusting the version's tags."""
-        import io
-
-        store, snap, _sid = self._load(self._resolve(ref))
-        caller = self.hook.modelkeep_scan_file
-        findings: list[Finding] = []
-        for entry in snap.files:
-            def opener(entry: FileEntry = entry) -> Any:
-                return io.BufferedReader(store.open_file(snap, entry.path), 1 << 20)
-
-            for answer in caller(name=snap.name, path=entry.path, size=entry.size,
-                                 opener=opener):
-                findings.extend(answer or ())
-        return findings
-
     # -- signatures ------------------------------------------------------------------------
 
     def signer(self) -> Signer | None:
@@ -1290,4 +1417,5 @@ def _tensor_changes(a: FileEntry, b: FileEntry) -> TensorChanges:
     )
 
 
-__all__ = ["Diff", "FileChange", "Keep", "ModelVersion", "TensorChanges", "open"]
+__all__ = ["DeletedVersion", "Diff", "FileChange", "Keep", "ModelVersion", "TensorChanges",
+           "open"]

@@ -21,7 +21,8 @@ defaults::
     [stores.laptop]
     url = ".modelkeep/store"                    # relative to this file
 
-    [policies]                                  # passed through to the policy layer
+    [policies."llm-*"]                          # rules per model-name glob (docs/policies.md)
+    keep_last = 5
 
 The single-store form keeps working: ``store = "URL"`` with a ``[store_options]`` table is an
 unnamed default store. ``default_store`` and ``store`` are exclusive; with neither, the default is
@@ -48,9 +49,12 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelkeep.errors import ConfigError
+
+if TYPE_CHECKING:
+    from modelkeep.policy.rules import Policies
 
 CONFIG_NAME = "modelkeep.toml"
 PYPROJECT = "pyproject.toml"
@@ -100,6 +104,14 @@ class Config:
         if named is not None:
             return StoreChoice(named.name, named.url, _with_env_options(named.options))
         return StoreChoice(None, value, dict(self.store_options))
+
+    @property
+    def policy_set(self) -> Policies:
+        """The parsed ``[policies]`` tables (validated when the file was loaded)."""
+        from modelkeep.policy.rules import parse_policies
+
+        prefix = "tool.modelkeep." if self.file is not None and self.file.name == PYPROJECT else ""
+        return parse_policies(self.policies, file=self.file, prefix=prefix, stores=self.stores)
 
     def to_json(self, *, redacted: bool = True) -> dict[str, Any]:
         """The effective settings, with secrets replaced by ``***`` unless *redacted* is False."""
@@ -241,6 +253,12 @@ def load_config(start: Path | None = None) -> Config:
                 raise ConfigError(f"'tool.modelkeep' in {file} must be a table")
         data = raw
         _validate(data, file, prefix)
+        # Policies are checked here too, so a bad rule fails every command, not only the ones
+        # that apply it; modelkeep.policy owns their rules.
+        from modelkeep.policy.rules import parse_policies
+
+        parse_policies(data.get("policies", {}), file=file, prefix=prefix,
+                       stores=data.get("stores", {}).keys())
     sources: dict[str, str] = {}
 
     stores = {

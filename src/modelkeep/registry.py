@@ -85,6 +85,11 @@ class Registry(Protocol):
 
     def set_alias(self, name: str, alias: str, version: int) -> None: ...
 
+    def delete_version(self, name: str, version: int) -> None:
+        """Remove one version (and any alias on it). Raise
+        :class:`~modelkeep.errors.NotFoundError` if absent."""
+        ...
+
     def delete_alias(self, name: str, alias: str) -> None:
         """Raise :class:`~modelkeep.errors.NotFoundError` if the alias is not set."""
         ...

@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 
 from modelkeep.aliases import AliasEvent
-from modelkeep.cli import key_cmds, registry_cmds, store_cmds
+from modelkeep.cli import key_cmds, policy_cmds, registry_cmds, store_cmds
 from modelkeep.cli._errors import report
 from modelkeep.cli._output import Output, human_bytes
 from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError
@@ -616,6 +616,7 @@ _add_gitdvc(app)
 registry_cmds.add_to(app)
 store_cmds.add_to(app)
 key_cmds.add_to(app)
+policy_cmds.add_to(app)
 
 
 def _command(plugins: PluginManager) -> Any:

@@ -136,6 +136,12 @@ def gc(
         c = st.out.console
         words = {"hide": ("would hide", "hid"), "delete": ("would delete", "deleted"),
                  "restore": ("would restore", "restored")}
+        for v in report.versions:
+            if "error" in v:
+                c.print(f"could not delete version {v['ref']}: {v['error']}", highlight=False)
+                continue
+            verb = "would delete" if dry_run else ("deleted" if v["deleted"] else "kept")
+            c.print(f"{verb} version {v['ref']}: {'; '.join(v['reasons'])}", highlight=False)
         for sid in report.deleted_snapshots:
             c.print(f"{'would delete' if dry_run else 'deleted'} snapshot {sid[:12]}",
                     highlight=False)

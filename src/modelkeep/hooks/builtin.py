@@ -1,7 +1,7 @@
 """Built-in default plugin: a scanner's ``error`` finding refuses the version.
 
-Scanners only report; deciding what a finding means is a validator's job, so a plugin (or,
-later, a policy) can be stricter about warnings, and blocking this plugin
+Scanners only report; deciding what a finding means is a validator's job, so a plugin (or the
+``pickle`` policy rule, docs/policies.md) can be stricter about warnings, and blocking this plugin
 (``MODELKEEP_PLUGINS=-modelkeep.findings``) lets errors through.
 """
 

@@ -35,6 +35,7 @@ ENV = "MODELKEEP_PLUGINS"
 # plugin among them) at import time; adapters join through the hooks like any third party.
 DEFAULT_PLUGINS: dict[str, str] = {
     "modelkeep.findings": "modelkeep.hooks.builtin",
+    "modelkeep.policies": "modelkeep.policy.plugin",
     "modelkeep.mlflow": "modelkeep.plugins.mlflow.hooks",
     "modelkeep.git": "modelkeep.plugins.git",
     "modelkeep.dvc": "modelkeep.plugins.dvc",

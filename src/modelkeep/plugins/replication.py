@@ -13,32 +13,15 @@ what is still missing. Block the plugin with ``MODELKEEP_PLUGINS=-modelkeep.repl
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from modelkeep.errors import ConfigError, ModelkeepError, StoreError
+from modelkeep.errors import ModelkeepError, StoreError
 from modelkeep.hooks import hookimpl
 
 if TYPE_CHECKING:
     from modelkeep.api import Keep, ModelVersion
     from modelkeep.store import SyncReport
-
-
-def replicate_targets(policies: Mapping[str, Any], name: str) -> list[str]:
-    """The stores a version of model *name* is copied to: the ``replicate_to`` lists of every
-    policy table whose key (a glob) matches *name*, in file order, without repeats."""
-    out: list[str] = []
-    for pattern, table in policies.items():
-        if not isinstance(table, Mapping) or "replicate_to" not in table:
-            continue
-        targets = table["replicate_to"]
-        if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
-            raise ConfigError(f"policies.{pattern}.replicate_to must be a list of store names",
-                              hint='e.g. replicate_to = ["backup"]')
-        if fnmatch.fnmatchcase(name, pattern):
-            out.extend(t for t in targets if t not in out)
-    return out
 
 
 def replicate(keep: Keep, version: ModelVersion, stores: Sequence[str]) -> list[SyncReport]:
@@ -56,6 +39,6 @@ def replicate(keep: Keep, version: ModelVersion, stores: Sequence[str]) -> list[
 
 @hookimpl
 def modelkeep_after_register(version: ModelVersion, keep: Keep) -> None:
-    stores = replicate_targets(keep.config.policies, version.name)
+    stores = keep.policies.for_name(version.name).replicate_to
     if stores:
         replicate(keep, version, stores)

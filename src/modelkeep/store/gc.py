@@ -164,6 +164,9 @@ class GcReport:
     waiting: int = 0  # fossils kept because they were hidden less than the grace period ago
     waiting_bytes: int = 0
     deleted_snapshots: list[str] = field(default_factory=list)
+    # Versions deleted first, by whoever drives the collection (retention policies): as that
+    # layer reports them, since the store knows nothing of registries.
+    versions: list[dict[str, Any]] = field(default_factory=list)
 
     def _of(self, action: str) -> list[GcItem]:
         return [i for i in self.items if i.action == action]
@@ -200,6 +203,7 @@ class GcReport:
             "young": self.young, "young_bytes": self.young_bytes,
             "waiting": self.waiting, "waiting_bytes": self.waiting_bytes,
             "deleted_snapshots": list(self.deleted_snapshots),
+            "versions": list(self.versions),
             "items": [i.to_json() for i in self.items],
         }
 

@@ -45,7 +45,11 @@ from modelkeep.store.codec import Kind
 from modelkeep.store.gc import ChunksCollectedError, GcMark, GcReport
 from modelkeep.store.hashing import content_id
 from modelkeep.store.ingest import Ingestor, IngestStats, SourceFile
-from modelkeep.store.location import Location, location_from_locator, parse_location
+from modelkeep.store.location import (
+    Location,
+    location_from_locator,
+    parse_location,
+)
 from modelkeep.store.materialize import SnapshotFile, materialize
 from modelkeep.store.objects import MAX_DESCRIPTOR, ObjectDB
 from modelkeep.store.runs import RunArtifacts
@@ -520,10 +524,10 @@ class Store:
         return known
 
     def delete_snapshot(self, snapshot_id: str) -> None:
-        """Remove a snapshot object. Its chunks stay until a garbage collection finds nothing
-        else uses them; a registry entry naming it stops resolving (remove that first)."""
-        if not self.db.delete_path(self.db.path(Kind.SNAPSHOT, snapshot_id)):
-            raise NotFoundError(f"snapshot {snapshot_id[:12]} is not in the store {self.url}")
+        """Remove a snapshot object; one already gone is not an error. Its chunks stay until a
+        garbage collection finds nothing else uses them. The caller makes sure no registered
+        version points at it any more: the store cannot know."""
+        self.db.delete_path(self.db.path(Kind.SNAPSHOT, snapshot_id))
 
     def gc(
         self,

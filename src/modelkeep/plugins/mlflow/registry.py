@@ -266,6 +266,12 @@ class MlflowRegistry:
             self._retry("deleting the alias",
                         lambda: self._client.delete_registered_model_alias(name, alias))
 
+    def delete_version(self, name: str, version: int) -> None:
+        # MLflow answers a missing version with RESOURCE_DOES_NOT_EXIST: NotFoundError.
+        with self._errors(f"version {name}@{version}"):
+            self._retry("deleting the version",
+                        lambda: self._client.delete_model_version(name, str(version)))
+
     def set_model_tag(self, name: str, key: str, value: str) -> None:
         with self._errors(f"tag {key!r} of model {name!r}"):
             self._retry("setting the tag",

@@ -1,0 +1,79 @@
+"""Built-in default plugin ``modelkeep.policies``: the policies of ``[policies."GLOB"]`` as vetoes.
+
+``modelkeep_validate_version`` applies the rules every new version must pass (required tags,
+formats, maximum size, pickle findings); ``modelkeep_before_alias_change`` applies the promotion
+gate of the alias being set or rolled back to (deleting an alias passes no gate). Both ask the one
+engine (:func:`modelkeep.policy.engine.decide`) and refuse with each failed decision's one line,
+naming the rule, its glob and the fix. A ``pickle = "warn"`` rule that found something lets the
+version through and logs a warning on the ``modelkeep.policy`` logger.
+
+The policies are the :class:`~modelkeep.api.Keep`'s (``keep.policies``, from the settings file
+:func:`modelkeep.open` read). Blocking this plugin (``MODELKEEP_PLUGINS=-modelkeep.policies``)
+turns the vetoes off; ``immutable`` is enforced by :meth:`Keep.delete_version` itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from modelkeep.hooks._markers import hookimpl
+from modelkeep.hooks._types import Finding
+from modelkeep.policy.check import content_store, file_formats, needs_scan, signed_state
+from modelkeep.policy.engine import Decision, decide, refusal
+
+if TYPE_CHECKING:
+    from modelkeep.api import Keep
+    from modelkeep.store import Snapshot
+
+log = logging.getLogger("modelkeep.policy")
+
+# A version being registered has no number yet when its aliases are checked, so the alias hook
+# cannot read its files. The findings of the validation that runs just before, in the same
+# thread, for the same Keep and name, are kept here for it.
+_pending = threading.local()
+
+
+def _refusal(name: str, decisions: Sequence[Decision]) -> str | None:
+    for d in decisions:
+        if d.warning:
+            log.warning("warning: %s: policy %s: %s", name, d.rule, d.reason)
+    return refusal(decisions)
+
+
+@hookimpl(trylast=True)
+def modelkeep_validate_version(
+    name: str, snapshot: Snapshot, findings: Sequence[Finding], keep: Keep
+) -> str | None:
+    _pending.key = (id(keep), name)
+    _pending.findings = tuple(findings)
+    policy = keep.policies.for_name(name)
+    if not policy.applies:
+        return None
+    formats = None
+    if policy.formats is not None:
+        formats = file_formats(content_store(keep, snapshot), snapshot)
+    return _refusal(name, decide(policy, tags=snapshot.tags, size=snapshot.size,
+                                 formats=formats, findings=findings))
+
+
+@hookimpl(trylast=True)
+def modelkeep_before_alias_change(
+    name: str, alias: str, version: int | None, tags: Mapping[str, str], action: str, keep: Keep
+) -> str | None:
+    if action == "delete":
+        return None
+    policy = keep.policies.for_name(name)
+    if policy.gate(alias) is None:
+        return None
+    findings: Sequence[Finding] | None = None
+    if needs_scan(policy, alias):
+        if version is not None:
+            findings = keep.scan(f"{name}@{version}")
+        elif getattr(_pending, "key", None) == (id(keep), name):
+            findings = _pending.findings
+    ref = f"{name}@{version}" if version is not None else None
+    return _refusal(name, decide(policy, tags=tags, findings=findings, alias=alias,
+                                 signed=signed_state(keep, policy, alias, ref)))

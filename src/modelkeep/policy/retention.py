@@ -1,0 +1,182 @@
+"""Retention: which versions the policies let go, and deleting them.
+
+For each model with a retention rule (``keep_last`` or ``keep_days``), every version is kept when
+any of these holds, and deleted otherwise:
+
+* ``keep_last = N``: it is one of the N highest-numbered versions;
+* ``keep_days = D``: it was created less than D days ago;
+* it is the newest version (retention never empties a model);
+* it has an alias and ``keep_aliased`` (default true) or ``immutable`` (default true, and an
+  immutable version cannot be deleted while aliased);
+* it has a tag listed in ``keep_tags``.
+
+So the rules add up, like ``restic forget --keep-last --keep-within``: a version goes only when no
+rule keeps it. Models without ``keep_last`` and ``keep_days`` are not planned at all.
+
+:func:`apply_retention` deletes what the plan allows with :meth:`Keep.delete_version`, one
+version at a time, checking each version's aliases and tags again just before deleting it, so a
+version aliased or tagged after the plan was made is kept. It deletes registry entries and their
+snapshot objects; the chunks they alone used are left to the store's garbage collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from modelkeep.errors import ModelkeepError
+from modelkeep.policy.rules import Policy
+
+if TYPE_CHECKING:
+    from modelkeep.api import DeletedVersion, Keep
+
+
+@dataclass(frozen=True)
+class RetentionItem:
+    """One version in a retention plan: keep or delete, and why."""
+
+    name: str
+    version: int
+    action: str  # "keep" or "delete"
+    reasons: tuple[str, ...]
+    created: datetime
+    size: int
+    snapshot_id: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ref": self.ref, "name": self.name, "version": self.version,
+                "action": self.action, "reasons": list(self.reasons),
+                "created": self.created.isoformat(), "size": self.size,
+                "snapshot": self.snapshot_id, "aliases": list(self.aliases)}
+
+
+@dataclass
+class RetentionReport:
+    """What :func:`apply_retention` did (or, with *dry_run*, would do)."""
+
+    dry_run: bool
+    plan: list[RetentionItem] = field(default_factory=list)
+    deleted: list[DeletedVersion] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (ref, why it was kept)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (ref, error)
+
+    @property
+    def to_delete(self) -> list[RetentionItem]:
+        return [i for i in self.plan if i.action == "delete"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "ok": self.ok,
+                "plan": [i.to_json() for i in self.plan],
+                "deleted": [d.to_json() for d in self.deleted],
+                "skipped": [{"ref": r, "reason": w} for r, w in self.skipped],
+                "failed": [{"ref": r, "error": e} for r, e in self.failed]}
+
+
+def _age(delta: timedelta) -> str:
+    days = delta.total_seconds() / 86400
+    if days >= 1:
+        return f"{days:.0f} day(s)"
+    return f"{delta.total_seconds() / 3600:.1f} hour(s)"
+
+
+def keep_reasons(policy: Policy, *, rank: int, created: datetime, now: datetime,
+                 aliases: tuple[str, ...], tags: dict[str, str] | Any) -> list[str]:
+    """Why a version is kept (empty: it may be deleted). *rank* is 0 for the newest."""
+    reasons = []
+    if rank == 0:
+        reasons.append("newest version")
+    if policy.keep_last is not None and rank < policy.keep_last:
+        reasons.append(f"keep_last = {policy.keep_last}: one of the {policy.keep_last} newest")
+    if policy.keep_days is not None and now - created < timedelta(days=policy.keep_days):
+        reasons.append(f"keep_days = {policy.keep_days}: created {_age(now - created)} ago")
+    if aliases:
+        if policy.immutable:
+            reasons.append(f"aliased ({', '.join(aliases)}) and immutable")
+        elif policy.keep_aliased:
+            reasons.append(f"aliased ({', '.join(aliases)}), keep_aliased")
+    tagged = [t for t in policy.keep_tags if t in tags]
+    if tagged:
+        reasons.append(f"keep_tags: tagged {', '.join(tagged)}")
+    return reasons
+
+
+def _delete_reasons(policy: Policy, rank: int, created: datetime, now: datetime) -> list[str]:
+    reasons = []
+    if policy.keep_last is not None:
+        reasons.append(f"not one of the {policy.keep_last} newest (keep_last), "
+                       f"{rank} newer version(s)")
+    if policy.keep_days is not None:
+        reasons.append(f"older than {policy.keep_days} day(s) (keep_days): created "
+                       f"{_age(now - created)} ago")
+    return reasons
+
+
+def retention_plan(keep: Keep, name: str | None = None, *,
+                   now: datetime | None = None) -> list[RetentionItem]:
+    """For each version of *name* (default: every model) that a retention rule covers: keep or
+    delete, and why. *now* is the time ``keep_days`` counts from (default: the current time)."""
+    now = now or datetime.now(UTC)
+    names = [name] if name is not None else keep.models()
+    plan: list[RetentionItem] = []
+    for model in names:
+        policy = keep.policies.for_name(model)
+        if not policy.has_retention:
+            continue
+        versions = sorted(keep.versions(model), key=lambda v: v.version, reverse=True)
+        items = []
+        for rank, v in enumerate(versions):
+            reasons = keep_reasons(policy, rank=rank, created=v.created, now=now,
+                                   aliases=v.aliases, tags=v.tags)
+            action = "keep" if reasons else "delete"
+            if not reasons:
+                reasons = _delete_reasons(policy, rank, v.created, now)
+            items.append(RetentionItem(model, v.version, action, tuple(reasons), v.created,
+                                       v.size, v.snapshot_id, tuple(v.aliases)))
+        plan.extend(reversed(items))  # oldest first, like `modelkeep list`
+    return plan
+
+
+def apply_retention(
+    keep: Keep, *, dry_run: bool, name: str | None = None, now: datetime | None = None,
+    plan: list[RetentionItem] | None = None, progress: Callable[[int], None] | None = None,
+) -> RetentionReport:
+    """Delete the versions :func:`retention_plan` allows (nothing with *dry_run*).
+
+    *plan* is one already made for the same *name*; *progress* is called with the size of each
+    version handled. One failure does not stop the others: it is reported in ``failed``. A
+    version that gained an alias or a kept tag since the plan was made is kept (``skipped``).
+    """
+    report = RetentionReport(dry_run, plan if plan is not None
+                             else retention_plan(keep, name, now=now))
+    if dry_run:
+        return report
+    for item in report.to_delete:
+        policy = keep.policies.for_name(item.name)
+        try:
+            current = keep.registry.get_version(item.name, item.version)
+            # Aliases and tags can change between planning and deleting; ask again.
+            still = keep_reasons(policy, rank=1, created=item.created,
+                                 now=now or datetime.now(UTC), aliases=current.aliases,
+                                 tags=current.tags)
+            still = [r for r in still if not r.startswith(("keep_last", "keep_days"))]
+            if still:
+                report.skipped.append((item.ref, "; ".join(still)))
+                continue
+            report.deleted.append(keep.delete_version(item.ref))
+        except ModelkeepError as exc:
+            report.failed.append((item.ref, str(exc)))
+        finally:
+            if progress is not None:
+                progress(item.size)
+    return report
