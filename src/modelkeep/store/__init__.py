@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from modelkeep.store.codec import Kind
 from modelkeep.store.ingest import IngestStats, SourceFile, scan_local
+from modelkeep.store.journal import JournalEntry
 from modelkeep.store.location import Location, parse_location
 from modelkeep.store.materialize import SnapshotFile
 from modelkeep.store.runs import RunArtifacts
@@ -15,6 +16,7 @@ from modelkeep.store.verify import Problem, VerifyReport
 __all__ = [
     "FileEntry",
     "IngestStats",
+    "JournalEntry",
     "Kind",
     "Location",
     "Parent",

@@ -5,6 +5,7 @@ Layout under the store root (two-character fan-out, like git and dvc-objects)::
     modelkeep-store.json        store descriptor (format version), written once
     chunks/ab/cdef…             chunk objects, id = BLAKE3 of the raw chunk
     snapshots/ab/cdef…          snapshot objects, id = BLAKE3 of the canonical JSON
+    journal/ab/cdef…            registry journal entries, id = BLAKE3 of the canonical JSON
 
 Objects are immutable. A write is a *conditional create*: it succeeds only if the object does not
 exist yet (``O_EXCL`` semantics through ``os.link`` locally, ``If-None-Match: *`` on S3,
@@ -36,7 +37,7 @@ from modelkeep.store.hashing import content_id, is_id
 from modelkeep.store.location import Location, translate_errors
 
 DESCRIPTOR = "modelkeep-store.json"
-_DIRS = {Kind.CHUNK: "chunks", Kind.SNAPSHOT: "snapshots"}
+_DIRS = {Kind.CHUNK: "chunks", Kind.SNAPSHOT: "snapshots", Kind.JOURNAL: "journal"}
 
 
 # s3fs (412 PreconditionFailed), adlfs (409 BlobAlreadyExists) and memory all raise a plain

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError, StoreError
+from modelkeep.store import journal as journal_mod
 from modelkeep.store.cache import KnownChunks
 from modelkeep.store.codec import Kind
 from modelkeep.store.hashing import content_id
 from modelkeep.store.ingest import Ingestor, IngestStats, SourceFile
+from modelkeep.store.journal import JournalEntry
 from modelkeep.store.location import Location, location_from_locator, parse_location
 from modelkeep.store.materialize import SnapshotFile, materialize
 from modelkeep.store.objects import ObjectDB
@@ -179,7 +181,17 @@ class Store:
         self.db.put(Kind.SNAPSHOT, sid, payload)
         return sid
 
+    def journal_append(self, name: str, op: str, data: Mapping[str, Any], *,
+                       author: str) -> JournalEntry:
+        """Record a catalogue change of model *name* (before the registry makes it)."""
+        self.ensure_initialized()
+        return journal_mod.write(self.db, name, op, data, author=author)
+
     # -- reading ---------------------------------------------------------------------------
+
+    def journal(self) -> tuple[list[JournalEntry], list[tuple[str, str]]]:
+        """Every journal entry in replay order, and ``(id, reason)`` of unusable ones."""
+        return journal_mod.read_all(self.db)
 
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
         return parse(
