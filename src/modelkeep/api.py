@@ -567,14 +567,14 @@ class Keep:
 
     def _check_alias(
         self, name: str, alias: str, version: int | None, tags: Mapping[str, str], *,
-        registering: bool, action: str = "set",
+        registering: bool, action: str = "set", model: RegistryModel | None = None,
     ) -> None:
         """Ask every plugin whether *alias* may point at *version* (None: the new version, or
-        no version when *action* is ``delete``)."""
+        no version when *action* is ``delete``); *model*, when given, says where it points now."""
         caller = self.hook.modelkeep_before_alias_change
         if not caller.get_hookimpls():
             return
-        previous = self._alias_target(name, alias)
+        previous = model.aliases.get(alias) if model else self._alias_target(name, alias)
         answers = caller(name=name, alias=alias, version=version, tags=dict(tags),
                          previous=previous, action=action, keep=self)
         reasons = [str(r) for r in answers if r]
@@ -611,12 +611,12 @@ class Keep:
 
     def _move_alias(
         self, name: str, alias: str, version: int | None, action: str = "set", *,
-        snapshot_id: str | None = None,
+        snapshot_id: str | None = None, model: RegistryModel | None = None,
     ) -> None:
         """Point *alias* at *version* (already checked; its snapshot is *snapshot_id*), or delete
         it when *version* is None; journal the change, record it in the alias history and tell
-        the plugins."""
-        model = self.registry.get_model(name)
+        the plugins. *model* is the model as read for the check, if it was."""
+        model = model or self.registry.get_model(name)
         previous = model.aliases.get(alias)
         event = None
         # Setting an alias where it already points changes nothing, and records nothing.
@@ -644,13 +644,24 @@ class Keep:
 
     # -- aliases, descriptions, promotion ----------------------------------------------------
 
-    def set_alias(self, ref: str, alias: str) -> ModelVersion:
-        """Point *alias* at the version *ref* names, once every plugin accepts it."""
+    def set_alias(self, ref: str | ModelVersion, alias: str) -> ModelVersion:
+        """Point *alias* at the version *ref* names, once every plugin accepts it.
+
+        *ref* may also be a :class:`ModelVersion` this Keep returned (training retention does
+        that): the same checks, journal entry and history, without resolving it again.
+        """
         alias = validate_alias(alias)
-        rv = self._resolve(ref)
-        self._check_alias(rv.name, alias, rv.version, rv.tags, registering=False)
-        self._move_alias(rv.name, alias, rv.version, snapshot_id=_snapshot_of(rv))
-        return self.get(f"{rv.name}@{rv.version}")
+        if isinstance(ref, ModelVersion):
+            name, number, tags, sid = ref.name, ref.version, ref.tags, ref.snapshot_id
+        else:
+            rv = self._resolve(ref)
+            name, number, tags, sid = rv.name, rv.version, rv.tags, _snapshot_of(rv)
+        model = self.registry.get_model(name)
+        self._check_alias(name, alias, number, tags, registering=False, model=model)
+        self._move_alias(name, alias, number, snapshot_id=sid, model=model)
+        if isinstance(ref, ModelVersion):
+            return replace(ref, aliases=tuple(sorted({*ref.aliases, alias})))
+        return self.get(f"{name}@{number}")
 
     def delete_alias(self, name: str, alias: str) -> int:
         """Remove *alias* from model *name*; returns the version it pointed at."""
@@ -679,9 +690,10 @@ class Keep:
                     f"alias {alias!r} of {name} has no earlier version to go back to",
                     hint=f"see its history with `modelkeep log {name}`, or pass --to VERSION")
         rv = self.registry.get_version(name, to)
-        self._check_alias(name, alias, rv.version, rv.tags, registering=False, action="rollback")
+        self._check_alias(name, alias, rv.version, rv.tags, registering=False, action="rollback",
+                          model=model)
         self._move_alias(name, alias, rv.version, action="rollback",
-                         snapshot_id=_snapshot_of(rv))
+                         snapshot_id=_snapshot_of(rv), model=model)
         return self.get(f"{name}@{rv.version}")
 
     def alias_history(self, name: str) -> list[aliases_mod.AliasEvent]:

@@ -472,8 +472,45 @@ class Tracker:
                     return self._free_slots.pop(i)
         return root / uuid.uuid4().hex[:12]
 
+    def discard(self, path: str | os.PathLike[str]) -> bool:
+        """Move the file at *path*, which the training loop is about to replace, out of its way
+        for the worker to delete; returns False if there is no such file.
+
+        Deleting a large file frees its blocks, which takes milliseconds; a writer that rewrites
+        its checkpoint in place (Keras) pays that on the training thread. A rename into the
+        staging folder (same filesystem) is one metadata update, and the worker frees the blocks.
+        The next save then writes a new file, which staging can hard-link.
+        """
+        src = Path(path)
+        if not src.is_file() or src.is_symlink():
+            return False
+        base = self.staging_dir or Path(os.path.dirname(os.path.abspath(src)))
+        root = base / f"{STAGING_PREFIX}{os.getpid()}-{id(self):x}"
+        target = root / f"discarded-{uuid.uuid4().hex[:12]}"
+        with self._cond:
+            self._staging_roots.add(root)
+        try:
+            os.rename(src, target)
+        except FileNotFoundError:
+            root.mkdir(parents=True, exist_ok=True)  # the first time only
+            os.rename(src, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # a staging_dir on another filesystem: delete here
+                raise
+            os.unlink(src)
+            return True
+        with self._cond:
+            # No wake-up: the worker empties the trash before its next upload.
+            self._trash.append(target)
+        return True
+
     def _recycle(self, folder: Path) -> None:
-        """On the worker: empty a used staging folder and keep it (and a few spares) for reuse."""
+        """On the worker: empty a used staging folder and keep it (and a few spares) for reuse;
+        delete a discarded file."""
+        if not folder.is_dir():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder)
+            return
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
@@ -652,7 +689,7 @@ class Tracker:
         warning at flush (it does not count towards *max_failures*, nor fail training).
         """
         try:
-            self.keep.set_alias(version.ref, alias)
+            self.keep.set_alias(version, alias)
         except VetoError as exc:
             with self._cond:
                 self.vetoes.append((version.ref, alias, exc))
