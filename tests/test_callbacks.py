@@ -15,6 +15,7 @@ import torch
 import modelkeep
 from modelkeep.api import ModelVersion
 from modelkeep.errors import CheckpointError
+from modelkeep.hooks import make_plugin_manager
 from tests.backends import unique_name
 from tests.test_training import _unreachable_s3
 
@@ -121,6 +122,64 @@ def test_lightning_failing_store_fails_fit(tmp_path: Path, mlflow_sqlite_uri: st
                                    dirpath=tmp_path / "ckpt", every_n_train_steps=1)
     with pytest.raises(CheckpointError, match="unreachable"):
         _trainer(tmp_path, 3, [callback]).fit(_lightning_module()(), _loader())
+
+
+def test_lightning_retention_aliases_pass_the_alias_gate(
+    tmp_path: Path, mlflow_sqlite_uri: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ``best`` alias the callback's retention moves is checked by the plugins like any
+    alias: the example approval plugin, protecting ``best``, refuses it for unapproved
+    checkpoints; the versions are still registered, and ``last`` moves (journaled, in the
+    alias history)."""
+    import modelkeep_approval
+
+    from modelkeep.plugins.callbacks.lightning import ModelkeepCheckpoint
+    from modelkeep.training import VetoWarning
+
+    monkeypatch.setenv("MODELKEEP_APPROVAL_ALIASES", "best")
+    pm = make_plugin_manager(entry_points=False)
+    pm.register(modelkeep_approval)
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri, plugins=pm)
+    name = unique_name()
+    torch.manual_seed(0)
+    callback = ModelkeepCheckpoint(name, keep=keep, dirpath=tmp_path / "ckpt",
+                                   every_n_train_steps=2, monitor="train_loss", save_top_k=-1,
+                                   keep_last=2, tracker_options={"on_full": "block"})
+    with pytest.warns(VetoWarning, match=r"alias 'best' was not moved .*approved-by"):
+        _trainer(tmp_path, 6, [callback]).fit(_lightning_module()(), _loader())
+    versions = keep.versions(name)
+    assert [int(v.tags["step"]) for v in versions] == [2, 4, 6]
+    assert all("best" not in v.aliases for v in versions)  # the gate held
+    assert "last" in versions[-1].aliases
+    moves = [(e.alias, e.version) for e in keep.alias_history(name)]
+    assert moves == [("last", 1), ("last", 2), ("last", 3)]
+    entries, _bad = keep.store.journal()
+    assert [(e.data["alias"], e.data["version"]) for e in entries] == moves
+
+
+@pytest.mark.timeout(300)  # two processes that each import torch and Lightning
+def test_lightning_ddp_registers_on_rank_zero_only(tmp_path: Path, mlflow_sqlite_uri: str) -> None:
+    """Two CPU processes (strategy "ddp", gloo): one version per checkpoint, all registered by
+    rank 0, and both ranks finish."""
+    name = unique_name()
+    store = str(tmp_path / "store")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("ddp_train.py")), name, store,
+         mlflow_sqlite_uri, str(tmp_path / "ckpt")],
+        env=env, capture_output=True, text=True, timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 finished at step 3; mlflow imported: True" in proc.stdout
+    assert "rank 1 finished at step 3; mlflow imported: False" in proc.stdout  # never registered
+    keep = modelkeep.open(store=store, registry=mlflow_sqlite_uri)
+    versions = keep.versions(name)
+    assert [int(v.tags["step"]) for v in versions] == [1, 2, 3]
+    for prev, cur in itertools.pairwise(versions):
+        assert [p.version for p in cur.parents] == [prev.version]
+    assert {v.author for v in versions} == {"rank0@ddp"}
+    assert len(set(keep.store.snapshot_ids())) == 3  # nothing stored twice by rank 1
 
 
 # -- Keras -------------------------------------------------------------------------------------

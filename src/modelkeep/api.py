@@ -17,8 +17,9 @@ import io
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,12 +42,13 @@ from modelkeep.hooks import Finding
 from modelkeep.policy.rules import Policies
 from modelkeep.rebuild import RebuildReport
 from modelkeep.refs import Ref, parse_ref, validate_alias, validate_name
-from modelkeep.registry import Registry, RegistryVersion
+from modelkeep.registry import Registry, RegistryModel, RegistryVersion
 from modelkeep.signing import SIGNING_KEY_ENV, SIGNING_KEY_OPTION
 from modelkeep.store import (
     FileEntry,
     GcReport,
     IngestStats,
+    JournalEntry,
     Parent,
     Snapshot,
     SnapshotFile,
@@ -583,7 +585,8 @@ class Keep:
                 for alias in aliases:
                     self._check_alias(name, alias, latest.version, latest.tags, registering=False)
                 for alias in aliases:
-                    self._move_alias(name, alias, latest.version)
+                    self._move_alias(name, alias, latest.version,
+                                     snapshot_id=_snapshot_of(latest))
                 existing = self.get(f"{name}@{latest.version}")
                 return replace(existing, reused=True)
 
@@ -624,7 +627,7 @@ class Keep:
             name, self.store.uri(sid), tags=registry_tags, description=message or None, **link
         )
         for alias in aliases:
-            self._move_alias(name, alias, rv.version)
+            self._move_alias(name, alias, rv.version, snapshot_id=sid)
         if aliases:
             rv = replace(rv, aliases=tuple(sorted(set(rv.aliases) | set(aliases))))
         version = self._version(rv, snapshot, sid)
@@ -719,14 +722,14 @@ class Keep:
 
     def _check_alias(
         self, name: str, alias: str, version: int | None, tags: Mapping[str, str], *,
-        registering: bool, action: str = "set",
+        registering: bool, action: str = "set", model: RegistryModel | None = None,
     ) -> None:
         """Ask every plugin whether *alias* may point at *version* (None: the new version, or
-        no version when *action* is ``delete``)."""
+        no version when *action* is ``delete``); *model*, when given, says where it points now."""
         caller = self.hook.modelkeep_before_alias_change
         if not caller.get_hookimpls():
             return
-        previous = self._alias_target(name, alias)
+        previous = model.aliases.get(alias) if model else self._alias_target(name, alias)
         answers = caller(name=name, alias=alias, version=version, tags=dict(tags),
                          previous=previous, action=action, keep=self)
         reasons = [str(r) for r in answers if r]
@@ -742,30 +745,69 @@ class Keep:
                 hint="nothing was registered" if registering else "the alias was not moved",
             )
 
-    def _move_alias(self, name: str, alias: str, version: int | None, action: str = "set") -> None:
-        """Point *alias* at *version* (already checked), or delete it when *version* is None;
-        record the change in the alias history and tell the plugins."""
-        model = self.registry.get_model(name)
+    def _journal(self, name: str, op: str, data: Mapping[str, Any], author: str) -> JournalEntry:
+        """Record a catalogue change in the store before the registry makes it, so a rebuild
+        can replay it (docs/format.md §10.4)."""
+        return self.store.journal_append(name, op, data, author=author)
+
+    @contextmanager
+    def _journaled(self, entry: JournalEntry) -> Iterator[None]:
+        """Make the registry change *entry* records; if the registry refuses it, record that
+        the change did not happen. A crash in between leaves the entry standing: a rebuild then
+        makes the change, as a redo log would (docs/format.md §10.4)."""
+        try:
+            yield
+        except Exception:
+            # If the cancel cannot be written either, the registry's error is the one to report.
+            with suppress(Exception):
+                self.store.journal_append(entry.name, rebuild_mod.OP_CANCEL,
+                                          {"cancels": entry.id}, author=entry.author)
+            raise
+
+    def _move_alias(
+        self, name: str, alias: str, version: int | None, action: str = "set", *,
+        snapshot_id: str | None = None, model: RegistryModel | None = None,
+    ) -> None:
+        """Point *alias* at *version* (already checked; its snapshot is *snapshot_id*), or delete
+        it when *version* is None; journal the change, record it in the alias history and tell
+        the plugins. *model* is the model as read for the check, if it was."""
+        model = model or self.registry.get_model(name)
         previous = model.aliases.get(alias)
-        if version is None:
-            self.registry.delete_alias(name, alias)
-        else:
-            self.registry.set_alias(name, alias, version)
-        self._record_alias(name, alias, version, previous, action, model.tags)
+
+        def change() -> None:
+            if version is None:
+                self.registry.delete_alias(name, alias)
+            else:
+                self.registry.set_alias(name, alias, version)
+
+        self._record_alias(name, alias, version, previous, action, model.tags,
+                           snapshot_id=snapshot_id, change=change)
 
     def _record_alias(
         self, name: str, alias: str, version: int | None, previous: int | None, action: str,
-        model_tags: Mapping[str, str] | None = None,
+        model_tags: Mapping[str, str] | None = None, *, snapshot_id: str | None = None,
+        change: Callable[[], None] | None = None,
     ) -> None:
-        """Record an alias change made in the registry in its history, and tell the plugins.
-        *model_tags* are the model's tags from before the change (read again when None)."""
+        """Journal an alias change, make it in the registry (*change*; None when the registry
+        has made it already, as deleting a version does), record it in the alias history and
+        tell the plugins. *model_tags* are the model's tags from before the change (read again
+        when None)."""
+        # Setting an alias where it already points changes nothing, and records nothing.
         if previous != version or action != "set":
+            author = _author()
+            entry = self._journal(name, rebuild_mod.OP_ALIAS, {
+                "alias": alias, "action": action, "version": version,
+                "snapshot": snapshot_id if version is not None else None}, author)
+            # One time for the journal and the history, so a rebuild reproduces the history.
+            event = aliases_mod.AliasEvent(alias, version, entry.time[:19] + "Z", author, action)
+            if change is not None:
+                with self._journaled(entry):
+                    change()
             key = aliases_mod.HISTORY_TAG + alias
             if model_tags is None:
                 model_tags = self.registry.get_model(name).tags
             events = aliases_mod.decode(alias, model_tags.get(key))
-            events.append(aliases_mod.AliasEvent(alias, version, aliases_mod.now(), _author(),
-                                                 action))
+            events.append(event)
             self.registry.set_model_tag(name, key, aliases_mod.encode(events))
         caller = self.hook.modelkeep_after_alias_change
         if caller.get_hookimpls():
@@ -774,13 +816,24 @@ class Keep:
 
     # -- aliases, descriptions, promotion ----------------------------------------------------
 
-    def set_alias(self, ref: str, alias: str) -> ModelVersion:
-        """Point *alias* at the version *ref* names, once every plugin accepts it."""
+    def set_alias(self, ref: str | ModelVersion, alias: str) -> ModelVersion:
+        """Point *alias* at the version *ref* names, once every plugin accepts it.
+
+        *ref* may also be a :class:`ModelVersion` this Keep returned (training retention does
+        that): the same checks, journal entry and history, without resolving it again.
+        """
         alias = validate_alias(alias)
-        rv = self._resolve(ref)
-        self._check_alias(rv.name, alias, rv.version, rv.tags, registering=False)
-        self._move_alias(rv.name, alias, rv.version)
-        return self.get(f"{rv.name}@{rv.version}")
+        if isinstance(ref, ModelVersion):
+            name, number, tags, sid = ref.name, ref.version, ref.tags, ref.snapshot_id
+        else:
+            rv = self._resolve(ref)
+            name, number, tags, sid = rv.name, rv.version, rv.tags, _snapshot_of(rv)
+        model = self.registry.get_model(name)
+        self._check_alias(name, alias, number, tags, registering=False, model=model)
+        self._move_alias(name, alias, number, snapshot_id=sid, model=model)
+        if isinstance(ref, ModelVersion):
+            return replace(ref, aliases=tuple(sorted({*ref.aliases, alias})))
+        return self.get(f"{name}@{number}")
 
     def delete_alias(self, name: str, alias: str) -> int:
         """Remove *alias* from model *name*; returns the version it pointed at."""
@@ -809,8 +862,10 @@ class Keep:
                     f"alias {alias!r} of {name} has no earlier version to go back to",
                     hint=f"see its history with `modelkeep log {name}`, or pass --to VERSION")
         rv = self.registry.get_version(name, to)
-        self._check_alias(name, alias, rv.version, rv.tags, registering=False, action="rollback")
-        self._move_alias(name, alias, rv.version, action="rollback")
+        self._check_alias(name, alias, rv.version, rv.tags, registering=False, action="rollback",
+                          model=model)
+        self._move_alias(name, alias, rv.version, action="rollback",
+                         snapshot_id=_snapshot_of(rv), model=model)
         return self.get(f"{name}@{rv.version}")
 
     def alias_history(self, name: str) -> list[aliases_mod.AliasEvent]:
@@ -819,15 +874,20 @@ class Keep:
         return aliases_mod.history(self.registry.get_model(name).tags)
 
     def describe(self, target: str, text: str) -> None:
-        """Set the description of a version (``NAME@REF``) or of a model (``NAME``)."""
+        """Set the description of a version (``NAME@REF``) or of a model (``NAME``); journaled
+        first, so a registry rebuild restores it."""
         if len(text) > MAX_DESCRIPTION:
             raise InvalidInputError(f"description is longer than {MAX_DESCRIPTION} characters")
         if "@" in target:
             rv = self._resolve(target)
-            self.registry.set_description(rv.name, rv.version, text)
+            name, version, sid = rv.name, rv.version, _snapshot_of(rv)
         else:
-            self.registry.get_model(validate_name(target))
-            self.registry.set_description(target, None, text)
+            name, version, sid = validate_name(target), None, None
+            self.registry.get_model(name)
+        entry = self._journal(name, rebuild_mod.OP_DESCRIPTION,
+                              {"version": version, "snapshot": sid, "text": text}, _author())
+        with self._journaled(entry):
+            self.registry.set_description(name, version, text)
 
     def description(self, target: str) -> str:
         """The description of a version (``NAME@REF``) or of a model (``NAME``)."""
@@ -868,7 +928,8 @@ class Keep:
                     self._check_alias(to_name, alias, latest.version, latest.tags,
                                       registering=False)
                 for alias in aliases:
-                    self._move_alias(to_name, alias, latest.version)
+                    self._move_alias(to_name, alias, latest.version,
+                                     snapshot_id=_snapshot_of(latest))
                 return replace(self.get(f"{to_name}@{latest.version}"), reused=True)
         snapshot = replace(
             src, name=to_name, created=utc_now(), author=_author(),
@@ -899,7 +960,7 @@ class Keep:
         rv = self.registry.create_version(
             to_name, store.uri(sid), tags=registry_tags, description=snapshot.message or None)
         for alias in aliases:
-            self._move_alias(to_name, alias, rv.version)
+            self._move_alias(to_name, alias, rv.version, snapshot_id=sid)
         if aliases:
             rv = replace(rv, aliases=tuple(sorted(set(rv.aliases) | set(aliases))))
         version = replace(self._version(rv, snapshot, sid), bytes_added=0)
@@ -1112,8 +1173,10 @@ class Keep:
 
     def rebuild_registry(self, *, dry_run: bool = False) -> RebuildReport:
         """Recreate in this Keep's registry the models and versions of every snapshot in its
-        store (rules in :mod:`modelkeep.rebuild`). Conflicts are found before anything is
-        written; *dry_run* writes nothing at all."""
+        store, then the aliases, alias histories and descriptions its journal records (rules in
+        :mod:`modelkeep.rebuild`). Conflicts are found before anything is written; *dry_run*
+        writes nothing at all; journal entries that cannot be replayed are reported in
+        ``report.journal.problems``."""
         from modelkeep.config import redact_url
 
         report = RebuildReport(redact_url(self.registry.uri), self.store.url, dry_run)
@@ -1144,12 +1207,15 @@ class Keep:
             by_name.setdefault(snap.name, []).append((sid, snap))
 
         conflicts = []
+        held: dict[tuple[str, int], str] = {}  # descriptions of the versions already there
         for name, items in sorted(by_name.items()):
             uris = [self.store.uri(sid) for sid, _snap in items]
             try:
-                existing = [rv.source for rv in self.registry.versions(name)]
+                there = self.registry.versions(name)
             except NotFoundError:
-                existing = []
+                there = []
+            existing = [rv.source for rv in there]
+            held.update({(name, rv.version): rv.description for rv in there})
             if existing != uris[:len(existing)]:
                 conflicts.append(name)
                 continue
@@ -1165,6 +1231,14 @@ class Keep:
                 f"registry {self.registry.uri} already holds other versions of "
                 f"{', '.join(repr(n) for n in conflicts)}",
                 hint="rebuild into an empty registry (--registry URI); nothing was written")
+        entries, unreadable = self.store.journal()
+        replay = rebuild_mod.replay(
+            entries, {v.snapshot_id: (v.name, v.version) for v in report.versions})
+        replay.problems[:0] = [(eid, f"unreadable journal entry: {why}")
+                               for eid, why in unreadable]
+        for planned in report.versions:
+            held.setdefault((planned.name, planned.version), planned.description)
+        report.journal = self._journal_changes(replay, held)
         if dry_run:
             return report
         for planned in report.versions:
@@ -1177,7 +1251,59 @@ class Keep:
                     f"registry numbered {planned.name}@{planned.version} as {rv.version}",
                     hint="another client registered versions of it meanwhile; rebuild into a "
                     "registry nobody else uses")
+        self._apply_journal(report.journal)
         return report
+
+    def _journal_changes(self, replay: rebuild_mod.JournalReplay,
+                         descriptions: Mapping[tuple[str, int], str]) -> rebuild_mod.JournalReplay:
+        """Mark what the replayed journal changes in the target registry, whose versions have
+        *descriptions* (once the planned ones exist): only those changes are written, so a
+        second rebuild writes nothing."""
+        models: dict[str, RegistryModel | None] = {}
+
+        def model(name: str) -> RegistryModel | None:
+            if name not in models:
+                try:
+                    models[name] = self.registry.get_model(name)
+                except NotFoundError:
+                    models[name] = None
+            return models[name]
+
+        aliases = []
+        for pa in replay.aliases:
+            m = model(pa.name)
+            now = m.aliases.get(pa.alias) if m else None
+            tag = m.tags.get(aliases_mod.HISTORY_TAG + pa.alias) if m else None
+            aliases.append(replace(pa, set_alias=now != pa.version,
+                                   set_history=bool(pa.history) and tag != pa.history))
+        texts = []
+        for pd in replay.descriptions:
+            if pd.version is None:
+                m = model(pd.name)
+                now = m.description if m else ""
+            else:
+                now = descriptions.get((pd.name, pd.version), "")
+            texts.append(replace(pd, changed=now != pd.text))
+        return replace(replay, aliases=aliases, descriptions=texts)
+
+    def _apply_journal(self, replay: rebuild_mod.JournalReplay) -> None:
+        """Write the changes :meth:`_journal_changes` marked, without hooks or new journal
+        entries: they restore changes the plugins already accepted and the journal holds."""
+        for name in sorted({a.name for a in replay.aliases if a.changed}
+                           | {d.name for d in replay.descriptions if d.changed}):
+            self.registry.create_model(name)  # a model whose versions are all gone
+        for pa in replay.aliases:
+            if pa.set_history:
+                self.registry.set_model_tag(pa.name, aliases_mod.HISTORY_TAG + pa.alias,
+                                            pa.history)
+            if pa.set_alias:
+                if pa.version is None:
+                    self.registry.delete_alias(pa.name, pa.alias)
+                else:
+                    self.registry.set_alias(pa.name, pa.alias, pa.version)
+        for pd in replay.descriptions:
+            if pd.changed:
+                self.registry.set_description(pd.name, pd.version, pd.text)
 
     # -- training --------------------------------------------------------------------------
 
@@ -1314,6 +1440,14 @@ class Keep:
         rv = self._resolve(ref)
         store, snap, sid = self._load(rv)
         return judge(store, sid, rv.name, snap.name, self.trusted_keys(trusted_keys or ()))
+
+
+def _snapshot_of(rv: RegistryVersion) -> str | None:
+    """The snapshot id of a registry version; None for a version another tool registered."""
+    try:
+        return parse_uri(rv.source).snapshot_id
+    except InvalidInputError:
+        return None
 
 
 def _check_tags(tags: Mapping[str, str], *, reserved: bool = False) -> dict[str, str]:

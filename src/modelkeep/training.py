@@ -32,8 +32,11 @@ This module owns registering checkpoints without stalling the training loop:
   the snapshot, then the registry entry.
 * **Retention.** With *keep_last*, the last K checkpoints and the best one stay; the others get
   the registry tag ``modelkeep.retention=expired``. The aliases *last_alias* and *best_alias* follow
-  the newest and the best checkpoint. Nothing is deleted: removing expired versions' bytes comes
-  with the store's garbage collection.
+  the newest and the best checkpoint, moved through ``Keep.set_alias`` like any alias: a plugin's
+  ``modelkeep_before_alias_change`` may refuse (the alias then stays, the refusal is kept in
+  ``Tracker.vetoes`` and warned about at flush), and every move is journaled and in the alias
+  history. Nothing is deleted: removing expired versions' bytes comes with the store's garbage
+  collection.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Mapping
@@ -56,7 +60,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from modelkeep.errors import CheckpointError, InvalidInputError, ModelkeepError, SourceError
+from modelkeep.errors import (
+    CheckpointError,
+    InvalidInputError,
+    ModelkeepError,
+    SourceError,
+    VetoError,
+)
 from modelkeep.refs import validate_alias, validate_name
 
 if TYPE_CHECKING:
@@ -163,6 +173,11 @@ def stage(src: Path, dest: Path, mode: Literal["copy", "link"]) -> dict[Path, tu
 
 
 # -- pending checkpoints -----------------------------------------------------------------------
+
+
+class VetoWarning(UserWarning):
+    """A plugin refused to move a tracker's ``last`` or ``best`` alias (the version itself was
+    registered)."""
 
 
 class PendingCheckpoint:
@@ -287,6 +302,8 @@ class Tracker:
         self.cpu_budget = cpu_budget
         self.stats = _Stats()
         self.versions: list[ModelVersion] = []
+        # (version ref, alias, error) of every alias move a plugin refused, oldest first.
+        self.vetoes: list[tuple[str, str, VetoError]] = []
         self.closed = False
 
         self._parent = parent  # ref of the previous registered checkpoint
@@ -298,6 +315,7 @@ class Tracker:
         self._reserved = 0  # slots taken by checkpoints being staged
         self._busy = False  # the worker holds a checkpoint
         self._unreported: list[tuple[int | None, BaseException]] = []
+        self._unwarned: list[tuple[str, str, VetoError]] = []
         self._consecutive_failures = 0
         self._stopped_by: BaseException | None = None
         self._staging_roots: set[Path] = set()
@@ -454,8 +472,45 @@ class Tracker:
                     return self._free_slots.pop(i)
         return root / uuid.uuid4().hex[:12]
 
+    def discard(self, path: str | os.PathLike[str]) -> bool:
+        """Move the file at *path*, which the training loop is about to replace, out of its way
+        for the worker to delete; returns False if there is no such file.
+
+        Deleting a large file frees its blocks, which takes milliseconds; a writer that rewrites
+        its checkpoint in place (Keras) pays that on the training thread. A rename into the
+        staging folder (same filesystem) is one metadata update, and the worker frees the blocks.
+        The next save then writes a new file, which staging can hard-link.
+        """
+        src = Path(path)
+        if not src.is_file() or src.is_symlink():
+            return False
+        base = self.staging_dir or Path(os.path.dirname(os.path.abspath(src)))
+        root = base / f"{STAGING_PREFIX}{os.getpid()}-{id(self):x}"
+        target = root / f"discarded-{uuid.uuid4().hex[:12]}"
+        with self._cond:
+            self._staging_roots.add(root)
+        try:
+            os.rename(src, target)
+        except FileNotFoundError:
+            root.mkdir(parents=True, exist_ok=True)  # the first time only
+            os.rename(src, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # a staging_dir on another filesystem: delete here
+                raise
+            os.unlink(src)
+            return True
+        with self._cond:
+            # No wake-up: the worker empties the trash before its next upload.
+            self._trash.append(target)
+        return True
+
     def _recycle(self, folder: Path) -> None:
-        """On the worker: empty a used staging folder and keep it (and a few spares) for reuse."""
+        """On the worker: empty a used staging folder and keep it (and a few spares) for reuse;
+        delete a discarded file."""
+        if not folder.is_dir():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder)
+            return
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
@@ -608,13 +663,13 @@ class Tracker:
         registry = self.keep.registry
         self._chain.append((version.version, value))
         if self.last_alias:
-            registry.set_alias(self.name, self.last_alias, version.version)
+            self._set_alias(version, self.last_alias)
         if value is not None and self.monitor:
             best = self._best_version
             if best is None or (value < best[1] if self.mode == "min" else value > best[1]):
                 self._best_version = (version.version, value)
                 if self.best_alias:
-                    registry.set_alias(self.name, self.best_alias, version.version)
+                    self._set_alias(version, self.best_alias)
         if self.keep_last is None:
             return
         keep = {v for v, _ in self._chain[-self.keep_last:]}
@@ -624,6 +679,21 @@ class Tracker:
             if number not in keep and number not in self._expired:
                 registry.set_tag(self.name, number, RETENTION_TAG, "expired")
                 self._expired.add(number)
+
+    def _set_alias(self, version: ModelVersion, alias: str) -> None:
+        """Through ``Keep.set_alias``, like any alias change: the plugins' alias checks (a
+        promotion gate) apply, and the change is journaled and kept in the alias history.
+
+        A refusal is the plugin's decision, not an upload failure: the version stays registered,
+        the alias stays where it was, and the refusal is kept in :attr:`vetoes` and reported as a
+        warning at flush (it does not count towards *max_failures*, nor fail training).
+        """
+        try:
+            self.keep.set_alias(version, alias)
+        except VetoError as exc:
+            with self._cond:
+                self.vetoes.append((version.ref, alias, exc))
+                self._unwarned.append((version.ref, alias, exc))
 
     # -- flushing ------------------------------------------------------------------------------
 
@@ -661,6 +731,12 @@ class Tracker:
                     )
                 self._cond.wait(left if left is not None else 1.0)
             failures, self._unreported = tuple(self._unreported), []
+            refused, self._unwarned = self._unwarned, []
+        if refused:
+            ref, alias, exc = refused[-1]
+            more = f" (and {len(refused) - 1} earlier refusal(s))" if len(refused) > 1 else ""
+            warnings.warn(f"modelkeep: alias {alias!r} was not moved to {ref}: {exc.message}"
+                          f"{more}; the versions are registered", VetoWarning, stacklevel=3)
         if failures:
             first = failures[0][1]
             steps = ", ".join(str(s) for s, _ in failures[:5] if s is not None)
@@ -745,4 +821,5 @@ def _register_exit_hook() -> None:
 
 _register_exit_hook()
 
-__all__ = ["PendingCheckpoint", "Tracker", "active_mlflow_run_id", "stage", "track"]
+__all__ = ["PendingCheckpoint", "Tracker", "VetoWarning", "active_mlflow_run_id", "stage",
+           "track"]

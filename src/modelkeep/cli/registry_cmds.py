@@ -125,7 +125,7 @@ def rebuild(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be created; write "
                                           "nothing.")] = False,
 ) -> None:
-    """Recreate models, versions and tags in an empty registry from the store alone."""
+    """Recreate models, versions, tags, aliases and descriptions from the store alone."""
     st = _state(ctx)
     if registry is not None:
         st.registry = registry
@@ -141,8 +141,20 @@ def rebuild(
                     highlight=False)
         for sid, reason in report.skipped:
             c.print(f"skipped snapshot {sid[:12]}: {reason}", highlight=False)
+        journal = report.journal
+        for a in journal.aliases:
+            target = f"{a.name}@{a.version}" if a.version is not None else "(not set)"
+            c.print(f"{'+' if a.changed else '='} alias {a.name}@{a.alias} -> {target}  "
+                    f"({a.events} change(s) in its history)", highlight=False)
+        for d in journal.descriptions:
+            what = f"{d.name}@{d.version}" if d.version is not None else d.name
+            c.print(f"{'+' if d.changed else '='} description of {what}", highlight=False)
+        for eid, reason in journal.problems:
+            c.print(f"journal{' ' + eid[:12] if eid else ''}: {reason}", highlight=False,
+                    markup=False)
         c.print(f"{verb} {report.created} version(s) of {len(report.models)} model(s) in "
-                f"{report.registry}", highlight=False)
+                f"{report.registry}; {journal.changes} alias/description change(s) from "
+                f"{journal.entries} journal entries", highlight=False)
 
     st.out.emit(report.to_json(), human)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from modelkeep.store.codec import Kind
 from modelkeep.store.gc import ChunksCollectedError, GcItem, GcMark, GcReport
 from modelkeep.store.ingest import IngestStats, SourceFile, scan_local
+from modelkeep.store.journal import JournalEntry
 from modelkeep.store.location import Location, parse_location
 from modelkeep.store.materialize import SnapshotFile
 from modelkeep.store.runs import RunArtifacts
@@ -21,6 +22,7 @@ __all__ = [
     "GcMark",
     "GcReport",
     "IngestStats",
+    "JournalEntry",
     "Kind",
     "Location",
     "Parent",

@@ -5,7 +5,7 @@ An object is a 16-byte header followed by its payload::
     offset  size  field
     0       4     magic  b"MKOB"
     4       1     format version (1)
-    5       1     kind   (1 = chunk, 2 = snapshot)
+    5       1     kind   (1 = chunk, 2 = snapshot, 3 = journal entry)
     6       1     codec flags (bit 0: zstd, reserved; bit 1: sealed, AES-256-GCM)
     7       1     reserved, 0
     8       8     raw length, unsigned little-endian: length of the payload once decoded
@@ -40,6 +40,7 @@ SEAL_OVERHEAD = NONCE_SIZE + TAG_SIZE
 class Kind(IntEnum):
     CHUNK = 1
     SNAPSHOT = 2
+    JOURNAL = 3
 
 
 def encode_header(kind: Kind, raw_length: int, flags: int = 0) -> bytes:

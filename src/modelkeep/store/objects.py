@@ -7,6 +7,7 @@ Layout under the store root (two-character fan-out, like git and dvc-objects)::
     snapshots/ab/cdef…          snapshot objects, id = BLAKE3 of the canonical JSON
     fossils/ab/cdef…            chunks a garbage collection has hidden (see :mod:`gc`)
     signatures/ab/cdef…/<key>   signatures of snapshot abcdef…, one per key (docs/format.md §15)
+    journal/ab/cdef…            registry journal entries, id = BLAKE3 of the canonical JSON
 
 Objects are immutable. A write is a *conditional create*: it succeeds only if the object does not
 exist yet (``O_EXCL`` semantics through ``os.link`` locally, ``If-None-Match: *`` on S3,
@@ -52,12 +53,12 @@ if TYPE_CHECKING:
 
 DESCRIPTOR = "modelkeep-store.json"
 FOSSILS = "fossils"
-_DIRS = {Kind.CHUNK: "chunks", Kind.SNAPSHOT: "snapshots"}
+_DIRS = {Kind.CHUNK: "chunks", Kind.SNAPSHOT: "snapshots", Kind.JOURNAL: "journal"}
 SIGNATURES = "signatures"
 # Largest stored object of each kind: chunks are at most 4 MiB (chunking.py), plus a header and
 # room for per-chunk codec overhead (an AEAD nonce and tag); a snapshot lists about 75 bytes per
 # chunk, so 64 MiB describes models of several TiB.
-MAX_OBJECT = {Kind.CHUNK: (4 << 20) + 4096, Kind.SNAPSHOT: 64 << 20}
+MAX_OBJECT = {Kind.CHUNK: (4 << 20) + 4096, Kind.SNAPSHOT: 64 << 20, Kind.JOURNAL: 1 << 20}
 MAX_DESCRIPTOR = 1 << 20
 MAX_SIGNATURE = 64 << 10
 MAX_SIGNATURES = 64  # signature objects looked at per snapshot

@@ -24,7 +24,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -40,11 +40,13 @@ from modelkeep.errors import (
     StoreKeyError,
 )
 from modelkeep.store import gc as gc_mod
+from modelkeep.store import journal as journal_mod
 from modelkeep.store.cache import KnownChunks
 from modelkeep.store.codec import Kind
 from modelkeep.store.gc import ChunksCollectedError, GcMark, GcReport
 from modelkeep.store.hashing import content_id
 from modelkeep.store.ingest import Ingestor, IngestStats, SourceFile
+from modelkeep.store.journal import JournalEntry
 from modelkeep.store.location import (
     Location,
     location_from_locator,
@@ -564,7 +566,17 @@ class Store:
             self.known.forget_store()
             self.known.retire_others(self._cache_key())
 
+    def journal_append(self, name: str, op: str, data: Mapping[str, Any], *,
+                       author: str) -> JournalEntry:
+        """Record a catalogue change of model *name* (before the registry makes it)."""
+        self.ensure_initialized()
+        return journal_mod.write(self.db, name, op, data, author=author)
+
     # -- reading ---------------------------------------------------------------------------
+
+    def journal(self) -> tuple[list[JournalEntry], list[tuple[str, str]]]:
+        """Every journal entry in replay order, and ``(id, reason)`` of unusable ones."""
+        return journal_mod.read_all(self.db)
 
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
         return parse(

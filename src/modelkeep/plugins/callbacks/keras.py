@@ -12,8 +12,9 @@ version's ``epoch`` tag. Tested on the torch backend (``KERAS_BACKEND=torch``).
 
 Keras says whether it saved only inside ``ModelCheckpoint``; this subclass wraps the two methods
 that decide and save (``_should_save_model``, ``_save_model``; Keras 3.0 to 3.15). Keras rewrites
-its file in place, so the subclass removes the old file just before each save: every save is a new
-file, which staging hard-links instead of copying.
+its file in place, so the subclass moves the old file into the tracker's staging folder just
+before each save (the tracker's worker deletes it): every save is a new file, which staging
+hard-links instead of copying, and freeing the old file's blocks happens off the training thread.
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ class ModelkeepCheckpoint(keras.callbacks.ModelCheckpoint):
                            filepath: str) -> bool:
         should = super()._should_save_model(epoch, batch, logs, filepath)
         self._will_save = (filepath, epoch, dict(logs or {})) if should else None
-        if should and os.path.lexists(filepath):
-            # Keras rewrites its file in place. Removing it first makes the save a new file, so
-            # staging can hard-link it (free) instead of copying it on the training thread; the
-            # old file was about to be truncated anyway.
+        # Keras rewrites its file in place. Moving the old file away first makes the save a new
+        # file, so staging can hard-link it (free) instead of copying it on the training thread;
+        # and the worker, not the training thread, frees the old file's blocks (the truncation
+        # Keras would do costs milliseconds per save on a large model). A symlink is removed.
+        if (should and os.path.lexists(filepath)
+                and not self.modelkeep.tracker.discard(filepath)):
             os.unlink(filepath)
         return should
 
