@@ -332,6 +332,7 @@ class ObjectDB:
         *transient* lets an encrypted store decrypt into a buffer of the calling thread that the
         thread's next ``get`` reuses: for callers that are done with the bytes before then."""
         what = what or f"{kind.name.lower()} {oid[:12]}"
+        cipher = self.cipher  # first: a wrong key is the error to report, even for a lost object
         try:
             blob = self.read_blob(self.path(kind, oid), what, MAX_OBJECT[kind])
         except NotFoundError:
@@ -344,7 +345,6 @@ class ObjectDB:
             except NotFoundError:
                 raise NotFoundError(
                     f"{what} is missing from the store {self.location.url}") from None
-        cipher = self.cipher
         if cipher is not None:
             body = codec.decode(blob, kind, what, sealed=True)
             plain = cipher.open(memoryview(blob)[: codec.HEADER_SIZE], oid, body, what,
