@@ -34,6 +34,7 @@ from modelkeep.errors import (
     NotFoundError,
     PluginError,
     RegistryError,
+    RegistryPermissionError,
     SourceError,
     StoreError,
     VetoError,
@@ -718,6 +719,11 @@ class Keep:
         try:
             return self.registry.get_by_alias(name, alias).version
         except NotFoundError:
+            return None
+        except RegistryPermissionError:
+            # MLflow's basic auth refuses reads of a model that does not exist yet (no
+            # permission row): the first register with an alias. A user who really may not read
+            # the model may not move its aliases either, and the move itself reports that.
             return None
 
     def _check_alias(
