@@ -28,7 +28,10 @@ import json
 import math
 import os
 import re
+import shutil
 import struct
+import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,3 +235,15 @@ def tree_size(path: str | os.PathLike[str]) -> int:
             if not os.path.islink(full):
                 total += os.path.getsize(full)
     return total
+
+
+def cp_seconds(model: Path, out: Path) -> float:
+    """Wall time of ``cp -r`` of *model* to *out* (removed again), after a ``sync`` so that
+    earlier writes are not flushed inside the timed copy."""
+    shutil.rmtree(out, ignore_errors=True)
+    os.sync()
+    start = time.perf_counter()
+    subprocess.run(["cp", "-r", str(model), str(out)], check=True)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(out)
+    return seconds

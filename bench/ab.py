@@ -22,7 +22,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import _model
@@ -60,16 +59,6 @@ def _child(variant: Path, spec: dict[str, str], cache: Path) -> dict[str, float 
     return result
 
 
-def _cp(model: Path, out: Path) -> float:
-    shutil.rmtree(out, ignore_errors=True)
-    os.sync()
-    start = time.perf_counter()
-    subprocess.run(["cp", "-r", str(model), str(out)], check=True)
-    seconds = time.perf_counter() - start
-    shutil.rmtree(out)
-    return seconds
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("variants", nargs="+", type=Path, help="src folders to compare")
@@ -92,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             key = str(variant)
             store = work / f"store-{args.variants.index(variant)}"
             for op in ops:
-                cp = _cp(model, work / "cp-out")
+                cp = _model.cp_seconds(model, work / "cp-out")
                 os.sync()
                 if op == "store":
                     shutil.rmtree(store, ignore_errors=True)

@@ -24,7 +24,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import _model
@@ -67,16 +66,6 @@ def _child(spec: dict[str, str], cache: Path) -> dict[str, float | str]:
     return result
 
 
-def _cp(model: Path, out: Path) -> float:
-    shutil.rmtree(out, ignore_errors=True)
-    os.sync()
-    start = time.perf_counter()
-    subprocess.run(["cp", "-r", str(model), str(out)], check=True)
-    seconds = time.perf_counter() - start
-    shutil.rmtree(out)
-    return seconds
-
-
 def _load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
@@ -115,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for r in range(args.rounds):
             _warm(model)
-            cps.append(_cp(model, work / "cp-out"))
+            cps.append(_model.cp_seconds(model, work / "cp-out"))
             order = list(variants) if r % 2 == 0 else list(variants)[::-1]
             sids: dict[str, str] = {}
             for op in ("store", "pull"):

@@ -21,26 +21,14 @@ from modelkeep.cli.main import main
 from modelkeep.errors import ConfigError, IntegrityError, StoreError, StoreKeyError
 from modelkeep.store import Kind, Store, scan_local
 from modelkeep.store.crypto import format_key, kek_id, new_key, parse_key
-from tests.backends import Backend, local_backend, unique_name
+from tests.backends import Backend, unique_name
 from tests.helpers import change_fraction, tensors, tree_digest, write_model
+from tests.test_contract import _backend
 
 BACKENDS = ["local", "s3", "azure"]
 # 64 bytes that occur nowhere by chance: written into a tensor, a text file and a file name.
 MARKER = b"modelkeep-plaintext-marker-7f3a9c1e5b2d406-must-never-reach-disk"
 assert len(MARKER) == 64
-
-
-def _backend(kind: str, request: pytest.FixtureRequest,
-             tmp_path_factory: pytest.TempPathFactory, mlflow_sqlite_uri: str) -> Backend:
-    if kind == "local":
-        return local_backend(tmp_path_factory.mktemp("stores"), mlflow_sqlite_uri)
-    if kind == "s3":
-        server = request.getfixturevalue("moto_s3")
-        return Backend("s3", mlflow_sqlite_uri,
-                       lambda: f"s3://{server.make_bucket()}/models", dict(server.storage_options))
-    server = request.getfixturevalue("azurite")
-    return Backend("azure", mlflow_sqlite_uri,
-                   lambda: f"az://{server.make_container()}/models", dict(server.storage_options))
 
 
 @pytest.fixture(params=BACKENDS)
