@@ -181,6 +181,37 @@ def test_cli_gc_reports_what_goes_and_why(tmp_path: Path, mlflow_sqlite_uri: str
     assert "invalid duration" in capsys.readouterr().err
 
 
+def test_gc_deletes_the_versions_retention_allows_then_their_chunks(
+        tmp_path: Path, mlflow_sqlite_uri: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "modelkeep.toml"
+    config.write_text('[policies."*"]\nkeep_last = 1\n')
+    monkeypatch.setenv("MODELKEEP_CONFIG", str(config))
+    monkeypatch.setenv("MODELKEEP_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("MODELKEEP_REGISTRY", mlflow_sqlite_uri)
+    pm = make_plugin_manager(entry_points=False)
+    keep = modelkeep.open(plugins=pm)
+    name = unique_name()
+    ts = tensors(n=4)
+    old = keep.register(name, write_model(tmp_path / "m1", ts, extra=False))
+    change_fraction(ts, 0.5)
+    new = keep.register(name, write_model(tmp_path / "m2", ts, extra=False))
+    only_old = chunk_ids(keep.snapshot(old.ref)) - chunk_ids(keep.snapshot(new.ref))
+    assert only_old
+    assert main(["gc", "--dry-run", "--grace", "0s", "--json"], plugins=pm) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(v["ref"], v["action"]) for v in report["versions"]] == [(old.ref, "delete")]
+    assert {i["id"] for i in report["items"]} == only_old
+    assert [v.version for v in keep.versions(name)] == [1, 2]  # a dry run deletes nothing
+    assert main(["gc", "--grace", "0s"], plugins=pm) == 0
+    out = capsys.readouterr().out
+    assert f"deleted version {old.ref}: not one of the 1 newest (keep_last)" in out
+    assert [v.version for v in keep.versions(name)] == [2]
+    assert main(["gc", "--grace", "0s"], plugins=pm) == 0  # the second run deletes the chunks
+    assert stored(keep.store) == chunk_ids(keep.snapshot(new.ref))
+    assert keep.verify(new.ref).ok
+
+
 # -- the race ---------------------------------------------------------------------------------
 
 
