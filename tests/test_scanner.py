@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import modelkeep
+from modelkeep.cli.main import main
 from modelkeep.errors import VetoError
 from modelkeep.hooks import Finding, PluginManager, hookimpl, make_plugin_manager
 from modelkeep.plugins import scanner
@@ -279,3 +280,32 @@ def test_legacy_torch_file_with_a_protocol_0_payload(tmp_path: Path) -> None:
     path = tmp_path / "legacy.ckpt"
     path.write_bytes(b"".join(parts) + os.urandom(256))
     assert [f.names for f in _unsafe(_scan(path))] == [("os.system",)]
+
+
+def test_policy_blocks_promoting_a_malicious_pickle(
+    tmp_path: Path, mlflow_sqlite_uri: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The built-in scanner and the built-in policy plugin together, as installed: a version
+    with a pickle that would call os.system registers (pickle = "allow" at register) but may not
+    become production; a clean safetensors version may."""
+    config = tmp_path / "modelkeep.toml"
+    config.write_text('[policies."*".promote.production]\npickle = "block"\n')
+    monkeypatch.setenv("MODELKEEP_CONFIG", str(config))
+    monkeypatch.setenv("MODELKEEP_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("MODELKEEP_REGISTRY", mlflow_sqlite_uri)
+    pm = make_plugin_manager(entry_points=False)
+    keep = modelkeep.open(plugins=pm)
+    name = unique_name()
+    evil = write_model(tmp_path / "evil", tensors(n=2), extra=False)
+    (evil / "optimizer.pt").write_bytes(evil_pickle())
+    bad = keep.register(name, evil)
+    with pytest.raises(VetoError, match=r"os\.system"):
+        keep.set_alias(bad.ref, "production")
+    assert main(["alias", bad.ref, "production"], plugins=pm) == 9
+    err = capsys.readouterr().err
+    assert "os.system" in err and len(err.strip().splitlines()) == 1
+    assert "production" not in keep.get(bad.ref).aliases
+    good = keep.register(name, write_model(tmp_path / "good", tensors(n=2, seed=3), extra=False))
+    keep.set_alias(good.ref, "production")
+    assert keep.get(f"{name}@production").version == good.version
