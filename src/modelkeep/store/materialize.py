@@ -143,6 +143,10 @@ def _write_files(
                 target = _target(root, entry.path)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                if entry.size:
+                    # Sized once up front: workers then write inside the file, out of order,
+                    # instead of each write past the end growing it under the inode lock.
+                    os.ftruncate(fd, entry.size)
                 futures: list[Future[int]] = []
                 open_files.append((entry, target, fd, futures))
                 for index, offset in enumerate(entry.chunk_offsets()):
