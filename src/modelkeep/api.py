@@ -980,20 +980,13 @@ class Keep:
         """A store by its name in ``[stores.NAME]``, or by URL; a URL on the default store's
         backend gets the default store's options. Plugins' storage options apply as usual."""
         named = next((n for n in self._named if n.name == store), None)
-        if named is not None:
-            url, name, explicit = named.url, named.name, dict(named.options)
-        elif "://" not in store and "/" not in store and not store.startswith("."):
+        if named is None and "://" not in store and "/" not in store and not store.startswith("."):
             # A bare word is a store name; taking a typo for a new folder would copy there.
             known = ", ".join(sorted(n.name for n in self._named)) or "none"
             raise InvalidInputError(f"no store named {store!r}",
                                     hint=f"configured stores: {known}; or pass a URL or path")
-        else:
-            url, name = store, None
-            protocol = parse_location(store).protocol
-            explicit = self._options if protocol == self.store.location.protocol else {}
-        location = parse_location(url)
-        options = _plugin_options(self.plugins, location.protocol, url, name, explicit)
-        return Store.open(url, options)
+        # Opened like any store a version names: its configured options, plugin options, keys.
+        return self._store_for(parse_location(named.url if named else store).locator)
 
     def _sync_plan(self, refs: Sequence[str] | None) -> dict[str, list[str]]:
         """{source store locator: snapshot ids} of the versions *refs* name (default: every
