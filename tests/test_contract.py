@@ -274,6 +274,26 @@ def test_flipped_byte_is_found_by_verify_and_fails_pull(backend: Backend, tmp_pa
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
 
+def test_truncated_chunk_fails_pull_and_leaves_nothing(backend: Backend, tmp_path: Path) -> None:
+    keep = backend.open()
+    src = write_model(tmp_path / "model", tensors(n=6), extra=False)
+    v = keep.register(unique_name(), src)
+    entry = next(f for f in v.files if f.path == "model.safetensors")
+    db = keep.store.db
+    path = db.path(Kind.CHUNK, entry.chunks[2][0])
+    blob = bytes(db.read_blob(path, "chunk"))[:-7]  # the header still claims the full length
+    if backend.name == "local":
+        os.chmod(path, 0o644)
+        Path(path).write_bytes(blob)
+    else:
+        db.fs.pipe_file(path, blob)
+    dest = tmp_path / "out"
+    with pytest.raises(IntegrityError, match=r"chunk 2 .*model\.safetensors.*truncated"):
+        keep.pull(v.ref, dest)
+    assert not dest.exists()
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
 def test_known_chunk_cache_skips_existence_checks(
     remote_backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

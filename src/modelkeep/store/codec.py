@@ -51,6 +51,15 @@ def decode(blob: bytes | memoryview, kind: Kind, what: str, *, sealed: bool = Fa
     """Check *blob*'s header and return its payload (for a *sealed* object: nonce, ciphertext and
     tag, still to be opened). *what* names the object in errors."""
     view = memoryview(blob)
+    check_header(view[:HEADER_SIZE], len(view) - HEADER_SIZE, kind, what, sealed=sealed)
+    return view[HEADER_SIZE:]
+
+
+def check_header(header: bytes | memoryview, payload_size: int, kind: Kind, what: str, *,
+                 sealed: bool = False) -> None:
+    """Check an object's *header* against the *payload_size* bytes that follow it: what
+    :func:`decode` checks, for a reader that does not hold the payload in memory."""
+    view = memoryview(header)
     if len(view) < HEADER_SIZE:
         raise IntegrityError(f"{what} is truncated ({len(view)} bytes, header needs 16)")
     magic, version, got_kind, flags, _reserved, raw_length = HEADER.unpack_from(view)
@@ -74,13 +83,11 @@ def decode(blob: bytes | memoryview, kind: Kind, what: str, *, sealed: bool = Fa
     if flags & FLAG_SEALED and not sealed:
         raise IntegrityError(f"{what} is encrypted, but its store is not",
                              hint="the object was copied from an encrypted store")
-    payload = view[HEADER_SIZE:]
     expected = raw_length + (SEAL_OVERHEAD if sealed else 0)
-    if len(payload) != expected:
+    if payload_size != expected:
         raise IntegrityError(
-            f"{what} is truncated: header says {expected} bytes, payload has {len(payload)}"
+            f"{what} is truncated: header says {expected} bytes, payload has {payload_size}"
         )
-    return payload
 
 
 def _kind_name(value: int) -> str:
