@@ -83,7 +83,7 @@ TARGET_BYTES = {"v2": 0.10, "v3": 0.001, "reshard": 0.01}
 TARGET_PULL_X = 2.0
 TARGET_RSS_MIB = 300.0
 TARGET_S3_X = 1.0
-PULLS_PER_REPEAT = 2
+PULLS_PER_REPEAT = 4
 
 
 class BenchError(RuntimeError):
@@ -581,12 +581,15 @@ class ModelkeepRegister(Peer):
         self.bench.record(self.row, v, res, _model.tree_size(self.store) - before)
 
     def finish(self) -> None:
-        # Pull v1 back (twice: a pull is short and noisy), each against a `cp` of the same file
-        # taken just before.
+        # Pull v1 back several times, each paired with a `cp` of the same file. Which of the two
+        # runs first alternates: whichever runs second pays for the first one's freed pages
+        # (a 1 GiB `rm` just before), so a fixed order would bias the ratio.
         v1 = self.bench.versions["v1"].path / "model.safetensors"
         dest = self.work / f"pull-r{self.r}"
-        for _ in range(PULLS_PER_REPEAT):
-            self.bench.cp_sample("v1")
+        for i in range(PULLS_PER_REPEAT):
+            cp_first = (i + self.r) % 2 == 0
+            if cp_first:
+                self.bench.cp_sample("v1")
             spec = {
                 "task": "mk_pull",
                 "store": str(self.store),
@@ -595,10 +598,12 @@ class ModelkeepRegister(Peer):
                 "dest": str(dest),
             }
             res = self.bench.measure(spec, [self.store])
-            self.bench.record(MK_PULL, "v1", res)
             if not filecmp.cmp(v1, dest / "model.safetensors", shallow=False):
                 raise BenchError("modelkeep pull returned different bytes for v1")
             rmtree(dest)
+            if not cp_first:
+                self.bench.cp_sample("v1")
+            self.bench.record(MK_PULL, "v1", res, baseline=self.bench.last_cp["v1"])
         for path in (self.store, self.db):
             rmtree(path)
 
@@ -786,8 +791,9 @@ def report(res: Results, versions: dict[str, _model.VersionInfo], repeat: int) -
     out.append("### Targets\n")
     out.append(
         table(
-            ["target", "measured: median of paired ratios (each run over the `cp` just before "
-             f"it; best / median seconds of {repeat} repeats)", "limit", "result"],
+            ["target", "measured: median of paired ratios (each run over the `cp` of the same "
+             "files beside it: just before, or for pulls alternately before and after; best / "
+             f"median seconds of {repeat} repeats)", "limit", "result"],
             rows,
         )
     )
