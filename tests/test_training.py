@@ -314,8 +314,8 @@ def test_staging_copy_is_private_and_a_rewritten_link_is_detected(tmp_path: Path
     time.sleep(0.01)  # a distinct mtime for the rewrite
     with src.open("r+b") as f:  # what torch.save / h5py do to an existing path: rewrite in place
         f.write(b"b" * 4096)
-    (copy_path, copy_key), = copied.items()
-    (link_path, link_key), = linked.items()
+    (copy_path, copy_key), = ((Path(p), k) for p, k in copied.items())
+    (link_path, link_key), = ((Path(p), k) for p, k in linked.items())
     assert copy_path.read_bytes() == b"a" * 4096 and _stat_key(copy_path) == copy_key
     assert link_path.read_bytes() == b"b" * 4096  # a link shares the rewritten bytes ...
     assert _stat_key(link_path) != link_key  # ... and the tracker sees it changed
@@ -325,5 +325,6 @@ def test_staging_copy_is_private_and_a_rewritten_link_is_detected(tmp_path: Path
     replacement = tmp_path / "tmp.bin"
     replacement.write_bytes(b"c" * 4096)
     replacement.replace(src)
-    (link_path, link_key), = linked.items()
+    (link_path, link_key), = ((Path(p), k) for p, k in linked.items())
     assert link_path.read_bytes() == b"b" * 4096 and _stat_key(link_path) == link_key
+

@@ -108,11 +108,11 @@ def active_mlflow_run_id() -> str | None:
 # -- staging -----------------------------------------------------------------------------------
 
 
-def _clone_or_copy(src: Path, dst: Path) -> None:
+def _clone_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     try:
         import fcntl
 
-        with src.open("rb") as fi, dst.open("wb") as fo:
+        with open(src, "rb") as fi, open(dst, "wb") as fo:
             fcntl.ioctl(fo.fileno(), _FICLONE, fi.fileno())
         shutil.copymode(src, dst)
         return
@@ -121,7 +121,7 @@ def _clone_or_copy(src: Path, dst: Path) -> None:
     shutil.copy2(src, dst)  # sendfile / copy_file_range on Linux: kernel-side, no Python buffers
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def _link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     try:
         os.link(src, dst)
     except OSError as exc:
@@ -130,45 +130,52 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         _clone_or_copy(src, dst)
 
 
-def _stat_key(path: Path) -> tuple[int, int, int]:
-    st = path.stat()
+def _stat_key(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    st = os.stat(path)
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def stage(src: Path, dest: Path, mode: Literal["copy", "link"]) -> dict[Path, tuple[int, int, int]]:
+def stage(src: Path, dest: Path, mode: Literal["copy", "link"]) -> dict[str, tuple[int, int, int]]:
     """Copy or link the file or folder *src* into the empty folder *dest*, made if missing (a
     file keeps its name).
 
-    Returns each staged file's (inode, size, mtime) so a link can be checked after the upload.
+    Returns each staged file's path and (inode, size, mtime), so a link can be checked after the
+    upload. This runs on the training thread for every checkpoint, so it walks with
+    ``os.scandir`` and plain strings (a ``Trainer`` checkpoint is about ten files).
     """
     put = _clone_or_copy if mode == "copy" else _link_or_copy
-    if not dest.is_dir():
-        dest.mkdir(parents=True)
-    seen: dict[Path, tuple[int, int, int]] = {}
+    if not os.path.isdir(dest):
+        os.makedirs(dest)
+    seen: dict[str, tuple[int, int, int]] = {}
     if src.is_file():
-        target = dest / src.name
+        target = os.path.join(dest, src.name)
         put(src, target)
         seen[target] = _stat_key(target)
         return seen
     if not src.is_dir():
         raise SourceError(f"checkpoint {str(src)!r} does not exist",
                           hint="save the checkpoint before registering it")
-    for root, dirs, files in os.walk(src, followlinks=False):
-        dirs.sort()
-        rel = Path(root).relative_to(src)
-        (dest / rel).mkdir(parents=True, exist_ok=True)
-        for fname in sorted(files):
-            source = Path(root) / fname
-            target = dest / rel / fname
-            if source.is_symlink():
+
+    def walk(folder: str, into: str) -> None:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            target = os.path.join(into, entry.name)
+            if entry.is_dir():  # follows a link: a linked folder is copied, as scan_local reads it
+                if entry.is_symlink():
+                    shutil.copytree(os.path.realpath(entry.path), target)
+                    continue
+                os.mkdir(target)
+                walk(entry.path, target)
+            elif entry.is_symlink():
                 # Followed, as scan_local would; a private copy keeps the link target stable too.
-                _clone_or_copy(source.resolve(), target)
+                _clone_or_copy(os.path.realpath(entry.path), target)
+                seen[target] = _stat_key(target)
             else:
-                put(source, target)
-            seen[target] = _stat_key(target)
-        for dname in dirs:
-            if (Path(root) / dname).is_symlink():  # os.walk does not descend into linked folders
-                shutil.copytree((Path(root) / dname).resolve(), dest / rel / dname)
+                put(entry.path, target)
+                seen[target] = _stat_key(target)
+
+    walk(os.fspath(src), os.fspath(dest))
     return seen
 
 
@@ -192,7 +199,7 @@ class PendingCheckpoint:
         self.run_id = run_id
         self.is_best = is_best
         self.staged: Path | None = None
-        self.stats: dict[Path, tuple[int, int, int]] = {}
+        self.stats: dict[str, tuple[int, int, int]] = {}
         self.skipped_reason: str | None = None
         self._done = threading.Event()
         self._version: ModelVersion | None = None
@@ -634,8 +641,9 @@ class Tracker:
             if changed:
                 self.keep.registry.set_tag(self.name, version.version, RETENTION_TAG, "expired")
                 raise CheckpointError(
-                    f"{changed[0].name!r} changed while {self.name}@{version.version} was "
-                    "uploading; that version is marked expired",
+                    f"{os.path.basename(changed[0])!r} changed while "
+                    f"{self.name}@{version.version} was uploading; that version is marked "
+                    "expired",
                     hint="use staging='copy' for checkpoints rewritten in place",
                 )
             if not version.reused:
