@@ -62,6 +62,8 @@ class ModelkeepCallback(TrainerCallback):
         self._monitor, self._mode, self._keep_last = monitor, mode, keep_last
         self._tracker_options = dict(tracker_options or {})
         self.modelkeep: TrackerOwner | None = None
+        self._logged: dict[str, Any] = {}
+        self._log_read = 0  # entries of state.log_history already merged into _logged
 
     def _owner(self, args: TrainingArguments) -> TrackerOwner:
         if self.modelkeep is None:
@@ -77,16 +79,25 @@ class ModelkeepCallback(TrainerCallback):
             self.modelkeep = TrackerOwner(self.name, *self._open, options)
         return self.modelkeep
 
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
+                       control: TrainerControl, **kwargs: Any) -> None:
+        self._logged, self._log_read = {}, 0  # a resumed run brings its own history
+
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 **kwargs: Any) -> None:
         if not state.is_world_process_zero:
             return
         folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}-{state.global_step}"
-        # The newest value of each logged key: training loss, learning rate, eval metrics.
-        logged: dict[str, Any] = {}
-        for entry in state.log_history:
-            logged.update(entry)
-        metrics = scalar_metrics({k: v for k, v in logged.items() if k not in ("step", "epoch")})
+        # The newest value of each logged key: training loss, learning rate, eval metrics. Only
+        # the entries added since the last save are read (the history grows by one per log).
+        history = state.log_history
+        if len(history) < self._log_read:  # a TrainerState replaced without on_train_begin
+            self._logged, self._log_read = {}, 0
+        for entry in history[self._log_read:]:
+            self._logged.update(entry)
+        self._log_read = len(history)
+        metrics = scalar_metrics({k: v for k, v in self._logged.items()
+                                  if k not in ("step", "epoch")})
         tags = {"epoch": f"{state.epoch:g}"} if state.epoch is not None else {}
         self._owner(args).tracker.checkpoint(folder, step=state.global_step, metrics=metrics,
                                              tags=tags, force=True)
