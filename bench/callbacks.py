@@ -3,13 +3,15 @@
 For each framework (PyTorch Lightning, Keras 3 on torch, Hugging Face Transformers) a tiny model
 trains on the CPU with a checkpoint saved every step, once with the framework's own checkpoint
 callback and once with modelkeep's (the same save, plus registering it: staging copy or link on
-the training thread, upload and MLflow registration on the worker). The two take turns, repeat
-after repeat, in one process. Time per step is the interval between consecutive step-end events
-(it includes the previous step's checkpoint save); the first steps of each run are warm-up and
-left out. Reported: median and mean per step for each, their ratio, checkpoints registered of
-those saved, and the time the final flush waited. Written to ``bench/RESULTS-callbacks.md``.
+the training thread, upload and MLflow registration on the tracker's worker thread). The two
+take turns, repeat after repeat, in one process; ``--burn N`` keeps N busy processes running
+meanwhile, to measure on a loaded machine. Time per step is the interval between consecutive step-end events (it includes the previous step's
+checkpoint save); the first steps of each run are warm-up and left out. Reported: median and
+mean per step for each, their ratio, checkpoints registered of those saved, and the time the
+final flush waited. Written to ``bench/RESULTS-callbacks.md``.
 
     .venv/bin/python bench/callbacks.py [--steps 60] [--repeats 3] [--frameworks lightning,...]
+        [--burn N]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import platform
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -275,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: steadier numbers on a shared machine)")
+    parser.add_argument("--burn", type=int, default=0,
+                        help="busy processes kept running meanwhile, to measure on a loaded "
+                        "machine")
     opts = parser.parse_args(argv)
     frameworks = [f.strip() for f in opts.frameworks.split(",") if f.strip()]
     import logging
@@ -289,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
 
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+               for _ in range(opts.burn)]
     load_before = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="mk-bench-cb-", dir=opts.work))
     results: dict[str, dict[str, Variant]] = {}
@@ -310,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(work, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        for burner in burners:
+            burner.kill()
+            burner.wait()
     opts.load = (load_before, os.getloadavg()[0])
     report = _report(results, opts, argv)
     print(report)
@@ -335,7 +346,8 @@ def _report(results: dict[str, dict[str, Variant]], opts: argparse.Namespace,
         f"first {WARMUP} steps of each run left out; torch on {opts.threads} thread(s)). "
         "A checkpoint is saved every step in both "
         "columns; the modelkeep column also registers it (staging on the training thread; "
-        "upload and MLflow SQLite registration on the worker thread).",
+        "upload and MLflow SQLite registration on the tracker's worker thread)."
+        + (f" {opts.burn} busy process(es) ran meanwhile." if opts.burn else ""),
         "",
         f"- Machine: {os.cpu_count()} CPUs ({platform.machine()}), "
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}; "
