@@ -328,3 +328,85 @@ def test_staging_copy_is_private_and_a_rewritten_link_is_detected(tmp_path: Path
     (link_path, link_key), = ((Path(p), k) for p, k in linked.items())
     assert link_path.read_bytes() == b"b" * 4096 and _stat_key(link_path) == link_key
 
+
+def test_checkpoints_register_in_a_helper_process(keep: modelkeep.Keep, tmp_path: Path) -> None:
+    name = unique_name()
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    with modelkeep.track(name, keep=keep, on_full="block", worker="process") as run:
+        assert run.helper is not None
+        for step in (1, 2):
+            (ckpt / "w.bin").write_bytes(os.urandom(5000))
+            run.checkpoint(ckpt, step=step)
+        run.flush()
+        proc = run.helper._proc
+        assert proc is not None and proc.pid != os.getpid() and proc.poll() is None
+    assert proc.wait(10) == 0  # closing the tracker ends the helper
+    versions = keep.versions(name)
+    assert [v.tags["step"] for v in versions] == ["1", "2"]
+    assert [p.version for p in versions[1].parents] == [1]
+    assert [v.ref for v in run.versions] == [v.ref for v in versions]
+    assert "last" in versions[1].aliases
+
+
+def test_helper_process_needs_a_keep_it_can_reopen(
+        keep: modelkeep.Keep, tmp_path: Path, mlflow_sqlite_uri: str) -> None:
+    from modelkeep.errors import InvalidInputError
+    from modelkeep.hooks import hookimpl
+    from modelkeep.hooks.manager import make_plugin_manager
+    from modelkeep.training import Tracker
+
+    class Listener:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        @hookimpl
+        def modelkeep_after_register(self, version: modelkeep.ModelVersion) -> None:
+            self.calls.append(version.ref)
+
+    pm = make_plugin_manager(entry_points=False)
+    listener = Listener()
+    pm.register(listener, "listener")
+    in_code = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri,
+                             plugins=pm)
+    name = unique_name()
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "w.bin").write_bytes(b"w")
+    with modelkeep.track(name, keep=in_code) as run:
+        assert run.helper is None  # the default: the worker thread
+        run.checkpoint(tmp_path / "ckpt", step=1)
+    assert listener.calls == [f"{name}@1"]  # the plugin registered in code saw it
+    with pytest.raises(InvalidInputError, match="worker='process'"):
+        Tracker(in_code, name, worker="process")
+    assert Tracker(keep, name).helper is None
+    assert Tracker(keep, name, worker="process").helper is not None
+    with pytest.raises(InvalidInputError, match="worker must be"):
+        Tracker(keep, name, worker="auto")  # type: ignore[arg-type]
+
+
+def test_a_policy_refusing_an_alias_in_the_helper_comes_back_as_a_veto(
+        tmp_path: Path, mlflow_sqlite_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelkeep.errors import VetoError
+    from modelkeep.training import VetoWarning
+
+    (tmp_path / "modelkeep.toml").write_text(
+        f'store = "store"\nregistry = "{mlflow_sqlite_uri}"\n\n'
+        '[policies."*".promote.best]\nrequired_tags = ["approved-by"]\n')
+    monkeypatch.chdir(tmp_path)
+    keep = modelkeep.open()
+    name = unique_name()
+    (tmp_path / "ckpt").mkdir()
+    with pytest.warns(VetoWarning, match="alias 'best' was not moved"), \
+            modelkeep.track(name, keep=keep, monitor="loss", on_full="block",
+                            worker="process") as run:
+        assert run.helper is not None
+        for step, loss in ((1, 2.0), (2, 1.0)):
+            (tmp_path / "ckpt" / "w.bin").write_bytes(os.urandom(100))
+            run.checkpoint(tmp_path / "ckpt", step=step, metrics={"loss": loss})
+    assert [(ref, alias) for ref, alias, _ in run.vetoes] == [(f"{name}@1", "best"),
+                                                            (f"{name}@2", "best")]
+    refusal = run.vetoes[0][2]
+    assert type(refusal) is VetoError and any("approved-by" in r for r in refusal.reasons)
+    versions = keep.versions(name)
+    assert "last" in versions[-1].aliases
+    assert not any("best" in v.aliases for v in versions)
