@@ -3,16 +3,15 @@
 For each framework (PyTorch Lightning, Keras 3 on torch, Hugging Face Transformers) a tiny model
 trains on the CPU with a checkpoint saved every step, once with the framework's own checkpoint
 callback and once with modelkeep's (the same save, plus registering it: staging copy or link on
-the training thread, upload and MLflow registration where ``--worker`` says: the tracker's
-worker thread or its helper process). The two take turns, repeat after repeat, in one process;
-``--burn N`` keeps N busy processes running meanwhile, to measure on a loaded machine. Time per
-step is the interval between consecutive step-end events (it includes the previous step's
+the training thread, upload and MLflow registration on the tracker's worker thread). The two
+take turns, repeat after repeat, in one process; ``--burn N`` keeps N busy processes running
+meanwhile, to measure on a loaded machine. Time per step is the interval between consecutive step-end events (it includes the previous step's
 checkpoint save); the first steps of each run are warm-up and left out. Reported: median and
 mean per step for each, their ratio, checkpoints registered of those saved, and the time the
 final flush waited. Written to ``bench/RESULTS-callbacks.md``.
 
     .venv/bin/python bench/callbacks.py [--steps 60] [--repeats 3] [--frameworks lightning,...]
-        [--worker thread|process] [--burn N]
+        [--burn N]
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 WARMUP = 5
 TARGET = 0.05
-TRACKER_OPTIONS: dict[str, Any] = {}  # --worker
 
 
 @dataclass
@@ -114,8 +112,7 @@ def lightning_run(work: Path, steps: int, with_modelkeep: bool) -> Run:
     common = {"dirpath": work / "ckpt", "every_n_train_steps": 1}
     if with_modelkeep:
         ckpt: ModelCheckpoint = ModelkeepCheckpoint(f"bench-{uuid.uuid4().hex[:8]}",
-                                                    keep=_keep(work),
-                                                    tracker_options=TRACKER_OPTIONS, **common)
+                                                    keep=_keep(work), **common)
     else:
         ckpt = ModelCheckpoint(**common)
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False,
@@ -158,7 +155,7 @@ def keras_run(work: Path, steps: int, with_modelkeep: bool) -> Run:
     ckpt: keras.callbacks.ModelCheckpoint
     if with_modelkeep:
         ckpt = ModelkeepCheckpoint(f"bench-{uuid.uuid4().hex[:8]}", path, keep=_keep(work),
-                                   save_freq=1, tracker_options=TRACKER_OPTIONS)
+                                   save_freq=1)
     else:
         ckpt = keras.callbacks.ModelCheckpoint(path, save_freq=1)
     _fit_and_count(run, lambda: model.fit(x, y, batch_size=32, epochs=1, verbose=0,
@@ -215,8 +212,7 @@ def transformers_run(work: Path, steps: int, with_modelkeep: bool) -> Run:
     callbacks: list[Any] = [Clock()]
     mk = None
     if with_modelkeep:
-        mk = ModelkeepCallback(f"bench-{uuid.uuid4().hex[:8]}", keep=_keep(work),
-                               tracker_options=TRACKER_OPTIONS)
+        mk = ModelkeepCallback(f"bench-{uuid.uuid4().hex[:8]}", keep=_keep(work))
         callbacks.append(mk)
     trainer = Trainer(model=BertForSequenceClassification(config), args=args,
                       train_dataset=Tokens(8 * steps), callbacks=callbacks)
@@ -282,13 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: steadier numbers on a shared machine)")
-    parser.add_argument("--worker", choices=("thread", "process"), default="thread",
-                        help="where the tracker registers (Tracker's worker option)")
     parser.add_argument("--burn", type=int, default=0,
                         help="busy processes kept running meanwhile, to measure on a loaded "
                         "machine")
     opts = parser.parse_args(argv)
-    TRACKER_OPTIONS["worker"] = opts.worker
     frameworks = [f.strip() for f in opts.frameworks.split(",") if f.strip()]
     import logging
     import warnings
@@ -353,9 +346,7 @@ def _report(results: dict[str, dict[str, Variant]], opts: argparse.Namespace,
         f"first {WARMUP} steps of each run left out; torch on {opts.threads} thread(s)). "
         "A checkpoint is saved every step in both "
         "columns; the modelkeep column also registers it (staging on the training thread; "
-        "upload and MLflow SQLite registration "
-        + ("on the tracker's worker thread" if opts.worker == "thread" else
-           "in the tracker's helper process") + ")."
+        "upload and MLflow SQLite registration on the tracker's worker thread)."
         + (f" {opts.burn} busy process(es) ran meanwhile." if opts.burn else ""),
         "",
         f"- Machine: {os.cpu_count()} CPUs ({platform.machine()}), "

@@ -241,8 +241,6 @@ def open(
     """
     from modelkeep.hooks.manager import get_plugin_manager
 
-    reopenable = (config is None and (plugins is None or plugins is get_plugin_manager())
-                  and (registry is None or isinstance(registry, str)))
     config = config or load_config()
     pm = plugins if plugins is not None else get_plugin_manager()
     the_store, options, option_key = _open_store(config, pm, store, store_options)
@@ -256,17 +254,9 @@ def open(
                               "the plugin for this registry")
     else:
         the_registry = registry
-    keep = Keep(the_store, the_registry, store_options=options, plugins=pm,
+    return Keep(the_store, the_registry, store_options=options, plugins=pm,
                 named_stores=config.stores.values(), config=config,
                 signing_key=signing_key, policies=config.policy_set)
-    if reopenable:
-        # What a checkpoint helper process needs to open the same Keep (modelkeep.helper).
-        keep._reopen = {
-            "cwd": os.getcwd(), "config_dir": str(config.root), "store": store,
-            "registry": registry, "store_options": dict(store_options or {}) or None,
-            "signing_key": str(signing_key) if signing_key else None,
-        }
-    return keep
 
 
 def open_store(
@@ -419,7 +409,6 @@ class Keep:
         self._stores: dict[str, Store] = {store.location.locator: store}
         self._lock = threading.Lock()
         self._trackers: dict[str, Tracker] = {}  # the ones checkpoint() made, by model name
-        self._reopen: dict[str, Any] | None = None  # set by open(): see modelkeep.helper
         self.signing_key = signing_key
         self._signer: Signer | None = None
 

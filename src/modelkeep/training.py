@@ -13,17 +13,11 @@ This module owns registering checkpoints without stalling the training loop:
   ``max_pending + 1`` checkpoints and memory by the store's fixed ingest buffers. When the queue is
   full, ``on_full="skip"`` (the default) drops the newest queued checkpoint that is not the current
   best, so training never waits for the store; ``on_full="block"`` waits instead.
-* **Helper process.** With ``worker="process"`` the worker thread hands each registration to a
-  helper process (:mod:`modelkeep.helper`) that opens the same store and registry, so the
-  registration's Python (MLflow, SQL, bookkeeping) never holds the training loop's GIL; the
-  default ``"thread"`` registers in the training process. Measured on two cores, loaded and not,
-  the helper gained nothing over the thread once pacing keeps the worker's share small, and its
-  start (importing MLflow: seconds of CPU) costs short runs (bench/RESULTS-callbacks.md).
-* **Pacing.** In ``skip`` mode the worker rests after each upload so the CPU time it took (the
-  helper's, or the worker thread's) stays within *cpu_budget* (3%) of wall time (at most 30 s): a
-  tiny model saving every step gets a checkpoint registered every few seconds (the newest and the
-  best always), while a large upload, which mostly waits on I/O, is not held back. A flush ends
-  the rest at once.
+* **Pacing.** Registering is mostly Python (MLflow, SQL, bookkeeping) holding the GIL the training
+  thread needs. In ``skip`` mode the worker rests after each upload so its own CPU time stays
+  within *cpu_budget* (3%) of wall time (at most 30 s): a tiny model saving every step gets a
+  checkpoint registered every few seconds (the newest and the best always), while a large upload,
+  which mostly waits on I/O, is not held back. A flush ends the rest at once.
 * **Staging.** A training loop usually overwrites its checkpoint on the next save, so the upload
   must never read the file in place. ``staging="copy"`` (the default) copies into a private folder
   beside the checkpoint (same filesystem, so a copy-on-write clone where the filesystem has them,
@@ -281,7 +275,6 @@ class Tracker:
         flush_timeout: float | None = None,
         max_failures: int = 3,
         cpu_budget: float | None = 0.03,
-        worker: Literal["thread", "process"] = "thread",
     ) -> None:
         validate_name(name)
         if every is not None and every < 1:
@@ -298,16 +291,6 @@ class Tracker:
             raise InvalidInputError(f"cpu_budget must be in (0, 1], not {cpu_budget}")
         if staging not in ("copy", "link"):
             raise InvalidInputError(f"staging must be 'copy' or 'link', not {staging!r}")
-        if worker not in ("thread", "process"):
-            raise InvalidInputError(f"worker must be 'thread' or 'process', not {worker!r}")
-        from modelkeep.helper import HelperKeep, reopen_spec
-
-        spec = reopen_spec(keep) if worker == "process" else None
-        if worker == "process" and spec is None:
-            raise InvalidInputError(
-                "worker='process' needs a Keep that modelkeep.open() made from a store and a "
-                "registry URI, with plugins from entry points only",
-                hint="use worker='thread', or open the Keep with modelkeep.open()")
         self.keep = keep
         self.name = name
         self.every = every
@@ -324,8 +307,6 @@ class Tracker:
         self.flush_timeout = flush_timeout
         self.max_failures = max_failures
         self.cpu_budget = cpu_budget
-        # Where registrations run: this process's worker thread, or a helper process.
-        self.helper: HelperKeep | None = HelperKeep(spec) if spec is not None else None
         self.stats = _Stats()
         self.versions: list[ModelVersion] = []
         # (version ref, alias, error) of every alias move a plugin refused, oldest first.
@@ -354,7 +335,6 @@ class Tracker:
         self._rest_until = 0.0  # the worker's pacing: no new upload before this (monotonic)
         self._flushing = 0
         self._idle = False  # the worker waits for an empty queue to fill
-        self._helper_cpu = 0.0  # the helper's CPU seconds for the upload in progress
         _live.add(self)
 
     def __repr__(self) -> str:
@@ -630,17 +610,15 @@ class Tracker:
     def _upload(self, item: PendingCheckpoint) -> None:
         assert item.staged is not None
         started, cpu_started = time.perf_counter(), time.thread_time()
-        self._helper_cpu = 0.0
         try:
             self._register(item)
         finally:
             if self.cpu_budget is not None and self.on_full == "skip":
-                # Registering is mostly Python (MLflow, SQL, bookkeeping): CPU the training loop
-                # may need, and in a worker thread the GIL it needs. Rest so the CPU time spent
-                # (this thread's and the helper's) stays within the budget of wall time: a tiny
-                # model saving every step sees a checkpoint registered every few seconds; a
-                # large upload, which waits on I/O, is never slowed down.
-                cpu = time.thread_time() - cpu_started + self._helper_cpu
+                # Registering is mostly Python (MLflow, SQL, bookkeeping) that holds the GIL the
+                # training thread needs. Rest so this thread's CPU time stays within the budget
+                # of wall time: a tiny model saving every step sees a checkpoint registered every
+                # few seconds; a large upload, which waits on I/O, is never slowed down.
+                cpu = time.thread_time() - cpu_started
                 wall = time.perf_counter() - started
                 rest = min(MAX_REST, max(0.0, cpu / self.cpu_budget - wall))
                 self._rest_until = time.monotonic() + rest
@@ -655,13 +633,13 @@ class Tracker:
             tags[METRIC_PREFIX + _TAG_KEY_UNSAFE.sub("_", key)] = _format_metric(value)
         message = f"checkpoint at step {item.step}" if item.step is not None else "checkpoint"
         try:
-            version = self._call("register",
+            version = self.keep.register(
                 self.name, item.staged, parents=[self._parent] if self._parent else [],
                 tags=tags, message=message, run_id=item.run_id,
             )
             changed = [p for p, key in item.stats.items() if _stat_key(p) != key]
             if changed:
-                self._call("set_tag", self.name, version.version, RETENTION_TAG, "expired")
+                self.keep.registry.set_tag(self.name, version.version, RETENTION_TAG, "expired")
                 raise CheckpointError(
                     f"{os.path.basename(changed[0])!r} changed while "
                     f"{self.name}@{version.version} was uploading; that version is marked "
@@ -688,20 +666,9 @@ class Tracker:
                 self._parent = version.ref
         item._finish(version)
 
-    def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        """One of the three registry calls a tracker makes, in the helper process if there is
-        one (its CPU time counted for pacing), else here."""
-        if self.helper is None:
-            if op == "set_tag":
-                return self.keep.registry.set_tag(*args, **kwargs)
-            return getattr(self.keep, op)(*args, **kwargs)
-        try:
-            return getattr(self.helper, op)(*args, **kwargs)
-        finally:
-            self._helper_cpu += self.helper.last_cpu
-
     def _retain(self, version: ModelVersion, value: float | None) -> None:
         """Move the aliases and mark versions outside the keep set (registry side only)."""
+        registry = self.keep.registry
         self._chain.append((version.version, value))
         if self.last_alias:
             self._set_alias(version, self.last_alias)
@@ -718,7 +685,7 @@ class Tracker:
             keep.add(self._best_version[0])
         for number, _value in self._chain:
             if number not in keep and number not in self._expired:
-                self._call("set_tag", self.name, number, RETENTION_TAG, "expired")
+                registry.set_tag(self.name, number, RETENTION_TAG, "expired")
                 self._expired.add(number)
 
     def _set_alias(self, version: ModelVersion, alias: str) -> None:
@@ -730,7 +697,7 @@ class Tracker:
         warning at flush (it does not count towards *max_failures*, nor fail training).
         """
         try:
-            self._call("set_alias", version, alias)
+            self.keep.set_alias(version, alias)
         except VetoError as exc:
             with self._cond:
                 self.vetoes.append((version.ref, alias, exc))
@@ -800,8 +767,6 @@ class Tracker:
             with self._cond:
                 self.closed = True
                 self._cond.notify_all()
-            if self.helper is not None and not self._busy:
-                self.helper.close()
             for root in self._staging_roots:
                 with contextlib.suppress(OSError):
                     shutil.rmtree(root)
