@@ -5,10 +5,11 @@ trains on the CPU with a checkpoint saved every step, once with the framework's 
 callback and once with modelkeep's (the same save, plus registering it: staging copy or link on
 the training thread, upload and MLflow registration on the tracker's worker thread). The two
 take turns, repeat after repeat, in one process; ``--burn N`` keeps N busy processes running
-meanwhile, to measure on a loaded machine. Time per step is the interval between consecutive step-end events (it includes the previous step's
-checkpoint save); the first steps of each run are warm-up and left out. Reported: median and
-mean per step for each, their ratio, checkpoints registered of those saved, and the time the
-final flush waited. Written to ``bench/RESULTS-callbacks.md``.
+meanwhile, to measure on a loaded machine. Time per step is the interval between consecutive
+step-end events (it includes the previous step's checkpoint save); the first steps of each run
+are warm-up and left out. Reported: median and mean per step for each, their ratio,
+checkpoints registered of those saved, and the time the final flush waited. Written to
+``bench/RESULTS-callbacks.md``.
 
     .venv/bin/python bench/callbacks.py [--steps 60] [--repeats 3] [--frameworks lightning,...]
         [--burn N]
