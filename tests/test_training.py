@@ -328,3 +328,55 @@ def test_staging_copy_is_private_and_a_rewritten_link_is_detected(tmp_path: Path
     (link_path, link_key), = ((Path(p), k) for p, k in linked.items())
     assert link_path.read_bytes() == b"b" * 4096 and _stat_key(link_path) == link_key
 
+
+
+def test_gc_deletes_the_checkpoints_a_runs_retention_expired(keep: modelkeep.Keep,
+                                                             tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from modelkeep.policy import retention_plan
+
+    name = unique_name()
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    losses = [3.0, 1.0, 2.0, 4.0, 5.0]  # step 2 is the best; 4 and 5 are the last two
+    with modelkeep.track(name, keep=keep, every=1, monitor="loss", keep_last=2,
+                         on_full="block") as run:
+        for step, loss in enumerate(losses, start=1):
+            (ckpt / "w.bin").write_bytes(os.urandom(30_000))
+            run.checkpoint(ckpt, step=step, metrics={"loss": loss})
+    untouched = unique_name()  # no run expired any of its versions
+    keep.register(untouched, ckpt)
+    (ckpt / "w.bin").write_bytes(os.urandom(100))
+    keep.register(untouched, ckpt)
+    # The same model's expired versions in another store are that store's to collect.
+    elsewhere = modelkeep.open(store=str(tmp_path / "other"), registry=keep.registry.uri)
+    assert retention_plan(elsewhere, name) == []
+
+    plan = {i.version: (i.action, i.reasons) for i in retention_plan(keep, name)}
+    assert {v: a for v, (a, _r) in plan.items()} == {
+        1: "delete", 2: "keep", 3: "delete", 4: "keep", 5: "keep"}
+    assert plan[1][1] == ("expired by its training run (keep_last of its tracker)",)
+    assert any("aliased (best)" in r for r in plan[2][1])
+    assert retention_plan(keep, untouched) == []
+    dry = keep.gc(grace=timedelta(0), dry_run=True)
+    assert sorted(dry.deleted_snapshots) == sorted(
+        v.snapshot_id for v in keep.versions(name) if v.version in (1, 3))
+    assert [v.version for v in keep.versions(name)] == [1, 2, 3, 4, 5]  # nothing deleted yet
+    keep.gc(grace=timedelta(0))
+    assert [v.version for v in keep.versions(name)] == [2, 4, 5]
+    assert [v.version for v in keep.versions(untouched)] == [1, 2]
+    assert keep.verify(f"{name}@2").ok
+
+
+def test_registry_finds_the_models_a_run_expired_in_one_search(keep: modelkeep.Keep,
+                                                               tmp_path: Path) -> None:
+    name = unique_name()
+    (tmp_path / "ckpt").mkdir()
+    with modelkeep.track(name, keep=keep, every=1, keep_last=1, on_full="block") as run:
+        for step in (1, 2):
+            (tmp_path / "ckpt" / "w.bin").write_bytes(os.urandom(1000))
+            run.checkpoint(tmp_path / "ckpt", step=step)
+    found = keep.registry.models_tagged(RETENTION_TAG, "expired")
+    assert name in found
+    assert unique_name() not in found

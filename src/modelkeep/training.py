@@ -35,8 +35,8 @@ This module owns registering checkpoints without stalling the training loop:
   the newest and the best checkpoint, moved through ``Keep.set_alias`` like any alias: a plugin's
   ``modelkeep_before_alias_change`` may refuse (the alias then stays, the refusal is kept in
   ``Tracker.vetoes`` and warned about at flush), and every move is journaled and in the alias
-  history. Nothing is deleted: removing expired versions' bytes comes with the store's garbage
-  collection.
+  history. The tracker deletes nothing: ``prune`` and ``gc`` delete the expired versions (see
+  :mod:`modelkeep.policy.retention`) and reclaim their chunks.
 """
 
 from __future__ import annotations

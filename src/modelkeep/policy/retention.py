@@ -11,7 +11,15 @@ any of these holds, and deleted otherwise:
 * it has a tag listed in ``keep_tags``.
 
 So the rules add up, like ``restic forget --keep-last --keep-within``: a version goes only when no
-rule keeps it. Models without ``keep_last`` and ``keep_days`` are not planned at all.
+rule keeps it.
+
+A model without ``keep_last`` and ``keep_days`` follows the retention of the training runs that
+registered it: a tracker's ``keep_last`` (:mod:`modelkeep.training`) tags the checkpoints outside
+its keep set ``modelkeep.retention=expired``, and those go unless a rule above keeps them (the
+newest, an alias, a ``keep_tags`` tag). Only versions in the Keep's own store are let go this
+way, since that store's ``gc`` reclaims their chunks. Untagged versions of such a model are
+kept, and a model with no tagged version in the store is not planned at all. Where the policies
+set ``keep_last`` or ``keep_days``, they decide alone.
 
 :func:`apply_retention` deletes what the plan allows with :meth:`Keep.delete_version`, one
 version at a time, checking each version's aliases and tags again just before deleting it, so a
@@ -111,6 +119,39 @@ def keep_reasons(policy: Policy, *, rank: int, created: datetime, now: datetime,
     return reasons
 
 
+def expired_by_run(tags: dict[str, str] | Any) -> bool:
+    """Whether a training run's retention let this version go (see the module docstring)."""
+    from modelkeep.training import RETENTION_TAG
+
+    return bool(tags.get(RETENTION_TAG) == "expired")
+
+
+def _models_expired_by_run(keep: Keep) -> set[str] | None:
+    """The models with a version a run expired, from one registry search where the registry
+    offers it (``models_tagged``); None: ask model by model."""
+    from modelkeep.training import RETENTION_TAG
+
+    finder = getattr(keep.registry, "models_tagged", None)
+    if finder is None:
+        return None
+    try:
+        return set(finder(RETENTION_TAG, "expired"))
+    except ModelkeepError:  # a registry whose search does not filter on tags
+        return None
+
+
+def _in_store(keep: Keep, uri: str) -> bool:
+    """Whether the version at *uri* lives in *keep*'s store: a run's expiry is acted on by the
+    store that holds the checkpoints (its ``gc`` reclaims their chunks)."""
+    from modelkeep.errors import InvalidInputError
+    from modelkeep.store import parse_uri
+
+    try:
+        return parse_uri(uri).locator == keep.store.location.locator
+    except InvalidInputError:
+        return False
+
+
 def _delete_reasons(policy: Policy, rank: int, created: datetime, now: datetime) -> list[str]:
     reasons = []
     if policy.keep_last is not None:
@@ -128,19 +169,30 @@ def retention_plan(keep: Keep, name: str | None = None, *,
     delete, and why. *now* is the time ``keep_days`` counts from (default: the current time)."""
     now = now or datetime.now(UTC)
     names = [name] if name is not None else keep.models()
+    expired_somewhere = _models_expired_by_run(keep) if name is None else None
     plan: list[RetentionItem] = []
     for model in names:
         policy = keep.policies.for_name(model)
-        if not policy.has_retention:
+        by_run = not policy.has_retention
+        if by_run and expired_somewhere is not None and model not in expired_somewhere:
+            continue
+        # The registry's tags say whether a run expired anything here, without loading snapshots.
+        if by_run and not any(expired_by_run(rv.tags) and _in_store(keep, rv.source)
+                              for rv in keep.registry.versions(model)):
             continue
         versions = sorted(keep.versions(model), key=lambda v: v.version, reverse=True)
         items = []
         for rank, v in enumerate(versions):
             reasons = keep_reasons(policy, rank=rank, created=v.created, now=now,
                                    aliases=v.aliases, tags=v.tags)
+            if by_run and not expired_by_run(v.tags):
+                reasons.append("not expired by its training run")
+            elif by_run and not _in_store(keep, v.uri):
+                reasons.append("expired by its training run, in another store")
             action = "keep" if reasons else "delete"
             if not reasons:
-                reasons = _delete_reasons(policy, rank, v.created, now)
+                reasons = (["expired by its training run (keep_last of its tracker)"] if by_run
+                           else _delete_reasons(policy, rank, v.created, now))
             items.append(RetentionItem(model, v.version, action, tuple(reasons), v.created,
                                        v.size, v.snapshot_id, tuple(v.aliases)))
         plan.extend(reversed(items))  # oldest first, like `modelkeep list`
@@ -170,6 +222,8 @@ def apply_retention(
                                  now=now or datetime.now(UTC), aliases=current.aliases,
                                  tags=current.tags)
             still = [r for r in still if not r.startswith(("keep_last", "keep_days"))]
+            if not policy.has_retention and not expired_by_run(current.tags):
+                still.append("no longer tagged expired by its training run")
             if still:
                 report.skipped.append((item.ref, "; ".join(still)))
                 continue

@@ -224,6 +224,20 @@ class MlflowRegistry:
         out = [replace(rv, aliases=aliases.get(rv.version, ())) for rv in map(self._convert, found)]
         return sorted(out, key=lambda v: v.version)
 
+    def models_tagged(self, key: str, value: str) -> set[str]:
+        """Names of the models that have a version tagged *key* = *value*, in one search
+        (retention asks this of the whole registry)."""
+        names: set[str] = set()
+        token = None
+        with self._errors(f"searching versions tagged {key}"):
+            while True:
+                page = self._client.search_model_versions(
+                    f"tags.`{key}` = '{value}'", max_results=1000, page_token=token)
+                names.update(mv.name for mv in page)
+                token = page.token
+                if not token:
+                    return names
+
     def models(self) -> list[str]:
         names: list[str] = []
         token = None
