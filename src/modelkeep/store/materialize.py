@@ -27,7 +27,7 @@ from pathlib import Path
 
 from modelkeep.errors import DestinationExistsError, IntegrityError, UnsafePathError
 from modelkeep.store.codec import Kind
-from modelkeep.store.objects import ObjectDB
+from modelkeep.store.objects import WRITE_PIECE, ObjectDB
 from modelkeep.store.snapshot import FileEntry, Snapshot, check_relpath
 
 Progress = Callable[[int], None]
@@ -35,9 +35,10 @@ _MAX_OPEN_FILES = 32
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    # In pieces, for the reason given at objects.WRITE_PIECE.
     done = 0
     while done < len(data):
-        n = os.pwritev(fd, [data[done:]], offset + done)
+        n = os.pwritev(fd, [data[done : done + WRITE_PIECE]], offset + done)
         if n == 0:
             raise OSError(errno.EIO, "write made no progress")
         done += n

@@ -74,9 +74,14 @@ _MMAP_MIN = 1 << 20
 _TMPFILE_OK = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
 
 
-def _write_all(fd: int, header: bytes, raw: bytes | memoryview) -> None:
-    """One ``writev`` for header and payload (looping only on a short write)."""
-    parts = [memoryview(header), memoryview(raw)]
+# Local objects are written in pieces of at most this size. The kernel backs one large write
+# with large page-cache folios, which need contiguous memory: on a machine whose memory is
+# fragmented by file churn, writing 1 GiB as 2.5 MiB writes took 0.33-2.6 s from one run to the
+# next, and as 128 KiB writes a steady 0.36-0.44 s (`cp` of the same bytes: 0.27-0.29 s).
+WRITE_PIECE = 128 << 10
+
+
+def _writev_all(fd: int, parts: list[memoryview]) -> None:
     while parts:
         n = os.writev(fd, parts)
         if n == 0:
@@ -86,6 +91,16 @@ def _write_all(fd: int, header: bytes, raw: bytes | memoryview) -> None:
             parts.pop(0)
         if parts and n:
             parts[0] = parts[0][n:]
+
+
+def _write_all(fd: int, header: bytes, raw: bytes | memoryview) -> None:
+    """Header and payload, in writes of at most ``WRITE_PIECE`` bytes (the header rides with
+    the first piece)."""
+    view = memoryview(raw).cast("B")
+    first = max(0, WRITE_PIECE - len(header))
+    _writev_all(fd, [memoryview(header), view[:first]])
+    for offset in range(first, len(view), WRITE_PIECE):
+        _writev_all(fd, [view[offset : offset + WRITE_PIECE]])
 
 
 _NO_COPY_RANGE = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
