@@ -582,8 +582,8 @@ class ModelkeepRegister(Peer):
 
     def finish(self) -> None:
         # Pull v1 back several times, each paired with a `cp` of the same file. Which of the two
-        # runs first alternates: whichever runs second pays for the first one's freed pages
-        # (a 1 GiB `rm` just before), so a fixed order would bias the ratio.
+        # runs first alternates: whichever runs second follows the other's 1 GiB write and
+        # removal, which a fixed order would charge to one side only.
         v1 = self.bench.versions["v1"].path / "model.safetensors"
         dest = self.work / f"pull-r{self.r}"
         for i in range(PULLS_PER_REPEAT):
