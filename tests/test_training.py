@@ -329,7 +329,6 @@ def test_staging_copy_is_private_and_a_rewritten_link_is_detected(tmp_path: Path
     assert link_path.read_bytes() == b"b" * 4096 and _stat_key(link_path) == link_key
 
 
-
 def test_gc_deletes_the_checkpoints_a_runs_retention_expired(keep: modelkeep.Keep,
                                                              tmp_path: Path) -> None:
     from datetime import timedelta

@@ -136,6 +136,9 @@ class ObjectDB:
         self._local = location.is_local
         self._made_dirs: set[str] = set()
         self._dirs_lock = threading.Lock()
+        # Devices of destination files that copy_file_range refused (another filesystem): pulls
+        # there go the plain way from the first chunk on, without trying every chunk again.
+        self._no_copy_range: set[int] = set()
         self._cipher_loader: Callable[[], ObjectCipher | None] | None = None
         self._cipher: ObjectCipher | None = None
         self._cipher_loaded = False
@@ -408,6 +411,9 @@ class ObjectDB:
         """
         if not self._local or self.cipher is not None or not hasattr(os, "copy_file_range"):
             return False
+        dest_dev = os.fstat(fd).st_dev
+        if dest_dev in self._no_copy_range:
+            return False
         try:
             src = os.open(self.path(Kind.CHUNK, oid), os.O_RDONLY)
         except FileNotFoundError:
@@ -431,7 +437,9 @@ class ObjectDB:
                                            offset + done)
                 except OSError as exc:
                     if done == 0 and exc.errno in _NO_COPY_RANGE:
-                        return False  # e.g. another filesystem on an old kernel: plain writes
+                        # e.g. another filesystem on an old kernel: plain writes from now on
+                        self._no_copy_range.add(dest_dev)
+                        return False
                     raise
                 if n == 0:
                     raise IntegrityError(f"{what} is truncated")
