@@ -7,15 +7,14 @@ validated (:func:`snapshot.check_relpath`); they are still checked against the f
 as defence in depth.
 
 Every chunk is verified against its id before the pull succeeds. From a local store without
-encryption a chunk is copied into its file by the kernel (``copy_file_range``) and the bytes that
-landed are hashed; otherwise the object is fetched, checked and written out.
+encryption a chunk streams into its file through a small buffer that is hashed on the way
+(:meth:`ObjectDB.copy_chunk_into`); otherwise the object is fetched, checked and written out.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import errno
 import io
 import os
 import shutil
@@ -27,21 +26,11 @@ from pathlib import Path
 
 from modelkeep.errors import DestinationExistsError, IntegrityError, UnsafePathError
 from modelkeep.store.codec import Kind
-from modelkeep.store.objects import WRITE_PIECE, ObjectDB
+from modelkeep.store.objects import ObjectDB, pwrite_all
 from modelkeep.store.snapshot import FileEntry, Snapshot, check_relpath
 
 Progress = Callable[[int], None]
 _MAX_OPEN_FILES = 32
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    # In pieces, for the reason given at objects.WRITE_PIECE.
-    done = 0
-    while done < len(data):
-        n = os.pwritev(fd, [data[done : done + WRITE_PIECE]], offset + done)
-        if n == 0:
-            raise OSError(errno.EIO, "write made no progress")
-        done += n
 
 
 def _fetch_into(db: ObjectDB, entry: FileEntry, index: int, offset: int, fd: int) -> int:
@@ -56,7 +45,7 @@ def _fetch_into(db: ObjectDB, entry: FileEntry, index: int, offset: int, fd: int
         raise IntegrityError(
             f"chunk {index} of {entry.path} has {len(data)} bytes, its snapshot says {n}"
         )
-    _pwrite_all(fd, data, offset)
+    pwrite_all(fd, data, offset)
     return n
 
 
@@ -149,8 +138,7 @@ def _write_files(
             for entry in snapshot.files:
                 target = _target(root, entry.path)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                # Readable too: a local store's chunks are verified where they land.
-                fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 if entry.size:
                     # Sized once up front: workers then write inside the file, out of order,
                     # instead of each write past the end growing it under the inode lock.

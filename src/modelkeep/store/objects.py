@@ -93,6 +93,16 @@ def _writev_all(fd: int, parts: list[memoryview]) -> None:
             parts[0] = parts[0][n:]
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """All of *data* at *offset* of *fd*, in writes of at most ``WRITE_PIECE`` bytes."""
+    done = 0
+    while done < len(data):
+        n = os.pwritev(fd, [data[done : done + WRITE_PIECE]], offset + done)
+        if n == 0:
+            raise OSError(errno.EIO, "write made no progress")
+        done += n
+
+
 def _write_all(fd: int, header: bytes, raw: bytes | memoryview) -> None:
     """Header and payload, in writes of at most ``WRITE_PIECE`` bytes (the header rides with
     the first piece)."""
@@ -103,27 +113,15 @@ def _write_all(fd: int, header: bytes, raw: bytes | memoryview) -> None:
         _writev_all(fd, [view[offset : offset + WRITE_PIECE]])
 
 
-_NO_COPY_RANGE = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
-_READBACK = 1 << 20
-_readback = threading.local()
+# A pull from a local, plain store streams each chunk through one reused buffer per thread.
+_piece_buffer = threading.local()
 
 
-def _digest_range(fd: int, offset: int, size: int) -> str:
-    """The content id of *size* bytes at *offset* of *fd*, read through a reused per-thread
-    buffer (no allocation, no mapping per chunk)."""
-    buf = getattr(_readback, "buf", None)
-    if buf is None:
-        buf = _readback.buf = bytearray(_READBACK)
-    view = memoryview(buf)
-    hasher = new_hasher()
-    done = 0
-    while done < size:
-        n = os.preadv(fd, [view[: min(_READBACK, size - done)]], offset + done)
-        if n == 0:
-            raise IntegrityError(f"a written chunk ends early at byte {offset + done}")
-        hasher.update(view[:n])
-        done += n
-    return str(hasher.hexdigest())
+def _piece_view() -> memoryview:
+    view: memoryview | None = getattr(_piece_buffer, "view", None)
+    if view is None:
+        view = _piece_buffer.view = memoryview(bytearray(WRITE_PIECE))
+    return view
 
 
 class ObjectDB:
@@ -136,9 +134,6 @@ class ObjectDB:
         self._local = location.is_local
         self._made_dirs: set[str] = set()
         self._dirs_lock = threading.Lock()
-        # Devices of destination files that copy_file_range refused (another filesystem): pulls
-        # there go the plain way from the first chunk on, without trying every chunk again.
-        self._no_copy_range: set[int] = set()
         self._cipher_loader: Callable[[], ObjectCipher | None] | None = None
         self._cipher: ObjectCipher | None = None
         self._cipher_loaded = False
@@ -400,19 +395,16 @@ class ObjectDB:
         return payload
 
     def copy_chunk_into(self, oid: str, size: int, fd: int, offset: int, what: str) -> bool:
-        """Write chunk *oid*'s *size* bytes at *offset* of the readable and writable file *fd*,
-        then check the bytes that landed there against the id; False (nothing written) when the
-        store cannot do this: not local, or encrypted.
+        """Write chunk *oid*'s *size* bytes at *offset* of file *fd*, checked against the id on
+        the way; False (nothing written) when the store cannot do this: not local, or encrypted.
 
-        The copy is the kernel's (``copy_file_range``: no pass through user memory, no mapping
-        of the object), and verifying the destination rather than the object checks exactly the
-        bytes a reader of the file will get. A mismatch raises :class:`IntegrityError`; the caller
-        discards the file.
+        Each piece is read into this thread's buffer, hashed there and written from there, so
+        what is checked is exactly what lands in the file, and each byte crosses memory once
+        each way while it is still in the processor's cache (no allocation per chunk, no
+        mapping, no second pass over the written file). A mismatch raises
+        :class:`IntegrityError` after the last piece; the caller discards the file.
         """
-        if not self._local or self.cipher is not None or not hasattr(os, "copy_file_range"):
-            return False
-        dest_dev = os.fstat(fd).st_dev
-        if dest_dev in self._no_copy_range:
+        if not self._local or self.cipher is not None:
             return False
         try:
             src = os.open(self.path(Kind.CHUNK, oid), os.O_RDONLY)
@@ -430,23 +422,20 @@ class ObjectDB:
             if stored - codec.HEADER_SIZE != size:
                 raise IntegrityError(
                     f"{what} has {stored - codec.HEADER_SIZE} bytes, its snapshot says {size}")
+            view = _piece_view()
+            hasher = new_hasher()
             done = 0
             while done < size:
-                try:
-                    n = os.copy_file_range(src, fd, size - done, codec.HEADER_SIZE + done,
-                                           offset + done)
-                except OSError as exc:
-                    if done == 0 and exc.errno in _NO_COPY_RANGE:
-                        # e.g. another filesystem on an old kernel: plain writes from now on
-                        self._no_copy_range.add(dest_dev)
-                        return False
-                    raise
+                n = os.preadv(src, [view[: min(len(view), size - done)]],
+                              codec.HEADER_SIZE + done)
                 if n == 0:
                     raise IntegrityError(f"{what} is truncated")
+                hasher.update(view[:n])
+                pwrite_all(fd, view[:n], offset + done)
                 done += n
         finally:
             os.close(src)
-        if _digest_range(fd, offset, size) != oid:
+        if hasher.hexdigest() != oid:
             raise IntegrityError(f"{what} is corrupt: its content does not match its id {oid}")
         return True
 
