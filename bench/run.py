@@ -10,9 +10,10 @@ into 4 files) it measures, for ``cp``, modelkeep (store phase and full register)
 * bytes each tool's storage grows by per version;
 * peak RSS (a fresh process per measurement);
 
-plus ``modelkeep pull`` against ``cp``, peak RSS of registering a 4x larger model, and modelkeep
-to S3 (a local ``moto_server``) against ``s3fs.S3FileSystem.put_file`` of the same file. It prints
-the tables with the targets marked PASS/FAIL and writes them to ``bench/RESULTS.md``.
+plus ``modelkeep pull`` against ``cp -r`` (paired in one process), peak RSS of registering a 4x
+larger model, and modelkeep to S3 (a local ``moto_server``) against ``s3fs.S3FileSystem.put_file``
+of the same file. It prints the tables with the targets marked PASS/FAIL and writes them to
+``bench/RESULTS.md``.
 
 Method: no tool fsyncs; every source is read once before its timing (warm page cache for all) and
 dirty pages are flushed (``sync``) before each measurement, outside the timing. A ``cp`` of the
@@ -27,7 +28,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import filecmp
 import json
 import os
 import platform
@@ -72,6 +72,7 @@ DVC = "dvc add + push"
 MLFLOW = "mlflow log_artifacts + register_model"
 GITLFS = "git-lfs add + commit"
 MK_PULL = "modelkeep pull"
+CP_PULL = "cp -r, beside the pull"
 S3_PUT = "s3fs put_file"
 S3_MK_REGISTER = "modelkeep register -> S3"
 
@@ -83,7 +84,9 @@ TARGET_BYTES = {"v2": 0.10, "v3": 0.001, "reshard": 0.01}
 TARGET_PULL_X = 2.0
 TARGET_RSS_MIB = 300.0
 TARGET_S3_X = 1.0
-PULLS_PER_REPEAT = 4
+# The `cp` a row is compared with, where it is not the CP row.
+BASELINE = {MK_PULL: CP_PULL}
+PULLS_PER_REPEAT = 8
 
 
 class BenchError(RuntimeError):
@@ -94,7 +97,7 @@ class BenchError(RuntimeError):
 class Sample:
     seconds: float  # the operation alone
     process: float  # the whole child process: interpreter start, imports, setup, operation
-    rss_mib: float
+    rss_mib: float | None  # None where it cannot be told apart from another process's
     stored: int | None = None  # bytes the tool's storage grew by
     cp_seconds: float | None = None  # the `cp` of the same files run just before this sample
 
@@ -122,7 +125,7 @@ class Results:
 
     def cp_ratio(self, row: str, col: str) -> float | None:
         """Best run of *row* over the best `cp` of the same files."""
-        return ratio(self.best(row, col), self.best(CP, col))
+        return ratio(self.best(row, col), self.best(BASELINE.get(row, CP), col))
 
     def paired(self, row: str, col: str) -> list[float]:
         """Each run of *row* over the `cp` of the same files run just before it."""
@@ -134,7 +137,8 @@ class Results:
         return statistics.median(values) if values else None
 
     def peak_rss(self, row: str, cols: Sequence[str] = VERSIONS) -> float | None:
-        values = [s.rss_mib for c in cols for s in self.samples.get((row, c), [])]
+        values = [s.rss_mib for c in cols for s in self.samples.get((row, c), [])
+                  if s.rss_mib is not None]
         return max(values) if values else None
 
 
@@ -310,14 +314,15 @@ class Bench:
         """Keep one sample; *baseline* (default: the latest `cp` of *col*) is what it is paired
         with."""
         paired = baseline
-        if paired is None and row != CP:
+        if paired is None and row not in (CP, CP_PULL):
             paired = self.last_cp.get(col)
         sample = Sample(res["seconds"], res["process"], res["rss_mib"], stored, paired)
         self.results.add(row, col, sample)
         extra = f", +{fmt_bytes(stored)}" if stored is not None else ""
+        rss = "-" if sample.rss_mib is None else f"{sample.rss_mib:.0f}"
         log(
             f"  {row:<40} {col:<8} {sample.seconds:7.2f} s  (process {sample.process:6.2f} s, "
-            f"RSS {sample.rss_mib:6.0f} MiB{extra})"
+            f"RSS {rss:>6} MiB{extra})"
         )
 
     # -- setup -------------------------------------------------------------------------------
@@ -581,29 +586,31 @@ class ModelkeepRegister(Peer):
         self.bench.record(self.row, v, res, _model.tree_size(self.store) - before)
 
     def finish(self) -> None:
-        # Pull v1 back several times, each paired with a `cp` of the same file. Which of the two
-        # runs first alternates: whichever runs second follows the other's 1 GiB write and
-        # removal, which a fixed order would charge to one side only.
-        v1 = self.bench.versions["v1"].path / "model.safetensors"
-        dest = self.work / f"pull-r{self.r}"
-        for i in range(PULLS_PER_REPEAT):
-            cp_first = (i + self.r) % 2 == 0
-            if cp_first:
-                self.bench.cp_sample("v1")
+        # Pull v1 back several times, each paired with a `cp -r` of the same folder run in the
+        # same process (see _tasks.task_mk_pull_pair); which of the two runs first alternates.
+        # A first pair, not recorded, leaves the outputs that the recorded ones replace.
+        src = self.bench.versions["v1"].path
+        outs = {"pull": self.work / f"pull-r{self.r}", "cp": self.work / "cp-pull"}
+        for i in range(-1, PULLS_PER_REPEAT):
+            order = ["cp", "pull"] if (i + self.r) % 2 == 0 else ["pull", "cp"]
             spec = {
-                "task": "mk_pull",
+                "task": "mk_pull_pair",
                 "store": str(self.store),
                 "registry": self.registry,
                 "ref": "bench@1",
-                "dest": str(dest),
+                "src": str(src),
+                "outs": {k: str(v) for k, v in outs.items()},
+                "order": order,
             }
-            res = self.bench.measure(spec, [self.store])
-            if not filecmp.cmp(v1, dest / "model.safetensors", shallow=False):
-                raise BenchError("modelkeep pull returned different bytes for v1")
-            rmtree(dest)
-            if not cp_first:
-                self.bench.cp_sample("v1")
-            self.bench.record(MK_PULL, "v1", res, baseline=self.bench.last_cp["v1"])
+            res = self.bench.measure(spec, [self.store, src])
+            if i < 0:
+                continue
+            # Not cp's peak RSS: Linux counts what a child inherits from this large process as
+            # the child's own (see _tasks.peak_rss_kib).
+            self.bench.record(CP_PULL, "v1", dict(res, seconds=res["cp_seconds"], rss_mib=None))
+            self.bench.record(MK_PULL, "v1", res, baseline=res["cp_seconds"])
+        for path in outs.values():
+            rmtree(path)
         for path in (self.store, self.db):
             rmtree(path)
 
@@ -727,8 +734,9 @@ def report(res: Results, versions: dict[str, _model.VersionInfo], repeat: int) -
     rows: list[list[str]] = []
     def paired_cell(row: str, col: str) -> str:
         pairs = ", ".join(f"{p:.2f}" for p in res.paired(row, col))
+        cp = both(BASELINE.get(row, CP), col)
         return (f"**{fmt_x(res.paired_median(row, col))}** (pairs {pairs}; ratio of bests "
-                f"{fmt_x(res.cp_ratio(row, col))}: {both(row, col)} vs `cp` {both(CP, col)})")
+                f"{fmt_x(res.cp_ratio(row, col))}: {both(row, col)} vs `cp` {cp})")
 
     x = res.paired_median(MK_STORE, "v1")
     if x is not None:
@@ -792,7 +800,7 @@ def report(res: Results, versions: dict[str, _model.VersionInfo], repeat: int) -
     out.append(
         table(
             ["target", "measured: median of paired ratios (each run over the `cp` of the same "
-             "files beside it: just before, or for pulls alternately before and after; best / "
+             "files beside it: just before, or for pulls in the same process; best / "
              f"median seconds of {repeat} repeats)", "limit", "result"],
             rows,
         )
@@ -875,7 +883,7 @@ def report(res: Results, versions: dict[str, _model.VersionInfo], repeat: int) -
         rows.append(
             [
                 f"pull v1 ({fmt_bytes(v1_size)})",
-                f"`cp`: {both(CP, 'v1')}",
+                f"`cp -r`: {both(CP_PULL, 'v1')}",
                 f"{MK_PULL}: {both(MK_PULL, 'v1')}",
                 fmt_x(res.cp_ratio(MK_PULL, "v1")),
                 f"{res.peak_rss(MK_PULL, ['v1']):.0f} MiB",
@@ -984,7 +992,8 @@ def load_raw(path: Path) -> tuple[Results, dict[str, _model.VersionInfo], int, s
     data = json.loads(path.read_text())
     res = Results(skipped=list(data.get("skipped", [])))
     for s in data["samples"]:
-        res.add(s["row"], s["col"], Sample(s["seconds"], s["process"], s["rss_mib"], s["stored"]))
+        res.add(s["row"], s["col"], Sample(s["seconds"], s["process"], s["rss_mib"], s["stored"],
+                                           s.get("cp_seconds")))
     versions = {
         k: _model.VersionInfo(**{**v, "path": Path(v["path"]), "files": tuple(v["files"])})
         for k, v in data["versions"].items()
