@@ -766,7 +766,7 @@ def report(res: Results, versions: dict[str, _model.VersionInfo], repeat: int) -
     if x is not None:
         rows.append(
             [
-                f"pull v1 ({fmt_bytes(v1_size)}) vs `cp` of the file",
+                f"pull v1 ({fmt_bytes(v1_size)}) vs `cp -r` of its folder",
                 paired_cell(MK_PULL, "v1"),
                 f"<= {TARGET_PULL_X:g}x",
                 verdict(x <= TARGET_PULL_X),
