@@ -99,7 +99,7 @@ class Sample:
     process: float  # the whole child process: interpreter start, imports, setup, operation
     rss_mib: float | None  # None where it cannot be told apart from another process's
     stored: int | None = None  # bytes the tool's storage grew by
-    cp_seconds: float | None = None  # the `cp` of the same files run just before this sample
+    cp_seconds: float | None = None  # the `cp` of the same files this sample is paired with
 
 
 @dataclass
@@ -128,7 +128,7 @@ class Results:
         return ratio(self.best(row, col), self.best(BASELINE.get(row, CP), col))
 
     def paired(self, row: str, col: str) -> list[float]:
-        """Each run of *row* over the `cp` of the same files run just before it."""
+        """Each run of *row* over the `cp` of the same files it is paired with."""
         return [s.seconds / s.cp_seconds for s in self.samples.get((row, col), [])
                 if s.cp_seconds]
 
