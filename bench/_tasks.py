@@ -114,7 +114,8 @@ def task_mk_register(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _remove(path: str) -> None:
+def rmtree(path: str | os.PathLike[str]) -> None:
+    """Remove the folder or file at *path*, if there is one."""
     if os.path.isdir(path):
         shutil.rmtree(path)
     elif os.path.lexists(path):
@@ -150,7 +151,7 @@ def task_mk_pull_pair(spec: dict[str, Any]) -> dict[str, Any]:
     }
     seconds: dict[str, float] = {}
     for op in spec["order"]:
-        _remove(outs[op])
+        rmtree(outs[op])
         seconds[op], _ = _timed(ops[op])
     if not _same_tree(spec["src"], outs["pull"]):
         raise RuntimeError("modelkeep pull returned different bytes")

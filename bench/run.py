@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import _model
-from _tasks import RESULT_MARK
+from _tasks import RESULT_MARK, rmtree
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -173,16 +173,8 @@ def run(argv: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None
 
 def replace_tree(src: Path, dest: Path) -> None:
     """Make *dest* a fresh copy of folder *src* (untimed workspace preparation)."""
-    if dest.exists():
-        shutil.rmtree(dest)
+    rmtree(dest)
     run(["cp", "-r", str(src), str(dest)])
-
-
-def rmtree(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 def fmt_s(seconds: float | None) -> str:

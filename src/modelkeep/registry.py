@@ -40,7 +40,13 @@ class RegistryModel:
 
 @runtime_checkable
 class Registry(Protocol):
-    """What modelkeep needs from a model catalogue."""
+    """What modelkeep needs from a model catalogue.
+
+    One method is optional: ``models_tagged(key, value) -> set[str]``, the names of the models
+    with a version tagged *key* = *value*, in one search. Retention uses it to find the models a
+    training run expired without listing every model's versions (:mod:`modelkeep.policy.retention`);
+    a registry without it is asked model by model.
+    """
 
     uri: str
 
