@@ -56,6 +56,7 @@ from modelkeep.store import (
     SourceFile,
     Store,
     SyncReport,
+    Tensor,
     VerifyReport,
     parse_uri,
     scan_local,
@@ -1528,6 +1529,21 @@ def _chunk_ids_in(entry: FileEntry, start: int, end: int) -> tuple[str, ...]:
     return tuple(cid for cid, _n in entry.chunks[max(first, 0):last])
 
 
+def _tensor_key(entry: FileEntry, t: Tensor) -> str | tuple[str, ...]:
+    """What identifies a tensor's bytes: the id of its own bytes, recorded for a tensor that
+    shares its chunk with others (small tensors travel together); else the chunks that hold it,
+    of which a tensor that is exactly one chunk has that chunk's id, its own bytes' id too."""
+    if t.digest is not None:
+        return t.digest
+    ids = _chunk_ids_in(entry, t.start, t.end)
+    if len(ids) == 1:
+        offsets = entry.chunk_offsets()
+        i = bisect.bisect_left(offsets, t.start)
+        if i < len(offsets) and offsets[i] == t.start and offsets[i] + entry.chunks[i][1] == t.end:
+            return ids[0]
+    return ids
+
+
 def _tensor_changes(a: FileEntry, b: FileEntry) -> TensorChanges:
     ta = {t.name: t for t in a.tensors or ()}
     tb = {t.name: t for t in b.tensors or ()}
@@ -1535,8 +1551,7 @@ def _tensor_changes(a: FileEntry, b: FileEntry) -> TensorChanges:
     for name in sorted(ta.keys() & tb.keys()):
         x, y = ta[name], tb[name]
         same = x.dtype == y.dtype and x.shape == y.shape and (
-            x.start == x.end
-            or _chunk_ids_in(a, x.start, x.end) == _chunk_ids_in(b, y.start, y.end)
+            x.start == x.end or _tensor_key(a, x) == _tensor_key(b, y)
         )
         if same:
             unchanged += 1

@@ -4,7 +4,11 @@
   changed, inserted or re-sharded tensor changes only its own chunks. Tensors larger than
   :data:`TENSOR_PIECE` are split into pieces of that size counted from the tensor's start; so are
   a header and padding runs of that size or more. Bytes between or after tensors (padding) form
-  chunks of their own.
+  chunks of their own. Small tensors travel together: a run of adjacent tensors each under
+  :data:`SMALL_TENSOR` bytes, of one dtype, shares one chunk of at most :data:`PACK_MAX` bytes.
+  A chunk per tiny tensor cost an object per bias (a file of 100,000 scalars became 100,002
+  objects), and tensors under 16 KB compress 3-6 points worse alone; small tensors are under 1%
+  of a model's bytes, so packing them costs dedup nearly nothing.
 * everything else: FastCDC (compiled, ``pyfastcdc``) with a 1 MiB average, 256 KiB minimum and
   4 MiB maximum, so an insertion shifts only the chunks around it.
 
@@ -20,9 +24,11 @@ from typing import BinaryIO
 
 from pyfastcdc.cy import FastCDC
 
-from modelkeep.store.safetensors import Layout, read_layout
+from modelkeep.store.safetensors import Layout, Tensor, read_layout
 
 TENSOR_PIECE = 4 << 20
+SMALL_TENSOR = 64 << 10
+PACK_MAX = 1 << 20
 CDC_AVG = 1 << 20
 CDC_MIN = 256 << 10
 CDC_MAX = 4 << 20
@@ -39,13 +45,40 @@ def _fastcdc() -> FastCDC:
     return _cdc
 
 
+def _units(layout: Layout) -> list[tuple[int, int, str, list[Tensor]]]:
+    """``(start, end, dtype, tensors)`` of the byte ranges that start chunks: each tensor, except
+    that a run of adjacent small tensors of one dtype is one range of at most :data:`PACK_MAX`
+    bytes. Empty tensors hold no bytes and play no part."""
+    units: list[tuple[int, int, str, list[Tensor]]] = []
+    packing = False
+    for t in layout.tensors:
+        if t.end == t.start:
+            continue
+        small = t.end - t.start < SMALL_TENSOR
+        if packing and small:
+            start, end, dtype, members = units[-1]
+            if t.dtype == dtype and t.start == end and t.end - start <= PACK_MAX:
+                members.append(t)
+                units[-1] = (start, t.end, dtype, members)
+                continue
+        units.append((t.start, t.end, t.dtype, [t]))
+        packing = small
+    return units
+
+
+def packs(layout: Layout) -> dict[int, list[Tensor]]:
+    """The tensors of each chunk that holds more than one, by the chunk's start offset."""
+    return {start: members for start, _end, _dtype, members in _units(layout)
+            if len(members) > 1}
+
+
 def tensor_cuts(layout: Layout, size: int) -> list[int]:
     """Sorted cut offsets (excluding 0, including *size*) for a safetensors file."""
     cuts = {layout.header_end, size}
-    for t in layout.tensors:
-        cuts.add(t.start)
-        cuts.add(t.end)
-        for piece in range(t.start + TENSOR_PIECE, t.end, TENSOR_PIECE):
+    for start, end, _dtype, _members in _units(layout):
+        cuts.add(start)
+        cuts.add(end)
+        for piece in range(start + TENSOR_PIECE, end, TENSOR_PIECE):
             cuts.add(piece)
     # Long padding runs are split too, so no chunk exceeds the piece size.
     ordered = sorted(c for c in cuts if 0 < c <= size)
@@ -56,6 +89,21 @@ def tensor_cuts(layout: Layout, size: int) -> list[int]:
             prev += TENSOR_PIECE
             out.append(prev)
         out.append(c)
+        prev = c
+    return out
+
+
+def cut_dtypes(layout: Layout, cuts: list[int]) -> list[str | None]:
+    """For each chunk of *cuts*, the dtype of the tensor data it holds, or None when it holds
+    anything else (the header, padding): what the chunk's codec is chosen by."""
+    units = _units(layout)
+    out: list[str | None] = []
+    i, prev = 0, 0
+    for c in cuts:
+        while i < len(units) and units[i][1] <= prev:
+            i += 1
+        inside = i < len(units) and units[i][0] <= prev and c <= units[i][1]
+        out.append(units[i][2] if inside else None)
         prev = c
     return out
 

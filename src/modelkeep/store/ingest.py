@@ -10,6 +10,8 @@ chunks, which the next attempt reuses.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import stat
 import threading
@@ -26,6 +28,8 @@ from modelkeep.store.chunking import (
     FileChangedError,
     Take,
     cdc_chunks,
+    cut_dtypes,
+    packs,
     plan_safetensors,
     read_cuts,
 )
@@ -38,7 +42,7 @@ if TYPE_CHECKING:
     from modelkeep.store.gc import GcMark
 
 Progress = Callable[[int], None]
-_Stored = tuple[str, int, bool]  # chunk id, length, created by this call
+_Stored = tuple[str, int, int]  # chunk id, length, stored size if created by this call, else 0
 _ASK_FIRST_MIN = 256 << 10  # smaller chunks skip the existence request (see _store_chunk)
 
 
@@ -57,6 +61,7 @@ class IngestStats:
     files: int = 0
     bytes_total: int = 0
     bytes_added: int = 0  # raw bytes of chunks this ingest created
+    bytes_stored: int = 0  # what those chunks take in the store (coded, headers included)
     chunks_total: int = 0
     chunks_added: int = 0
     # The garbage-collection state read before any chunk was looked at; the commit check
@@ -171,14 +176,14 @@ class Ingestor:
         self._seen: set[str] = set()
         self._seen_lock = threading.Lock()
 
-    def _store_chunk(self, data: memoryview, buf: bytearray) -> _Stored:
+    def _store_chunk(self, data: memoryview, buf: bytearray, dtype: str | None) -> _Stored:
         cid = self.db.object_id(data)
         with self._seen_lock:
             if cid in self._seen:
-                return cid, len(data), False
+                return cid, len(data), 0
             self._seen.add(cid)
         if self.known is not None and self.known.contains(cid):
-            return cid, len(data), False
+            return cid, len(data), 0
         # On an object store, ask before uploading a large chunk that may be there already; a
         # small one is cheaper to send with the conditional create than to ask about first.
         if (
@@ -186,10 +191,10 @@ class Ingestor:
             and len(data) >= _ASK_FIRST_MIN
             and self.db.exists(Kind.CHUNK, cid)
         ):
-            created = False
+            created = 0
         else:
             # The buffer goes back to the pool once this returns: it may be sealed in place.
-            created = self.db.put(Kind.CHUNK, cid, data, workspace=buf)
+            created = self.db.put(Kind.CHUNK, cid, data, workspace=buf, dtype=dtype)
         if self.known is not None:
             self.known.add(cid)
         return cid, len(data), created
@@ -215,27 +220,40 @@ class Ingestor:
             try:
                 for src in sources:
                     futures: list[Future[_Stored]] = []
+                    digests: dict[str, str] = {}
                     with src.open() as f:
                         layout, chunks = _chunks(f, src, buffers.take)
-                        for buf, data in chunks:
+                        shared = packs(layout) if layout is not None else {}
+                        offset = 0
+                        for buf, data, dtype in chunks:
                             if failed:  # stop reading as soon as a write has failed
                                 raise failed[0]
-                            fut = pool.submit(self._store_chunk, data, buf)
+                            # Tensors sharing a chunk get ids of their own (a few small ones).
+                            for t in shared.get(offset, ()):
+                                digests[t.name] = self.db.object_id(
+                                    data[t.start - offset : t.end - offset])
+                            offset += len(data)
+                            fut = pool.submit(self._store_chunk, data, buf, dtype)
                             fut.add_done_callback(release(buf))
                             futures.append(fut)
                             if progress is not None:
                                 progress(len(data))
+                    if layout is not None and digests:
+                        layout = dataclasses.replace(layout, tensors=tuple(
+                            dataclasses.replace(t, digest=digests.get(t.name))
+                            for t in layout.tensors))
                     pending.append((src, layout, futures))
                 entries = []
                 for src, layout, futures in pending:
                     chunk_list = []
                     for fut in futures:
-                        cid, n, created = fut.result()
+                        cid, n, stored = fut.result()
                         chunk_list.append((cid, n))
                         stats.chunks_total += 1
-                        if created:
+                        if stored:
                             stats.chunks_added += 1
                             stats.bytes_added += n
+                            stats.bytes_stored += stored
                     if sum(n for _cid, n in chunk_list) != src.size:
                         raise SourceError(
                             f"{src.relpath!r} changed while being read: its size went from "
@@ -266,22 +284,28 @@ class Ingestor:
         return tuple(entries), stats
 
 
-def _chunks(
-    f: BinaryIO, src: SourceFile, take: Take
-) -> tuple[Layout | None, Iterator[tuple[bytearray, memoryview]]]:
-    """The layout (safetensors only) and the chunks of *src*, read sequentially from *f*."""
+_Chunk = tuple[bytearray, memoryview, str | None]  # buffer, the chunk's bytes, dtype held
+
+
+def _chunks(f: BinaryIO, src: SourceFile, take: Take) -> tuple[Layout | None, Iterator[_Chunk]]:
+    """The layout (safetensors only) and the chunks of *src*, read sequentially from *f*, each
+    with the dtype of the tensor data it holds (None for anything else)."""
     plan = plan_safetensors(f, src.size) if src.relpath.endswith(".safetensors") else None
     if plan is None:
-        return None, _renamed(cdc_chunks(f, take), src)
-    return plan[0], _renamed(read_cuts(f, plan[1], take), src)
+        return None, _renamed(cdc_chunks(f, take), src, itertools.repeat(None))
+    layout, cuts = plan
+    return layout, _renamed(read_cuts(f, cuts, take), src, iter(cut_dtypes(layout, cuts)))
 
 
 def _renamed(
-    chunks: Iterator[tuple[bytearray, memoryview]], src: SourceFile
-) -> Iterator[tuple[bytearray, memoryview]]:
-    """Turn a size change noticed while cutting into an error that names the file."""
+    chunks: Iterator[tuple[bytearray, memoryview]], src: SourceFile,
+    dtypes: Iterator[str | None],
+) -> Iterator[_Chunk]:
+    """Pair each chunk with its dtype, and turn a size change noticed while cutting into an
+    error that names the file."""
     try:
-        yield from chunks
+        for (buf, view), dtype in zip(chunks, dtypes, strict=False):
+            yield buf, view, dtype
     except FileChangedError as exc:
         raise SourceError(
             f"{src.relpath!r} changed while being read: {exc}",

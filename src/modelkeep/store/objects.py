@@ -127,8 +127,10 @@ def _piece_view() -> memoryview:
 class ObjectDB:
     """Content-addressed, write-once objects under ``location.root``."""
 
-    def __init__(self, location: Location, fs: fsspec.AbstractFileSystem | None = None) -> None:
+    def __init__(self, location: Location, fs: fsspec.AbstractFileSystem | None = None, *,
+                 codec: str = "auto") -> None:
         self.location = location
+        self.codec = codec  # the store's codec policy (modelkeep.store.coding.POLICIES)
         self.fs = fs if fs is not None else location.filesystem()
         self.root = location.root.rstrip("/")
         self._local = location.is_local
@@ -182,31 +184,43 @@ class ObjectDB:
 
     def put(
         self, kind: Kind, oid: str, raw: bytes | memoryview, *,
-        workspace: bytearray | None = None,
-    ) -> bool:
-        """Store *raw* under *oid* unless present. Returns True if this call created it.
+        workspace: bytearray | None = None, dtype: str | None = None,
+    ) -> int:
+        """Store *raw* under *oid* unless present. Returns the stored size of the object this
+        call created (header included), or 0 if it was there already.
 
-        *workspace* is the buffer *raw* is the start of (``memoryview(workspace)[:n]``), given
-        by a caller that no longer needs its bytes: an encrypted store may seal the object in
-        it, in place."""
+        A chunk is coded when the store's codec policy finds a smaller form for it; *dtype*
+        says what it holds (the safetensors dtype of tensor data, else None). *workspace* is the
+        buffer *raw* is the start of (``memoryview(workspace)[:n]``), given by a caller that no
+        longer needs its bytes: an encrypted store may seal the object in it, in place."""
         cipher = self.cipher
         path = self.path(kind, oid)
+        if self._local and os.path.exists(path):
+            return 0  # checked before coding and sealing, which would be wasted work
+        flags, codec_id, body = 0, 0, raw
+        if kind is Kind.CHUNK and self.codec != "none":
+            from modelkeep.store.coding import encode
+
+            coded = encode(raw, dtype, self.codec)
+            if coded is not None:
+                flags, codec_id, body = codec.FLAG_CODED, int(coded[0]), coded[1]
+                workspace = None  # the coded bytes are not in it
         if cipher is not None:
-            if self._local and os.path.exists(path):
-                return False  # checked before sealing, which would be wasted work
-            header = codec.encode_header(kind, len(raw), codec.FLAG_SEALED)
-            if workspace is not None and (not isinstance(raw, memoryview)
-                                          or raw.obj is not workspace):
+            header = codec.encode_header(kind, len(raw), flags | codec.FLAG_SEALED, codec_id)
+            if workspace is not None and (not isinstance(body, memoryview)
+                                          or body.obj is not workspace):
                 workspace = None  # not a view of it: seal into a buffer of our own
-            nonce, sealed = cipher.seal(header, oid, raw, workspace)
+            nonce, sealed = cipher.seal(header, oid, body, workspace)
+            size = codec.HEADER_SIZE + len(nonce) + len(sealed)
             if self._local:
-                return self._put_local(path, header + nonce, sealed)
-            return self._create_remote(path, b"".join((header, nonce, sealed)))
-        header = codec.encode_header(kind, len(raw))
+                return size if self._put_local(path, header + nonce, sealed) else 0
+            return size if self._create_remote(path, b"".join((header, nonce, sealed))) else 0
+        header = codec.encode_header(kind, len(raw), flags, codec_id)
+        size = codec.HEADER_SIZE + len(body)
         if self._local:
-            return self._put_local(path, header, raw)
+            return size if self._put_local(path, header, body) else 0
         # One copy into the request body; ``header + bytes(raw)`` would make two.
-        return self._create_remote(path, b"".join((header, raw)))
+        return size if self._create_remote(path, b"".join((header, body))) else 0
 
     def put_raw_once(self, path: str, blob: bytes) -> bool:
         """Conditional create of a non-content-addressed file (the descriptor)."""
@@ -382,14 +396,18 @@ class ObjectDB:
                 raise NotFoundError(
                     f"{what} is missing from the store {self.location.url}") from None
         if cipher is not None:
-            body = codec.decode(blob, kind, what, sealed=True)
+            header, body = codec.split(blob, kind, what, sealed=True)
             plain = cipher.open(memoryview(blob)[: codec.HEADER_SIZE], oid, body, what,
-                                transient=transient)
+                                transient=transient and not header.coded)
+            if header.coded:
+                plain = _decoded(header, plain, what)
             # Authentication already binds the id; the hash also catches a writer's bug.
             if cipher.object_id(plain) != oid:
                 raise IntegrityError(f"{what} is corrupt: its content does not match its id {oid}")
             return plain
-        payload = codec.decode(blob, kind, what)
+        header, payload = codec.split(blob, kind, what)
+        if header.coded:
+            payload = _decoded(header, payload, what)
         if content_id(payload) != oid:
             raise IntegrityError(f"{what} is corrupt: its content does not match its id {oid}")
         return payload
@@ -417,11 +435,19 @@ class ObjectDB:
         try:
             stored = os.fstat(src).st_size
             _check_size(stored, MAX_OBJECT[Kind.CHUNK], what)
-            header = os.pread(src, codec.HEADER_SIZE, 0)
-            codec.check_header(header, stored - codec.HEADER_SIZE, Kind.CHUNK, what)
-            if stored - codec.HEADER_SIZE != size:
+            header = codec.check_header(os.pread(src, codec.HEADER_SIZE, 0),
+                                        stored - codec.HEADER_SIZE, Kind.CHUNK, what)
+            if header.raw_length != size:
                 raise IntegrityError(
-                    f"{what} has {stored - codec.HEADER_SIZE} bytes, its snapshot says {size}")
+                    f"{what} has {header.raw_length} bytes, its snapshot says {size}")
+            if header.coded:
+                payload = os.pread(src, stored - codec.HEADER_SIZE, codec.HEADER_SIZE)
+                raw = _decoded(header, payload, what)
+                if content_id(raw) != oid:
+                    raise IntegrityError(
+                        f"{what} is corrupt: its content does not match its id {oid}")
+                pwrite_all(fd, raw, offset)
+                return True
             view = _piece_view()
             hasher = new_hasher()
             done = 0
@@ -599,6 +625,12 @@ class ObjectDB:
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm_file(path)
+
+
+def _decoded(header: codec.Header, payload: bytes | memoryview, what: str) -> memoryview:
+    from modelkeep.store.coding import decode
+
+    return decode(header.codec, payload, header.raw_length, what)
 
 
 def modified(info: dict[str, Any]) -> datetime:

@@ -27,10 +27,16 @@ class Tensor:
     shape: tuple[int, ...]
     start: int  # absolute byte offset in the file
     end: int
+    # The id of the tensor's bytes, recorded for a tensor that shares its chunk with others
+    # (small tensors travel together), so it can be compared without reading the chunk.
+    digest: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
-                "start": self.start, "end": self.end}
+        out: dict[str, object] = {"name": self.name, "dtype": self.dtype,
+                                  "shape": list(self.shape), "start": self.start, "end": self.end}
+        if self.digest is not None:
+            out["digest"] = self.digest
+        return out
 
 
 @dataclass(frozen=True)

@@ -366,9 +366,12 @@ def parse_file_entry(raw: Mapping[str, Any], what: str) -> FileEntry:
                 0 <= start <= end <= size
             ):
                 raise _fail(what, f"a tensor entry of {path!r} is out of range")
+            tdigest = t.get("digest")
+            if tdigest is not None and not is_id(tdigest):
+                raise _fail(what, f"a tensor digest of {path!r} is malformed")
             parsed.append(
                 Tensor(_req(t, "name", str, what), _req(t, "dtype", str, what), tuple(shape),
-                       start, end)
+                       start, end, tdigest)
             )
         tensors = tuple(parsed)
     return FileEntry(path, size, mode, digest, tuple(chunks), tensors, header_end)

@@ -75,6 +75,19 @@ KEY_ENV = "MODELKEEP_KEY"
 _STORE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
+# Chunks are coded by what they hold unless the store says otherwise (docs/format.md §3.1).
+DEFAULT_CODEC = "auto"
+CODEC_POLICIES = ("auto", "zstd", "none")
+
+
+def _codec_policy(value: object, url: str) -> str:
+    if value not in CODEC_POLICIES:
+        raise ConfigError(f"store {url}: codec {value!r} is not one of "
+                          f"{', '.join(CODEC_POLICIES)}",
+                          hint="set the store option codec to auto (the default), zstd or none")
+    return str(value)
+
+
 @dataclass(frozen=True)
 class KeyStatus:
     """Whether a store is encrypted, and the ids (never the bytes) of the keys that open it."""
@@ -136,8 +149,9 @@ class Store:
         options = dict(location.options)
         key_file = options.pop("key_file", None)
         self.key_file = str(key_file) if key_file else None
+        self.codec = _codec_policy(options.pop("codec", DEFAULT_CODEC), location.url)
         self.location = location = replace(location, options=options)
-        self.db = ObjectDB(location)
+        self.db = ObjectDB(location, codec=self.codec)
         if use_cache is None:
             use_cache = not location.is_local and location.protocol != "memory"
         self.known = KnownChunks(self._cache_key()) if use_cache else None
