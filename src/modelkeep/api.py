@@ -571,7 +571,8 @@ class Keep:
             pv = self.get(p)
             parent_refs.append(Parent(pv.snapshot_id, pv.name, pv.version))
 
-        files, stats = self.store.ingest(sources, progress)
+        files, stats = self.store.ingest(sources, progress,
+                                         parent=self._delta_parent(name, parent_refs))
         snapshot = Snapshot(
             name=name,
             files=files,
@@ -606,6 +607,7 @@ class Keep:
             TAG_PREFIX + "tree": snapshot.tree,
             TAG_PREFIX + "size": str(stats.bytes_total),
             TAG_PREFIX + "bytes_added": str(stats.bytes_added),
+            TAG_PREFIX + "bytes_stored": str(stats.bytes_stored),
             TAG_PREFIX + "dedup_ratio": f"{stats.dedup_ratio:.4f}",
             TAG_PREFIX + "files": str(stats.files),
             **lineage_tags(snapshot.lineage),
@@ -635,6 +637,21 @@ class Keep:
         version = self._version(rv, snapshot, sid)
         self.hook.modelkeep_after_register(version=version, keep=self, source=source)
         return version
+
+    def _delta_parent(self, name: str, parents: Sequence[Parent]) -> Snapshot | None:
+        """The snapshot whose chunks a new version's changed tensors are coded against: the
+        first parent given, else the model's newest version (a checkpoint after the last)."""
+        if parents:
+            sid = parents[0].snapshot
+        else:
+            latest = self.registry.latest(name)
+            sid = _snapshot_of(latest) if latest is not None else None
+        if not sid:
+            return None
+        try:
+            return self._snapshots.get(sid) or self.store.load_snapshot(sid)
+        except (NotFoundError, IntegrityError):
+            return None  # in another store, or damaged: the version is stored without deltas
 
     def _save_snapshot(
         self, snapshot: Snapshot, stats: IngestStats, sources: Sequence[SourceFile]

@@ -93,17 +93,26 @@ def tensor_cuts(layout: Layout, size: int) -> list[int]:
     return out
 
 
-def cut_dtypes(layout: Layout, cuts: list[int]) -> list[str | None]:
-    """For each chunk of *cuts*, the dtype of the tensor data it holds, or None when it holds
-    anything else (the header, padding): what the chunk's codec is chosen by."""
+# What makes a chunk "the same part of the same tensor" in two versions, for parent deltas: the
+# dtype, the names and shapes of the tensors it holds, where it starts in them and its length.
+ChunkKey = tuple[str, tuple[tuple[str, tuple[int, ...]], ...], int, int]
+
+
+def chunk_tags(layout: Layout, cuts: list[int]) -> list[tuple[str | None, ChunkKey | None]]:
+    """For each chunk of *cuts*: the dtype of the tensor data it holds (what its codec is chosen
+    by) and its :data:`ChunkKey`; both None when it holds anything else (header, padding)."""
     units = _units(layout)
-    out: list[str | None] = []
+    out: list[tuple[str | None, ChunkKey | None]] = []
     i, prev = 0, 0
     for c in cuts:
         while i < len(units) and units[i][1] <= prev:
             i += 1
-        inside = i < len(units) and units[i][0] <= prev and c <= units[i][1]
-        out.append(units[i][2] if inside else None)
+        if i < len(units) and units[i][0] <= prev and c <= units[i][1]:
+            start, _end, dtype, members = units[i]
+            names = tuple((t.name, t.shape) for t in members)
+            out.append((dtype, (dtype, names, prev - start, c - prev)))
+        else:
+            out.append((None, None))
         prev = c
     return out
 

@@ -41,7 +41,10 @@ KNOWN_FLAGS = FLAG_CODED | FLAG_SEALED
 # imported only by the code that codes, so reading a header needs neither numpy nor zstd.
 CODEC_ZSTD = 1
 CODEC_PLANES = 2
-KNOWN_CODECS = frozenset({CODEC_ZSTD, CODEC_PLANES})
+CODEC_DELTA = 3
+KNOWN_CODECS = frozenset({CODEC_ZSTD, CODEC_PLANES, CODEC_DELTA})
+# The longest chain of deltas a reader follows: a chunk is read with at most this many more.
+MAX_DELTA_DEPTH = 3
 NONCE_SIZE = 12
 TAG_SIZE = 16
 SEAL_OVERHEAD = NONCE_SIZE + TAG_SIZE

@@ -40,18 +40,27 @@ import numpy as np
 import zstandard
 
 from modelkeep.errors import IntegrityError
-from modelkeep.store.codec import CODEC_PLANES, CODEC_ZSTD
+from modelkeep.store.codec import CODEC_DELTA, CODEC_PLANES, CODEC_ZSTD, MAX_DELTA_DEPTH
 
 
 class Codec(IntEnum):
     ZSTD = CODEC_ZSTD
     PLANES = CODEC_PLANES
-
+    DELTA = CODEC_DELTA
 
 
 # Element width of each safetensors floating-point dtype that byte planes apply to. The 1-byte
 # float formats (F8_*) have no planes to split; they get zstd like everything else.
 FLOAT_WIDTHS = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+# Element width of every safetensors dtype, for parent deltas (element by element).
+WIDTHS = {**FLOAT_WIDTHS, "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2}
+
+# Parent deltas: how each element is compared with the same element of the base chunk. Measured
+# on checkpoints of a real AdamW fine-tune (bench/codecs.py): XOR leaves more zero bits in
+# 2-byte floats (bf16 0.12x against 0.15x by subtraction), subtraction in 4-byte ones (fp32 0.33x
+# against 0.38x), whose small updates carry into fewer bytes than they flip.
+XOR, SUBTRACT = 0, 1
+_DELTA_PREFIX = struct.Struct("<32sBBB")  # base id, depth, transform, element width
 
 ZSTD_LEVEL = 3  # for general data: the zstd default, a fair speed for text and pickles
 _SAMPLE = 64 << 10  # bytes tried before coding a whole plane or chunk that may not compress
@@ -126,32 +135,74 @@ def _encode_planes(raw: bytes | bytearray | memoryview, width: int) -> bytes | N
     bits = 8 * width
     values = np.frombuffer(raw, dtype=utype)
     rotated = (values << 1) | (values >> (bits - 1))
-    grid = rotated.view(np.uint8).reshape(-1, width)
-    parts = [bytes((width,))]
+    return b"".join([bytes((width,)), *_plane_records(rotated, width, top_first=True)])
+
+
+def _plane_records(values: np.ndarray, width: int, *, top_first: bool) -> list[bytes]:
+    """Each byte plane of *values* as ``method, length, bytes``. The top plane holds the
+    exponent (or, in a delta, the rarely set high bits): always worth coding. Lower planes are
+    mantissa bits, near random in trained weights; a sample tells cheaply whether to try."""
+    grid = values.view(np.uint8).reshape(-1, width)
+    parts: list[bytes] = []
     for j in range(width):
         plane = np.ascontiguousarray(grid[:, j])
-        # The top plane holds the exponent: always worth coding. Lower planes are mantissa
-        # bits, near random in trained weights; a sample tells cheaply whether to try.
-        if j == width - 1 or _shrinks(memoryview(plane)[:_SAMPLE], "literal"):
+        if (top_first and j == width - 1) or _shrinks(memoryview(plane)[:_SAMPLE], "literal"):
             frame = _compressor("literal").compress(plane)
             if len(frame) < len(plane):
                 parts += (_PLANE_RECORD.pack(_ZSTD_FRAME, len(frame)), frame)
                 continue
         parts += (_PLANE_RECORD.pack(_STORED, len(plane)), plane.tobytes())
-    return b"".join(parts)
+    return parts
+
+
+def delta_width(dtype: str | None, size: int) -> int:
+    """The element width a delta of a chunk of *dtype* works in (1 for bytes)."""
+    width = WIDTHS.get(dtype or "", 1)
+    return width if size % width == 0 else 1
+
+
+def encode_delta(raw: bytes | bytearray | memoryview, base: bytes | memoryview, base_id: str,
+                 depth: int, width: int) -> bytes:
+    """The payload of *raw* coded against *base* (same length), the chunk *base_id*; *depth*
+    is this chunk's place in its chain (1: the base is stored whole)."""
+    utype = np.dtype(f"<u{width}")
+    x = np.frombuffer(raw, dtype=utype)
+    y = np.frombuffer(base, dtype=utype)
+    transform = XOR if width <= 2 else SUBTRACT
+    diff = x ^ y if transform == XOR else x - y  # unsigned: wraps modulo 2^(8 width)
+    prefix = _DELTA_PREFIX.pack(bytes.fromhex(base_id), depth, transform, width)
+    return b"".join([prefix, *_plane_records(diff, width, top_first=False)])
+
+
+def delta_base(payload: bytes | memoryview, what: str) -> tuple[str, int]:
+    """``(base id, depth)`` a delta payload names."""
+    view = memoryview(payload).cast("B")
+    if len(view) < _DELTA_PREFIX.size:
+        raise IntegrityError(f"{what} is corrupt: its delta payload is truncated")
+    base, depth, _transform, _width = _DELTA_PREFIX.unpack_from(view)
+    if not 1 <= depth <= MAX_DELTA_DEPTH:
+        raise IntegrityError(f"{what} is corrupt: delta depth {depth} is outside 1 to "
+                             f"{MAX_DELTA_DEPTH}")
+    return bytes(base).hex(), depth
 
 
 # -- decoding ----------------------------------------------------------------------------------
 
 
-def decode(codec: int, payload: bytes | memoryview, raw_length: int, what: str) -> memoryview:
+def decode(codec: int, payload: bytes | memoryview, raw_length: int, what: str,
+           base: bytes | memoryview | None = None) -> memoryview:
     """The raw bytes of a coded chunk: exactly *raw_length* of them, or :class:`IntegrityError`.
-    The caller still checks them against the chunk's id."""
+    A delta needs the raw bytes of its *base* (:func:`delta_base` names it). The caller still
+    checks the result against the chunk's id."""
     view = memoryview(payload).cast("B")
     if codec == Codec.ZSTD:
         return memoryview(_unzstd(view, raw_length, what))
     if codec == Codec.PLANES:
         return _decode_planes(view, raw_length, what)
+    if codec == Codec.DELTA:
+        if base is None:
+            raise IntegrityError(f"{what} is a delta and its base was not given")
+        return _decode_delta(view, raw_length, base, what)
     raise IntegrityError(f"{what} uses codec {codec}, which this modelkeep does not know",
                          hint="upgrade modelkeep")
 
@@ -177,12 +228,33 @@ def _decode_planes(view: memoryview, size: int, what: str) -> memoryview:
     if not view or view[0] not in (2, 4, 8):
         raise IntegrityError(f"{what} is corrupt: bad element width in its plane payload")
     width = view[0]
+    rotated = _read_planes(view, 1, size, width, what)
+    bits = 8 * width
+    values = (rotated >> 1) | (rotated << (bits - 1))
+    return memoryview(values.view(np.uint8))
+
+
+def _decode_delta(view: memoryview, size: int, base: bytes | memoryview,
+                  what: str) -> memoryview:
+    _base_id, _depth = delta_base(view, what)
+    _b, _d, transform, width = _DELTA_PREFIX.unpack_from(view)
+    if width not in (1, 2, 4, 8) or transform not in (XOR, SUBTRACT):
+        raise IntegrityError(f"{what} is corrupt: bad width or transform in its delta payload")
+    if len(base) != size:
+        raise IntegrityError(f"{what} is corrupt: its base has {len(base)} bytes, it has {size}")
+    diff = _read_planes(view, _DELTA_PREFIX.size, size, width, what)
+    y = np.frombuffer(base, dtype=diff.dtype)
+    values = diff ^ y if transform == XOR else diff + y
+    return memoryview(values.view(np.uint8))
+
+
+def _read_planes(view: memoryview, pos: int, size: int, width: int, what: str) -> np.ndarray:
+    """The elements whose byte planes start at *pos*: exactly *size* bytes of them."""
     if size % width:
         raise IntegrityError(f"{what} is corrupt: {size} bytes is not a whole number of "
                              f"{width}-byte elements")
     count = size // width
     grid = np.empty((count, width), dtype=np.uint8)
-    pos = 1
     for j in range(width):
         if pos + _PLANE_RECORD.size > len(view):
             raise IntegrityError(f"{what} is corrupt: its plane payload is truncated")
@@ -203,7 +275,4 @@ def _decode_planes(view: memoryview, size: int, what: str) -> memoryview:
             raise IntegrityError(f"{what} is corrupt: plane {j} has unknown method {method}")
     if pos != len(view):
         raise IntegrityError(f"{what} is corrupt: {len(view) - pos} bytes after its planes")
-    rotated = grid.reshape(-1).view(np.dtype(f"<u{width}"))
-    bits = 8 * width
-    values = (rotated >> 1) | (rotated << (bits - 1))
-    return memoryview(values.view(np.uint8))
+    return grid.reshape(-1).view(np.dtype(f"<u{width}"))

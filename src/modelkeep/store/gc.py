@@ -104,7 +104,7 @@ def settle(db: ObjectDB, chunk_ids: Iterable[str], since: GcMark | None) -> None
             return
     elif since.unchanged_at(now):
         return
-    ids = sorted(set(chunk_ids))
+    ids = sorted(with_bases(set(chunk_ids), _edges(db)))
 
     def check(cid: str) -> str | None:
         if db.exists(Kind.CHUNK, cid) or restore(db, cid):
@@ -119,6 +119,24 @@ def settle(db: ObjectDB, chunk_ids: Iterable[str], since: GcMark | None) -> None
             f"{len(missing)} chunk(s) of the new content (first {missing[0][:12]}) were removed "
             f"by a garbage collection of {db.location.url} that ran meanwhile; nothing was "
             "committed")
+
+
+def _edges(db: ObjectDB) -> dict[str, str]:
+    """{chunk id: base id} of every chunk stored as a parent delta."""
+    return {cid: base for cid, base, _when in db.delta_edges()}
+
+
+def with_bases(ids: set[str], edges: dict[str, str]) -> set[str]:
+    """*ids* and the bases their deltas are read with, transitively (chains are short)."""
+    out = set(ids)
+    todo = [cid for cid in ids if cid in edges]
+    while todo:
+        base = edges[todo.pop()]
+        if base not in out:
+            out.add(base)
+            if base in edges:
+                todo.append(base)
+    return out
 
 
 def restore(db: ObjectDB, cid: str) -> bool:
@@ -315,9 +333,14 @@ def collect(
                 f"garbage collection stopped, nothing removed: {exc.message}",
                 hint="a damaged snapshot or manifest hides what it references; run "
                 "`modelkeep verify`, then delete or restore the damaged object") from None
+        # A kept chunk stored as a delta keeps its base (docs/format.md §13.4).
+        edges = {cid: (base, when) for cid, base, when in db.delta_edges()}
+        for cid in with_bases(set(refs), {c: b for c, (b, _w) in edges.items()}) - set(refs):
+            refs[cid] = "a kept chunk stored as a delta of it"
         report.referenced = len(refs)
-        _phase_two(db, refs, now, grace, report, progress)
-        _phase_one(db, refs, now, grace, report, progress)
+        fossils = _phase_two(db, refs, now, grace, report, progress)
+        chunks = _phase_one(db, refs, now, grace, report, progress)
+        _drop_edges(db, edges, chunks | fossils, now, grace, report)
         done.update(hidden=len(report.hidden), deleted=len(report.deleted),
                     restored=len(report.restored), bytes_reclaimed=report.bytes_reclaimed)
     except BaseException as exc:
@@ -336,12 +359,13 @@ def collect(
 def _phase_two(
     db: ObjectDB, refs: dict[str, str], now: datetime, grace: timedelta, report: GcReport,
     progress: Callable[[int], None] | None,
-) -> None:
+) -> set[str]:
     """Fossils from earlier runs: restore the referenced, delete the rest once hidden for the
     grace period (every writer shorter than that which saw them has committed by now, and this
-    run has seen its snapshot)."""
+    run has seen its snapshot). Returns the fossils listed."""
     jobs: list[tuple[str, int, str, str]] = []
-    for cid, size, hidden_at in list(db.ids_with_times(f"{db.root}/{FOSSILS}")):
+    listed = list(db.ids_with_times(f"{db.root}/{FOSSILS}"))
+    for cid, size, hidden_at in listed:
         if progress is not None:
             progress(1)
         if cid in refs:
@@ -353,15 +377,18 @@ def _phase_two(
             report.waiting += 1
             report.waiting_bytes += size
     _apply(db, jobs, report, dry_run=report.dry_run)
+    return {cid for cid, _size, _when in listed}
 
 
 def _phase_one(
     db: ObjectDB, refs: dict[str, str], now: datetime, grace: timedelta, report: GcReport,
     progress: Callable[[int], None] | None,
-) -> None:
-    """Chunks nothing references and older than the grace period move to ``fossils/``."""
+) -> set[str]:
+    """Chunks nothing references and older than the grace period move to ``fossils/``.
+    Returns the chunks listed."""
     jobs: list[tuple[str, int, str, str]] = []
-    for cid, size, written in list(db.ids_with_times(f"{db.root}/chunks")):
+    listed = list(db.ids_with_times(f"{db.root}/chunks"))
+    for cid, size, written in listed:
         report.chunks += 1
         if progress is not None:
             progress(1)
@@ -374,6 +401,20 @@ def _phase_one(
             report.young += 1
             report.young_bytes += size
     _apply(db, jobs, report, dry_run=report.dry_run)
+    return {cid for cid, _size, _when in listed}
+
+
+def _drop_edges(db: ObjectDB, edges: dict[str, tuple[str, datetime]], listed: set[str],
+                now: datetime, grace: timedelta, report: GcReport) -> None:
+    """Delta records whose chunk is gone (deleted by this or an earlier run, or never written
+    by a writer that crashed in between) and older than the grace period. *listed*: the
+    chunks and fossils this run listed."""
+    if report.dry_run:
+        return
+    deleted = {i.id for i in report.deleted}
+    for cid, (base, when) in edges.items():
+        if now - when >= grace and (cid in deleted or cid not in listed):
+            db.delete_path(db.delta_edge_path(cid, base))
 
 
 def _apply(

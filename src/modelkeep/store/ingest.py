@@ -21,14 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from modelkeep.errors import SourceError, UnsafePathError
+from modelkeep.errors import IntegrityError, NotFoundError, SourceError, UnsafePathError
 from modelkeep.store.buffers import BufferPool
 from modelkeep.store.cache import KnownChunks
 from modelkeep.store.chunking import (
+    ChunkKey,
     FileChangedError,
     Take,
     cdc_chunks,
-    cut_dtypes,
+    chunk_tags,
     packs,
     plan_safetensors,
     read_cuts,
@@ -36,7 +37,7 @@ from modelkeep.store.chunking import (
 from modelkeep.store.codec import Kind
 from modelkeep.store.objects import ObjectDB
 from modelkeep.store.safetensors import Layout
-from modelkeep.store.snapshot import FileEntry, file_digest
+from modelkeep.store.snapshot import FileEntry, Snapshot, file_digest
 
 if TYPE_CHECKING:
     from modelkeep.store.gc import GcMark
@@ -165,9 +166,11 @@ class Ingestor:
         known: KnownChunks | None = None,
         workers: int | None = None,
         max_inflight: int | None = None,
+        bases: dict[ChunkKey, str] | None = None,
     ) -> None:
         self.db = db
         self.known = known
+        self.bases = bases or {}
         self.workers = workers or (4 if db.location.is_local else 16)
         # Locally two chunks read ahead keep every worker busy (hashing and writing a chunk takes
         # several times as long as reading it); object stores need more requests in flight.
@@ -176,7 +179,8 @@ class Ingestor:
         self._seen: set[str] = set()
         self._seen_lock = threading.Lock()
 
-    def _store_chunk(self, data: memoryview, buf: bytearray, dtype: str | None) -> _Stored:
+    def _store_chunk(self, data: memoryview, buf: bytearray, dtype: str | None,
+                     key: ChunkKey | None) -> _Stored:
         cid = self.db.object_id(data)
         with self._seen_lock:
             if cid in self._seen:
@@ -194,10 +198,22 @@ class Ingestor:
             created = 0
         else:
             # The buffer goes back to the pool once this returns: it may be sealed in place.
-            created = self.db.put(Kind.CHUNK, cid, data, workspace=buf, dtype=dtype)
+            created = self.db.put(Kind.CHUNK, cid, data, workspace=buf, dtype=dtype,
+                                  base=self._base(cid, key))
         if self.known is not None:
             self.known.add(cid)
         return cid, len(data), created
+
+    def _base(self, cid: str, key: ChunkKey | None) -> tuple[str, memoryview, int] | None:
+        """The parent's chunk of the same part of the same tensor, to code *cid* against."""
+        base_id = self.bases.get(key) if key is not None else None
+        if base_id is None or base_id == cid:
+            return None
+        try:
+            raw, depth = self.db.get_base(base_id)
+        except (NotFoundError, IntegrityError):
+            return None  # a damaged or collected base: the chunk is stored whole instead
+        return base_id, raw, depth
 
     def ingest(
         self, sources: list[SourceFile], progress: Progress | None = None
@@ -225,7 +241,7 @@ class Ingestor:
                         layout, chunks = _chunks(f, src, buffers.take)
                         shared = packs(layout) if layout is not None else {}
                         offset = 0
-                        for buf, data, dtype in chunks:
+                        for buf, data, (dtype, key) in chunks:
                             if failed:  # stop reading as soon as a write has failed
                                 raise failed[0]
                             # Tensors sharing a chunk get ids of their own (a few small ones).
@@ -233,7 +249,7 @@ class Ingestor:
                                 digests[t.name] = self.db.object_id(
                                     data[t.start - offset : t.end - offset])
                             offset += len(data)
-                            fut = pool.submit(self._store_chunk, data, buf, dtype)
+                            fut = pool.submit(self._store_chunk, data, buf, dtype, key)
                             fut.add_done_callback(release(buf))
                             futures.append(fut)
                             if progress is not None:
@@ -284,28 +300,54 @@ class Ingestor:
         return tuple(entries), stats
 
 
-_Chunk = tuple[bytearray, memoryview, str | None]  # buffer, the chunk's bytes, dtype held
+_Tag = tuple[str | None, ChunkKey | None]
+_Chunk = tuple[bytearray, memoryview, _Tag]  # buffer, the chunk's bytes, what they hold
 
 
 def _chunks(f: BinaryIO, src: SourceFile, take: Take) -> tuple[Layout | None, Iterator[_Chunk]]:
     """The layout (safetensors only) and the chunks of *src*, read sequentially from *f*, each
-    with the dtype of the tensor data it holds (None for anything else)."""
+    with the dtype and key of the tensor data it holds (None for anything else)."""
     plan = plan_safetensors(f, src.size) if src.relpath.endswith(".safetensors") else None
     if plan is None:
-        return None, _renamed(cdc_chunks(f, take), src, itertools.repeat(None))
+        return None, _renamed(cdc_chunks(f, take), src, itertools.repeat((None, None)))
     layout, cuts = plan
-    return layout, _renamed(read_cuts(f, cuts, take), src, iter(cut_dtypes(layout, cuts)))
+    return layout, _renamed(read_cuts(f, cuts, take), src, iter(chunk_tags(layout, cuts)))
+
+
+def _entry_tags(entry: FileEntry) -> list[tuple[str, _Tag]]:
+    """``(chunk id, (dtype, key))`` of each chunk of a stored safetensors file."""
+    if entry.tensors is None or entry.header_end is None:
+        return []
+    layout = Layout(entry.header_end, entry.tensors, {})
+    ends = [off + n for off, (_cid, n) in zip(entry.chunk_offsets(), entry.chunks, strict=True)]
+    return [(cid, tag) for (cid, _n), tag in zip(entry.chunks, chunk_tags(layout, ends),
+                                                 strict=True)]
+
+
+def parent_bases(parent: Snapshot | None) -> dict[ChunkKey, str]:
+    """{chunk key: chunk id} of the tensor chunks of *parent*: what a new version's chunks of
+    the same parts of the same tensors may be stored as deltas of."""
+    out: dict[ChunkKey, str] = {}
+    for entry in parent.files if parent is not None else ():
+        for cid, (_dtype, key) in _entry_tags(entry):
+            if key is not None:
+                out.setdefault(key, cid)
+    return out
+
+
+def chunk_dtypes(entry: FileEntry) -> dict[str, str]:
+    """{chunk id: dtype} of the chunks of *entry* that hold tensor data of one dtype."""
+    return {cid: dtype for cid, (dtype, _key) in _entry_tags(entry) if dtype is not None}
 
 
 def _renamed(
-    chunks: Iterator[tuple[bytearray, memoryview]], src: SourceFile,
-    dtypes: Iterator[str | None],
+    chunks: Iterator[tuple[bytearray, memoryview]], src: SourceFile, tags: Iterator[_Tag],
 ) -> Iterator[_Chunk]:
-    """Pair each chunk with its dtype, and turn a size change noticed while cutting into an
+    """Pair each chunk with what it holds, and turn a size change noticed while cutting into an
     error that names the file."""
     try:
-        for (buf, view), dtype in zip(chunks, dtypes, strict=False):
-            yield buf, view, dtype
+        for (buf, view), tag in zip(chunks, tags, strict=False):
+            yield buf, view, tag
     except FileChangedError as exc:
         raise SourceError(
             f"{src.relpath!r} changed while being read: {exc}",

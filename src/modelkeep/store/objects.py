@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 DESCRIPTOR = "modelkeep-store.json"
 FOSSILS = "fossils"
+DELTAS = "deltas"
 _DIRS = {Kind.CHUNK: "chunks", Kind.SNAPSHOT: "snapshots", Kind.JOURNAL: "journal"}
 SIGNATURES = "signatures"
 # Largest stored object of each kind: chunks are at most 4 MiB (chunking.py), plus a header and
@@ -82,6 +83,7 @@ WRITE_PIECE = 128 << 10
 
 
 def _writev_all(fd: int, parts: list[memoryview]) -> None:
+    parts = [p for p in parts if len(p)]  # an empty object (a delta record) writes nothing
     while parts:
         n = os.writev(fd, parts)
         if n == 0:
@@ -185,6 +187,7 @@ class ObjectDB:
     def put(
         self, kind: Kind, oid: str, raw: bytes | memoryview, *,
         workspace: bytearray | None = None, dtype: str | None = None,
+        base: tuple[str, memoryview, int] | None = None,
     ) -> int:
         """Store *raw* under *oid* unless present. Returns the stored size of the object this
         call created (header included), or 0 if it was there already.
@@ -192,19 +195,22 @@ class ObjectDB:
         A chunk is coded when the store's codec policy finds a smaller form for it; *dtype*
         says what it holds (the safetensors dtype of tensor data, else None). *workspace* is the
         buffer *raw* is the start of (``memoryview(workspace)[:n]``), given by a caller that no
-        longer needs its bytes: an encrypted store may seal the object in it, in place."""
+        longer needs its bytes: an encrypted store may seal the object in it, in place.
+        *base* is ``(id, raw bytes, delta depth)`` of the same tensor's chunk in the parent
+        version: the chunk is stored as a delta of it when that is smaller."""
         cipher = self.cipher
         path = self.path(kind, oid)
         if self._local and os.path.exists(path):
             return 0  # checked before coding and sealing, which would be wasted work
         flags, codec_id, body = 0, 0, raw
         if kind is Kind.CHUNK and self.codec != "none":
-            from modelkeep.store.coding import encode
-
-            coded = encode(raw, dtype, self.codec)
+            coded = self._code(raw, dtype, base)
             if coded is not None:
-                flags, codec_id, body = codec.FLAG_CODED, int(coded[0]), coded[1]
+                flags, codec_id, body = codec.FLAG_CODED, coded[0], coded[1]
                 workspace = None  # the coded bytes are not in it
+                if codec_id == codec.CODEC_DELTA and base is not None:
+                    # Before the chunk: a collection that keeps the chunk must see its base.
+                    self.put_raw_once(self.delta_edge_path(oid, base[0]), b"")
         if cipher is not None:
             header = codec.encode_header(kind, len(raw), flags | codec.FLAG_SEALED, codec_id)
             if workspace is not None and (not isinstance(body, memoryview)
@@ -221,6 +227,23 @@ class ObjectDB:
             return size if self._put_local(path, header, body) else 0
         # One copy into the request body; ``header + bytes(raw)`` would make two.
         return size if self._create_remote(path, b"".join((header, body))) else 0
+
+    def _code(self, raw: bytes | memoryview, dtype: str | None,
+              base: tuple[str, memoryview, int] | None) -> tuple[int, bytes] | None:
+        from modelkeep.store.coding import delta_width, encode, encode_delta
+
+        delta = None
+        if (base is not None and self.codec == "auto" and base[2] < codec.MAX_DELTA_DEPTH
+                and len(base[1]) == len(raw)):
+            delta = encode_delta(raw, base[1], base[0], base[2] + 1,
+                                 delta_width(dtype, len(raw)))
+            if len(delta) < len(raw) // 2:  # clearly better than any whole-chunk codec
+                return codec.CODEC_DELTA, delta
+        coded = encode(raw, dtype, self.codec)
+        if delta is not None and len(delta) < len(raw) and (
+                coded is None or len(delta) < len(coded[1])):
+            return codec.CODEC_DELTA, delta
+        return None if coded is None else (int(coded[0]), coded[1])
 
     def put_raw_once(self, path: str, blob: bytes) -> bool:
         """Conditional create of a non-content-addressed file (the descriptor)."""
@@ -381,6 +404,15 @@ class ObjectDB:
 
         *transient* lets an encrypted store decrypt into a buffer of the calling thread that the
         thread's next ``get`` reuses: for callers that are done with the bytes before then."""
+        return self._get(kind, oid, what, transient=transient, chain=0)[0]
+
+    def get_base(self, oid: str) -> tuple[memoryview, int]:
+        """A chunk's raw bytes and its place in a delta chain (0: stored whole), for coding
+        another chunk as a delta of it."""
+        return self._get(Kind.CHUNK, oid, None, transient=False, chain=0)
+
+    def _get(self, kind: Kind, oid: str, what: str | None, *, transient: bool,
+             chain: int) -> tuple[memoryview, int]:
         what = what or f"{kind.name.lower()} {oid[:12]}"
         cipher = self.cipher  # first: a wrong key is the error to report, even for a lost object
         try:
@@ -395,22 +427,60 @@ class ObjectDB:
             except NotFoundError:
                 raise NotFoundError(
                     f"{what} is missing from the store {self.location.url}") from None
+        depth = 0
         if cipher is not None:
             header, body = codec.split(blob, kind, what, sealed=True)
+            # A coded payload is decoded into a buffer of its own, and decoding a delta reads
+            # its base, which would reuse this thread's buffer: only plain objects use it.
             plain = cipher.open(memoryview(blob)[: codec.HEADER_SIZE], oid, body, what,
                                 transient=transient and not header.coded)
             if header.coded:
-                plain = _decoded(header, plain, what)
+                plain, depth = self._decode_chunk(header, plain, what, chain)
             # Authentication already binds the id; the hash also catches a writer's bug.
             if cipher.object_id(plain) != oid:
                 raise IntegrityError(f"{what} is corrupt: its content does not match its id {oid}")
-            return plain
+            return plain, depth
         header, payload = codec.split(blob, kind, what)
         if header.coded:
-            payload = _decoded(header, payload, what)
+            payload, depth = self._decode_chunk(header, payload, what, chain)
         if content_id(payload) != oid:
             raise IntegrityError(f"{what} is corrupt: its content does not match its id {oid}")
-        return payload
+        return payload, depth
+
+    def _decode_chunk(self, header: codec.Header, payload: bytes | memoryview, what: str,
+                      chain: int) -> tuple[memoryview, int]:
+        """The raw bytes of a coded chunk and its delta depth; a delta's base is read (and
+        checked) first, following at most :data:`codec.MAX_DELTA_DEPTH` links in all."""
+        from modelkeep.store.coding import decode, delta_base
+
+        if header.codec != codec.CODEC_DELTA:
+            return decode(header.codec, payload, header.raw_length, what), 0
+        base_id, depth = delta_base(payload, what)
+        if chain + depth > codec.MAX_DELTA_DEPTH:
+            raise IntegrityError(f"{what} is corrupt: its delta chain is longer than "
+                                 f"{codec.MAX_DELTA_DEPTH}")
+        base, base_depth = self._get(Kind.CHUNK, base_id, f"base {base_id[:12]} of {what}",
+                                     transient=False, chain=chain + 1)
+        if base_depth != depth - 1:
+            raise IntegrityError(f"{what} is corrupt: it says it is delta {depth} of a chain, "
+                                 f"its base is delta {base_depth}")
+        return decode(header.codec, payload, header.raw_length, what, base), depth
+
+    def delta_edges(self) -> Iterator[tuple[str, str, datetime]]:
+        """``(chunk id, base id, written)`` of every chunk stored as a delta: the records under
+        ``deltas/`` that garbage collection follows to keep the bases of the chunks it keeps."""
+        for path, _size, when in self.listing(f"{self.root}/{DELTAS}"):
+            parts = path.rstrip("/").split("/")
+            if len(parts) < 2 or len(parts[-2]) != 2:
+                continue
+            cid, sep, base = (parts[-2] + parts[-1]).partition("-")
+            if sep and is_id(cid) and is_id(base):
+                yield cid, base, when
+
+    def delta_edge_path(self, oid: str, base: str) -> str:
+        if not (is_id(oid) and is_id(base)):
+            raise IntegrityError(f"malformed object id {oid!r} or {base!r}")
+        return f"{self.root}/{DELTAS}/{oid[:2]}/{oid[2:]}-{base}"
 
     def copy_chunk_into(self, oid: str, size: int, fd: int, offset: int, what: str) -> bool:
         """Write chunk *oid*'s *size* bytes at *offset* of file *fd*, checked against the id on
@@ -442,7 +512,7 @@ class ObjectDB:
                     f"{what} has {header.raw_length} bytes, its snapshot says {size}")
             if header.coded:
                 payload = os.pread(src, stored - codec.HEADER_SIZE, codec.HEADER_SIZE)
-                raw = _decoded(header, payload, what)
+                raw, _depth = self._decode_chunk(header, payload, what, 0)
                 if content_id(raw) != oid:
                     raise IntegrityError(
                         f"{what} is corrupt: its content does not match its id {oid}")
@@ -625,12 +695,6 @@ class ObjectDB:
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm_file(path)
-
-
-def _decoded(header: codec.Header, payload: bytes | memoryview, what: str) -> memoryview:
-    from modelkeep.store.coding import decode
-
-    return decode(header.codec, payload, header.raw_length, what)
 
 
 def modified(info: dict[str, Any]) -> datetime:

@@ -45,7 +45,7 @@ from modelkeep.store.cache import KnownChunks
 from modelkeep.store.codec import Kind
 from modelkeep.store.gc import ChunksCollectedError, GcMark, GcReport
 from modelkeep.store.hashing import content_id
-from modelkeep.store.ingest import Ingestor, IngestStats, SourceFile
+from modelkeep.store.ingest import Ingestor, IngestStats, SourceFile, parent_bases
 from modelkeep.store.journal import JournalEntry
 from modelkeep.store.location import (
     Location,
@@ -479,13 +479,16 @@ class Store:
     # -- writing ---------------------------------------------------------------------------
 
     def ingest(
-        self, sources: list[SourceFile], progress: Progress | None = None
+        self, sources: list[SourceFile], progress: Progress | None = None, *,
+        parent: Snapshot | None = None,
     ) -> tuple[tuple[FileEntry, ...], IngestStats]:
-        """Store the chunks of *sources*; returns their file entries and what was added."""
+        """Store the chunks of *sources*; returns their file entries and what was added. A
+        tensor chunk that differs from the same chunk of *parent* may be stored as a delta."""
         self.ensure_initialized()
         # Read before any chunk is looked at: see the commit check in save_snapshot.
         mark = self.gc_mark()
-        entries, stats = Ingestor(self.db, known=self.known_for(mark)).ingest(sources, progress)
+        ingestor = Ingestor(self.db, known=self.known_for(mark), bases=parent_bases(parent))
+        entries, stats = ingestor.ingest(sources, progress)
         stats.gc_mark = mark
         return entries, stats
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelkeep.errors import IntegrityError, NotFoundError, StoreError
 from modelkeep.store.codec import Kind
+from modelkeep.store.ingest import chunk_dtypes
 
 if TYPE_CHECKING:
     from modelkeep.store.gc import GcMark
@@ -115,10 +116,12 @@ def sync(
         todo.append((sid, src.load_snapshot(sid), payload))
 
     sizes: dict[str, int] = {}
+    dtypes: dict[str, str] = {}  # what tensor chunks hold: the destination codes them by it
     for _sid, snap, _p in todo:
         for entry in snap.files:
             for cid, n in entry.chunks:
                 sizes[cid] = n
+            dtypes.update(chunk_dtypes(entry))
     present = _present(dst, sorted(sizes), mark, workers)
     for cid in present:
         report.chunks_present += 1
@@ -133,7 +136,8 @@ def sync(
         if len(data) != sizes[cid]:
             raise IntegrityError(f"chunk {cid[:12]} in {src.url} has {len(data)} bytes, its "
                                  f"snapshot says {sizes[cid]}")
-        dst.db.put(Kind.CHUNK, cid, data)
+        # Stored whole (coded by the destination's policy): a delta's base may not be there.
+        dst.db.put(Kind.CHUNK, cid, data, dtype=dtypes.get(cid))
         if known is not None:
             known.add(cid)
         if progress is not None:

@@ -1,0 +1,329 @@
+"""Chunk codecs and parent deltas: byte-identical round trips on every backend, the delta chain
+bound, garbage collection and sync of delta-coded versions, damage, and hostile payloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modelkeep.errors import IntegrityError
+from modelkeep.store import Kind, Store, scan_local
+from modelkeep.store import codec as framing
+from modelkeep.store.coding import Codec, decode, encode
+from tests.backends import Backend, unique_name
+from tests.test_contract import _backend
+
+BACKENDS = ["memory", "local", "s3", "azure"]
+# Every safetensors dtype, with its element width.
+DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8,
+          "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            mlflow_sqlite_uri: str) -> Backend:
+    return _backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
+
+
+def _values(dtype: str, count: int, rng: np.random.Generator) -> bytes:
+    """*count* elements of *dtype* that look like weights (floats) or ids (integers)."""
+    weights = rng.standard_normal(count).astype(np.float32) * 0.02
+    if dtype == "F64":
+        return weights.astype(np.float64).tobytes()
+    if dtype == "F32":
+        return weights.tobytes()
+    if dtype == "F16":
+        return weights.astype(np.float16).tobytes()
+    if dtype == "BF16":
+        return (weights.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+    if dtype == "BOOL":
+        return (rng.random(count) < 0.5).astype(np.uint8).tobytes()
+    width = DTYPES[dtype]
+    if dtype.startswith("F8"):
+        return rng.integers(0, 256, count, dtype=np.uint8).tobytes()
+    kind = "u" if dtype.startswith("U") else "i"
+    return rng.integers(0, 1000, count).astype(f"<{kind}{width}").tobytes()
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int], bytes]]) -> Path:
+    """A safetensors file written from raw bytes, so every dtype can be made without a
+    framework."""
+    header: dict[str, object] = {}
+    offset = 0
+    for name, (dtype, shape, data) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape,
+                        "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for _dtype, _shape, data in tensors.values():
+            f.write(data)
+    return path
+
+
+def every_dtype(folder: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for dtype in DTYPES:
+        tensors[f"{dtype.lower()}.weight"] = (dtype, [256, 96], _values(dtype, 256 * 96, rng))
+        tensors[f"{dtype.lower()}.bias"] = (dtype, [96], _values(dtype, 96, rng))
+    write_safetensors(folder / "model.safetensors", tensors)
+    (folder / "config.json").write_text(json.dumps({"layers": [{"n": i} for i in range(200)]}))
+    return folder
+
+
+def headers(store: Store) -> dict[str, framing.Header]:
+    """{chunk id: its header} of every chunk object in *store*."""
+    db = store.db
+    out = {}
+    for cid in db.iter_ids(Kind.CHUNK):
+        blob = db.read_blob(db.path(Kind.CHUNK, cid), cid)
+        out[cid] = framing.check_header(memoryview(blob)[:16], len(blob) - 16, Kind.CHUNK, cid,
+                                        sealed=db.cipher is not None)
+    return out
+
+
+def same_files(a: Path, b: Path) -> bool:
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    return files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) and all(
+        (a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+@pytest.mark.parametrize("policy", ["auto", "zstd", "none"])
+def test_every_dtype_round_trips_with_every_codec(backend: Backend, policy: str,
+                                                  tmp_path: Path) -> None:
+    keep = Backend(backend.name, backend.registry, backend.make_url,
+                   {**backend.options, "codec": policy}).open()
+    src = every_dtype(tmp_path / "m")
+    v = keep.register(unique_name(), src)
+    keep.pull(v.ref, tmp_path / "out")
+    assert same_files(src, tmp_path / "out")
+    assert keep.verify(v.ref).ok
+    codecs = {h.codec for h in headers(keep.store).values()}
+    expected = {"auto": {Codec.PLANES, Codec.ZSTD}, "zstd": {Codec.ZSTD}, "none": {0}}[policy]
+    assert expected <= codecs and codecs <= expected | {0}
+
+
+def test_parent_deltas_store_a_fine_tune_at_a_fraction(backend: Backend, tmp_path: Path) -> None:
+    keep = backend.open()
+    name = unique_name()
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((512, 512)).astype(np.float32) * 0.02
+    versions = []
+    for step in range(5):  # every tensor changes a little, as in training
+        weights = base + np.float32(1e-4) * step * rng.standard_normal(base.shape, np.float32)
+        tensors = {f"layer.{i}": ("F32", [512, 512], (weights + i).astype(np.float32).tobytes())
+                   for i in range(2)}
+        src = write_safetensors(tmp_path / f"v{step}" / "model.safetensors", tensors).parent
+        versions.append((keep.register(name, src), src))
+    heads = headers(keep.store)
+    deltas = [h for h in heads.values() if h.codec == Codec.DELTA]
+    assert deltas, "no chunk was stored as a delta"
+    for v, src in versions:
+        out = tmp_path / f"out{v.version}"
+        keep.pull(v.ref, out)
+        assert same_files(src, out)
+    later = sum(v.bytes_added for v, _src in versions[1:])
+    stored = keep.store.stored_bytes()
+    first = versions[0][0].size
+    # Four fine-tune steps cost far less than four whole copies.
+    assert stored < first + 0.6 * later
+    assert keep.verify().ok
+
+
+def test_delta_chains_stop_at_their_depth_bound(tmp_path: Path, mlflow_sqlite_uri: str) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    rng = np.random.default_rng(2)
+    weights = rng.standard_normal(65536).astype(np.float32)
+    parent = None
+    depths = []
+    for step in range(framing.MAX_DELTA_DEPTH + 3):
+        weights = weights + np.float32(1e-5) * rng.standard_normal(65536, np.float32)
+        src = write_safetensors(tmp_path / f"v{step}" / "model.safetensors",
+                                {"w": ("F32", [65536], weights.tobytes())}).parent
+        files, _stats = store.ingest(scan_local(src), parent=parent)
+        from modelkeep.store.snapshot import Snapshot
+
+        parent = Snapshot(name="m", files=files, created="2026-01-01T00:00:00.000000Z")
+        store.save_snapshot(parent)
+        cid = next(c for c, _n in files[0].chunks if _n == 65536 * 4)
+        depths.append(store.db.get_base(cid)[1])
+        assert bytes(store.db.get(Kind.CHUNK, cid)) == weights.tobytes()
+    assert max(depths) == framing.MAX_DELTA_DEPTH
+    # After the bound, the next version starts a new chain from a whole chunk.
+    assert depths == [0, 1, 2, 3, 0, 1][: len(depths)]
+
+
+def test_gc_keeps_the_bases_of_kept_deltas(backend: Backend, tmp_path: Path) -> None:
+    keep = backend.open()
+    name = unique_name()
+    rng = np.random.default_rng(3)
+    weights = rng.standard_normal(300_000).astype(np.float32)
+    srcs = []
+    for step in range(2):
+        weights = weights + np.float32(1e-5) * rng.standard_normal(300_000, np.float32)
+        srcs.append(write_safetensors(tmp_path / f"v{step}" / "model.safetensors",
+                                      {"w": ("F32", [300_000], weights.tobytes())}).parent)
+        keep.register(name, srcs[-1])
+    assert any(h.codec == Codec.DELTA for h in headers(keep.store).values())
+    keep.delete_version(f"{name}@1")
+    for _ in range(2):  # hide, then delete: what only version 1 used is gone
+        keep.gc(grace=timedelta(0))
+    keep.pull(f"{name}@2", tmp_path / "out")
+    assert same_files(srcs[1], tmp_path / "out")
+    assert keep.verify().ok
+
+
+def test_sync_of_delta_coded_versions(backend: Backend, tmp_path: Path) -> None:
+    keep = backend.open()
+    name = unique_name()
+    rng = np.random.default_rng(4)
+    weights = rng.standard_normal(200_000).astype(np.float32)
+    srcs = []
+    for step in range(2):
+        weights = weights + np.float32(1e-5) * rng.standard_normal(200_000, np.float32)
+        srcs.append(write_safetensors(tmp_path / f"v{step}" / "model.safetensors",
+                                      {"w": ("F32", [200_000], weights.tobytes())}).parent)
+        keep.register(name, srcs[-1])
+    dest = Store.open(str(tmp_path / "replica"))
+    sids = [keep.get(f"{name}@{n}").snapshot_id for n in (1, 2)]
+    keep.store.sync_to(dest, sids)
+    for sid, src in zip(sids, srcs, strict=True):
+        dest.materialize(dest.load_snapshot(sid), tmp_path / f"out-{sid[:8]}")
+        assert same_files(src, tmp_path / f"out-{sid[:8]}")
+    assert dest.verify().ok
+
+
+def test_encrypted_store_codes_before_sealing(tmp_path: Path, mlflow_sqlite_uri: str) -> None:
+    import modelkeep
+    from modelkeep.store.crypto import format_key, new_key
+
+    key = tmp_path / "k"
+    key.write_text(format_key(new_key()))
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri,
+                          store_options={"key_file": str(key)})
+    src = every_dtype(tmp_path / "m")
+    name = unique_name()
+    keep.register(name, src)
+    changed = every_dtype(tmp_path / "m2", seed=0)
+    data = bytearray((changed / "model.safetensors").read_bytes())
+    data[-4:] = b"\x01\x02\x03\x04"
+    (changed / "model.safetensors").write_bytes(bytes(data))
+    keep.register(name, changed)
+    heads = headers(keep.store)
+    assert all(h.flags & framing.FLAG_SEALED for h in heads.values())
+    assert any(h.coded for h in heads.values())
+    for n, src_dir in ((1, src), (2, changed)):
+        keep.pull(f"{name}@{n}", tmp_path / f"out{n}")
+        assert same_files(src_dir, tmp_path / f"out{n}")
+
+
+@pytest.mark.parametrize("what", ["planes", "zstd", "delta"])
+def test_a_damaged_coded_chunk_fails_verify_and_pull(what: str, tmp_path: Path,
+                                                     mlflow_sqlite_uri: str) -> None:
+    import modelkeep
+
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
+    name = unique_name()
+    rng = np.random.default_rng(5)
+    weights = rng.standard_normal(100_000).astype(np.float32)
+    # One version, or a second whose chunk is a delta of the first's (a damaged base would
+    # damage what is read through it too).
+    for step in range(2 if what == "delta" else 1):
+        weights = weights + np.float32(1e-5) * rng.standard_normal(100_000, np.float32)
+        src = write_safetensors(tmp_path / f"v{step}" / "model.safetensors",
+                                {"w": ("F32", [100_000], weights.tobytes())}).parent
+        (src / "notes.txt").write_text("lorem ipsum dolor sit amet\n" * 2000)
+        keep.register(name, src)
+    codec = {"planes": Codec.PLANES, "zstd": Codec.ZSTD, "delta": Codec.DELTA}[what]
+    cid = next(c for c, h in headers(keep.store).items() if h.codec == codec)
+    path = Path(keep.store.db.path(Kind.CHUNK, cid))
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x40
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(blob))
+    report = keep.verify()
+    assert not report.ok and {p.object_id for p in report.problems} == {cid}
+    problem = report.problems[0]
+    assert problem.path in ("model.safetensors", "notes.txt") and problem.chunk_index is not None
+    v = 2 if what == "delta" else 1
+    with pytest.raises(IntegrityError, match=cid[:12]):
+        keep.pull(f"{name}@{v}", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_small_tensors_travel_together(tmp_path: Path) -> None:
+    count = 100_000
+    tensors = {f"t{i:06d}": ("F32", [1], struct.pack("<f", i * 0.5)) for i in range(count)}
+    src = write_safetensors(tmp_path / "m" / "model.safetensors", tensors).parent
+    store = Store.open(str(tmp_path / "store"))
+    files, _stats = store.ingest(scan_local(src))
+    size = (src / "model.safetensors").stat().st_size
+    objects = sum(1 for _ in store.db.iter_ids(Kind.CHUNK))
+    assert objects < 1000
+    assert store.stored_bytes() <= size
+    # Every tensor still has an identity of its own (what diff compares).
+    assert all(t.digest is not None for t in files[0].tensors or ())
+
+
+def test_incompressible_and_text_chunks(tmp_path: Path) -> None:
+    random = os.urandom(3 << 20)
+    assert encode(random, None) is None  # stored plain: costs only the header
+    text = ("".join(f"token_{i} {i * 7 % 1000}\n" for i in range(100_000))).encode()[: 4 << 20]
+    got = encode(text, None)
+    assert got is not None and got[0] == Codec.ZSTD
+    assert len(got[1]) <= len(zstandard.ZstdCompressor(level=3).compress(text))
+    src = tmp_path / "m"
+    src.mkdir()
+    (src / "random.bin").write_bytes(random)
+    store = Store.open(str(tmp_path / "store"))
+    _files, stats = store.ingest(scan_local(src))
+    assert stats.bytes_stored <= len(random) * 1.001
+
+
+# -- hostile payloads -------------------------------------------------------------------------
+
+HOSTILE = settings(max_examples=300, deadline=None,
+                   suppress_health_check=[HealthCheck.too_slow])
+
+
+@HOSTILE
+@given(st.sampled_from([1, 2, 3, 9]), st.binary(max_size=256),
+       st.integers(1, 4 << 20))
+def test_decoders_refuse_hostile_payloads(codec: int, payload: bytes, raw_length: int) -> None:
+    base = bytes(raw_length) if codec == Codec.DELTA else None
+    try:
+        out = decode(codec, payload, raw_length, "chunk", base)
+    except IntegrityError:
+        return
+    assert len(out) == raw_length
+
+
+@HOSTILE
+@given(st.integers(1, 1 << 40))
+def test_a_zstd_frame_claiming_a_huge_size_is_refused_unread(claimed: int) -> None:
+    frame = bytearray(zstandard.ZstdCompressor(level=1).compress(b"x" * 1000))
+    with pytest.raises(IntegrityError):
+        decode(Codec.ZSTD, bytes(frame), claimed if claimed != 1000 else 999, "chunk")
+
+
+@HOSTILE
+@given(st.binary(min_size=1, max_size=4096), st.sampled_from(["F32", "BF16", "F16", "F64", None]))
+def test_encode_then_decode_is_the_identity(raw: bytes, dtype: str | None) -> None:
+    got = encode(raw, dtype)
+    if got is None:
+        return
+    assert len(got[1]) < len(raw)
+    assert bytes(decode(got[0], got[1], len(raw), "chunk")) == raw
