@@ -65,6 +65,9 @@ _DELTA_PREFIX = struct.Struct("<32sBBB")  # base id, depth, transform, element w
 ZSTD_LEVEL = 3  # for general data: the zstd default, a fair speed for text and pickles
 _SAMPLE = 64 << 10  # bytes tried before coding a whole plane or chunk that may not compress
 _SAMPLE_GAIN = 0.95  # a sample must shrink at least this much for the whole to be coded
+# Byte planes must save this fraction of a chunk to be worth their time; the exponent plane of
+# trained weights saves about a third of bf16 and a sixth of fp32 (bench/codecs.py).
+_PLANES_MIN_GAIN = 0.08
 _PLANE_RECORD = struct.Struct("<BI")  # method, stored length
 _STORED, _ZSTD_FRAME = 0, 1
 
@@ -131,9 +134,17 @@ def _shrinks(sample: bytes | memoryview, kind: str) -> bool:
 
 
 def _encode_planes(raw: bytes | bytearray | memoryview, width: int) -> bytes | None:
+    """The plane payload of *raw*, or None when its exponent plane, tried on a sample, would
+    save less than :data:`_PLANES_MIN_GAIN` of the chunk: data that is not trained weights
+    (random bits, already-compressed bytes) is then stored as it is, at no coding cost."""
     utype = np.dtype(f"<u{width}")
     bits = 8 * width
     values = np.frombuffer(raw, dtype=utype)
+    sample = values[: _SAMPLE // width]
+    top = ((sample << 1) | (sample >> (bits - 1))) >> (bits - 8)
+    plane = top.astype(np.uint8)
+    if len(_compressor("literal").compress(plane)) > (1 - _PLANES_MIN_GAIN * width) * len(plane):
+        return None
     rotated = (values << 1) | (values >> (bits - 1))
     return b"".join([bytes((width,)), *_plane_records(rotated, width, top_first=True)])
 
