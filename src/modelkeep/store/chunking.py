@@ -45,11 +45,25 @@ def _fastcdc() -> FastCDC:
     return _cdc
 
 
-def _units(layout: Layout) -> list[tuple[int, int, str, list[Tensor]]]:
+_Unit = tuple[int, int, str, list[Tensor]]
+_last_units: tuple[Layout, list[_Unit]] | None = None  # cutting, tagging, packing: one layout
+
+
+def _units(layout: Layout) -> list[_Unit]:
     """``(start, end, dtype, tensors)`` of the byte ranges that start chunks: each tensor, except
     that a run of adjacent small tensors of one dtype is one range of at most :data:`PACK_MAX`
     bytes. Empty tensors hold no bytes and play no part."""
-    units: list[tuple[int, int, str, list[Tensor]]] = []
+    global _last_units
+    last = _last_units
+    if last is not None and last[0] is layout:
+        return last[1]
+    units = _make_units(layout)
+    _last_units = (layout, units)
+    return units
+
+
+def _make_units(layout: Layout) -> list[_Unit]:
+    units: list[_Unit] = []
     packing = False
     for t in layout.tensors:
         if t.end == t.start:

@@ -36,7 +36,7 @@ from modelkeep.store.chunking import (
 )
 from modelkeep.store.codec import Kind
 from modelkeep.store.objects import ObjectDB
-from modelkeep.store.safetensors import Layout
+from modelkeep.store.safetensors import Layout, Tensor
 from modelkeep.store.snapshot import FileEntry, Snapshot, file_digest
 
 if TYPE_CHECKING:
@@ -256,8 +256,8 @@ class Ingestor:
                                 progress(len(data))
                     if layout is not None and digests:
                         layout = dataclasses.replace(layout, tensors=tuple(
-                            dataclasses.replace(t, digest=digests.get(t.name))
-                            for t in layout.tensors))
+                            Tensor(t.name, t.dtype, t.shape, t.start, t.end, digests[t.name])
+                            if t.name in digests else t for t in layout.tensors))
                     pending.append((src, layout, futures))
                 entries = []
                 for src, layout, futures in pending:
