@@ -607,7 +607,6 @@ class Keep:
             TAG_PREFIX + "tree": snapshot.tree,
             TAG_PREFIX + "size": str(stats.bytes_total),
             TAG_PREFIX + "bytes_added": str(stats.bytes_added),
-            TAG_PREFIX + "bytes_stored": str(stats.bytes_stored),
             TAG_PREFIX + "dedup_ratio": f"{stats.dedup_ratio:.4f}",
             TAG_PREFIX + "files": str(stats.files),
             **lineage_tags(snapshot.lineage),
