@@ -587,6 +587,10 @@ class Store:
     def snapshot_ids(self) -> Iterator[str]:
         return self.db.iter_ids(Kind.SNAPSHOT)
 
+    def has_snapshot(self, snapshot_id: str) -> bool:
+        """Whether the store holds snapshot *snapshot_id* (one existence check, no read)."""
+        return self.db.exists(Kind.SNAPSHOT, snapshot_id)
+
     def materialize(
         self,
         snapshot: Snapshot,
