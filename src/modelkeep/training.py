@@ -70,7 +70,8 @@ from modelkeep.errors import (
 from modelkeep.refs import validate_alias, validate_name
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep, ModelVersion
+    from modelkeep.keep import Keep
+    from modelkeep.ops.results import ModelVersion
 
 RETENTION_TAG = "modelkeep.retention"
 METRIC_PREFIX = "metric."
@@ -795,7 +796,7 @@ def track(
     :class:`Tracker`'s (``every``, ``monitor``, ``mode``, ``keep_last``, ``parent`` …).
     """
     if keep is None:
-        from modelkeep.api import open as open_keep
+        from modelkeep.wiring import open as open_keep
 
         keep = open_keep(store, registry, store_options=store_options)
     return Tracker(keep, name, **options)

@@ -37,7 +37,7 @@ def _state(ctx: typer.Context) -> State:
 
 def open_store(st: State) -> Store:
     """The store the global options name, with the keys of settings, environment and plugins."""
-    from modelkeep.api import open_store as api_open_store
+    from modelkeep.wiring import open_store as api_open_store
 
     return api_open_store(st.store, plugins=st.plugins)
 

@@ -1,7 +1,7 @@
 """The ``modelkeep`` command: argument parsing and presentation only.
 
-Each command calls the Python API (:mod:`modelkeep.api`) and prints the result for a person, or as
-JSON on stdout with ``--json``. Errors are turned into one line and an exit code in
+Each command calls the Python API (:class:`modelkeep.keep.Keep`) and prints the result for a
+person, or as JSON on stdout with ``--json``. Errors are turned into one line and an exit code in
 :mod:`modelkeep.cli._errors`, never here. Plugins add commands through the
 ``modelkeep_cli_commands`` hook; :func:`main` adds them to the group before parsing.
 """
@@ -25,8 +25,8 @@ from modelkeep.cli._output import Output, human_bytes
 from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep
     from modelkeep.hooks.manager import PluginManager
+    from modelkeep.keep import Keep
 
 app = typer.Typer(
     name="modelkeep",
@@ -106,8 +106,8 @@ def init(
                                                   "key_file.")] = None,
 ) -> None:
     """Write modelkeep.toml in the current folder (unless there is one) and create the store."""
-    from modelkeep.api import open_store
     from modelkeep.config import find_config, load_config, write_config
+    from modelkeep.wiring import open_store
 
     st = _state(ctx)
     if key_file is not None and not encrypt:

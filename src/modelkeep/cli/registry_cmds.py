@@ -1,7 +1,7 @@
 """Registry commands: ``alias``, ``rollback``, ``promote``, ``describe`` and ``registry rebuild``.
 
 Presentation only, like :mod:`modelkeep.cli.main`: each command calls one
-:class:`~modelkeep.api.Keep` method and prints the result for a person or, with ``--json``, as
+:class:`~modelkeep.keep.Keep` method and prints the result for a person or, with ``--json``, as
 JSON. :func:`add_to` adds them to the ``modelkeep`` app.
 """
 

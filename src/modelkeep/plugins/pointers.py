@@ -50,7 +50,8 @@ from modelkeep.hooks._markers import hookimpl
 from modelkeep.store.materialize import safe_join
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep, ModelVersion
+    from modelkeep.keep import Keep
+    from modelkeep.ops.results import ModelVersion
     from modelkeep.store import FileEntry, Snapshot, Store
 
 SUFFIX = ".modelkeep"

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from modelkeep.hooks import Finding, hookimpl
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep
+    from modelkeep.keep import Keep
 
 SCANNER = "modelkeep.scanner"
 CODE_FILE = "pickle.file"

@@ -1,6 +1,6 @@
 """Gathering the facts about a stored version for :func:`~modelkeep.policy.engine.decide`.
 
-The engine is pure; this module reads what it needs through a :class:`~modelkeep.api.Keep`:
+The engine is pure; this module reads what it needs through a :class:`~modelkeep.keep.Keep`:
 each file's first bytes (format sniffing, through the store, fetching one chunk per file) and,
 when a ``pickle`` rule is in force, the findings of every ``modelkeep_scan_file`` plugin over the
 stored files. :func:`check` is what ``modelkeep policy check`` prints; the built-in policy plugin
@@ -20,7 +20,7 @@ from modelkeep.policy.engine import Decision, decide, detect_format
 from modelkeep.policy.rules import Policy, stricter_pickle
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep
+    from modelkeep.keep import Keep
     from modelkeep.store import FileEntry, Snapshot, Store
 
 

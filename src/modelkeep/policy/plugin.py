@@ -7,7 +7,7 @@ engine (:func:`modelkeep.policy.engine.decide`) and refuse with each failed deci
 naming the rule, its glob and the fix. A ``pickle = "warn"`` rule that found something lets the
 version through and logs a warning on the ``modelkeep.policy`` logger.
 
-The policies are the :class:`~modelkeep.api.Keep`'s (``keep.policies``, from the settings file
+The policies are the :class:`~modelkeep.keep.Keep`'s (``keep.policies``, from the settings file
 :func:`modelkeep.open` read). Blocking this plugin (``MODELKEEP_PLUGINS=-modelkeep.policies``)
 turns the vetoes off; ``immutable`` is enforced by :meth:`Keep.delete_version` itself.
 """
@@ -25,7 +25,7 @@ from modelkeep.policy.check import content_store, file_formats, needs_scan, sign
 from modelkeep.policy.engine import Decision, decide, refusal
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep
+    from modelkeep.keep import Keep
     from modelkeep.store import Snapshot
 
 log = logging.getLogger("modelkeep.policy")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from modelkeep.training import Tracker, track
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep
+    from modelkeep.keep import Keep
 
 
 class TrackerOwner:

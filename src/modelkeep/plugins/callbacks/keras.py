@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingExtraError("keras", "keras") from exc
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep
+    from modelkeep.keep import Keep
 
 
 class ModelkeepCheckpoint(keras.callbacks.ModelCheckpoint):
