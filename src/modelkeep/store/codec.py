@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from modelkeep.errors import IntegrityError
+
+if TYPE_CHECKING:
+    import mmap
 
 MAGIC = b"MKOB"
 FORMAT_VERSION = 1
@@ -47,7 +51,8 @@ def encode_header(kind: Kind, raw_length: int, flags: int = 0) -> bytes:
     return HEADER.pack(MAGIC, FORMAT_VERSION, int(kind), flags, 0, raw_length)
 
 
-def decode(blob: bytes | memoryview, kind: Kind, what: str, *, sealed: bool = False) -> memoryview:
+def decode(blob: bytes | memoryview | mmap.mmap, kind: Kind, what: str, *,
+           sealed: bool = False) -> memoryview:
     """Check *blob*'s header and return its payload (for a *sealed* object: nonce, ciphertext and
     tag, still to be opened). *what* names the object in errors."""
     view = memoryview(blob)

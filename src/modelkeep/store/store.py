@@ -205,7 +205,7 @@ class Store:
         except NotFoundError:
             return None
         try:
-            data = json.loads(raw)
+            data: dict[str, Any] = json.loads(bytes(raw))  # small: read, never mapped
             fmt = int(data["format"])
         except (ValueError, KeyError, TypeError):
             raise IntegrityError(
