@@ -43,10 +43,12 @@ chromium:
 # start (mlflow server on PostgreSQL, MariaDB, basic-auth) start once per session.
 test: .venv node_modules chromium
 	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/mypy
 	$(VPY) -m pytest -n 2 --dist loadgroup
 
 lint: .venv
 	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/mypy
 
 demo: .venv
 	$(VPY) examples/demo.py

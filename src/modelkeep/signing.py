@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from modelkeep.errors import ConfigError, InvalidInputError, NotFoundError
 from modelkeep.store.hashing import content_id, is_id
@@ -115,9 +115,11 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     path = Path(path)
     data = _read_key_file(path, "signing key")
     raw = _raw32(data)
+    key: object
     try:
         if raw is not None:
-            return ed25519.Ed25519PrivateKey.from_private_bytes(raw)
+            private: Ed25519PrivateKey = ed25519.Ed25519PrivateKey.from_private_bytes(raw)
+            return private
         if b"OPENSSH PRIVATE KEY" in data:
             key = serialization.load_ssh_private_key(data, password=None)
         else:
@@ -130,7 +132,7 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise ConfigError(f"signing key file {str(path)!r} is not an Ed25519 key",
                           hint="create one with `modelkeep keygen --signing PATH`")
-    return key
+    return cast("Ed25519PrivateKey", key)  # the module is loaded lazily, so typed as Any
 
 
 def load_public_key(value: str | os.PathLike[str]) -> bytes:
@@ -143,6 +145,7 @@ def load_public_key(value: str | os.PathLike[str]) -> bytes:
     raw = _raw32(data)
     if raw is not None:
         return raw
+    key: object
     try:
         if data.lstrip().startswith(b"ssh-ed25519"):
             key = serialization.load_ssh_public_key(data.strip())

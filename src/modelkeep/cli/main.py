@@ -248,7 +248,7 @@ def list_(
     st = _state(ctx)
     keep = st.keep()
     if name is None:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for model in keep.models():
             latest = keep.registry.latest(model)
             rows.append({"name": model, "latest": latest.version if latest else None,

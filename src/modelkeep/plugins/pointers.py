@@ -181,7 +181,7 @@ def find_pointers(start: Path, paths: Sequence[Path] = ()) -> list[Pointer]:
         if listed is not None:
             names = sorted({n for n in listed.split("\0") if n})
             return [read_pointer(root / n) for n in names if (root / n).is_file()]
-    found = []
+    found: list[Path] = []
     for folder, dirs, files in os.walk(start):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(Path(folder) / f for f in sorted(files) if f.endswith(SUFFIX))

@@ -18,8 +18,8 @@ class TrackerOwner:
     def __init__(self, name: str, keep: Keep | None, store: str | None, registry: str | None,
                  store_options: Mapping[str, Any] | None, options: Mapping[str, Any]) -> None:
         self.name = name
-        self._open_args = {"keep": keep, "store": store, "registry": registry,
-                           "store_options": store_options}
+        self._open_args: dict[str, Any] = {"keep": keep, "store": store, "registry": registry,
+                                           "store_options": store_options}
         self._options = dict(options)
         self._tracker: Tracker | None = None
 
