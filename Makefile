@@ -44,11 +44,13 @@ chromium:
 test: .venv node_modules chromium
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VPY) -m pytest -n 2 --dist loadgroup
 
 lint: .venv
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 demo: .venv
 	$(VPY) examples/demo.py

@@ -59,8 +59,8 @@ if TYPE_CHECKING:
         SyncReport,
         VerifyReport,
     )
-    from modelkeep.training import PendingCheckpoint, Tracker, track
-    from modelkeep.wiring import open
+    from modelkeep.training import PendingCheckpoint, Tracker
+    from modelkeep.wiring import open, track
 
 __version__ = "0.1.0"
 
@@ -86,7 +86,7 @@ _LAZY = {
     "Tracker": "modelkeep.training",
     "VerifyReport": "modelkeep.store",
     "open": "modelkeep.wiring",
-    "track": "modelkeep.training",
+    "track": "modelkeep.wiring",
 }
 
 

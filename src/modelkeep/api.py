@@ -13,7 +13,8 @@ from modelkeep.ops.results import (
     ModelVersion,
     TensorChanges,
 )
-from modelkeep.wiring import hook_keys, open, open_locator, open_store
+from modelkeep.stores import hook_keys, open_locator
+from modelkeep.wiring import open, open_store
 
 __all__ = ["TAG_PREFIX", "DeletedVersion", "Diff", "FileChange", "Keep", "ModelVersion",
            "TensorChanges", "hook_keys", "lineage_tags", "open", "open_locator", "open_store"]

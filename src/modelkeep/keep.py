@@ -40,7 +40,7 @@ from modelkeep.store import (
     SyncReport,
     VerifyReport,
 )
-from modelkeep.wiring import Stores
+from modelkeep.stores import Stores
 
 if TYPE_CHECKING:
     from modelkeep.hooks.manager import PluginManager
@@ -90,7 +90,7 @@ class Keep:
         self._signer: Signer | None = None
 
     def __repr__(self) -> str:
-        from modelkeep.config import redact_url
+        from modelkeep.redaction import redact_url
 
         return redact_url(f"Keep(store={self.store.url!r}, registry={self.registry.uri!r})")
 

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from modelkeep.cli._state import State
+from modelkeep.cli._state import state as _state
 from modelkeep.errors import ConfigError, InvalidInputError
 
 if TYPE_CHECKING:
-    from modelkeep.cli.main import State
     from modelkeep.store import Store
     from modelkeep.store.store import KeyStatus
 
@@ -29,10 +30,6 @@ key_app = typer.Typer(
 )
 
 
-def _state(ctx: typer.Context) -> State:
-    from modelkeep.cli.main import State
-
-    return ctx.ensure_object(State)
 
 
 def open_store(st: State) -> Store:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -22,11 +21,12 @@ from modelkeep.aliases import AliasEvent
 from modelkeep.cli import key_cmds, policy_cmds, registry_cmds, store_cmds
 from modelkeep.cli._errors import report
 from modelkeep.cli._output import Output, human_bytes
+from modelkeep.cli._state import State
+from modelkeep.cli._state import state as _state
 from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
     from modelkeep.hooks.manager import PluginManager
-    from modelkeep.keep import Keep
 
 app = typer.Typer(
     name="modelkeep",
@@ -36,27 +36,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-
-@dataclass
-class State:
-    store: str | None = None
-    registry: str | None = None
-    out: Output = field(default_factory=Output)
-    plugins: PluginManager | None = None
-    _keep: Keep | None = None
-
-    def keep(self) -> Keep:
-        if self._keep is None:
-            import modelkeep
-
-            self._keep = modelkeep.open(store=self.store, registry=self.registry,
-                                        plugins=self.plugins)
-        return self._keep
-
-
-def _state(ctx: typer.Context) -> State:
-    return ctx.ensure_object(State)
 
 
 @app.callback()

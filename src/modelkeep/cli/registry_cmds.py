@@ -7,14 +7,12 @@ JSON. :func:`add_to` adds them to the ``modelkeep`` app.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from modelkeep.cli._state import state as _state
 from modelkeep.errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from modelkeep.cli.main import State
 
 registry_app = typer.Typer(
     name="registry", help="Maintain the registry: rebuild it from the store.",
@@ -22,10 +20,6 @@ registry_app = typer.Typer(
 )
 
 
-def _state(ctx: typer.Context) -> State:
-    from modelkeep.cli.main import State
-
-    return ctx.ensure_object(State)
 
 
 def alias(

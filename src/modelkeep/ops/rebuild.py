@@ -363,7 +363,7 @@ def rebuild_registry(keep: Keep, *, dry_run: bool = False) -> RebuildReport:
 def plan(keep: Keep, *, dry_run: bool = False) -> RebuildReport:
     """Everything a rebuild into this Keep's registry would write, read from its store and
     compared with what the registry holds already; writes nothing."""
-    from modelkeep.config import redact_url
+    from modelkeep.redaction import redact_url
 
     report = RebuildReport(redact_url(keep.registry.uri), keep.store.url, dry_run)
     good = _load_snapshots(keep, report)

@@ -69,7 +69,7 @@ def store_for(locator: str) -> Store:
         store = _stores.get(locator)
         if store is None:
             from modelkeep.hooks.manager import get_plugin_manager
-            from modelkeep.wiring import open_locator
+            from modelkeep.stores import open_locator
 
             config = load_config()
             default = config.resolve_store(None)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from modelkeep.training import Tracker, track
+from modelkeep.training import Tracker
+from modelkeep.wiring import track
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
