@@ -4,6 +4,9 @@ crashed register agrees with the live registry version by version."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -132,3 +135,86 @@ def test_promote_runs_the_collect_hooks_and_keeps_the_source_lineage(
     assert p.lineage["review"] == {"by": "ana"}
     assert p.tags["team"] == "ranking"  # the source's tags win over plugin suggestions
     assert p.tags["modelkeep.data.set"] == "v1"
+
+
+# -- a registry rebuilt after a crash agrees with the live one ------------------------------
+
+_KILLED_REGISTER = """
+import os, signal, sys
+import modelkeep
+from modelkeep.hooks import make_plugin_manager
+
+store, registry, name, folder = sys.argv[1:5]
+pm = make_plugin_manager(entry_points=False)
+live = pm.hook.modelkeep_registry(uri=registry)
+
+
+class DiesAtCreate:
+    \"\"\"The registry of a process killed after its snapshot is written, at the moment it
+    would make the registry entry.\"\"\"
+
+    def __getattr__(self, attr):
+        return getattr(live, attr)
+
+    def create_version(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+keep = modelkeep.open(store=store, registry=DiesAtCreate(), plugins=pm)
+keep.register(name, folder)
+"""
+
+
+def _catalogue(keep: Keep, name: str) -> list[tuple[int, str, dict[str, str]]]:
+    return [(rv.version, rv.source, dict(rv.tags)) for rv in keep.registry.versions(name)]
+
+
+def test_rebuild_after_a_register_killed_before_its_registry_entry_matches_live(
+        tmp_path: Path, mlflow_sqlite_uri: str) -> None:
+    store = str(tmp_path / "store")
+    name = unique_name()
+    folder = write_model(tmp_path / "m", tensors(n=4), extra=False)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_REGISTER, store, mlflow_sqlite_uri, name, str(folder)],
+        capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    keep = _keep(tmp_path, mlflow_sqlite_uri)
+    (orphan,) = keep.store.snapshot_ids()  # the snapshot was written, the entry never made
+    with pytest.raises(NotFoundError):
+        keep.get(name)
+
+    real = keep.register(name, folder)  # the user runs it again
+    assert real.version == 1 and real.snapshot_id != orphan
+    v2 = keep.register(name, write_model(tmp_path / "m2", tensors(seed=3, n=4), extra=False))
+
+    fresh = modelkeep.open(store=store, registry=f"sqlite:///{tmp_path / 'fresh.db'}",
+                           plugins=make_plugin_manager(entry_points=False))
+    report = fresh.rebuild_registry()
+    assert report.created == 2
+    assert [sid for sid, _why in report.skipped] == [orphan]
+    assert "never committed" in report.skipped[0][1]
+    assert _catalogue(fresh, name) == _catalogue(keep, name)  # version by version, tags too
+    assert fresh.get(f"{name}@2").snapshot_id == v2.snapshot_id
+
+
+def test_rebuild_keeps_the_numbers_of_versions_after_a_deleted_one(
+        tmp_path: Path, mlflow_sqlite_uri: str) -> None:
+    keep = _keep(tmp_path, mlflow_sqlite_uri)
+    name = unique_name()
+    for i in range(4):
+        keep.register(name, write_model(tmp_path / f"m{i}", tensors(seed=i, n=2), extra=False))
+    keep.delete_version(f"{name}@2")  # its snapshot goes too: no other version uses it
+    keep.delete_version(f"{name}@4")  # a trailing one
+    live = _catalogue(keep, name)
+    assert [v for v, _s, _t in live] == [1, 3]
+
+    fresh = modelkeep.open(store=str(tmp_path / "store"),
+                           registry=f"sqlite:///{tmp_path / 'fresh.db'}",
+                           plugins=make_plugin_manager(entry_points=False))
+    report = fresh.rebuild_registry(dry_run=True)
+    assert [(v.version, v.exists) for v in report.versions] == [(1, False), (3, False)]
+    assert [(n, v) for n, v, _uri in report.gaps] == [(name, 2)]
+    fresh.rebuild_registry()
+    assert _catalogue(fresh, name) == live  # version 3 is still version 3
+    again = fresh.rebuild_registry()  # and a second run finds everything in place
+    assert again.created == 0 and again.gaps == []

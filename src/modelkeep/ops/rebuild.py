@@ -175,10 +175,12 @@ def bytes_added(ordered: Sequence[tuple[str, Snapshot]]) -> dict[str, int]:
     return out
 
 
-def committed(entries: Sequence[JournalEntry]) -> dict[str, tuple[str, int]]:
+def committed(entries: Sequence[JournalEntry]) -> tuple[dict[str, tuple[str, int]], str | None]:
     """The commit records (:func:`modelkeep.ops.journal.record_commit`): for each snapshot id
-    that became a version, ``(name, number)``; the first record of a snapshot wins."""
+    that became a version, ``(name, number)`` (the first record of a snapshot wins), and the
+    time of the earliest record, from which on the store's writers recorded every commit."""
     out: dict[str, tuple[str, int]] = {}
+    since: str | None = None
     for entry in entries:
         if entry.op != OP_COMMIT:
             continue
@@ -186,56 +188,59 @@ def committed(entries: Sequence[JournalEntry]) -> dict[str, tuple[str, int]]:
         if (isinstance(sid, str) and is_id(sid) and isinstance(number, int)
                 and not isinstance(number, bool) and number > 0):
             out.setdefault(sid, (entry.name, number))
-    return out
+            since = entry.time if since is None else min(since, entry.time)
+    return out, since
 
 
 def number(
     ordered: Sequence[tuple[str, Snapshot]],
     commits: Mapping[str, tuple[str, int]],
+    since: str | None,
     skipped: list[tuple[str, str]],
 ) -> tuple[list[tuple[int, str, Snapshot]], dict[str, list[tuple[int, str]]]]:
     """The version number of each snapshot (*ordered* by creation), and per model the numbers
     of deleted versions, ``(number, snapshot id or "")``.
 
-    A snapshot with a commit record gets the number recorded. Snapshots of a model written
-    before it had any (by a modelkeep that wrote none) are numbered in creation order into the
-    numbers below its first recorded one. Any other snapshot is one whose register never
-    reached the registry (it died, or the registry refused it): not a version, reported in
-    *skipped*. Numbers recorded for snapshots no longer stored are the deleted versions.
+    A snapshot with a commit record gets the number recorded. A snapshot created before the
+    first commit record in the store (*since*; written by a modelkeep that recorded none) is
+    numbered as before records existed: in creation order, into the numbers below the first one
+    its model has recorded. Any other snapshot is one whose register never reached the registry
+    (it died between its snapshot and its registry entry, or the registry refused it): not a
+    version, and reported in *skipped*. Numbers recorded for snapshots the store no longer
+    holds are deleted versions: the rebuild takes and releases them, as the lost registry did.
     """
     by_name: dict[str, list[tuple[str, Snapshot]]] = {}
     for sid, snap in ordered:
         by_name.setdefault(snap.name, []).append((sid, snap))
-    recorded_numbers: dict[str, dict[int, str]] = {}
+    recorded: dict[str, dict[int, str]] = {}
     for sid, (name, n) in commits.items():
-        recorded_numbers.setdefault(name, {}).setdefault(n, sid)
+        recorded.setdefault(name, {}).setdefault(n, sid)
     out: list[tuple[int, str, Snapshot]] = []
     gaps: dict[str, list[tuple[int, str]]] = {}
-    for name in sorted(by_name.keys() | recorded_numbers.keys()):
-        items = by_name.get(name, [])
-        records = recorded_numbers.get(name, {})
-        if not records:  # a store from before commit records: creation order, no gaps
-            out.extend((n, sid, snap) for n, (sid, snap) in enumerate(items, start=1))
-            continue
+    for name in sorted(by_name.keys() | recorded.keys()):
+        records = recorded.get(name, {})
         taken: dict[int, tuple[str, Snapshot]] = {}
-        loose: list[tuple[str, Snapshot]] = []
-        for sid, snap in items:
+        older: list[tuple[str, Snapshot]] = []
+        for sid, snap in by_name.get(name, []):
             found = commits.get(sid)
             if found is not None and found[0] == name and found[1] not in taken:
                 taken[found[1]] = (sid, snap)
+            elif since is None or snap.created < since:
+                older.append((sid, snap))
             else:
-                loose.append((sid, snap))
-        first_created = min((snap.created for _sid, snap in taken.values()), default=None)
-        free = iter(n for n in range(1, min(records)) if n not in taken)
-        for sid, snap in loose:
-            slot = next(free, None) if first_created and snap.created < first_created else None
-            if slot is None:
                 skipped.append((sid, f"{name}: its register never committed (no registry "
                                 "entry was made); not a version"))
+        free = (n for n in range(1, min(records, default=len(older) + 1)) if n not in taken)
+        for sid, snap in older:
+            slot = next(free, None)
+            if slot is None:
+                skipped.append((sid, f"{name}: its register never committed (no commit "
+                                f"record, no free number below version {min(records)}); "
+                                "not a version"))
             else:
                 taken[slot] = (sid, snap)
         out.extend((n, sid, snap) for n, (sid, snap) in sorted(taken.items()))
-        last = max([*taken, *records])
+        last = max([*taken, *records], default=0)
         gaps[name] = [(n, records.get(n, "")) for n in range(1, last + 1) if n not in taken]
     out.sort(key=lambda item: (item[2].created, item[1]))
     return out, gaps
@@ -368,8 +373,12 @@ def plan(keep: Keep, *, dry_run: bool = False) -> RebuildReport:
     report = RebuildReport(redact_url(keep.registry.uri), keep.store.url, dry_run)
     good = _load_snapshots(keep, report)
     entries, unreadable = keep.store.journal()
-    numbered, gaps = number(order(good), committed(entries), report.skipped)
-    added = bytes_added([(sid, snap) for _n, sid, snap in numbered])
+    commits, since = committed(entries)
+    ordered = order(good)
+    numbered, gaps = number(ordered, commits, since, report.skipped)
+    # Over every snapshot, committed or not: a register that died after storing its chunks
+    # left them for the next one to find, as the live figures saw.
+    added = bytes_added(ordered)
     by_name: dict[str, list[tuple[int, str, Snapshot]]] = {}
     for item in numbered:
         by_name.setdefault(item[2].name, []).append(item)
@@ -395,8 +404,11 @@ def plan(keep: Keep, *, dry_run: bool = False) -> RebuildReport:
                 name=name, version=n, snapshot_id=sid, uri=uris[n], created=snap.created,
                 tags=version_tags(snap, sid, bytes_added=added[sid]),
                 description=snap.message, exists=n <= done))
+        # Only numbers some later version needs taken: a registry keeps no trace of a trailing
+        # deleted version that a resumed rebuild could see.
+        last = max((n for n, _sid, _snap in items), default=0)
         report.gaps.extend((name, n, keep.store.uri(sid or "deleted"))
-                           for n, sid in gaps.get(name, []) if n > done)
+                           for n, sid in gaps.get(name, []) if done < n < last)
     if conflicts:
         raise RegistryError(
             f"registry {keep.registry.uri} already holds other versions of "

@@ -31,6 +31,7 @@ from modelkeep.errors import NotFoundError, SourceError, VetoError
 from modelkeep.hooks import Finding
 from modelkeep.ops._common import author, load, resolve, snapshot_of, version_of
 from modelkeep.ops.aliases import check_alias, move_alias
+from modelkeep.ops.journal import record_commit
 from modelkeep.ops.read import get
 from modelkeep.ops.results import ModelVersion
 from modelkeep.ops.scan import scan_sources, scan_stored
@@ -215,7 +216,7 @@ def _commit(keep: Keep, store: Store, c: _Candidate, signer: Signer | None) -> M
     link: dict[str, Any] = {"run_id": c.run_id} if c.run_id else {}
     rv = keep.registry.create_version(name, store.uri(sid), tags=registry_tags,
                                       description=c.description, **link)
-    # COMMIT-RECORD
+    record_commit(store, name, rv.version, sid)
     for alias in c.aliases:
         move_alias(keep, name, alias, rv.version, snapshot_id=sid)
     if c.aliases:
