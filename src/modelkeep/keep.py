@@ -161,6 +161,12 @@ class Keep:
         """
         return _aliases.set_alias(self, ref, alias)
 
+    def alias_refusals(self, ref: str, alias: str) -> list[str]:
+        """Every plugin's reason to refuse pointing *alias* at the version *ref* names: exactly
+        what :meth:`set_alias` asks, without moving anything (``modelkeep policy check
+        --alias``)."""
+        return _aliases.refusals_of(self, ref, alias)
+
     def delete_alias(self, name: str, alias: str) -> int:
         """Remove *alias* from model *name*; returns the version it pointed at."""
         return _aliases.delete_alias(self, name, alias)

@@ -53,6 +53,9 @@ def check(
     def human() -> None:
         c = st.out.console
         what = f"promotion to {alias!r}" if alias else "rules for new versions"
+        for reason in result.plugin_refusals:
+            c.print(f"{result.ref}: {what} refused by a plugin: {reason}", highlight=False,
+                    markup=False)
         if not result.policy.applies:
             c.print(f"{result.ref}: no policy matches {result.name}", highlight=False)
             return

@@ -286,6 +286,7 @@ def modelkeep_before_alias_change(
     previous: int | None,
     action: str,
     keep: Keep,
+    findings: Sequence[Finding] | None,
 ) -> str | None:
     """Accept or refuse pointing an alias at a version (a promotion), or deleting it.
 
@@ -303,7 +304,13 @@ def modelkeep_before_alias_change(
     :param action: ``set`` (``register --alias``, ``modelkeep alias``, ``promote --alias``),
         ``rollback`` (``modelkeep rollback``) or ``delete`` (``modelkeep alias --delete``).
     :param keep: The :class:`~modelkeep.keep.Keep` doing the work.
+    :param findings: For the version being registered, what the ``modelkeep_scan_file`` plugins
+        found in its files (the same findings ``modelkeep_validate_version`` got); None for a
+        registered version (scan it with ``keep.scan``) and for a deletion.
     :returns: A reason to refuse, or None to accept.
+
+    ``modelkeep policy check NAME@REF --alias ALIAS`` asks this hook exactly as ``modelkeep
+    alias`` would, and reports every refusal.
 
     Example::
 

@@ -8,12 +8,13 @@ alias history (:mod:`modelkeep.aliases`) and told to ``modelkeep_after_alias_cha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from modelkeep import aliases as aliases_mod
 from modelkeep.errors import InvalidInputError, NotFoundError, RegistryPermissionError, VetoError
+from modelkeep.hooks import Finding
 from modelkeep.ops._common import author, resolve, snapshot_of
 from modelkeep.ops.journal import OP_ALIAS, OP_DESCRIPTION, journal, journaled
 from modelkeep.ops.read import get
@@ -39,19 +40,42 @@ def alias_target(keep: Keep, name: str, alias: str) -> int | None:
         return None
 
 
+def alias_refusals(
+    keep: Keep, name: str, alias: str, version: int | None, tags: Mapping[str, str], *,
+    action: str = "set", model: RegistryModel | None = None,
+    findings: Sequence[Finding] | None = None,
+) -> list[str]:
+    """Every plugin's reason to refuse pointing *alias* at *version* (None: the new version, or
+    no version when *action* is ``delete``); *model*, when given, says where it points now;
+    *findings* are the scan of a version being registered. The one question every alias change
+    and ``modelkeep policy check --alias`` ask."""
+    caller = keep.hook.modelkeep_before_alias_change
+    if not caller.get_hookimpls():
+        return []
+    previous = model.aliases.get(alias) if model else alias_target(keep, name, alias)
+    answers = caller(name=name, alias=alias, version=version, tags=dict(tags),
+                     previous=previous, action=action, keep=keep,
+                     findings=None if findings is None else tuple(findings))
+    return [str(r) for r in answers if r]
+
+
+def refusals_of(keep: Keep, ref: str, alias: str) -> list[str]:
+    """What the plugins would answer to pointing *alias* at the version *ref* names: exactly
+    what :func:`set_alias` asks, without moving anything."""
+    alias = validate_alias(alias)
+    rv = resolve(keep, ref)
+    return alias_refusals(keep, rv.name, alias, rv.version, rv.tags)
+
+
 def check_alias(
     keep: Keep, name: str, alias: str, version: int | None, tags: Mapping[str, str], *,
     registering: bool, action: str = "set", model: RegistryModel | None = None,
+    findings: Sequence[Finding] | None = None,
 ) -> None:
-    """Ask every plugin whether *alias* may point at *version* (None: the new version, or
-    no version when *action* is ``delete``); *model*, when given, says where it points now."""
-    caller = keep.hook.modelkeep_before_alias_change
-    if not caller.get_hookimpls():
-        return
-    previous = model.aliases.get(alias) if model else alias_target(keep, name, alias)
-    answers = caller(name=name, alias=alias, version=version, tags=dict(tags),
-                     previous=previous, action=action, keep=keep)
-    reasons = [str(r) for r in answers if r]
+    """Raise :class:`~modelkeep.errors.VetoError` when a plugin refuses the alias change
+    (:func:`alias_refusals`)."""
+    reasons = alias_refusals(keep, name, alias, version, tags, action=action, model=model,
+                             findings=findings)
     if reasons:
         if action == "delete":
             what = f"deleting alias {alias!r} of {name}"

@@ -200,7 +200,8 @@ def _commit(keep: Keep, store: Store, c: _Candidate, signer: Signer | None) -> M
     snapshot = replace(snapshot, tags=collect_tags(keep, name, c.source, snapshot, c.findings))
     validate(keep, name, snapshot, c.findings)
     for alias in c.aliases:
-        check_alias(keep, name, alias, None, snapshot.tags, registering=True)
+        check_alias(keep, name, alias, None, snapshot.tags, registering=True,
+                    findings=c.findings)
     base = None if c.base_tags is None else {**c.base_tags, **snapshot.tags}
     registry_tags = version_tags(snapshot, store.snapshot_id(snapshot),
                                  bytes_added=c.bytes_added, run_id=c.run_id, base=base)
