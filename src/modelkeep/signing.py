@@ -249,7 +249,7 @@ class Signer:
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     def sign(self, store: Store, snapshot_id: str) -> None:
-        store.db.put_signature(snapshot_id, self.key_id, self.document(snapshot_id))
+        store.put_signature(snapshot_id, self.key_id, self.document(snapshot_id))
 
 
 # -- judging --------------------------------------------------------------------------------------
@@ -312,14 +312,14 @@ def check_document(blob: bytes, snapshot_id: str, key_name: str) -> str:
 def judge(store: Store, snapshot_id: str, model: str, snapshot_name: str,
           trusted: set[str]) -> SignatureStatus:
     """The :class:`SignatureStatus` of snapshot *snapshot_id* registered as model *model*."""
-    names = store.db.signature_keys(snapshot_id)
+    names = store.signature_keys(snapshot_id)
     if not names:
         return SignatureStatus(snapshot_id, "missing", None)
     signers: list[str] = []
     problems: list[str] = []
     for name in names:
         try:
-            blob = store.db.read_signature(snapshot_id, name)
+            blob = store.read_signature(snapshot_id, name)
             signers.append(check_document(bytes(blob), snapshot_id, name))
         except (ValueError, NotFoundError) as exc:
             problems.append(str(exc))

@@ -77,7 +77,7 @@ class ModelkeepFileSystem(AbstractFileSystem):
         entry = view.snapshot.file(view.path)
         if entry is None:
             raise FileNotFoundError(f"no file {view.path!r} in this version")
-        return SnapshotFile(view.store.db, entry)
+        return view.store.open_entry(entry)
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> bytes:

@@ -27,10 +27,8 @@ if TYPE_CHECKING:
 def content_store(keep: Keep, snapshot: Snapshot) -> Store:
     """The store holding *snapshot*'s chunks: the Keep's own, or (for a version promoted from
     another store) the store of the version it was promoted from."""
-    from modelkeep.store.codec import Kind
-
     first = next((f for f in snapshot.files if f.chunks), None)
-    if first is None or keep.store.db.exists(Kind.CHUNK, first.chunks[0][0]):
+    if first is None or keep.store.has_chunk(first.chunks[0][0]):
         return keep.store
     for parent in snapshot.parents:
         if parent.name and parent.version:
