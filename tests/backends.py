@@ -1,7 +1,9 @@
-"""The store backends the contract suite runs on: memory, local disk, S3 (moto), Azure (Azurite).
+"""The store backends the contract suites run on: memory, local disk, S3 (moto), Azure (Azurite).
 
 Each yields a :class:`Backend` that makes fresh, isolated stores; every backend shares one MLflow
-SQLite registry per session, and tests use unique model names.
+SQLite registry per session, and tests use unique model names. :func:`make_backend` builds one
+for a test module's fixture (``tests/test_contract.py`` and the modules that run their own tests
+on several backends); a store-level suite passes no registry and starts no MLflow.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import modelkeep
 from modelkeep.api import Keep
@@ -40,6 +44,29 @@ class Backend:
             "MODELKEEP_REGISTRY": self.registry,
             "MODELKEEP_STORE_OPTIONS": json.dumps(self.options),
         }
+
+
+BACKENDS = ["memory", "local", "s3", "azure"]
+
+
+def make_backend(kind: str, request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory, registry: str = "") -> Backend:
+    """A backend of *kind* (one of :data:`BACKENDS`); S3 and Azure start their session's
+    server (moto, Azurite) on first use."""
+    if kind == "memory":
+        return memory_backend(registry)
+    if kind == "local":
+        return local_backend(tmp_path_factory.mktemp("stores"), registry)
+    if kind == "s3":
+        server = request.getfixturevalue("moto_s3")
+        return Backend("s3", registry,
+                       lambda: f"s3://{server.make_bucket()}/models", dict(server.storage_options))
+    if kind == "azure":
+        server = request.getfixturevalue("azurite")
+        return Backend("azure", registry,
+                       lambda: f"az://{server.make_container()}/models",
+                       dict(server.storage_options))
+    raise ValueError(f"unknown backend {kind!r}")
 
 
 def unique_name(prefix: str = "m") -> str:

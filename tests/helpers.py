@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -54,3 +55,16 @@ def tree_digest(folder: Path) -> dict[str, tuple[str, int]]:
             rel = path.relative_to(folder).as_posix()
             out[rel] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mode & 0o111)
     return out
+
+
+def example_approval_plugin() -> ModuleType:
+    """The example plugin of examples/plugins/approval, imported from its source folder: a test
+    registers it with its own plugin manager, so it need not be installed (the environment every
+    user gets does not install examples)."""
+    import importlib
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "examples/plugins/approval/src")
+    if src not in sys.path:
+        sys.path.append(src)
+    return importlib.import_module("modelkeep_approval")

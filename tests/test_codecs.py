@@ -19,8 +19,7 @@ from modelkeep.errors import IntegrityError
 from modelkeep.store import Kind, Store, scan_local
 from modelkeep.store import codec as framing
 from modelkeep.store.coding import Codec, decode, encode
-from tests.backends import Backend, unique_name
-from tests.test_contract import _backend
+from tests.backends import Backend, make_backend, unique_name
 
 BACKENDS = ["memory", "local", "s3", "azure"]
 # Every safetensors dtype, with its element width.
@@ -31,7 +30,7 @@ DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
             mlflow_sqlite_uri: str) -> Backend:
-    return _backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
+    return make_backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
 
 
 def _values(dtype: str, count: int, rng: np.random.Generator) -> bytes:

@@ -14,38 +14,21 @@ import pytest
 
 from modelkeep.errors import IntegrityError, NotFoundError
 from modelkeep.store import Kind
-from tests.backends import Backend, local_backend, memory_backend, unique_name
+from tests.backends import BACKENDS, Backend, make_backend, unique_name
 from tests.helpers import change_fraction, tensors, tree_digest, write_model
-
-BACKENDS = ["memory", "local", "s3", "azure"]
-
-
-def _backend(kind: str, request: pytest.FixtureRequest,
-             tmp_path_factory: pytest.TempPathFactory, mlflow_sqlite_uri: str) -> Backend:
-    if kind == "memory":
-        return memory_backend(mlflow_sqlite_uri)
-    if kind == "local":
-        return local_backend(tmp_path_factory.mktemp("stores"), mlflow_sqlite_uri)
-    if kind == "s3":
-        server = request.getfixturevalue("moto_s3")
-        return Backend("s3", mlflow_sqlite_uri,
-                       lambda: f"s3://{server.make_bucket()}/models", dict(server.storage_options))
-    server = request.getfixturevalue("azurite")
-    return Backend("azure", mlflow_sqlite_uri,
-                   lambda: f"az://{server.make_container()}/models", dict(server.storage_options))
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
             mlflow_sqlite_uri: str) -> Backend:
-    return _backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
+    return make_backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
 
 
 @pytest.fixture(params=["s3", "azure"])
 def remote_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                    mlflow_sqlite_uri: str) -> Backend:
     """Object stores only: the known-chunk cache serves them (locally a stat is as cheap)."""
-    return _backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
+    return make_backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
 
 
 def test_register_and_pull_byte_identical(backend: Backend, tmp_path: Path) -> None:

@@ -21,9 +21,8 @@ from modelkeep.cli.main import main
 from modelkeep.errors import ConfigError, IntegrityError, StoreError, StoreKeyError
 from modelkeep.store import Kind, Store, scan_local
 from modelkeep.store.crypto import format_key, kek_id, new_key, parse_key
-from tests.backends import Backend, unique_name
+from tests.backends import Backend, make_backend, unique_name
 from tests.helpers import change_fraction, tensors, tree_digest, write_model
-from tests.test_contract import _backend
 
 BACKENDS = ["local", "s3", "azure"]
 # 64 bytes that occur nowhere by chance: written into a tensor, a text file and a file name.
@@ -34,7 +33,7 @@ assert len(MARKER) == 64
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
             mlflow_sqlite_uri: str) -> Backend:
-    return _backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
+    return make_backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
-"""The example plugin in examples/plugins/approval, installed with pip (``make .venv`` does it),
-found through its entry point and vetoing a promotion in front of a CLI user."""
+"""The example plugin in examples/plugins/approval, installed with pip (into a folder of the
+test's own), found through its entry point and vetoing a promotion in front of a CLI user; and
+``policy check --alias`` asking it exactly what ``alias`` asks."""
 
 from __future__ import annotations
 
@@ -19,17 +20,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def installed() -> None:
+def installed(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Where the example plugin is installed for the subprocesses: nowhere extra when this
+    environment already has it, else a pip --target folder of its own (it is an example, so the
+    environment every user gets does not install it)."""
     names = {ep.name for ep in metadata.entry_points(group="modelkeep")}
-    if "approval" not in names:
-        pytest.fail("the example plugin is not installed in this environment: run `make .venv` "
-                    f"or `pip install -e {ROOT / 'examples/plugins/approval'}`", pytrace=False)
+    if "approval" in names:
+        return ""
+    target = tmp_path_factory.mktemp("approval-plugin")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--target", str(target),
+                    str(ROOT / "examples/plugins/approval")],
+                   check=True, capture_output=True, text=True, timeout=300)
+    return str(target)
 
 
 @pytest.fixture
-def cli(tmp_path: Path, mlflow_sqlite_uri: str, installed: None):
+def cli(tmp_path: Path, mlflow_sqlite_uri: str, installed: str):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELKEEP_", "MLFLOW_"))}
     env.update(MODELKEEP_STORE=str(tmp_path / "store"), MODELKEEP_REGISTRY=mlflow_sqlite_uri)
+    if installed:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (installed, env.get("PYTHONPATH")) if p)
 
     def run(*args: str, plugins: str = "approval") -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "modelkeep", *args], cwd=tmp_path,
@@ -89,3 +100,23 @@ def test_its_command_approves_a_version(cli, tmp_path: Path) -> None:
     # Identical content with an alias: checked against the now-approved version 1.
     again = json.loads(cli("--json", "register", name, str(model), "--alias", "production").stdout)
     assert again["reused"] is True and again["aliases"] == ["production"]
+
+
+def test_policy_check_asks_what_alias_asks(cli, tmp_path: Path) -> None:
+    name = unique_name()
+    assert cli("-q", "register", name, str(write_model(tmp_path / "model", tensors(n=2)))
+               ).returncode == 0
+    refused = cli("alias", f"{name}@1", "production")
+    assert refused.returncode == 9, refused.stderr
+    check = cli("policy", "check", f"{name}@1", "--alias", "production")
+    assert check.returncode == 9, check.stderr
+    assert (f"{name}@1: promotion to 'production' refused by a plugin: 'production' needs an "
+            "'approved-by' tag; approve the version first") in " ".join(check.stdout.split())
+    assert f"no policy matches {name}" in check.stdout  # no [policies] table: only the plugin
+    as_json = json.loads(cli("--json", "policy", "check", f"{name}@1", "--alias",
+                             "production").stdout)
+    assert as_json["passed"] is False and len(as_json["refusals"]) == 1
+    # Not installed in the selection: nothing refuses, and the check says so too.
+    assert cli("policy", "check", f"{name}@1", "--alias", "production",
+               plugins="").returncode == 0
+    assert cli("alias", f"{name}@1", "production", plugins="").returncode == 0

@@ -20,9 +20,8 @@ from modelkeep.cli.main import main
 from modelkeep.hooks import make_plugin_manager
 from modelkeep.store import ChunksCollectedError, Kind, Snapshot, Store
 from modelkeep.store.objects import FOSSILS
-from tests.backends import Backend, unique_name
+from tests.backends import Backend, make_backend, unique_name
 from tests.helpers import change_fraction, tensors, tree_digest, write_model
-from tests.test_contract import _backend
 
 NOW = timedelta(0)
 
@@ -30,7 +29,7 @@ NOW = timedelta(0)
 @pytest.fixture(params=["local", "s3", "azure"])
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
             mlflow_sqlite_uri: str) -> Backend:
-    return _backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
+    return make_backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
 
 
 def chunk_ids(snap: Snapshot) -> set[str]:

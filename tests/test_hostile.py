@@ -193,9 +193,9 @@ def test_oversized_objects_are_refused_before_they_are_read(
     kind: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
     mlflow_sqlite_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.test_contract import _backend
+    from tests.backends import make_backend
 
-    keep = _backend(kind, request, tmp_path_factory, mlflow_sqlite_uri).open()
+    keep = make_backend(kind, request, tmp_path_factory, mlflow_sqlite_uri).open()
     keep.store.ensure_initialized()
     blob = b"x" * 5000
     oid = content_id(blob)

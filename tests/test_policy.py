@@ -33,9 +33,8 @@ from modelkeep.policy import (
     retention_plan,
 )
 from modelkeep.store import Kind
-from tests.backends import Backend, unique_name
+from tests.backends import Backend, make_backend, unique_name
 from tests.helpers import tensors, write_model
-from tests.test_contract import _backend
 
 BACKENDS = ["local", "s3", "azure"]
 
@@ -43,7 +42,7 @@ BACKENDS = ["local", "s3", "azure"]
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
             mlflow_sqlite_uri: str) -> Backend:
-    return _backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
+    return make_backend(request.param, request, tmp_path_factory, mlflow_sqlite_uri)
 
 
 class PickleScanner:

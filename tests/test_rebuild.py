@@ -290,6 +290,7 @@ def test_rebuild_replays_a_crashed_change_but_not_a_refused_one(
         keep.set_alias(f"{name}@2", "doomed")  # journaled, refused by the registry, cancelled
     assert "doomed" not in keep.registry.get_model(name).aliases
     entries, _bad = keep.store.journal()
+    entries = [e for e in entries if e.op != "commit"]  # the registers' commit records
     assert [e.op for e in entries] == ["alias", "alias", "cancel"]
     assert entries[2].data == {"cancels": entries[1].id}
 

@@ -32,9 +32,8 @@ from modelkeep.plugins.scanner import (
     scan_file,
     scan_version,
 )
-from tests.backends import Backend, unique_name
+from tests.backends import Backend, make_backend, unique_name
 from tests.helpers import tensors, write_model
-from tests.test_contract import _backend
 
 
 class _Evil:
@@ -245,7 +244,7 @@ def test_scan_version_reads_through_the_store(
     kind: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
     mlflow_sqlite_uri: str, tmp_path: Path
 ) -> None:
-    backend: Backend = _backend(kind, request, tmp_path_factory, mlflow_sqlite_uri)
+    backend: Backend = make_backend(kind, request, tmp_path_factory, mlflow_sqlite_uri)
     keep = backend.open()
     src = write_model(tmp_path / "m", tensors(n=2), extra=False)
     torch.save({"sd": torch.nn.Linear(2, 2).state_dict(), "x": _Evil()}, src / "ckpt.pt")

@@ -16,9 +16,8 @@ import modelkeep
 from modelkeep.cli.main import main
 from modelkeep.errors import ConfigError
 from modelkeep.signing import key_id, load_public_key, write_key_pair
-from tests.backends import Backend, unique_name
+from tests.backends import Backend, make_backend, unique_name
 from tests.helpers import tensors, write_model
-from tests.test_contract import _backend
 
 
 @pytest.fixture(autouse=True)
@@ -188,7 +187,7 @@ def test_verify_require_signed(
     mlflow_sqlite_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str], keys: dict[str, tuple[Path, Path, str]]
 ) -> None:
-    backend: Backend = _backend(kind, request, tmp_path_factory, mlflow_sqlite_uri)
+    backend: Backend = make_backend(kind, request, tmp_path_factory, mlflow_sqlite_uri)
     url = backend.new_store_url()
     private, public, kid = keys["alice"]
     name = unique_name()

@@ -45,36 +45,73 @@ from modelkeep.errors import (
 )
 
 if TYPE_CHECKING:
-    from modelkeep.api import Diff, FileChange, Keep, ModelVersion, TensorChanges, open
-    from modelkeep.training import Tracker, track
+    from modelkeep.aliases import AliasEvent
+    from modelkeep.hooks import Finding
+    from modelkeep.keep import Keep
+    from modelkeep.ops.rebuild import RebuildReport
+    from modelkeep.ops.results import DeletedVersion, Diff, FileChange, ModelVersion, TensorChanges
+    from modelkeep.signing import SignatureStatus, Signer
+    from modelkeep.store import (
+        GcReport,
+        Snapshot,
+        SnapshotFile,
+        Store,
+        SyncReport,
+        VerifyReport,
+    )
+    from modelkeep.training import PendingCheckpoint, Tracker
+    from modelkeep.wiring import open, track
 
 __version__ = "0.1.0"
 
-_LAZY = {"Diff", "FileChange", "Keep", "ModelVersion", "TensorChanges", "open"}
-_LAZY_TRAINING = {"Tracker", "track"}
+# Every type a public Keep method returns, and the entry points; imported on first use.
+_LAZY = {
+    "AliasEvent": "modelkeep.aliases",
+    "DeletedVersion": "modelkeep.ops.results",
+    "Diff": "modelkeep.ops.results",
+    "FileChange": "modelkeep.ops.results",
+    "Finding": "modelkeep.hooks",
+    "GcReport": "modelkeep.store",
+    "Keep": "modelkeep.keep",
+    "ModelVersion": "modelkeep.ops.results",
+    "PendingCheckpoint": "modelkeep.training",
+    "RebuildReport": "modelkeep.ops.rebuild",
+    "SignatureStatus": "modelkeep.signing",
+    "Signer": "modelkeep.signing",
+    "Snapshot": "modelkeep.store",
+    "SnapshotFile": "modelkeep.store",
+    "Store": "modelkeep.store",
+    "SyncReport": "modelkeep.store",
+    "TensorChanges": "modelkeep.ops.results",
+    "Tracker": "modelkeep.training",
+    "VerifyReport": "modelkeep.store",
+    "open": "modelkeep.wiring",
+    "track": "modelkeep.wiring",
+}
 
 
 def __getattr__(name: str) -> Any:
     # The API pulls in the store (fsspec, blake3); keep `import modelkeep` itself instant.
-    if name in _LAZY:
-        from modelkeep import api
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelkeep' has no attribute {name!r}")
+    import importlib
 
-        return getattr(api, name)
-    if name in _LAZY_TRAINING:
-        from modelkeep import training
-
-        return getattr(training, name)
-    raise AttributeError(f"module 'modelkeep' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 __all__ = [
+    "AliasEvent",
     "CheckpointError",
     "ConfigError",
     "CredentialsError",
+    "DeletedVersion",
     "DestinationExistsError",
     "Diff",
     "DirtyWorkspaceError",
     "FileChange",
+    "Finding",
+    "GcReport",
     "IntegrityError",
     "InvalidInputError",
     "InvalidNameError",
@@ -84,17 +121,26 @@ __all__ = [
     "ModelVersion",
     "ModelkeepError",
     "NotFoundError",
+    "PendingCheckpoint",
     "PluginError",
+    "RebuildReport",
     "RegistryAuthError",
     "RegistryError",
     "RegistryPermissionError",
+    "SignatureStatus",
+    "Signer",
+    "Snapshot",
+    "SnapshotFile",
     "SourceError",
+    "Store",
     "StoreError",
     "StoreKeyError",
     "StoreUnreachableError",
+    "SyncReport",
     "TensorChanges",
     "Tracker",
     "UnsafePathError",
+    "VerifyReport",
     "VetoError",
     "__version__",
     "open",

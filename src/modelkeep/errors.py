@@ -8,6 +8,8 @@ user should do next. The CLI prints ``message (hint)`` on one line and exits wit
 
 from __future__ import annotations
 
+from modelkeep.redaction import redact_url
+
 
 class ModelkeepError(Exception):
     """Base class of every error modelkeep raises deliberately."""
@@ -18,8 +20,6 @@ class ModelkeepError(Exception):
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         # Messages name stores and registries by URL, and a URL may carry a password
         # (``http://user:password@host``): no error ever shows one.
-        from modelkeep.config import redact_url
-
         message = redact_url(message)
         super().__init__(message)
         self.message = message

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from modelkeep.errors import ModelkeepError
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep
+    from modelkeep.keep import Keep
     from modelkeep.store import Snapshot
 
 FORMATS = ("text", "mermaid", "dot")

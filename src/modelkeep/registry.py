@@ -1,4 +1,4 @@
-"""The catalogue interface :mod:`modelkeep.api` talks to.
+"""The catalogue interface :mod:`modelkeep.ops` talks to.
 
 A registry maps model names to numbered versions, each pointing at a ``modelkeep://`` URI, with
 tags and aliases. The default implementation is MLflow's Model Registry

@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from modelkeep.errors import ConfigError, InvalidInputError, NotFoundError
 from modelkeep.store.hashing import content_id, is_id
@@ -115,9 +115,11 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     path = Path(path)
     data = _read_key_file(path, "signing key")
     raw = _raw32(data)
+    key: object
     try:
         if raw is not None:
-            return ed25519.Ed25519PrivateKey.from_private_bytes(raw)
+            private: Ed25519PrivateKey = ed25519.Ed25519PrivateKey.from_private_bytes(raw)
+            return private
         if b"OPENSSH PRIVATE KEY" in data:
             key = serialization.load_ssh_private_key(data, password=None)
         else:
@@ -130,7 +132,7 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise ConfigError(f"signing key file {str(path)!r} is not an Ed25519 key",
                           hint="create one with `modelkeep keygen --signing PATH`")
-    return key
+    return cast("Ed25519PrivateKey", key)  # the module is loaded lazily, so typed as Any
 
 
 def load_public_key(value: str | os.PathLike[str]) -> bytes:
@@ -143,6 +145,7 @@ def load_public_key(value: str | os.PathLike[str]) -> bytes:
     raw = _raw32(data)
     if raw is not None:
         return raw
+    key: object
     try:
         if data.lstrip().startswith(b"ssh-ed25519"):
             key = serialization.load_ssh_public_key(data.strip())
@@ -246,7 +249,7 @@ class Signer:
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     def sign(self, store: Store, snapshot_id: str) -> None:
-        store.db.put_signature(snapshot_id, self.key_id, self.document(snapshot_id))
+        store.put_signature(snapshot_id, self.key_id, self.document(snapshot_id))
 
 
 # -- judging --------------------------------------------------------------------------------------
@@ -309,14 +312,14 @@ def check_document(blob: bytes, snapshot_id: str, key_name: str) -> str:
 def judge(store: Store, snapshot_id: str, model: str, snapshot_name: str,
           trusted: set[str]) -> SignatureStatus:
     """The :class:`SignatureStatus` of snapshot *snapshot_id* registered as model *model*."""
-    names = store.db.signature_keys(snapshot_id)
+    names = store.signature_keys(snapshot_id)
     if not names:
         return SignatureStatus(snapshot_id, "missing", None)
     signers: list[str] = []
     problems: list[str] = []
     for name in names:
         try:
-            blob = store.db.read_signature(snapshot_id, name)
+            blob = store.read_signature(snapshot_id, name)
             signers.append(check_document(bytes(blob), snapshot_id, name))
         except (ValueError, NotFoundError) as exc:
             problems.append(str(exc))

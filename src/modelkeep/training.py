@@ -1,4 +1,5 @@
-"""Checkpoints from training loops: :func:`track`, :class:`Tracker` and ``Keep.checkpoint``.
+"""Checkpoints from training loops: :class:`Tracker`, behind :func:`modelkeep.track` and
+``Keep.checkpoint``.
 
 This module owns registering checkpoints without stalling the training loop:
 
@@ -70,7 +71,8 @@ from modelkeep.errors import (
 from modelkeep.refs import validate_alias, validate_name
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep, ModelVersion
+    from modelkeep.keep import Keep
+    from modelkeep.ops.results import ModelVersion
 
 RETENTION_TAG = "modelkeep.retention"
 METRIC_PREFIX = "metric."
@@ -251,8 +253,8 @@ _live: weakref.WeakSet[Tracker] = weakref.WeakSet()
 class Tracker:
     """Registers a training run's checkpoints as a chain of versions of one model.
 
-    Use it through :func:`track` (a context manager) or ``Keep.checkpoint``; the module docstring
-    describes the policy, staging, errors and retention.
+    Use it through :func:`modelkeep.track` (a context manager) or ``Keep.checkpoint``; the
+    module docstring describes the policy, staging, errors and retention.
     """
 
     def __init__(
@@ -773,34 +775,6 @@ class Tracker:
             _live.discard(self)
 
 
-def track(
-    name: str,
-    *,
-    keep: Keep | None = None,
-    store: str | None = None,
-    registry: str | None = None,
-    store_options: Mapping[str, Any] | None = None,
-    **options: Any,
-) -> Tracker:
-    """A :class:`Tracker` for *name*, usable as a context manager that flushes on exit::
-
-        with modelkeep.track("mnist", every=100, monitor="val_loss", keep_last=3) as run:
-            for step in range(steps):
-                ...
-                if run.due(step, {"val_loss": val_loss}):
-                    torch.save(model.state_dict(), "ckpt/model.pt")
-                    run.checkpoint("ckpt", step=step, metrics={"val_loss": val_loss})
-
-    *keep* defaults to ``modelkeep.open(store, registry, store_options=...)``; *options* are
-    :class:`Tracker`'s (``every``, ``monitor``, ``mode``, ``keep_last``, ``parent`` …).
-    """
-    if keep is None:
-        from modelkeep.api import open as open_keep
-
-        keep = open_keep(store, registry, store_options=store_options)
-    return Tracker(keep, name, **options)
-
-
 def _flush_at_exit() -> None:
     # A script that never closed its tracker still gets its checkpoints registered, and hears
     # about failures; an exception here would only print a traceback, so print one line.
@@ -829,5 +803,4 @@ def _register_exit_hook() -> None:
 
 _register_exit_hook()
 
-__all__ = ["PendingCheckpoint", "Tracker", "VetoWarning", "active_mlflow_run_id", "stage",
-           "track"]
+__all__ = ["PendingCheckpoint", "Tracker", "VetoWarning", "active_mlflow_run_id", "stage"]

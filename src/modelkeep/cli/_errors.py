@@ -36,7 +36,7 @@ def report(exc: BaseException) -> int:
 
 
 def _one_line(text: str) -> str:
-    from modelkeep.config import redact_url
+    from modelkeep.redaction import redact_url
 
     # Backend exceptions may quote a URL with its password; modelkeep's own are redacted already.
     line = redact_url(" ".join(text.split()))

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from modelkeep.cli._state import state as _state
 from modelkeep.errors import InvalidInputError, NotFoundError
 
 HOOK_BEGIN = "# >>> modelkeep >>>"
@@ -23,10 +24,6 @@ HOOK_END = "# <<< modelkeep <<<"
 
 def add_commands(app: typer.Typer) -> None:
     """Add this module's commands to *app*."""
-    from modelkeep.cli.main import State
-
-    def state(ctx: typer.Context) -> State:
-        return ctx.ensure_object(State)
 
     @app.command()
     def lineage(
@@ -41,7 +38,7 @@ def add_commands(app: typer.Typer) -> None:
         if fmt not in lin.FORMATS:
             raise InvalidInputError(f"unknown format {fmt!r}",
                                     hint=f"use one of {', '.join(lin.FORMATS)}")
-        st = state(ctx)
+        st = _state(ctx)
         root = lin.build(st.keep(), ref, depth)
         st.out.emit(root.to_json(), lambda: print(lin.render(root, fmt)))
 
@@ -55,7 +52,7 @@ def add_commands(app: typer.Typer) -> None:
         """Write PATH.modelkeep, a pointer to commit with the code, and make PATH match it."""
         from modelkeep.plugins import pointers
 
-        st = state(ctx)
+        st = _state(ctx)
         pointer = pointers.track(st.keep(), name, path)
         st.out.emit(pointer.to_json(), lambda: st.out.console.print(
             f"{pointer.file.name} -> {pointer.ref}; commit it with git "
@@ -72,7 +69,7 @@ def add_commands(app: typer.Typer) -> None:
         """Make the workspace match the pointer files (only differing files are fetched)."""
         from modelkeep.plugins import pointers
 
-        st = state(ctx)
+        st = _state(ctx)
         found = pointers.find_pointers(Path.cwd(), paths or ())
         if not found:
             st.out.emit([], lambda: st.out.console.print("no pointer files"))
@@ -102,7 +99,7 @@ def add_commands(app: typer.Typer) -> None:
         """How the workspace differs from the pointer files (exit code 1 when it does)."""
         from modelkeep.plugins import pointers
 
-        st = state(ctx)
+        st = _state(ctx)
         found = pointers.find_pointers(Path.cwd(), paths or ())
         results = pointers.status(st.keep(), found) if found else []
 
@@ -134,7 +131,7 @@ def add_commands(app: typer.Typer) -> None:
         from modelkeep.errors import ModelkeepError
         from modelkeep.plugins import pointers
 
-        st = state(ctx)
+        st = _state(ctx)
         keep = st.keep()
         if rev is not None:
             found = pointers.pointers_at(Path.cwd(), rev)
@@ -171,7 +168,7 @@ def add_commands(app: typer.Typer) -> None:
     ) -> None:
         """Add git hooks: post-checkout runs checkout, pre-push runs check-pointers. Hooks that
         exist (e.g. from `dvc install`) are kept: modelkeep's lines are added to them."""
-        st = state(ctx)
+        st = _state(ctx)
         written = install_git_hooks(Path.cwd(), with_dvc=with_dvc)
         def human() -> None:
             for p in written:

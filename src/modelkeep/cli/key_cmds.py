@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from modelkeep.cli._state import State
+from modelkeep.cli._state import state as _state
 from modelkeep.errors import ConfigError, InvalidInputError
 
 if TYPE_CHECKING:
-    from modelkeep.cli.main import State
     from modelkeep.store import Store
     from modelkeep.store.store import KeyStatus
 
@@ -29,15 +30,11 @@ key_app = typer.Typer(
 )
 
 
-def _state(ctx: typer.Context) -> State:
-    from modelkeep.cli.main import State
-
-    return ctx.ensure_object(State)
 
 
 def open_store(st: State) -> Store:
     """The store the global options name, with the keys of settings, environment and plugins."""
-    from modelkeep.api import open_store as api_open_store
+    from modelkeep.wiring import open_store as api_open_store
 
     return api_open_store(st.store, plugins=st.plugins)
 

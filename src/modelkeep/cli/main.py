@@ -1,7 +1,7 @@
 """The ``modelkeep`` command: argument parsing and presentation only.
 
-Each command calls the Python API (:mod:`modelkeep.api`) and prints the result for a person, or as
-JSON on stdout with ``--json``. Errors are turned into one line and an exit code in
+Each command calls the Python API (:class:`modelkeep.keep.Keep`) and prints the result for a
+person, or as JSON on stdout with ``--json``. Errors are turned into one line and an exit code in
 :mod:`modelkeep.cli._errors`, never here. Plugins add commands through the
 ``modelkeep_cli_commands`` hook; :func:`main` adds them to the group before parsing.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -22,10 +21,11 @@ from modelkeep.aliases import AliasEvent
 from modelkeep.cli import key_cmds, policy_cmds, registry_cmds, store_cmds
 from modelkeep.cli._errors import report
 from modelkeep.cli._output import Output, human_bytes
+from modelkeep.cli._state import State
+from modelkeep.cli._state import state as _state
 from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep
     from modelkeep.hooks.manager import PluginManager
 
 app = typer.Typer(
@@ -36,27 +36,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-
-@dataclass
-class State:
-    store: str | None = None
-    registry: str | None = None
-    out: Output = field(default_factory=Output)
-    plugins: PluginManager | None = None
-    _keep: Keep | None = None
-
-    def keep(self) -> Keep:
-        if self._keep is None:
-            import modelkeep
-
-            self._keep = modelkeep.open(store=self.store, registry=self.registry,
-                                        plugins=self.plugins)
-        return self._keep
-
-
-def _state(ctx: typer.Context) -> State:
-    return ctx.ensure_object(State)
 
 
 @app.callback()
@@ -106,8 +85,8 @@ def init(
                                                   "key_file.")] = None,
 ) -> None:
     """Write modelkeep.toml in the current folder (unless there is one) and create the store."""
-    from modelkeep.api import open_store
     from modelkeep.config import find_config, load_config, write_config
+    from modelkeep.wiring import open_store
 
     st = _state(ctx)
     if key_file is not None and not encrypt:
@@ -248,7 +227,7 @@ def list_(
     st = _state(ctx)
     keep = st.keep()
     if name is None:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for model in keep.models():
             latest = keep.registry.latest(model)
             rows.append({"name": model, "latest": latest.version if latest else None,

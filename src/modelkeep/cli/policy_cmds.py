@@ -15,11 +15,12 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from modelkeep.cli._output import human_bytes
+from modelkeep.cli._state import State
+from modelkeep.cli._state import state as _state
 from modelkeep.errors import VetoError
 from modelkeep.refs import validate_name
 
 if TYPE_CHECKING:
-    from modelkeep.cli.main import State
     from modelkeep.policy import Policy
 
 policy_app = typer.Typer(
@@ -32,13 +33,6 @@ _MARKS = {"pass": "[green]pass[/green]", "warn": "[yellow]warn[/yellow]",
           "fail": "[red]FAIL[/red]"}
 
 
-def _state(ctx: typer.Context, json_out: bool) -> State:
-    from modelkeep.cli.main import State
-
-    st = ctx.ensure_object(State)
-    if json_out:
-        st.out.json = True
-    return st
 
 
 @policy_app.command("check")
@@ -59,6 +53,9 @@ def check(
     def human() -> None:
         c = st.out.console
         what = f"promotion to {alias!r}" if alias else "rules for new versions"
+        for reason in result.plugin_refusals:
+            c.print(f"{result.ref}: {what} refused by a plugin: {reason}", highlight=False,
+                    markup=False)
         if not result.policy.applies:
             c.print(f"{result.ref}: no policy matches {result.name}", highlight=False)
             return

@@ -1,20 +1,18 @@
 """Registry commands: ``alias``, ``rollback``, ``promote``, ``describe`` and ``registry rebuild``.
 
 Presentation only, like :mod:`modelkeep.cli.main`: each command calls one
-:class:`~modelkeep.api.Keep` method and prints the result for a person or, with ``--json``, as
+:class:`~modelkeep.keep.Keep` method and prints the result for a person or, with ``--json``, as
 JSON. :func:`add_to` adds them to the ``modelkeep`` app.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from modelkeep.cli._state import state as _state
 from modelkeep.errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from modelkeep.cli.main import State
 
 registry_app = typer.Typer(
     name="registry", help="Maintain the registry: rebuild it from the store.",
@@ -22,10 +20,6 @@ registry_app = typer.Typer(
 )
 
 
-def _state(ctx: typer.Context) -> State:
-    from modelkeep.cli.main import State
-
-    return ctx.ensure_object(State)
 
 
 def alias(

@@ -1,7 +1,7 @@
 """Store maintenance commands: ``sync`` (replicate versions to another store) and ``gc``.
 
 Presentation only, like :mod:`modelkeep.cli.main`: each command calls one
-:class:`~modelkeep.api.Keep` method and prints the result for a person or, with ``--json``, as
+:class:`~modelkeep.keep.Keep` method and prints the result for a person or, with ``--json``, as
 JSON. :func:`add_to` adds them to the ``modelkeep`` app.
 """
 
@@ -13,15 +13,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from modelkeep.cli._output import PROGRESS_DELAY, human_bytes
+from modelkeep.cli._state import State
+from modelkeep.cli._state import state as _state
 from modelkeep.errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from modelkeep.cli.main import State
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*$")
 _UNITS = {"s": 1, None: 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -35,13 +34,6 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
-def _state(ctx: typer.Context, json_out: bool) -> State:
-    from modelkeep.cli.main import State
-
-    st = ctx.ensure_object(State)
-    if json_out:
-        st.out.json = True
-    return st
 
 
 @contextmanager

@@ -40,8 +40,9 @@ from modelkeep.hooks._markers import hookspec
 if TYPE_CHECKING:
     import typer
 
-    from modelkeep.api import Keep, ModelVersion
     from modelkeep.hooks._types import Finding
+    from modelkeep.keep import Keep
+    from modelkeep.ops.results import ModelVersion
     from modelkeep.registry import Registry
     from modelkeep.store import Snapshot
 
@@ -165,7 +166,7 @@ def modelkeep_collect_lineage(
     :param source: The local folder or file being registered, or the URL it is read from.
     :param repo_dir: The folder whose repositories describe the version: the registered path's
         folder for a local source, else the working folder.
-    :param keep: The :class:`~modelkeep.api.Keep` doing the work.
+    :param keep: The :class:`~modelkeep.keep.Keep` doing the work.
     :returns: ``{section: value}``, or None to add nothing.
 
     Example::
@@ -192,7 +193,7 @@ def modelkeep_collect_metadata(
     :param source: The local folder or file being registered, or the URL it is read from.
     :param snapshot: The draft snapshot: files (with tensor maps), size, parents, message, author
         and the caller's tags.
-    :param keep: The :class:`~modelkeep.api.Keep` doing the work.
+    :param keep: The :class:`~modelkeep.keep.Keep` doing the work.
     :param findings: Every finding of every :func:`modelkeep_scan_file` implementation.
     :returns: Tags to add, or None.
 
@@ -219,7 +220,7 @@ def modelkeep_validate_version(
     :param name: The model name.
     :param snapshot: The snapshot about to be written, with its final tags.
     :param findings: Every finding of every :func:`modelkeep_scan_file` implementation.
-    :param keep: The :class:`~modelkeep.api.Keep` doing the work.
+    :param keep: The :class:`~modelkeep.keep.Keep` doing the work.
     :returns: A reason to refuse the version (one short sentence), or None to accept it.
 
     Example::
@@ -244,7 +245,7 @@ def modelkeep_before_register(
     :param snapshot: The snapshot about to be written.
     :param tags: The registry tags about to be written, including modelkeep's own
         (``modelkeep.snapshot``, ``modelkeep.size`` …).
-    :param keep: The :class:`~modelkeep.api.Keep` doing the work.
+    :param keep: The :class:`~modelkeep.keep.Keep` doing the work.
 
     Example::
 
@@ -262,7 +263,7 @@ def modelkeep_after_register(version: ModelVersion, keep: Keep, source: Path | s
     does not undo the registration. Not called when identical content was reused.
 
     :param version: The new version.
-    :param keep: The :class:`~modelkeep.api.Keep` doing the work.
+    :param keep: The :class:`~modelkeep.keep.Keep` doing the work.
     :param source: The local folder or file registered, or the URL it was read from.
 
     Example::
@@ -285,6 +286,7 @@ def modelkeep_before_alias_change(
     previous: int | None,
     action: str,
     keep: Keep,
+    findings: Sequence[Finding] | None,
 ) -> str | None:
     """Accept or refuse pointing an alias at a version (a promotion), or deleting it.
 
@@ -301,8 +303,14 @@ def modelkeep_before_alias_change(
     :param previous: The version the alias points at now, or None if it is not set.
     :param action: ``set`` (``register --alias``, ``modelkeep alias``, ``promote --alias``),
         ``rollback`` (``modelkeep rollback``) or ``delete`` (``modelkeep alias --delete``).
-    :param keep: The :class:`~modelkeep.api.Keep` doing the work.
+    :param keep: The :class:`~modelkeep.keep.Keep` doing the work.
+    :param findings: For the version being registered, what the ``modelkeep_scan_file`` plugins
+        found in its files (the same findings ``modelkeep_validate_version`` got); None for a
+        registered version (scan it with ``keep.scan``) and for a deletion.
     :returns: A reason to refuse, or None to accept.
+
+    ``modelkeep policy check NAME@REF --alias ALIAS`` asks this hook exactly as ``modelkeep
+    alias`` would, and reports every refusal.
 
     Example::
 
@@ -325,7 +333,7 @@ def modelkeep_after_alias_change(
     :param previous: The version it pointed at before, or None if it was not set.
     :param action: ``set``, ``rollback`` or ``delete``, as for
         :func:`modelkeep_before_alias_change`.
-    :param keep: The :class:`~modelkeep.api.Keep` doing the work.
+    :param keep: The :class:`~modelkeep.keep.Keep` doing the work.
 
     Example::
 
@@ -344,7 +352,7 @@ def modelkeep_after_pull(version: ModelVersion, dest: Path, keep: Keep) -> None:
 
     :param version: The version pulled.
     :param dest: The folder holding its files.
-    :param keep: The :class:`~modelkeep.api.Keep` doing the work.
+    :param keep: The :class:`~modelkeep.keep.Keep` doing the work.
 
     Example::
 

@@ -272,7 +272,7 @@ def _read_project(tree: Any) -> dict[str, Any]:
             if data.get("deps"):
                 record["deps"] = _entries(data.get("deps"))
             files[name] = record
-    params = {}
+    params: dict[str, Any] = {}
     raw_params = tree.read("params.yaml")
     if raw_params is not None:
         loaded = _load_yaml(raw_params)

@@ -29,9 +29,9 @@ class ModelkeepFileSystem(AbstractFileSystem):
     root_marker = ""
 
     @classmethod
-    def _strip_protocol(cls, path: str) -> str:  # type: ignore[override]
+    def _strip_protocol(cls, path: str) -> str:
         if isinstance(path, list):  # fsspec passes lists through here too
-            return [cls._strip_protocol(p) for p in path]  # type: ignore[return-value]
+            return [cls._strip_protocol(p) for p in path]
         path = str(path)
         if path.startswith(f"{SCHEME}://"):
             path = path[len(SCHEME) + 3 :]
@@ -70,14 +70,14 @@ class ModelkeepFileSystem(AbstractFileSystem):
             raise FileNotFoundError(f"no file or folder {view.path!r} in this version")
         return entries if detail else [e["name"] for e in entries]
 
-    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> SnapshotFile:  # type: ignore[override]
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> SnapshotFile:
         if mode != "rb":
             raise PermissionError("modelkeep versions are immutable: open them for reading ('rb')")
         view = self._view(path)
         entry = view.snapshot.file(view.path)
         if entry is None:
             raise FileNotFoundError(f"no file {view.path!r} in this version")
-        return SnapshotFile(view.store.db, entry)
+        return view.store.open_entry(entry)
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> bytes:
@@ -97,5 +97,5 @@ class ModelkeepFileSystem(AbstractFileSystem):
         raise PermissionError("modelkeep versions are immutable; register a new version instead")
 
     mkdir = makedirs = rm = rm_file = rmdir = mv = cp_file = pipe_file = put_file = touch = (
-        _readonly  # type: ignore[assignment]
+        _readonly
     )

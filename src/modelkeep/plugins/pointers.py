@@ -50,7 +50,8 @@ from modelkeep.hooks._markers import hookimpl
 from modelkeep.store.materialize import safe_join
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep, ModelVersion
+    from modelkeep.keep import Keep
+    from modelkeep.ops.results import ModelVersion
     from modelkeep.store import FileEntry, Snapshot, Store
 
 SUFFIX = ".modelkeep"
@@ -180,7 +181,7 @@ def find_pointers(start: Path, paths: Sequence[Path] = ()) -> list[Pointer]:
         if listed is not None:
             names = sorted({n for n in listed.split("\0") if n})
             return [read_pointer(root / n) for n in names if (root / n).is_file()]
-    found = []
+    found: list[Path] = []
     for folder, dirs, files in os.walk(start):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(Path(folder) / f for f in sorted(files) if f.endswith(SUFFIX))
@@ -216,7 +217,7 @@ def chunk_list(path: Path, relpath: str, store: Store | None = None) -> list[tup
     from modelkeep.store.chunking import cdc_chunks, plan_safetensors, read_cuts
     from modelkeep.store.hashing import content_id
 
-    id_of = store.db.object_id if store is not None else content_id
+    id_of = store.object_id if store is not None else content_id
 
     pool = BufferPool(2)
     out = []
@@ -258,7 +259,7 @@ class DigestCache:
     def _ns(store: Store | None) -> str:
         # Digests depend on the store's ids (keyed in an encrypted store): one remembered for
         # another id scheme is not reused. The id of no bytes names the scheme.
-        return "" if store is None or store.db.cipher is None else store.db.object_id(b"")[:16]
+        return "" if store is None or not store.encrypted else store.object_id(b"")[:16]
 
     def digest(self, path: Path, relpath: str, store: Store | None = None) -> str:
         from modelkeep.store.snapshot import file_digest
@@ -375,9 +376,7 @@ def status(keep: Keep, pointers: Sequence[Pointer]) -> list[PointerState]:
 def _stored(store: Store, path: Path, relpath: str) -> bool:
     """Whether every chunk of the local file *path* is in *store* (then overwriting loses
     nothing: some version holds it, or held it)."""
-    from modelkeep.store import Kind
-
-    return all(store.db.exists(Kind.CHUNK, cid) for cid, _n in chunk_list(path, relpath, store))
+    return all(store.has_chunk(cid) for cid, _n in chunk_list(path, relpath, store))
 
 
 def checkout(keep: Keep, pointers: Sequence[Pointer], *, force: bool = False

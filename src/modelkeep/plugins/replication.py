@@ -20,7 +20,8 @@ from modelkeep.errors import ModelkeepError, StoreError
 from modelkeep.hooks import hookimpl
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep, ModelVersion
+    from modelkeep.keep import Keep
+    from modelkeep.ops.results import ModelVersion
     from modelkeep.store import SyncReport
 
 

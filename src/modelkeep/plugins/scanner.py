@@ -47,12 +47,12 @@ import pickletools
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from modelkeep.hooks import Finding, hookimpl
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep
+    from modelkeep.keep import Keep
 
 SCANNER = "modelkeep.scanner"
 CODE_FILE = "pickle.file"
@@ -258,9 +258,9 @@ def _walk(stream: io.BytesIO, budget: _Budget, result: ScanResult) -> None:
             elif name in _PUT_OPS or name == "MEMOIZE":
                 if not stack:
                     raise _Malformed(f"{name} on an empty stack")
-                memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1]
+                memo[len(memo) if name == "MEMOIZE" else int(cast(int, arg))] = stack[-1]
             elif name in _GET_OPS:
-                stack.append(memo.get(int(arg), _UNKNOWN))
+                stack.append(memo.get(int(cast(int, arg)), _UNKNOWN))
             elif name == "DUP":
                 if not stack:
                     raise _Malformed("DUP on an empty stack")

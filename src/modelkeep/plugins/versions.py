@@ -1,7 +1,7 @@
 """Opening a version from its ``modelkeep://`` URI alone, for adapters that get nothing else.
 
 MLflow's artifact repositories and fsspec filesystems are constructed from a URI by the host
-tool, so they cannot be handed a :class:`~modelkeep.api.Keep`. This module finds the store the
+tool, so they cannot be handed a :class:`~modelkeep.keep.Keep`. This module finds the store the
 URI names (with the storage options of the project's configuration when the store is on the same
 backend, as :class:`Keep` does) and caches parsed snapshots, which are immutable, by id.
 """
@@ -63,13 +63,13 @@ class VersionView:
 
 
 def store_for(locator: str) -> Store:
-    """The store at *locator*, opened as :class:`~modelkeep.api.Keep` would open it from the
+    """The store at *locator*, opened as :class:`~modelkeep.keep.Keep` would open it from the
     project's configuration (named stores, the default store's options, plugin options)."""
     with _lock:
         store = _stores.get(locator)
         if store is None:
-            from modelkeep.api import open_locator
             from modelkeep.hooks.manager import get_plugin_manager
+            from modelkeep.stores import open_locator
 
             config = load_config()
             default = config.resolve_store(None)

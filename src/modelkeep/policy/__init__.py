@@ -11,7 +11,7 @@
   the decisions through the ``modelkeep_validate_version`` and ``modelkeep_before_alias_change``
   hooks.
 
-The rules reach the store and registry only through the :class:`~modelkeep.api.Keep` they are
+The rules reach the store and registry only through the :class:`~modelkeep.keep.Keep` they are
 handed; nothing here imports MLflow or a backend. See docs/policies.md.
 """
 

@@ -1,6 +1,6 @@
 """Gathering the facts about a stored version for :func:`~modelkeep.policy.engine.decide`.
 
-The engine is pure; this module reads what it needs through a :class:`~modelkeep.api.Keep`:
+The engine is pure; this module reads what it needs through a :class:`~modelkeep.keep.Keep`:
 each file's first bytes (format sniffing, through the store, fetching one chunk per file) and,
 when a ``pickle`` rule is in force, the findings of every ``modelkeep_scan_file`` plugin over the
 stored files. :func:`check` is what ``modelkeep policy check`` prints; the built-in policy plugin
@@ -16,21 +16,19 @@ from typing import TYPE_CHECKING, Any
 
 from modelkeep.errors import NotFoundError
 from modelkeep.hooks._types import Finding
-from modelkeep.policy.engine import Decision, decide, detect_format
+from modelkeep.policy.engine import Decision, decide, detect_format, refusal
 from modelkeep.policy.rules import Policy, stricter_pickle
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep
+    from modelkeep.keep import Keep
     from modelkeep.store import FileEntry, Snapshot, Store
 
 
 def content_store(keep: Keep, snapshot: Snapshot) -> Store:
     """The store holding *snapshot*'s chunks: the Keep's own, or (for a version promoted from
     another store) the store of the version it was promoted from."""
-    from modelkeep.store.codec import Kind
-
     first = next((f for f in snapshot.files if f.chunks), None)
-    if first is None or keep.store.db.exists(Kind.CHUNK, first.chunks[0][0]):
+    if first is None or keep.store.has_chunk(first.chunks[0][0]):
         return keep.store
     for parent in snapshot.parents:
         if parent.name and parent.version:
@@ -90,21 +88,33 @@ class Check:
     policy: Policy
     decisions: tuple[Decision, ...] = ()
     findings: tuple[Finding, ...] = field(default_factory=tuple)
+    # With an alias: every plugin's refusal, asked as `modelkeep alias` asks (the verdict).
+    refusals: tuple[str, ...] | None = None
 
     @property
     def passed(self) -> bool:
+        if self.refusals is not None:
+            return not self.refusals
         return all(d.passed for d in self.decisions)
+
+    @property
+    def plugin_refusals(self) -> tuple[str, ...]:
+        """The refusals that the decisions do not already explain (other plugins')."""
+        own = refusal(self.decisions)
+        return tuple(r for r in self.refusals or () if r != own)
 
     def to_json(self) -> dict[str, Any]:
         return {"ref": self.ref, "name": self.name, "alias": self.alias, "passed": self.passed,
                 "matched": list(self.policy.matched),
-                "decisions": [d.to_json() for d in self.decisions]}
+                "decisions": [d.to_json() for d in self.decisions],
+                "refusals": list(self.refusals or ())}
 
 
 def check(keep: Keep, ref: str, alias: str | None = None) -> Check:
     """What the policy decides for the version *ref*: the rules a new version must pass, or,
     with *alias*, the promotion gate of that alias, exactly as the built-in policy plugin would
-    decide them."""
+    decide them. With *alias*, the verdict is what every plugin answers when the alias is set
+    (:meth:`~modelkeep.keep.Keep.alias_refusals`), so plugins' gates count too."""
     version = keep.get(ref)
     policy = keep.policies.for_name(version.name)
     snapshot = keep.snapshot(version.ref)
@@ -118,5 +128,6 @@ def check(keep: Keep, ref: str, alias: str | None = None) -> Check:
     decisions = decide(policy, tags=version.tags, size=version.size, formats=formats,
                        findings=findings, alias=alias,
                        signed=signed_state(keep, policy, alias, version.ref))
+    refusals = None if alias is None else tuple(keep.alias_refusals(version.ref, alias))
     return Check(version.ref, version.name, alias, policy, tuple(decisions),
-                 tuple(findings or ()))
+                 tuple(findings or ()), refusals)

@@ -7,7 +7,7 @@ engine (:func:`modelkeep.policy.engine.decide`) and refuse with each failed deci
 naming the rule, its glob and the fix. A ``pickle = "warn"`` rule that found something lets the
 version through and logs a warning on the ``modelkeep.policy`` logger.
 
-The policies are the :class:`~modelkeep.api.Keep`'s (``keep.policies``, from the settings file
+The policies are the :class:`~modelkeep.keep.Keep`'s (``keep.policies``, from the settings file
 :func:`modelkeep.open` read). Blocking this plugin (``MODELKEEP_PLUGINS=-modelkeep.policies``)
 turns the vetoes off; ``immutable`` is enforced by :meth:`Keep.delete_version` itself.
 """
@@ -15,7 +15,6 @@ turns the vetoes off; ``immutable`` is enforced by :meth:`Keep.delete_version` i
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -25,16 +24,10 @@ from modelkeep.policy.check import content_store, file_formats, needs_scan, sign
 from modelkeep.policy.engine import Decision, decide, refusal
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep
+    from modelkeep.keep import Keep
     from modelkeep.store import Snapshot
 
 log = logging.getLogger("modelkeep.policy")
-
-# A version being registered has no number yet when its aliases are checked, so the alias hook
-# cannot read its files. The findings of the validation that runs just before, in the same
-# thread, for the same Keep and name, are kept here for it.
-_pending = threading.local()
-
 
 def _refusal(name: str, decisions: Sequence[Decision]) -> str | None:
     for d in decisions:
@@ -47,8 +40,6 @@ def _refusal(name: str, decisions: Sequence[Decision]) -> str | None:
 def modelkeep_validate_version(
     name: str, snapshot: Snapshot, findings: Sequence[Finding], keep: Keep
 ) -> str | None:
-    _pending.key = (id(keep), name)
-    _pending.findings = tuple(findings)
     policy = keep.policies.for_name(name)
     if not policy.applies:
         return None
@@ -61,19 +52,18 @@ def modelkeep_validate_version(
 
 @hookimpl(trylast=True)
 def modelkeep_before_alias_change(
-    name: str, alias: str, version: int | None, tags: Mapping[str, str], action: str, keep: Keep
+    name: str, alias: str, version: int | None, tags: Mapping[str, str], action: str, keep: Keep,
+    findings: Sequence[Finding] | None,
 ) -> str | None:
     if action == "delete":
         return None
     policy = keep.policies.for_name(name)
     if policy.gate(alias) is None:
         return None
-    findings: Sequence[Finding] | None = None
-    if needs_scan(policy, alias):
-        if version is not None:
-            findings = keep.scan(f"{name}@{version}")
-        elif getattr(_pending, "key", None) == (id(keep), name):
-            findings = _pending.findings
+    if not needs_scan(policy, alias):
+        findings = None
+    elif version is not None:
+        findings = keep.scan(f"{name}@{version}")
     ref = f"{name}@{version}" if version is not None else None
     return _refusal(name, decide(policy, tags=tags, findings=findings, alias=alias,
                                  signed=signed_state(keep, policy, alias, ref)))

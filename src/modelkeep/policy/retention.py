@@ -38,7 +38,8 @@ from modelkeep.errors import ModelkeepError
 from modelkeep.policy.rules import Policy
 
 if TYPE_CHECKING:
-    from modelkeep.api import DeletedVersion, Keep
+    from modelkeep.keep import Keep
+    from modelkeep.ops.results import DeletedVersion
 
 
 @dataclass(frozen=True)

@@ -206,11 +206,13 @@ class Policy:
 
     @property
     def keep_last(self) -> int | None:
-        return self.setting("keep_last").value
+        value: int | None = self.setting("keep_last").value
+        return value
 
     @property
     def keep_days(self) -> int | None:
-        return self.setting("keep_days").value
+        value: int | None = self.setting("keep_days").value
+        return value
 
     @property
     def keep_aliased(self) -> bool:
@@ -230,11 +232,13 @@ class Policy:
 
     @property
     def formats(self) -> tuple[str, ...] | None:
-        return self.setting("formats").value
+        value: tuple[str, ...] | None = self.setting("formats").value
+        return value
 
     @property
     def max_size(self) -> int | None:
-        return self.setting("max_size").value
+        value: int | None = self.setting("max_size").value
+        return value
 
     @property
     def pickle(self) -> str:

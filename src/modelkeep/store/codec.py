@@ -26,9 +26,13 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from modelkeep.errors import IntegrityError
 from modelkeep.store.chunking import MAX_CHUNK
+
+if TYPE_CHECKING:
+    import mmap
 
 MAGIC = b"MKOB"
 FORMAT_VERSION = 1
@@ -73,14 +77,15 @@ def encode_header(kind: Kind, raw_length: int, flags: int = 0, codec: int = 0) -
     return HEADER.pack(MAGIC, FORMAT_VERSION, int(kind), flags, codec, raw_length)
 
 
-def decode(blob: bytes | memoryview, kind: Kind, what: str, *, sealed: bool = False) -> memoryview:
+def decode(blob: bytes | memoryview | mmap.mmap, kind: Kind, what: str, *,
+           sealed: bool = False) -> memoryview:
     """Check *blob*'s header and return its payload (for a *sealed* object: nonce, ciphertext and
     tag, still to be opened; for a coded one, still to be decoded). *what* names the object in
     errors."""
     return split(blob, kind, what, sealed=sealed)[1]
 
 
-def split(blob: bytes | memoryview, kind: Kind, what: str, *,
+def split(blob: bytes | memoryview | mmap.mmap, kind: Kind, what: str, *,
           sealed: bool = False) -> tuple[Header, memoryview]:
     """:func:`decode`, also returning what the header says."""
     view = memoryview(blob)

@@ -143,7 +143,8 @@ def _encode_planes(raw: bytes | bytearray | memoryview, width: int) -> bytes | N
     sample = values[: _SAMPLE // width]
     top = ((sample << 1) | (sample >> (bits - 1))) >> (bits - 8)
     plane = top.astype(np.uint8)
-    if len(_compressor("literal").compress(plane)) > (1 - _PLANES_MIN_GAIN * width) * len(plane):
+    if (len(_compressor("literal").compress(plane.data))
+            > (1 - _PLANES_MIN_GAIN * width) * len(plane)):
         return None
     rotated = (values << 1) | (values >> (bits - 1))
     return b"".join([bytes((width,)), *_plane_records(rotated, width, top_first=True)])
@@ -157,8 +158,8 @@ def _plane_records(values: np.ndarray, width: int, *, top_first: bool) -> list[b
     parts: list[bytes] = []
     for j in range(width):
         plane = np.ascontiguousarray(grid[:, j])
-        if (top_first and j == width - 1) or _shrinks(memoryview(plane)[:_SAMPLE], "literal"):
-            frame = _compressor("literal").compress(plane)
+        if (top_first and j == width - 1) or _shrinks(plane.data[:_SAMPLE], "literal"):
+            frame = _compressor("literal").compress(plane.data)
             if len(frame) < len(plane):
                 parts += (_PLANE_RECORD.pack(_ZSTD_FRAME, len(frame)), frame)
                 continue
@@ -242,7 +243,7 @@ def _decode_planes(view: memoryview, size: int, what: str) -> memoryview:
     rotated = _read_planes(view, 1, size, width, what)
     bits = 8 * width
     values = (rotated >> 1) | (rotated << (bits - 1))
-    return memoryview(values.view(np.uint8))
+    return values.view(np.uint8).data
 
 
 def _decode_delta(view: memoryview, size: int, base: bytes | memoryview,
@@ -255,8 +256,8 @@ def _decode_delta(view: memoryview, size: int, base: bytes | memoryview,
         raise IntegrityError(f"{what} is corrupt: its base has {len(base)} bytes, it has {size}")
     diff = _read_planes(view, _DELTA_PREFIX.size, size, width, what)
     y = np.frombuffer(base, dtype=diff.dtype)
-    values = diff ^ y if transform == XOR else diff + y
-    return memoryview(values.view(np.uint8))
+    values: np.ndarray = diff ^ y if transform == XOR else diff + y
+    return values.view(np.uint8).data
 
 
 def _read_planes(view: memoryview, pos: int, size: int, width: int, what: str) -> np.ndarray:

@@ -219,7 +219,7 @@ class Store:
         except NotFoundError:
             return None
         try:
-            data = json.loads(raw)
+            data: dict[str, Any] = json.loads(bytes(raw))  # small: read, never mapped
             fmt = int(data["format"])
         except (ValueError, KeyError, TypeError):
             raise IntegrityError(
@@ -603,6 +603,41 @@ class Store:
 
     def snapshot_ids(self) -> Iterator[str]:
         return self.db.iter_ids(Kind.SNAPSHOT)
+
+    def has_snapshot(self, snapshot_id: str) -> bool:
+        """Whether the store holds snapshot *snapshot_id* (one existence check, no read)."""
+        return self.db.exists(Kind.SNAPSHOT, snapshot_id)
+
+    def has_chunk(self, chunk_id: str) -> bool:
+        """Whether the store holds chunk *chunk_id* (one existence check, no read)."""
+        return self.db.exists(Kind.CHUNK, chunk_id)
+
+    def object_id(self, data: bytes | bytearray | memoryview) -> str:
+        """The id *data* has in this store (keyed in an encrypted store)."""
+        return self.db.object_id(data)
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether objects are sealed and ids keyed (loads the store's key on first use)."""
+        return self.db.cipher is not None
+
+    def open_entry(self, entry: FileEntry) -> SnapshotFile:
+        """A seekable, read-only stream of one file of a snapshot, fetching only what is read."""
+        return SnapshotFile(self.db, entry)
+
+    # -- signatures (their format and trust are modelkeep.signing's) ------------------------
+
+    def put_signature(self, snapshot_id: str, key_id: str, blob: bytes) -> bool:
+        """Store a signature of a snapshot by a key (write-once); False if it was there."""
+        return self.db.put_signature(snapshot_id, key_id, blob)
+
+    def signature_keys(self, snapshot_id: str) -> list[str]:
+        """The key ids with a signature object for the snapshot."""
+        return self.db.signature_keys(snapshot_id)
+
+    def read_signature(self, snapshot_id: str, key_id: str) -> bytes:
+        """The signature object of a snapshot by a key."""
+        return bytes(self.db.read_signature(snapshot_id, key_id))
 
     def materialize(
         self,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from modelkeep.training import Tracker, track
+from modelkeep.training import Tracker
+from modelkeep.wiring import track
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep
+    from modelkeep.keep import Keep
 
 
 class TrackerOwner:
@@ -18,8 +19,8 @@ class TrackerOwner:
     def __init__(self, name: str, keep: Keep | None, store: str | None, registry: str | None,
                  store_options: Mapping[str, Any] | None, options: Mapping[str, Any]) -> None:
         self.name = name
-        self._open_args = {"keep": keep, "store": store, "registry": registry,
-                           "store_options": store_options}
+        self._open_args: dict[str, Any] = {"keep": keep, "store": store, "registry": registry,
+                                           "store_options": store_options}
         self._options = dict(options)
         self._tracker: Tracker | None = None
 

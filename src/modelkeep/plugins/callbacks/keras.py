@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingExtraError("keras", "keras") from exc
 
 if TYPE_CHECKING:
-    from modelkeep.api import Keep
+    from modelkeep.keep import Keep
 
 
 class ModelkeepCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -85,7 +85,7 @@ class ModelkeepCheckpoint(keras.callbacks.ModelCheckpoint):
         if (should and os.path.lexists(filepath)
                 and not self.modelkeep.tracker.discard(filepath)):
             os.unlink(filepath)
-        return should
+        return bool(should)
 
     def _save_model(self, epoch: int, batch: int | None, logs: dict[str, Any]) -> None:
         self._will_save = None

@@ -36,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-    from modelkeep.api import Keep
+    from modelkeep.keep import Keep
 
 
 class ModelkeepCheckpoint(ModelCheckpoint):

@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from modelkeep.api import Keep
+    from modelkeep.keep import Keep
 
 CHECKPOINT_PREFIX = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
 
@@ -87,7 +87,9 @@ class ModelkeepCallback(TrainerCallback):
                 **kwargs: Any) -> None:
         if not state.is_world_process_zero:
             return
-        folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}-{state.global_step}"
+        # Transformers sets output_dir in __post_init__ (default "trainer_output").
+        output = Path(args.output_dir or "trainer_output")
+        folder = output / f"{CHECKPOINT_PREFIX}-{state.global_step}"
         # The newest value of each logged key: training loss, learning rate, eval metrics. Only
         # the entries added since the last save are read (the history grows by one per log).
         history = state.log_history

@@ -1,0 +1,13 @@
+"""The operations: one module per user-visible operation, and the only code that uses the
+store and the catalogue together. :class:`~modelkeep.keep.Keep` forwards each public method to
+one function here; the functions take that Keep (its store, registry, plugins and caches).
+
+- :mod:`.register`: register and promote over one commit protocol (``_commit``)
+- :mod:`.read`: get, list, pull, open one file, diff, verify
+- :mod:`.aliases`: aliases, rollback, alias history, descriptions
+- :mod:`.delete`, :mod:`.gc`, :mod:`.sync`: deleting, collecting, copying
+- :mod:`.rebuild`: a registry rebuilt from the store, planned then executed
+- :mod:`.scan`, :mod:`.signatures`, :mod:`.checkpoints`: scanning, signing, background registers
+- :mod:`.journal`: the store journal entries the operations write; :mod:`.results`: the
+  values returned
+"""

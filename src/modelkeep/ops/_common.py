@@ -1,0 +1,86 @@
+"""What every operation needs: resolving a reference through the registry, loading the snapshot
+a version's URI names (through the Keep's one store and snapshot cache), and presenting the two
+together as a :class:`~modelkeep.ops.results.ModelVersion`."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from modelkeep.catalog.tags import TAG_PREFIX
+from modelkeep.errors import InvalidInputError, NotFoundError
+from modelkeep.ops.results import ModelVersion
+from modelkeep.refs import Ref, parse_ref
+from modelkeep.registry import RegistryVersion
+from modelkeep.store import Snapshot, Store, parse_uri
+from modelkeep.store.snapshot import CREATED_FORMAT
+
+if TYPE_CHECKING:
+    from modelkeep.keep import Keep
+
+
+def resolve(keep: Keep, ref: str | Ref) -> RegistryVersion:
+    """The registry version *ref* names (``NAME@3``, ``NAME@alias``, ``NAME@latest``, ``NAME``)."""
+    parsed = parse_ref(ref) if isinstance(ref, str) else ref
+    if parsed.version is not None:
+        return keep.registry.get_version(parsed.name, parsed.version)
+    if parsed.alias is not None:
+        return keep.registry.get_by_alias(parsed.name, parsed.alias)
+    latest = keep.registry.latest(parsed.name)
+    if latest is None:
+        raise NotFoundError(f"model {parsed.name!r} has no versions",
+                            hint="register one with `modelkeep register`")
+    return latest
+
+
+def load(keep: Keep, rv: RegistryVersion) -> tuple[Store, Snapshot, str]:
+    try:
+        parsed = parse_uri(rv.source)
+    except InvalidInputError:
+        raise NotFoundError(
+            f"{rv.name}@{rv.version} was not registered by modelkeep (source {rv.source!r})"
+        ) from None
+    store = keep.stores.store_for(parsed.locator)
+    sid = parsed.snapshot_id
+    return store, keep.stores.snapshot(store, sid), sid
+
+
+def version_of(rv: RegistryVersion, snap: Snapshot, sid: str) -> ModelVersion:
+    added = rv.tags.get(TAG_PREFIX + "bytes_added")
+    return ModelVersion(
+        name=rv.name,
+        version=rv.version,
+        snapshot_id=sid,
+        uri=rv.source,
+        created=datetime.strptime(snap.created, CREATED_FORMAT).replace(tzinfo=UTC),
+        size=snap.size,
+        files=snap.files,
+        tags=dict(rv.tags),
+        aliases=rv.aliases,
+        parents=snap.parents,
+        message=snap.message,
+        author=snap.author,
+        bytes_added=int(added) if added and added.isdigit() else None,
+        lineage=snap.lineage,
+    )
+
+
+def snapshot_of(rv: RegistryVersion) -> str | None:
+    """The snapshot id of a registry version; None for a version another tool registered."""
+    try:
+        return parse_uri(rv.source).snapshot_id
+    except InvalidInputError:
+        return None
+
+
+def author() -> str:
+    env = os.environ.get("MODELKEEP_AUTHOR")
+    if env:
+        return env
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:
+        return ""

@@ -1,0 +1,305 @@
+"""Making versions: :func:`register` (files into a new version) and :func:`promote` (a version
+of one model as a new version of another, no bytes copied), over one commit protocol,
+:func:`_commit`, which a registry rebuild's numbering relies on too.
+
+The commit protocol is the write order that makes registering crash-safe: chunks, then the
+snapshot object (and its signature), then the registry entry, then the commit record in the
+store's journal (docs/format.md §10.4). A version is visible only once its registry entry
+exists, and by then everything it points at is stored. Every veto (a validator, an alias
+pre-check, ``modelkeep_before_register``) is asked before the snapshot is written, so a refusal
+leaves only unreferenced chunks behind, as a crash would. The commit record names the version
+number the registry gave the snapshot: a rebuild numbers versions by it, so a snapshot whose
+register never reached the registry is not rebuilt as a version, and numbers freed by deleted
+versions stay free.
+
+Both operations share the same steps: the reuse check (identical content to the newest version
+returns that version), the collect hooks (``modelkeep_collect_lineage``,
+``modelkeep_collect_metadata``), the scan and validators, the alias pre-checks, and the retry
+when a garbage collection removed chunks the new snapshot relies on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelkeep.catalog.tags import TREE, check_lineage, check_tags, plugin_tags, version_tags
+from modelkeep.errors import IntegrityError, NotFoundError, SourceError, VetoError
+from modelkeep.hooks import Finding
+from modelkeep.ops._common import author, load, resolve, snapshot_of, version_of
+from modelkeep.ops.aliases import check_alias, move_alias
+from modelkeep.ops.journal import record_commit
+from modelkeep.ops.read import get
+from modelkeep.ops.results import ModelVersion
+from modelkeep.ops.scan import scan_sources, scan_stored
+from modelkeep.refs import validate_alias, validate_name
+from modelkeep.store import GcMark, Parent, Snapshot, SourceFile, Store, scan_local, utc_now
+from modelkeep.store.gc import ChunksCollectedError
+
+if TYPE_CHECKING:
+    from modelkeep.keep import Keep
+    from modelkeep.signing import Signer
+
+Progress = Callable[[int], None]
+GC_RETRIES = 3  # a register overlapping two collections that removed its chunks stores again
+
+
+def register(
+    keep: Keep,
+    name: str,
+    path: str | os.PathLike[str],
+    *,
+    parents: Sequence[str] = (),
+    tags: Mapping[str, str] | None = None,
+    aliases: Iterable[str] = (),
+    message: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    sources: Sequence[SourceFile] | None = None,
+    lineage: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+) -> ModelVersion:
+    """Store the folder or file at *path* as a new version of *name*
+    (:meth:`modelkeep.keep.Keep.register`)."""
+    from modelkeep.sources import is_url, scan_url
+
+    validate_name(name)
+    alias_list = [validate_alias(a) for a in aliases]
+    user_tags = check_tags(tags or {})
+    signer = keep.signer()  # a bad key fails here, before anything is stored
+    source: Path | str
+    if isinstance(path, str) and is_url(path):
+        source, repo_dir = path, Path.cwd()
+    else:
+        source = Path(path)
+        repo_dir = source if source.is_dir() else source.parent
+    if sources is None:
+        sources = (scan_url(source, storage_options) if isinstance(source, str)
+                   else scan_local(source))
+    source_files = list(sources)
+    findings = scan_sources(keep, name, source_files)
+    parent_refs = []
+    for p in parents:
+        pv = get(keep, p)
+        parent_refs.append(Parent(pv.snapshot_id, pv.name, pv.version))
+
+    files, stats = keep.store.ingest(source_files, progress,
+                                     parent=_delta_parent(keep, name, parent_refs))
+    snapshot = Snapshot(
+        name=name,
+        files=files,
+        created=utc_now(),
+        author=author(),
+        message=message or "",
+        parents=tuple(parent_refs),
+        tags=user_tags,
+    )
+    if not force:
+        reused = _reuse(keep, name, snapshot.tree, alias_list)
+        if reused is not None:
+            return reused
+
+    def store_again() -> GcMark | None:
+        """Store the sources again (a collection removed chunks the ingest found present)."""
+        again, again_stats = keep.store.ingest(source_files)
+        if again != snapshot.files:
+            raise SourceError("the files changed while being registered",
+                              hint="register them again once nothing writes them") from None
+        return again_stats.gc_mark
+
+    return _commit(
+        keep, keep.store, _Candidate(
+            snapshot=snapshot, source=source, repo_dir=repo_dir, lineage=lineage or {},
+            findings=findings, aliases=alias_list, bytes_added=stats.bytes_added,
+            run_id=run_id, description=message or None, mark=stats.gc_mark,
+            store_again=store_again),
+        signer)
+
+
+def _delta_parent(keep: Keep, name: str, parents: Sequence[Parent]) -> Snapshot | None:
+    """The snapshot whose chunks a new version's changed tensors are coded against: the first
+    parent given, else the model's newest version (a checkpoint after the one before)."""
+    if parents:
+        sid: str | None = parents[0].snapshot
+    else:
+        latest = keep.registry.latest(name)
+        sid = snapshot_of(latest) if latest is not None else None
+    if not sid:
+        return None
+    try:
+        return keep.stores.snapshot(keep.store, sid)
+    except (NotFoundError, IntegrityError):
+        return None  # in another store, or damaged: the version is stored without deltas
+
+
+def promote(
+    keep: Keep,
+    ref: str,
+    to_name: str,
+    *,
+    aliases: Iterable[str] = (),
+    message: str | None = None,
+    force: bool = False,
+) -> ModelVersion:
+    """Register the version *ref* names as a new version of model *to_name*, copying no file
+    bytes (:meth:`modelkeep.keep.Keep.promote`)."""
+    validate_name(to_name)
+    alias_list = [validate_alias(a) for a in aliases]
+    signer = keep.signer()
+    src_rv = resolve(keep, ref)
+    store, src, src_sid = load(keep, src_rv)
+    # Before the chunks are relied on: the commit check compares it (docs/format.md §13).
+    mark = store.gc_mark()
+    if not force:
+        reused = _reuse(keep, to_name, src.tree, alias_list)
+        if reused is not None:
+            return reused
+    snapshot = replace(
+        src, name=to_name, created=utc_now(), author=author(),
+        message=src.message if message is None else message,
+        parents=(Parent(src_sid, src_rv.name, src_rv.version),),
+    )
+
+    def store_again() -> GcMark:
+        """The promoted chunks are the source snapshot's: while it is stored, no collection
+        takes them, so a fresh mark is all a retry needs. If it was deleted meanwhile and its
+        chunks collected, the bytes are nowhere to store again from."""
+        fresh = store.gc_mark()
+        if not store.has_snapshot(src_sid):
+            raise NotFoundError(
+                f"{src_rv.name}@{src_rv.version} was deleted while being promoted, and its "
+                "chunks collected", hint="nothing was registered; promote another version")
+        return fresh
+
+    # Scanners see the promoted files, read from the store, as they would at register: the
+    # target model's policies may be stricter than the source's. The promoted version keeps
+    # the source's lineage (its code and data are the source's); plugins may add sections.
+    return _commit(
+        keep, store, _Candidate(
+            snapshot=snapshot, source=src_rv.source, repo_dir=Path.cwd(),
+            lineage=src.lineage, findings=scan_stored(keep, to_name, store, snapshot),
+            aliases=alias_list, bytes_added=0, run_id=None,
+            description=snapshot.message or None, mark=mark, store_again=store_again,
+            base_tags=dict(src_rv.tags)),
+        signer)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A version about to be committed: its snapshot (files, name, parents, user tags), where
+    it came from, and what the commit needs to finish or retry it."""
+
+    snapshot: Snapshot
+    source: Path | str  # what modelkeep_after_register and the collect hooks are told
+    repo_dir: Path
+    lineage: Mapping[str, Any]  # wins over what the lineage plugins collect
+    findings: Sequence[Finding]
+    aliases: Sequence[str]
+    bytes_added: int
+    run_id: str | None
+    description: str | None
+    mark: GcMark | None  # the collection state read before the chunks were looked at
+    store_again: Callable[[], GcMark | None]  # after ChunksCollectedError: re-store, a fresh mark
+    base_tags: Mapping[str, str] | None = None  # promote: the promoted version's tags
+
+
+def _commit(keep: Keep, store: Store, c: _Candidate, signer: Signer | None) -> ModelVersion:
+    """The commit protocol shared by register and promote: collect, validate, pre-check the
+    aliases, then snapshot → signature → registry entry → commit record → aliases, then tell
+    the plugins. Nothing is written to the store before every veto was asked."""
+    name = c.snapshot.name
+    snapshot = replace(c.snapshot, lineage=collect_lineage(
+        keep, name, c.source, c.repo_dir, c.lineage))
+    snapshot = replace(snapshot, tags=collect_tags(keep, name, c.source, snapshot, c.findings))
+    validate(keep, name, snapshot, c.findings)
+    for alias in c.aliases:
+        check_alias(keep, name, alias, None, snapshot.tags, registering=True,
+                    findings=c.findings)
+    base = None if c.base_tags is None else {**c.base_tags, **snapshot.tags}
+    registry_tags = version_tags(snapshot, store.snapshot_id(snapshot),
+                                 bytes_added=c.bytes_added, run_id=c.run_id, base=base)
+    keep.hook.modelkeep_before_register(
+        name=name, snapshot=snapshot, tags=registry_tags, keep=keep)
+
+    sid = save_snapshot(store, snapshot, c.mark, c.store_again)
+    # Write order: the signature after the snapshot it signs, before the registry entry.
+    if signer is not None:
+        signer.sign(store, sid)
+    keep.stores.remember(sid, snapshot)
+    # Only passed when set, so a Registry without run links still works.
+    link: dict[str, Any] = {"run_id": c.run_id} if c.run_id else {}
+    rv = keep.registry.create_version(name, store.uri(sid), tags=registry_tags,
+                                      description=c.description, **link)
+    record_commit(store, name, rv.version, sid)
+    for alias in c.aliases:
+        move_alias(keep, name, alias, rv.version, snapshot_id=sid)
+    if c.aliases:
+        rv = replace(rv, aliases=tuple(sorted(set(rv.aliases) | set(c.aliases))))
+    version = replace(version_of(rv, snapshot, sid), bytes_added=c.bytes_added)
+    keep.hook.modelkeep_after_register(version=version, keep=keep, source=c.source)
+    return version
+
+
+def _reuse(keep: Keep, name: str, tree: str, aliases: Sequence[str]) -> ModelVersion | None:
+    """The newest version of *name* when its content is *tree*, with *aliases* moved onto it
+    (after every plugin accepted each move); None otherwise."""
+    latest = keep.registry.latest(name)
+    if latest is None or latest.tags.get(TREE) != tree:
+        return None
+    for alias in aliases:
+        check_alias(keep, name, alias, latest.version, latest.tags, registering=False)
+    for alias in aliases:
+        move_alias(keep, name, alias, latest.version, snapshot_id=snapshot_of(latest))
+    return replace(get(keep, f"{name}@{latest.version}"), reused=True)
+
+
+def save_snapshot(
+    store: Store, snapshot: Snapshot, mark: GcMark | None,
+    store_again: Callable[[], GcMark | None],
+) -> str:
+    """Write the snapshot; if a garbage collection removed chunks it relies on (docs/format.md
+    §13), store them again (*store_again*) and retry, a few times."""
+    for attempt in range(GC_RETRIES):
+        try:
+            return store.save_snapshot(snapshot, since=mark)
+        except ChunksCollectedError:
+            if attempt == GC_RETRIES - 1:
+                raise
+            mark = store_again()
+    raise AssertionError("unreachable")
+
+
+# -- hooks around the commit --------------------------------------------------------------
+
+
+def collect_lineage(
+    keep: Keep, name: str, source: Path | str, repo_dir: Path, given: Mapping[str, Any]
+) -> dict[str, Any]:
+    collected: dict[str, Any] = {}
+    for answer in reversed(keep.hook.modelkeep_collect_lineage(
+            name=name, source=source, repo_dir=repo_dir, keep=keep)):
+        collected.update(answer or {})
+    collected.update(given)
+    return check_lineage(collected)
+
+
+def collect_tags(keep: Keep, name: str, source: Path | str, snapshot: Snapshot,
+                 findings: Sequence[Finding] = ()) -> dict[str, str]:
+    collected: dict[str, str] = {}
+    for answer in reversed(keep.hook.modelkeep_collect_metadata(
+            name=name, source=source, snapshot=snapshot, keep=keep,
+            findings=tuple(findings))):
+        collected.update(answer or {})
+    return plugin_tags(collected, snapshot.tags)
+
+
+def validate(keep: Keep, name: str, snapshot: Snapshot, findings: Sequence[Finding]) -> None:
+    reasons = [str(r) for r in keep.hook.modelkeep_validate_version(
+        name=name, snapshot=snapshot, findings=tuple(findings), keep=keep) if r]
+    if reasons:
+        raise VetoError(f"{name}: new version refused: {'; '.join(reasons)}",
+                        reasons=reasons, hint="nothing was registered")

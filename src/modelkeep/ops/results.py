@@ -1,0 +1,143 @@
+"""The values :class:`~modelkeep.keep.Keep` returns that belong to no lower layer: a registered
+version as the user sees it, a deletion, and a diff. Exported from :mod:`modelkeep`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from modelkeep.catalog.tags import TAG_PREFIX
+from modelkeep.store import FileEntry, Parent
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version of a model."""
+
+    name: str
+    version: int
+    snapshot_id: str
+    uri: str
+    created: datetime
+    size: int
+    files: tuple[FileEntry, ...]
+    tags: Mapping[str, str]
+    aliases: tuple[str, ...]
+    parents: tuple[Parent, ...]
+    message: str = ""
+    author: str = ""
+    bytes_added: int | None = None
+    reused: bool = False  # register() returned an existing, identical version
+    lineage: Mapping[str, Any] = field(default_factory=dict)  # the snapshot's, see docs/format.md
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def user_tags(self) -> dict[str, str]:
+        return {k: v for k, v in self.tags.items() if not k.startswith(TAG_PREFIX)}
+
+    @property
+    def dedup_ratio(self) -> float | None:
+        if self.bytes_added is None or not self.size:
+            return None
+        return 1.0 - self.bytes_added / self.size
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "ref": self.ref,
+            "snapshot": self.snapshot_id,
+            "uri": self.uri,
+            "created": self.created.isoformat(),
+            "size": self.size,
+            "bytes_added": self.bytes_added,
+            "dedup_ratio": self.dedup_ratio,
+            "reused": self.reused,
+            "author": self.author,
+            "message": self.message,
+            "aliases": list(self.aliases),
+            "tags": dict(self.tags),
+            "parents": [p.to_json() for p in self.parents],
+            "lineage": dict(self.lineage),
+            "files": [{"path": f.path, "size": f.size, "digest": f.digest,
+                       "chunks": len(f.chunks), "tensors": len(f.tensors)
+                       if f.tensors is not None else None} for f in self.files],
+        }
+
+
+@dataclass(frozen=True)
+class DeletedVersion:
+    """What :meth:`Keep.delete_version` removed."""
+
+    name: str
+    version: int
+    snapshot_id: str
+    snapshot_deleted: bool  # False when other versions still use the snapshot
+    shared_with: tuple[str, ...] = ()  # those versions (``NAME@N``)
+    aliases_deleted: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ref": self.ref, "name": self.name, "version": self.version,
+                "snapshot": self.snapshot_id, "snapshot_deleted": self.snapshot_deleted,
+                "shared_with": list(self.shared_with),
+                "aliases_deleted": list(self.aliases_deleted)}
+
+
+@dataclass(frozen=True)
+class TensorChanges:
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    unchanged: int = 0
+
+
+@dataclass(frozen=True)
+class FileChange:
+    path: str
+    status: str  # "added", "removed", "changed"
+    size_a: int | None
+    size_b: int | None
+    tensors: TensorChanges | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"path": self.path, "status": self.status,
+                                "size_a": self.size_a, "size_b": self.size_b}
+        if self.tensors is not None:
+            data["tensors"] = {"added": list(self.tensors.added),
+                               "removed": list(self.tensors.removed),
+                               "changed": list(self.tensors.changed),
+                               "unchanged": self.tensors.unchanged}
+        return data
+
+
+@dataclass(frozen=True)
+class Diff:
+    a: str
+    b: str
+    files: tuple[FileChange, ...] = field(default_factory=tuple)
+    unchanged_files: int = 0
+
+    @property
+    def added(self) -> list[str]:
+        return [f.path for f in self.files if f.status == "added"]
+
+    @property
+    def removed(self) -> list[str]:
+        return [f.path for f in self.files if f.status == "removed"]
+
+    @property
+    def changed(self) -> list[str]:
+        return [f.path for f in self.files if f.status == "changed"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "unchanged_files": self.unchanged_files,
+                "files": [f.to_json() for f in self.files]}
