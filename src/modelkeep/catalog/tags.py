@@ -25,6 +25,7 @@ PLUGIN_TAG_PREFIXES = ("modelkeep.scan",)
 SNAPSHOT = TAG_PREFIX + "snapshot"
 TREE = TAG_PREFIX + "tree"
 BYTES_ADDED = TAG_PREFIX + "bytes_added"
+BYTES_STORED = TAG_PREFIX + "bytes_stored"
 RUN_ID = TAG_PREFIX + "run_id"
 
 
@@ -33,6 +34,7 @@ def version_tags(
     sid: str,
     *,
     bytes_added: int,
+    bytes_stored: int | None = None,
     parents: Sequence[Parent | str] | None = None,
     run_id: str | None = None,
     base: Mapping[str, str] | None = None,
@@ -41,7 +43,9 @@ def version_tags(
     the snapshot's user tags), then the figures, parents, lineage and run link.
 
     *parents* default to the snapshot's own; *bytes_added* is what storing it added (0 for a
-    promotion, recomputed from the store by a rebuild).
+    promotion, recomputed from the store by a rebuild), *bytes_stored* what those chunks take
+    in the store once coded (headers included), and ``stored_ratio`` that over the size: what
+    the version cost, a fraction of its size where codecs and parent deltas worked.
     """
     size = snapshot.size
     tags = {
@@ -54,6 +58,9 @@ def version_tags(
         TAG_PREFIX + "files": str(len(snapshot.files)),
         **lineage_tags(snapshot.lineage),
     }
+    if bytes_stored is not None:
+        tags[BYTES_STORED] = str(bytes_stored)
+        tags[TAG_PREFIX + "stored_ratio"] = f"{bytes_stored / size if size else 0.0:.4f}"
     named = snapshot.parents if parents is None else parents
     if named:
         tags[TAG_PREFIX + "parents"] = ",".join(str(p) for p in named)

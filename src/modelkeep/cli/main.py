@@ -206,7 +206,8 @@ def register(
             return
         st.out.console.print(
             f"registered {mv.ref}: {human_bytes(mv.size)} in {len(mv.files)} file(s), "
-            f"added {human_bytes(mv.bytes_added)} ({_pct(mv.dedup_ratio)} already stored)",
+            f"added {human_bytes(mv.bytes_added)} ({_pct(mv.dedup_ratio)} already stored), "
+            f"{human_bytes(mv.bytes_stored)} in the store",
             highlight=False,
         )
         if mv.aliases:
@@ -273,6 +274,9 @@ def show(
                 highlight=False)
         c.print(f"size:     {human_bytes(mv.size)} (added {human_bytes(mv.bytes_added)} "
                 f"when registered, {_pct(mv.dedup_ratio)} deduplicated)", highlight=False)
+        if mv.bytes_stored is not None:
+            c.print(f"stored:   {human_bytes(mv.bytes_stored)} in the store "
+                    f"({_pct(mv.stored_ratio)} of its size, coded)", highlight=False)
         if mv.aliases:
             c.print(f"aliases:  {', '.join(mv.aliases)}", highlight=False)
         if mv.parents:

@@ -50,6 +50,7 @@ def load(keep: Keep, rv: RegistryVersion) -> tuple[Store, Snapshot, str]:
 
 def version_of(rv: RegistryVersion, snap: Snapshot, sid: str) -> ModelVersion:
     added = rv.tags.get(TAG_PREFIX + "bytes_added")
+    stored = rv.tags.get(TAG_PREFIX + "bytes_stored")
     return ModelVersion(
         name=rv.name,
         version=rv.version,
@@ -64,6 +65,7 @@ def version_of(rv: RegistryVersion, snap: Snapshot, sid: str) -> ModelVersion:
         message=snap.message,
         author=snap.author,
         bytes_added=int(added) if added and added.isdigit() else None,
+        bytes_stored=int(stored) if stored and stored.isdigit() else None,
         lineage=snap.lineage,
     )
 

@@ -159,9 +159,11 @@ def order(snapshots: Iterable[tuple[str, Snapshot]]) -> list[tuple[str, Snapshot
     return sorted(snapshots, key=lambda item: (item[1].created, item[0]))
 
 
-def bytes_added(ordered: Sequence[tuple[str, Snapshot]]) -> dict[str, int]:
+def bytes_added(ordered: Sequence[tuple[str, Snapshot]],
+                stored: Mapping[str, int] | None = None) -> dict[str, int]:
     """For each snapshot, the bytes of the chunks no earlier snapshot referenced: what storing it
-    added, as far as the store can still tell."""
+    added, as far as the store can still tell; with *stored* (chunk id: stored size), what those
+    chunks take in the store."""
     seen: set[str] = set()
     out: dict[str, int] = {}
     for sid, snap in ordered:
@@ -170,7 +172,7 @@ def bytes_added(ordered: Sequence[tuple[str, Snapshot]]) -> dict[str, int]:
             for cid, length in f.chunks:
                 if cid not in seen:
                     seen.add(cid)
-                    added += length
+                    added += length if stored is None else stored.get(cid, 0)
         out[sid] = added
     return out
 
@@ -379,6 +381,7 @@ def plan(keep: Keep, *, dry_run: bool = False) -> RebuildReport:
     # Over every snapshot, committed or not: a register that died after storing its chunks
     # left them for the next one to find, as the live figures saw.
     added = bytes_added(ordered)
+    stored = bytes_added(ordered, keep.store.chunk_sizes())
     by_name: dict[str, list[tuple[int, str, Snapshot]]] = {}
     for item in numbered:
         by_name.setdefault(item[2].name, []).append(item)
@@ -402,7 +405,8 @@ def plan(keep: Keep, *, dry_run: bool = False) -> RebuildReport:
         for n, sid, snap in items:
             report.versions.append(PlannedVersion(
                 name=name, version=n, snapshot_id=sid, uri=uris[n], created=snap.created,
-                tags=version_tags(snap, sid, bytes_added=added[sid]),
+                tags=version_tags(snap, sid, bytes_added=added[sid],
+                                  bytes_stored=stored[sid]),
                 description=snap.message, exists=n <= done))
         # Only numbers some later version needs taken: a registry keeps no trace of a trailing
         # deleted version that a resumed rebuild could see.

@@ -115,6 +115,7 @@ def register(
         keep, keep.store, _Candidate(
             snapshot=snapshot, source=source, repo_dir=repo_dir, lineage=lineage or {},
             findings=findings, aliases=alias_list, bytes_added=stats.bytes_added,
+            bytes_stored=stats.bytes_stored,
             run_id=run_id, description=message or None, mark=stats.gc_mark,
             store_again=store_again),
         signer)
@@ -182,7 +183,7 @@ def promote(
         keep, store, _Candidate(
             snapshot=snapshot, source=src_rv.source, repo_dir=Path.cwd(),
             lineage=src.lineage, findings=scan_stored(keep, to_name, store, snapshot),
-            aliases=alias_list, bytes_added=0, run_id=None,
+            aliases=alias_list, bytes_added=0, bytes_stored=0, run_id=None,
             description=snapshot.message or None, mark=mark, store_again=store_again,
             base_tags=dict(src_rv.tags)),
         signer)
@@ -200,6 +201,7 @@ class _Candidate:
     findings: Sequence[Finding]
     aliases: Sequence[str]
     bytes_added: int
+    bytes_stored: int
     run_id: str | None
     description: str | None
     mark: GcMark | None  # the collection state read before the chunks were looked at
@@ -221,7 +223,8 @@ def _commit(keep: Keep, store: Store, c: _Candidate, signer: Signer | None) -> M
                     findings=c.findings)
     base = None if c.base_tags is None else {**c.base_tags, **snapshot.tags}
     registry_tags = version_tags(snapshot, store.snapshot_id(snapshot),
-                                 bytes_added=c.bytes_added, run_id=c.run_id, base=base)
+                                 bytes_added=c.bytes_added, bytes_stored=c.bytes_stored,
+                                 run_id=c.run_id, base=base)
     keep.hook.modelkeep_before_register(
         name=name, snapshot=snapshot, tags=registry_tags, keep=keep)
 
@@ -239,7 +242,8 @@ def _commit(keep: Keep, store: Store, c: _Candidate, signer: Signer | None) -> M
         move_alias(keep, name, alias, rv.version, snapshot_id=sid)
     if c.aliases:
         rv = replace(rv, aliases=tuple(sorted(set(rv.aliases) | set(c.aliases))))
-    version = replace(version_of(rv, snapshot, sid), bytes_added=c.bytes_added)
+    version = replace(version_of(rv, snapshot, sid), bytes_added=c.bytes_added,
+                      bytes_stored=c.bytes_stored)
     keep.hook.modelkeep_after_register(version=version, keep=keep, source=c.source)
     return version
 

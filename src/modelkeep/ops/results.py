@@ -29,6 +29,7 @@ class ModelVersion:
     message: str = ""
     author: str = ""
     bytes_added: int | None = None
+    bytes_stored: int | None = None  # what the chunks it added take in the store (coded)
     reused: bool = False  # register() returned an existing, identical version
     lineage: Mapping[str, Any] = field(default_factory=dict)  # the snapshot's, see docs/format.md
 
@@ -46,6 +47,13 @@ class ModelVersion:
             return None
         return 1.0 - self.bytes_added / self.size
 
+    @property
+    def stored_ratio(self) -> float | None:
+        """What the version cost in the store, as a fraction of its size."""
+        if self.bytes_stored is None or not self.size:
+            return None
+        return self.bytes_stored / self.size
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -57,6 +65,8 @@ class ModelVersion:
             "size": self.size,
             "bytes_added": self.bytes_added,
             "dedup_ratio": self.dedup_ratio,
+            "bytes_stored": self.bytes_stored,
+            "stored_ratio": self.stored_ratio,
             "reused": self.reused,
             "author": self.author,
             "message": self.message,

@@ -685,4 +685,11 @@ class Store:
 
     def stored_bytes(self, kind: Kind = Kind.CHUNK) -> int:
         """Bytes the store holds for *kind* (headers included): the figure dedup is judged by."""
+        if kind is Kind.CHUNK:
+            return sum(self.chunk_sizes().values())
         return sum(self.db.size(kind, oid) for oid in self.db.iter_ids(kind))
+
+    def chunk_sizes(self) -> dict[str, int]:
+        """{chunk id: stored size, header included} of every chunk in ``chunks/``, from one
+        listing: what each costs once coded."""
+        return {cid: size for cid, size, _when in self.db.ids_with_times(f"{self.db.root}/chunks")}
