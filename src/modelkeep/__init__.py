@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from modelkeep.hooks import Finding
     from modelkeep.keep import Keep
     from modelkeep.ops.rebuild import RebuildReport
+    from modelkeep.ops.repair import RepairResult
     from modelkeep.ops.results import DeletedVersion, Diff, FileChange, ModelVersion, TensorChanges
     from modelkeep.signing import SignatureStatus, Signer
     from modelkeep.store import (
@@ -76,6 +77,7 @@ _LAZY = {
     "ModelVersion": "modelkeep.ops.results",
     "PendingCheckpoint": "modelkeep.training",
     "RebuildReport": "modelkeep.ops.rebuild",
+    "RepairResult": "modelkeep.ops.repair",
     "SignatureStatus": "modelkeep.signing",
     "Signer": "modelkeep.signing",
     "Snapshot": "modelkeep.store",
@@ -127,6 +129,7 @@ __all__ = [
     "RegistryAuthError",
     "RegistryError",
     "RegistryPermissionError",
+    "RepairResult",
     "SignatureStatus",
     "Signer",
     "Snapshot",

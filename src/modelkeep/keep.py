@@ -24,6 +24,7 @@ from modelkeep.ops import gc as _gc
 from modelkeep.ops import read as _read
 from modelkeep.ops import rebuild as _rebuild
 from modelkeep.ops import register as _register
+from modelkeep.ops import repair as _repair
 from modelkeep.ops import scan as _scan
 from modelkeep.ops import signatures as _signatures
 from modelkeep.ops import sync as _sync
@@ -325,6 +326,14 @@ class Keep:
     def verify(self, ref: str | None = None, progress: Progress | None = None) -> VerifyReport:
         """Fetch and check every chunk of one version, or of every snapshot in the store."""
         return _read.verify(self, ref, progress)
+
+    def repair(self, source: str | None = None) -> _repair.RepairResult:
+        """Verify the store, name each damaged chunk once with the versions that use it, move
+        the damaged objects aside and write verified copies from *source*: a folder (or file)
+        holding the original files, or a store name or URL holding the same chunks. Without a
+        source the damaged names are only freed, so registering the original files again
+        writes them anew."""
+        return _repair.repair(self, source)
 
     def signer(self) -> Signer | None:
         """The loaded signing key, or None when this Keep does not sign."""

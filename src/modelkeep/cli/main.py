@@ -27,6 +27,7 @@ from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
     from modelkeep.hooks.manager import PluginManager
+    from modelkeep.keep import Keep
 
 app = typer.Typer(
     name="modelkeep",
@@ -447,10 +448,21 @@ def verify(
     trusted_key: Annotated[list[str] | None, typer.Option(
         "--trusted-key", help="Public key file (or key id) to trust; repeatable. The signing "
         "key in use and MODELKEEP_TRUSTED_KEYS are trusted too.")] = None,
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="Move damaged chunks aside (quarantine/) and, with --from, write "
+        "verified copies in their place; without --from, registering the original files again "
+        "rewrites them.")] = False,
+    source: Annotated[str | None, typer.Option(
+        "--from", help="With --repair: a folder holding the original files, or a store name "
+        "or URL holding the same chunks (a replica).")] = None,
 ) -> None:
-    """Fetch every chunk and check it against its id; with --require-signed, check signatures."""
+    """Fetch every chunk and check it against its id; with --require-signed, check signatures;
+    with --repair, replace damaged chunks."""
     st = _state(ctx)
     keep = st.keep()
+    if repair or source:
+        _repair(st, keep, ref, source, require_signed)
+        return
     signatures: list[dict[str, Any]] = []
     if require_signed:
         trusted = keep.trusted_keys(trusted_key or ())
@@ -475,10 +487,17 @@ def verify(
         result = keep.verify(ref, progress=advance)
     unsigned = [s for s in signatures if s["state"] != "valid"]
 
+    from modelkeep.ops.repair import damaged_chunks
+
+    damaged = damaged_chunks(keep, result)
+
     def human() -> None:
         c = st.out.console
+        for d in damaged:  # each damaged chunk once, with every version that uses it
+            c.print(f"DAMAGED {d}", highlight=False)
         for p in result.problems:
-            c.print(f"DAMAGED {p}", highlight=False)
+            if p.path is None:  # a snapshot object itself
+                c.print(f"DAMAGED {p}", highlight=False)
         for s in unsigned:
             by = f" (key {s['key_id'][:16]})" if s["key_id"] else ""
             why = f": {'; '.join(s['problems'])}" if s["problems"] else ""
@@ -492,11 +511,42 @@ def verify(
                     f"version(s) signed by a trusted key", highlight=False)
 
     data = result.to_json()
+    data["damaged"] = [d.to_json() for d in damaged]
     if require_signed:
         data["signatures"] = signatures
         data["ok"] = result.ok and not unsigned
     st.out.emit(data, human)
     if not result.ok or unsigned:
+        raise typer.Exit(4)
+
+
+def _repair(st: State, keep: Keep, ref: str | None, source: str | None,
+            require_signed: bool) -> None:
+    if ref is not None or require_signed:
+        raise InvalidInputError("--repair works on the whole store",
+                                hint="drop REF and --require-signed")
+    result = keep.repair(source)
+
+    def human() -> None:
+        c = st.out.console
+        for d in result.damaged:
+            c.print(f"DAMAGED {d}", highlight=False)
+        rep = result.repair
+        if rep is not None:
+            c.print(f"quarantined {len(rep.quarantined)}, rewritten {len(rep.rewritten)} "
+                    f"from {source or 'nothing'}", highlight=False)
+            for cid in rep.missing:
+                c.print(f"NOT REPAIRED chunk {cid[:12]}: "
+                        + ("no source given; register the original files again, or run "
+                           "verify --repair --from FOLDER|STORE" if source is None else
+                           f"{source} does not hold its bytes"), highlight=False)
+        final = result.after if result.after is not None else result.before
+        c.print(f"{'ok' if final.ok else f'{len(final.problems)} problem(s)'}: "
+                f"{final.snapshots} snapshot(s), {final.chunks} chunk(s), "
+                f"{human_bytes(final.bytes)} checked", highlight=False)
+
+    st.out.emit(result.to_json(), human)
+    if not result.ok:
         raise typer.Exit(4)
 
 

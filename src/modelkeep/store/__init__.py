@@ -11,7 +11,14 @@ from modelkeep.store.materialize import SnapshotFile
 from modelkeep.store.runs import RunArtifacts
 from modelkeep.store.safetensors import Tensor
 from modelkeep.store.snapshot import FileEntry, Parent, Snapshot, check_relpath
-from modelkeep.store.store import ParsedURI, Store, parse_runs_uri, parse_uri, utc_now
+from modelkeep.store.store import (
+    ParsedURI,
+    RepairReport,
+    Store,
+    parse_runs_uri,
+    parse_uri,
+    utc_now,
+)
 from modelkeep.store.sync import SyncReport
 from modelkeep.store.verify import Problem, VerifyReport
 
@@ -28,6 +35,7 @@ __all__ = [
     "Parent",
     "ParsedURI",
     "Problem",
+    "RepairReport",
     "RunArtifacts",
     "Snapshot",
     "SnapshotFile",

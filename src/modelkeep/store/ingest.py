@@ -324,6 +324,25 @@ def _entry_tags(entry: FileEntry) -> list[tuple[str, _Tag]]:
                                                  strict=True)]
 
 
+def rewrite_chunks(db: ObjectDB, sources: list[SourceFile], wanted: set[str]) -> set[str]:
+    """Cut *sources* as a register would and store each chunk whose id is in *wanted* (a
+    damaged chunk's verified replacement: its bytes hash to its id); returns the ids written."""
+    done: set[str] = set()
+    buffers = BufferPool(2)
+    for src in sources:
+        with src.open() as f:
+            _layout, chunks = _chunks(f, src, buffers.take)
+            for buf, data, (dtype, _key) in chunks:
+                try:
+                    cid = db.object_id(data)
+                    if cid in wanted and cid not in done:
+                        db.put(Kind.CHUNK, cid, data, dtype=dtype)
+                        done.add(cid)
+                finally:
+                    buffers.give(buf)
+    return done
+
+
 def parent_bases(parent: Snapshot | None) -> dict[ChunkKey, str]:
     """{chunk key: chunk id} of the tensor chunks of *parent*: what a new version's chunks of
     the same parts of the same tensors may be stored as deltas of."""

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 DESCRIPTOR = "modelkeep-store.json"
 FOSSILS = "fossils"
 DELTAS = "deltas"
+QUARANTINE = "quarantine"
 _DIRS = {Kind.CHUNK: "chunks", Kind.SNAPSHOT: "snapshots", Kind.JOURNAL: "journal"}
 SIGNATURES = "signatures"
 # Largest stored object of each kind: chunks are at most 4 MiB (chunking.py), plus a header and
@@ -126,6 +127,14 @@ def _piece_view() -> memoryview:
     return view
 
 
+class BaseDamagedError(IntegrityError):
+    """A delta chunk is intact but its base (``base_id``, the deepest damaged one) is not."""
+
+    def __init__(self, message: str, base_id: str) -> None:
+        super().__init__(message)
+        self.base_id = base_id
+
+
 class ObjectDB:
     """Content-addressed, write-once objects under ``location.root``."""
 
@@ -173,6 +182,22 @@ class ObjectDB:
         if not is_id(oid):
             raise IntegrityError(f"malformed object id {oid!r}")
         return f"{self.root}/{_DIRS[kind]}/{oid[:2]}/{oid[2:]}"
+
+    def quarantine_path(self, oid: str) -> str:
+        if not is_id(oid):
+            raise IntegrityError(f"malformed object id {oid!r}")
+        return f"{self.root}/{QUARANTINE}/{oid[:2]}/{oid[2:]}"
+
+    def quarantine(self, oid: str) -> bool:
+        """Move a damaged chunk object aside to ``quarantine/`` (kept for inspection), so its
+        name is free for a verified copy; False if there was none. The only time an object's
+        name is given new bytes, and only after its own bytes failed their checks."""
+        src = self.path(Kind.CHUNK, oid)
+        try:
+            self.copy_path(src, self.quarantine_path(oid))
+        except FileNotFoundError:
+            return False
+        return self.delete_path(src)
 
     def fossil_path(self, oid: str) -> str:
         if not is_id(oid):
@@ -459,8 +484,14 @@ class ObjectDB:
         if chain + depth > codec.MAX_DELTA_DEPTH:
             raise IntegrityError(f"{what} is corrupt: its delta chain is longer than "
                                  f"{codec.MAX_DELTA_DEPTH}")
-        base, base_depth = self._get(Kind.CHUNK, base_id, f"base {base_id[:12]} of {what}",
-                                     transient=False, chain=chain + 1)
+        try:
+            base, base_depth = self._get(Kind.CHUNK, base_id, f"base {base_id[:12]} of {what}",
+                                         transient=False, chain=chain + 1)
+        except (IntegrityError, NotFoundError) as exc:
+            # Not this chunk's own damage: a repair must mend the base, not this object.
+            root = exc.base_id if isinstance(exc, BaseDamagedError) else base_id
+            raise BaseDamagedError(f"{what} is read through its base {base_id[:12]}, which is "
+                                   f"damaged: {exc.message}", root) from None
         if base_depth != depth - 1:
             raise IntegrityError(f"{what} is corrupt: it says it is delta {depth} of a chain, "
                                  f"its base is delta {base_depth}")

@@ -26,7 +26,7 @@ import re
 import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +45,13 @@ from modelkeep.store.cache import KnownChunks
 from modelkeep.store.codec import Kind
 from modelkeep.store.gc import ChunksCollectedError, GcMark, GcReport
 from modelkeep.store.hashing import content_id
-from modelkeep.store.ingest import Ingestor, IngestStats, SourceFile, parent_bases
+from modelkeep.store.ingest import (
+    Ingestor,
+    IngestStats,
+    SourceFile,
+    parent_bases,
+    rewrite_chunks,
+)
 from modelkeep.store.journal import JournalEntry
 from modelkeep.store.location import (
     Location,
@@ -86,6 +92,19 @@ def _codec_policy(value: object, url: str) -> str:
                           f"{', '.join(CODEC_POLICIES)}",
                           hint="set the store option codec to auto (the default), zstd or none")
     return str(value)
+
+
+@dataclass
+class RepairReport:
+    """What :meth:`Store.repair` did with each damaged chunk."""
+
+    quarantined: list[str] = field(default_factory=list)  # moved aside to quarantine/
+    rewritten: list[str] = field(default_factory=list)  # replaced by a verified copy
+    missing: list[str] = field(default_factory=list)  # no source held its bytes
+
+    def to_json(self) -> dict[str, object]:
+        return {"quarantined": self.quarantined, "rewritten": self.rewritten,
+                "missing": self.missing}
 
 
 @dataclass(frozen=True)
@@ -681,6 +700,39 @@ class Store:
         report = verify_snapshots(self.db, loaded, progress=progress)
         report.snapshots += len(report_extra)
         report.problems[:0] = report_extra
+        return report
+
+    def repair(self, damaged: Collection[str], *, sources: list[SourceFile] | None = None,
+               replica: Store | None = None) -> RepairReport:
+        """Replace damaged chunks: each is moved aside to ``quarantine/`` (never overwritten in
+        place, never deleted), then written anew from *replica* (a store with the same chunk
+        ids; every chunk read from it is verified) or from *sources* (files holding the original
+        bytes, cut as a register cuts them). Without either, the names are only freed: the next
+        register of the original files writes the chunks again instead of reusing bad ones."""
+        self.ensure_initialized()
+        report = RepairReport()
+        for cid in sorted(set(damaged)):
+            if self.db.quarantine(cid):
+                report.quarantined.append(cid)
+        self.forget_known()  # this machine's cache said they exist
+        wanted = set(damaged)
+        if replica is not None:
+            from modelkeep.store.sync import check_compatible
+
+            check_compatible(replica, self)
+            for cid in sorted(wanted):
+                try:
+                    data = replica.db.get(Kind.CHUNK, cid)
+                except (NotFoundError, IntegrityError):
+                    continue  # not there, or damaged too: perhaps the folder has it
+                self.db.put(Kind.CHUNK, cid, data)
+                report.rewritten.append(cid)
+            wanted -= set(report.rewritten)
+        if sources and wanted:
+            written = rewrite_chunks(self.db, sources, wanted)
+            report.rewritten += sorted(written)
+            wanted -= written
+        report.missing = sorted(wanted)
         return report
 
     def stored_bytes(self, kind: Kind = Kind.CHUNK) -> int:

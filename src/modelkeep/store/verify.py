@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from modelkeep.errors import IntegrityError, ModelkeepError, NotFoundError
 from modelkeep.store.codec import Kind
-from modelkeep.store.objects import ObjectDB
+from modelkeep.store.objects import BaseDamagedError, ObjectDB
 from modelkeep.store.snapshot import Snapshot
 
 
@@ -26,10 +26,13 @@ class Problem:
     offset: int | None
     object_id: str
     reason: str
+    # The damaged chunk this one is read through (a delta's base), when it is not itself.
+    cause: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"snapshot": self.snapshot, "path": self.path, "chunk": self.chunk_index,
-                "offset": self.offset, "object": self.object_id, "reason": self.reason}
+                "offset": self.offset, "object": self.object_id, "reason": self.reason,
+                "cause": self.cause}
 
     def __str__(self) -> str:
         if self.path is None:
@@ -48,6 +51,15 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def damaged_chunks(self) -> dict[str, list[Problem]]:
+        """{chunk id: its uses} of each chunk whose own object is damaged or missing (not one
+        only read through a damaged base): what a repair must replace, each named once."""
+        out: dict[str, list[Problem]] = {}
+        for p in self.problems:
+            if p.path is not None:
+                out.setdefault(p.cause or p.object_id, []).append(p)
+        return out
 
     def to_json(self) -> dict[str, object]:
         return {"ok": self.ok, "snapshots": self.snapshots, "chunks": self.chunks,
@@ -72,28 +84,30 @@ def verify_snapshots(
                 uses.setdefault(cid, []).append((sid, entry.path, i, off))
                 sizes[cid] = n
 
-    def check(cid: str) -> tuple[str, str | None]:
+    def check(cid: str) -> tuple[str, str | None, str | None]:
         try:
             data = db.get(Kind.CHUNK, cid, transient=True)  # only its length is kept
         except NotFoundError:
-            return cid, "missing"
+            return cid, "missing", None
+        except BaseDamagedError as exc:
+            return cid, exc.message, exc.base_id
         except IntegrityError as exc:
-            return cid, exc.message
+            return cid, exc.message, None
         except ModelkeepError as exc:
-            return cid, str(exc)
+            return cid, str(exc), None
         if len(data) != sizes[cid]:
-            return cid, f"has {len(data)} bytes, snapshot says {sizes[cid]}"
-        return cid, None
+            return cid, f"has {len(data)} bytes, snapshot says {sizes[cid]}", None
+        return cid, None, None
 
     workers = workers or (4 if db.location.is_local else 16)
     with ThreadPoolExecutor(workers, thread_name_prefix="modelkeep-verify") as pool:
-        for cid, reason in pool.map(check, sorted(uses)):
+        for cid, reason, cause in pool.map(check, sorted(uses)):
             report.chunks += 1
             report.bytes += sizes[cid]
             if progress is not None:
                 progress(sizes[cid])
             if reason is not None:
                 for sid, path, i, off in uses[cid]:
-                    report.problems.append(Problem(sid, path, i, off, cid, reason))
+                    report.problems.append(Problem(sid, path, i, off, cid, reason, cause))
     report.problems.sort(key=lambda p: (p.snapshot, p.path or "", p.chunk_index or 0))
     return report
