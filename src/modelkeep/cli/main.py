@@ -253,6 +253,11 @@ def list_(
             latest = keep.registry.latest(model)
             rows.append({"name": model, "latest": latest.version if latest else None,
                          "aliases": sorted(latest.aliases) if latest else []})
+        if not rows and not getattr(keep.registry, "exists", True):
+            # A registry that can tell "absent" from "empty" (a SQLite file not created yet).
+            raise NotFoundError(f"there is no registry at {keep.registry.uri}",
+                                hint="check --registry / MLFLOW_TRACKING_URI; the first "
+                                "`modelkeep register` creates it")
 
         def human_models() -> None:
             if not rows:
