@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from modelkeep.errors import MissingExtraError
+
 if TYPE_CHECKING:
     import requests
 
@@ -40,9 +42,12 @@ def read_timeout() -> float:
 
 def open_session() -> requests.Session:
     """A session with connection reuse, bounded retries and MLflow's credentials."""
-    import requests
-    from requests.adapters import HTTPAdapter
-    from urllib3.util.retry import Retry
+    try:
+        import requests
+        from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
+    except ImportError as exc:
+        raise MissingExtraError("requests", "mlflow") from exc
 
     session = requests.Session()
     retry = Retry(total=CONNECT_RETRIES + 2, connect=CONNECT_RETRIES, read=0,
