@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,6 +65,8 @@ class SqliteRegistry:
         self._conn: sqlite3.Connection | None = None
         self._tested: bool | None = None
         self._writer: MlflowRegistry | None = None
+        # One connection, one transaction at a time: callers read from thread pools (gc).
+        self._lock = threading.RLock()
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -74,7 +77,10 @@ class SqliteRegistry:
 
             if self._schema_revision() is None:
                 with _folder_lock(self.path.parent):
-                    self._writer = MlflowRegistry(self.uri)
+                    writer = MlflowRegistry(self.uri)
+                    # MLflow opens its store (creating the schema) on first use: use it here.
+                    writer.models()
+                    self._writer = writer
             else:
                 self._writer = MlflowRegistry(self.uri)
         return self._writer
@@ -87,6 +93,10 @@ class SqliteRegistry:
 
     def _connect(self) -> sqlite3.Connection | None:
         """A read-only connection, or None when the file does not exist (nothing is created)."""
+        with self._lock:
+            return self._open()
+
+    def _open(self) -> sqlite3.Connection | None:
         if self._conn is None:
             if not self.path.is_file():
                 return None
@@ -101,13 +111,14 @@ class SqliteRegistry:
         return self._conn
 
     def _schema_revision(self) -> str | None:
-        conn = self._connect()
-        if conn is None:
-            return None
-        try:
-            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-        except sqlite3.DatabaseError:
-            return None  # an empty file, or not MLflow's: MLflow's client decides
+        with self._lock:
+            conn = self._open()
+            if conn is None:
+                return None
+            try:
+                row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            except sqlite3.DatabaseError:
+                return None  # an empty file, or not MLflow's: MLflow's client decides
         return str(row[0]) if row else None
 
     def _fast(self) -> bool:
@@ -130,18 +141,19 @@ class SqliteRegistry:
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
-        if conn is None:
-            raise self._no_registry()
-        try:
-            # One read transaction: versions, tags and aliases from the same moment.
-            conn.execute("BEGIN")
+        with self._lock:
+            conn = self._connect()
+            if conn is None:
+                raise self._no_registry()
             try:
-                yield conn
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise RegistryError(f"registry error reading {self.uri}: {exc}") from None
+                # One read transaction: versions, tags and aliases from the same moment.
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise RegistryError(f"registry error reading {self.uri}: {exc}") from None
 
     def close(self) -> None:
         if self._conn is not None:
