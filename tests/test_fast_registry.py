@@ -259,3 +259,36 @@ def test_concurrent_first_registers_on_a_missing_sqlite_file(tmp_path: Path) -> 
     assert numbers == list(range(1, 9))
     versions = registry_for(f"sqlite:///{db}").versions(name)
     assert [v.version for v in versions] == list(range(1, 9))
+
+
+def test_register_on_an_existing_sqlite_registry_does_not_import_mlflow(
+        project: tuple[Path, str]) -> None:
+    root, name = project
+    folder = write_model(root / "model-new", tensors(seed=7, n=2, rows=8, cols=8))
+    proc, imported = _run(["--json", "register", name, str(folder), "--alias", "canary",
+                           "--tag", "team=nlp"], root)
+    assert proc.returncode == 0, proc.stderr
+    assert imported == "clean"
+    made = json.loads(proc.stdout)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mv = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(name,
+                                                                                    "canary")
+    assert int(mv.version) == made["version"] and mv.tags["team"] == "nlp"
+    assert mv.status == "READY" and mv.current_stage == "None"
+    assert mv.source == made["uri"]
+
+
+def test_sql_writes_refuse_what_mlflow_refuses(tmp_path: Path) -> None:
+    reg = registry_for(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    name = unique_name()
+    reg.create_version(name, "modelkeep://file/tmp/s/@" + "0" * 64, tags={}, run_id="")
+    for bad in ("../up", "/abs", "a\\nb", ""):
+        with pytest.raises(RegistryError, match="invalid tag key"):
+            reg.set_tag(name, 1, bad, "v")
+    with pytest.raises(RegistryError, match="invalid alias"):
+        reg.set_alias(name, "v3", 1)
+    with pytest.raises(NotFoundError):
+        reg.set_alias(name, "prod", 2)
+    with pytest.raises(NotFoundError):
+        reg.set_model_tag(unique_name(), "k", "v")
+    assert registry_for(f"sqlite:///{tmp_path / 'mlflow.db'}").get_version(name, 1).tags == {}

@@ -1,5 +1,4 @@
-"""The SQLite registry (MLflow's embedded default): reads from MLflow's own tables, writes through
-MLflow's client.
+"""The SQLite registry (MLflow's embedded default), spoken to through MLflow's own tables.
 
 Opening MLflow's client costs about 3 s of CPU (``import mlflow``, then its SQLAlchemy store
 checking the schema), while the same question asked of the file with :mod:`sqlite3` takes
@@ -9,10 +8,15 @@ filtered exactly as MLflow's store filters them (the default workspace; versions
 (``alembic_version``, :data:`TESTED_REVISIONS`); on any other revision, or with an MLflow
 workspace selected, reads go through MLflow's client as before.
 
-Writes always go through MLflow's client (:class:`~modelkeep.plugins.mlflow.registry.
-MlflowRegistry`), which keeps MLflow's invariants: version numbers, timestamps, run links. The
-first write to a file that does not exist yet creates MLflow's schema under an exclusive lock on
-the folder, so concurrent first registers do not race inside MLflow's schema set-up.
+Writes on the register path (``create_version``, ``create_model``, ``set_alias``, ``set_tag``,
+``set_model_tag``) are the rows MLflow's ``SqlAlchemyStore`` writes, checked by MLflow's rules
+first, in one ``BEGIN IMMEDIATE`` transaction: the write lock is taken before the next version
+number is read, so concurrent registers queue instead of racing. Deleting a version or an alias
+and setting a description go through MLflow's client
+(:class:`~modelkeep.plugins.mlflow.registry.MlflowRegistry`), as does every write on an untested
+revision. A file that does not exist yet is created by MLflow's client (its schema, its
+migrations) under an exclusive lock on the folder, so concurrent first registers do not race
+inside MLflow's schema set-up.
 
 A read never creates a registry: on a missing file, lookups say there is no registry there,
 ``models()`` is empty and ``latest()`` None (what a register asks before it creates the first
@@ -23,8 +27,11 @@ See docs/mlflow.md for the measurements behind this design.
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from modelkeep.errors import NotFoundError, RegistryError
-from modelkeep.plugins.mlflow._errors import not_found
+from modelkeep.plugins.mlflow._errors import active_run_id, not_found
 from modelkeep.registry import RegistryModel, RegistryVersion
 
 if TYPE_CHECKING:
@@ -65,6 +72,7 @@ class SqliteRegistry:
         self._conn: sqlite3.Connection | None = None
         self._tested: bool | None = None
         self._writer: MlflowRegistry | None = None
+        self._wconn: sqlite3.Connection | None = None
         # One connection, one transaction at a time: callers read from thread pools (gc).
         self._lock = threading.RLock()
 
@@ -126,8 +134,11 @@ class SqliteRegistry:
         if self._tested is None:
             if not self.path.is_file():
                 return True  # nothing to read: the missing-registry answers below
+            revision = self._schema_revision()
+            if revision is None:
+                return False  # empty, being created, or not MLflow's: MLflow decides, this time
             workspace = os.environ.get("MLFLOW_WORKSPACE")
-            self._tested = (self._schema_revision() in TESTED_REVISIONS
+            self._tested = (revision in TESTED_REVISIONS
                             and workspace in (None, "", _DEFAULT_WORKSPACE))
         return self._tested
 
@@ -156,9 +167,10 @@ class SqliteRegistry:
                 raise RegistryError(f"registry error reading {self.uri}: {exc}") from None
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for conn in (self._conn, self._wconn):
+            if conn is not None:
+                conn.close()
+        self._conn = self._wconn = None
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -291,7 +303,53 @@ class SqliteRegistry:
                 "AND name = ?", (_DEFAULT_WORKSPACE, name))}
         return RegistryModel(name=row[0], description=row[1] or "", tags=tags, aliases=aliases)
 
-    # -- Registry protocol: writes, through MLflow's client -----------------------------------
+    # -- Registry protocol: writes ------------------------------------------------------------
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection | None]:
+        """A write transaction on MLflow's tables, or None when MLflow's client must write
+        (no schema yet, or a revision not tested here).
+
+        ``BEGIN IMMEDIATE`` takes SQLite's write lock before anything is read, so the version
+        number read inside is still free when it is inserted: concurrent registers from several
+        processes queue on the lock (``timeout``) instead of racing."""
+        if self._schema_revision() is None:
+            self._mlflow()  # creates MLflow's schema (under the folder lock) or waits for it
+        if not self._fast():
+            yield None
+            return
+        with self._lock:
+            if self._wconn is None:
+                try:
+                    self._wconn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw",
+                                                  uri=True, timeout=60, isolation_level=None,
+                                                  check_same_thread=False)
+                except sqlite3.Error as exc:
+                    raise RegistryError(f"registry {self.uri} cannot be written: {exc}") from None
+            conn = self._wconn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise RegistryError(f"registry error writing {self.uri}: {exc}",
+                                    hint="another process holds the registry's write lock; "
+                                    "try again") from None
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise RegistryError(f"registry error writing {self.uri}: {exc}") from None
+
+    @staticmethod
+    def _live_version(conn: sqlite3.Connection, name: str, version: int) -> bool:
+        return conn.execute(
+            "SELECT 1 FROM model_versions WHERE workspace = ? AND name = ? AND version = ? "
+            "AND (current_stage IS NULL OR current_stage != ?)",
+            (_DEFAULT_WORKSPACE, name, int(version), _DELETED)).fetchone() is not None
 
     def create_version(
         self,
@@ -302,14 +360,111 @@ class SqliteRegistry:
         description: str | None = None,
         run_id: str | None = None,
     ) -> RegistryVersion:
-        return self._mlflow().create_version(name, source, tags=tags, description=description,
-                                             run_id=run_id)
+        what = f"creating a version of {name!r}"
+        _check_name(what, name)
+        for key in tags:
+            _check_tag_key(what, key)
+        if run_id is None:
+            run_id = active_run_id()
+        with self._writing() as conn:
+            if conn is None:
+                return self._mlflow().create_version(name, source, tags=tags,
+                                                     description=description, run_id=run_id)
+            # What MLflow's SqlAlchemyStore.create_registered_model and create_model_version
+            # write, in one transaction: the model if new (its last_updated_time otherwise),
+            # the next number after every version ever made (deleted ones included), READY.
+            now = _now_ms()
+            if self._model_exists(conn, name):
+                conn.execute("UPDATE registered_models SET last_updated_time = ? "
+                             "WHERE workspace = ? AND name = ?", (now, _DEFAULT_WORKSPACE, name))
+            else:
+                conn.execute("INSERT INTO registered_models (name, creation_time, "
+                             "last_updated_time, description, workspace) VALUES (?, ?, ?, NULL, ?)",
+                             (name, now, now, _DEFAULT_WORKSPACE))
+            top = conn.execute("SELECT MAX(version) FROM model_versions WHERE workspace = ? "
+                               "AND name = ?", (_DEFAULT_WORKSPACE, name)).fetchone()[0]
+            version = int(top or 0) + 1
+            conn.execute(
+                "INSERT INTO model_versions (name, version, creation_time, last_updated_time, "
+                "description, user_id, current_stage, source, run_id, status, status_message, "
+                "run_link, storage_location, workspace) "
+                "VALUES (?, ?, ?, ?, ?, NULL, 'None', ?, ?, 'READY', NULL, NULL, ?, ?)",
+                (name, version, now, now, description, source, run_id or None, source,
+                 _DEFAULT_WORKSPACE))
+            conn.executemany(
+                "INSERT INTO model_version_tags (key, value, name, version, workspace) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(k, str(v), name, version, _DEFAULT_WORKSPACE) for k, v in tags.items()])
+            aliases = tuple(sorted(a for (a,) in conn.execute(
+                "SELECT alias FROM registered_model_aliases WHERE workspace = ? AND name = ? "
+                "AND version = ?", (_DEFAULT_WORKSPACE, name, version))))
+        return RegistryVersion(name=name, version=version, source=source,
+                               tags={k: str(v) for k, v in tags.items()}, aliases=aliases,
+                               created_ms=now, description=description or "",
+                               run_id=run_id or None)
 
     def create_model(self, name: str) -> None:
-        self._mlflow().create_model(name)
+        _check_name(f"creating model {name!r}", name)
+        with self._writing() as conn:
+            if conn is None:
+                self._mlflow().create_model(name)
+                return
+            now = _now_ms()
+            conn.execute("INSERT INTO registered_models (name, creation_time, last_updated_time, "
+                         "description, workspace) VALUES (?, ?, ?, NULL, ?) "
+                         "ON CONFLICT DO NOTHING", (name, now, now, _DEFAULT_WORKSPACE))
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
-        self._mlflow().set_alias(name, alias, version)
+        what = f"alias {alias!r} of {name!r}"
+        if not _ALIAS.match(alias) or _RESERVED_ALIAS.match(alias):
+            raise RegistryError(f"registry error on {what}: invalid alias name {alias!r}")
+        with self._writing() as conn:
+            if conn is None:
+                self._mlflow().set_alias(name, alias, version)
+                return
+            if not self._live_version(conn, name, version):
+                raise not_found(self.uri, what)
+            conn.execute(
+                "INSERT INTO registered_model_aliases (alias, version, name, workspace) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (workspace, name, alias) "
+                "DO UPDATE SET version = excluded.version",
+                (alias, int(version), name, _DEFAULT_WORKSPACE))
+
+    def set_tag(self, name: str, version: int, key: str, value: str) -> None:
+        what = f"tag {key!r} of {name}@{version}"
+        _check_tag_key(what, key)
+        with self._writing() as conn:
+            if conn is None:
+                self._mlflow().set_tag(name, version, key, value)
+                return
+            if not self._live_version(conn, name, version):
+                raise not_found(self.uri, what)
+            conn.execute(
+                "INSERT INTO model_version_tags (key, value, name, version, workspace) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (workspace, key, name, version) "
+                "DO UPDATE SET value = excluded.value",
+                (key, value, name, int(version), _DEFAULT_WORKSPACE))
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        what = f"tag {key!r} of model {name!r}"
+        _check_tag_key(what, key)
+        if len(value) > _MAX_MODEL_TAG_VALUE:
+            raise RegistryError(f"registry error on {what}: the value is longer than "
+                                f"{_MAX_MODEL_TAG_VALUE} characters")
+        with self._writing() as conn:
+            if conn is None:
+                self._mlflow().set_model_tag(name, key, value)
+                return
+            if not self._model_exists(conn, name):
+                raise not_found(self.uri, what)
+            conn.execute(
+                "INSERT INTO registered_model_tags (key, value, name, workspace) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (workspace, key, name) "
+                "DO UPDATE SET value = excluded.value",
+                (key, value, name, _DEFAULT_WORKSPACE))
+
+    # Rare and with more of MLflow's rules to them (a deleted version's redacted fields, the
+    # aliases it loses): through MLflow's client.
 
     def delete_version(self, name: str, version: int) -> None:
         self._mlflow().delete_version(name, version)
@@ -317,14 +472,38 @@ class SqliteRegistry:
     def delete_alias(self, name: str, alias: str) -> None:
         self._mlflow().delete_alias(name, alias)
 
-    def set_tag(self, name: str, version: int, key: str, value: str) -> None:
-        self._mlflow().set_tag(name, version, key, value)
-
-    def set_model_tag(self, name: str, key: str, value: str) -> None:
-        self._mlflow().set_model_tag(name, key, value)
-
     def set_description(self, name: str, version: int | None, text: str) -> None:
         self._mlflow().set_description(name, version, text)
+
+
+# MLflow's rules for what it stores (mlflow/utils/validation.py), checked before writing so the
+# tables only ever hold what MLflow's own client would have written.
+_ALIAS = re.compile(r"^[\w\-]*$")
+_RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
+_TAG_KEY = re.compile(r"^[/\w.\- :]*$")
+_MAX_TAG_KEY = 250
+_MAX_MODEL_TAG_VALUE = 100_000
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _not_unique_path(name: str) -> bool:
+    norm = posixpath.normpath(name)
+    return norm != name or norm == "." or norm.startswith("..") or norm.startswith("/")
+
+
+def _check_name(what: str, name: str) -> None:
+    if not name or not name.strip() or "/" in name or ":" in name or _not_unique_path(name):
+        raise RegistryError(f"registry error on {what}: invalid model name {name!r}")
+
+
+def _check_tag_key(what: str, key: str) -> None:
+    if (not key or len(key) > _MAX_TAG_KEY or not _TAG_KEY.match(key)
+            or _not_unique_path(key)):
+        raise RegistryError(f"registry error on {what}: invalid tag key {key!r}",
+                            hint="use up to 250 letters, digits, '_', '-', '.', ' ', ':' or '/'")
 
 
 @contextmanager
