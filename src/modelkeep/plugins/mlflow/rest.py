@@ -14,11 +14,14 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelkeep.errors import RegistryError
 from modelkeep.plugins.mlflow import _errors, _http
 from modelkeep.registry import RegistryModel, RegistryVersion
+
+if TYPE_CHECKING:
+    import requests
 
 _API = "/api/2.0/mlflow"
 _PAGE = 1000  # the largest page MLflow's registered-model search serves
@@ -39,8 +42,15 @@ class RestRegistry:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._base = uri.rstrip("/")
-        self._session = _http.open_session()
         self._timeout = (_http.CONNECT_TIMEOUT, _http.read_timeout())
+        self._session_: requests.Session | None = None
+
+    @property
+    def _session(self) -> requests.Session:
+        # Opened on the first request: a command that never asks the registry pays nothing.
+        if self._session_ is None:
+            self._session_ = _http.open_session()
+        return self._session_
 
     # -- transport -----------------------------------------------------------------------------
 
