@@ -320,3 +320,21 @@ def test_a_model_with_many_versions_lists_as_plain_columns(tmp_path: Path) -> No
     assert proc.returncode == 0 and imported == "clean", proc.stderr
     refs = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith(name)]
     assert refs == [f"{name}@{v}" for v in range(RICH_TABLE_ROWS + 5, 0, -1)]
+
+
+def test_a_web_server_that_is_not_mlflow_is_named_as_such(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        reg = registry_for(f"http://127.0.0.1:{server.server_address[1]}/nothing-here")
+        with pytest.raises(RegistryError, match="HTTP 404") as info:
+            reg.models()
+        assert not isinstance(info.value, NotFoundError)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -99,6 +99,12 @@ class RestRegistry:
             except _ApiError as exc:
                 if exc.code in ok_codes:
                     return {}
+                if exc.status == 404 and not exc.code:
+                    # MLflow always names its error; a bare 404 is some other web server.
+                    raise RegistryError(
+                        f"registry {self.uri} answered {endpoint} with HTTP 404",
+                        hint="is this the address of an MLflow server (with its /api path)?",
+                    ) from None
                 retryable = any(m in exc.message.lower() for m in _errors.RETRYABLE)
                 if attempt == attempts - 1 or not retryable or exc.status in (401, 403, 404):
                     raise _errors.translate(self.uri, what, code=exc.code, status=exc.status,
