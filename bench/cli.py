@@ -174,7 +174,8 @@ def _write(out: Path, tables: dict[str, list[dict[str, object]]], versions: int,
         "# Read commands, whole process (bench/cli.py)",
         "",
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}; one model with "
+        f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the end), "
+        f"Python {platform.python_version()}; one model with "
         f"{versions} versions; median of {repeat} runs each, and the median of the ratios to a "
         "`modelkeep --help` run right before each sample. Target: read commands <= 2x `--help`.",
         "",
