@@ -338,3 +338,22 @@ def test_a_web_server_that_is_not_mlflow_is_named_as_such(tmp_path: Path) -> Non
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_concurrent_registers_through_a_server(mlflow_server) -> None:  # type: ignore[no-untyped-def]
+    """Eight writers creating versions of one new model at once through the REST adapter: the
+    server numbers them 1..8, none lost or repeated."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = unique_name()
+
+    def one(i: int) -> int:
+        reg = registry_for(mlflow_server.url)  # each writer its own session, as processes are
+        return reg.create_version(name, f"modelkeep://file/tmp/s/@{i:064x}",
+                                  tags={"i": str(i)}, run_id="").version
+
+    with ThreadPoolExecutor(8) as pool:
+        numbers = sorted(pool.map(one, range(8)))
+    assert numbers == list(range(1, 9))
+    versions = MlflowRegistry(mlflow_server.url).versions(name)
+    assert sorted(v.tags["i"] for v in versions) == [str(i) for i in range(8)]
