@@ -8,7 +8,7 @@ NODE_STAMP := node_modules/.installed
 TORCH_VERSION ?= 2.13.0
 
 .DEFAULT_GOAL := test
-.PHONY: .venv node_modules chromium test lint demo bench bench-callbacks bench-encryption clean
+.PHONY: .venv node_modules chromium test lint demo bench bench-callbacks bench-encryption bench-cli clean
 
 # `make .venv` / `make node_modules`: set up once; re-runs are no-ops until the inputs change.
 .venv: $(VENV_STAMP)
@@ -68,6 +68,11 @@ bench-callbacks: .venv
 # Encrypted against plain store, new 1 GiB version and pull (bench/RESULTS-encryption.md).
 bench-encryption: .venv
 	$(VPY) bench/encryption.py
+
+# Whole-process read commands on 1,000 versions, SQLite and an mlflow server on PostgreSQL
+# (bench/RESULTS-cli.md).
+bench-cli: .venv
+	$(VPY) bench/cli.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache build dist

@@ -85,9 +85,12 @@ def test_hook_registry(pm: PluginManager, open_keep, model: Path, mlflow_sqlite_
     assert isinstance(keep.registry, Recording) and asked == [mlflow_sqlite_uri]
     v = keep.register(unique_name(), model)
     assert keep.registry.created == 1 and keep.get(v.ref).snapshot_id == v.snapshot_id
-    # A plugin that passes leaves the built-in MLflow registry in place.
+    # A plugin that passes leaves the built-in MLflow registry in place (for a SQLite file, the
+    # adapter that reads MLflow's tables).
+    from modelkeep.plugins.mlflow.sqlite import SqliteRegistry
+
     other = mlflow_sqlite_uri.replace("mlflow.db", "other.db")
-    assert type(open_keep(registry=other).registry) is MlflowRegistry
+    assert type(open_keep(registry=other).registry) is SqliteRegistry
     # With the built-in registry blocked and no other answer, the error says so.
     bare = make_plugin_manager(entry_points=False, selection="-modelkeep.mlflow")
     with pytest.raises(PluginError, match="no plugin provides a registry"):

@@ -1,14 +1,16 @@
-"""The MLflow Model Registry behind the :class:`~modelkeep.registry.Registry` protocol.
+"""The MLflow Model Registry behind the :class:`~modelkeep.registry.Registry` protocol, through
+MLflow's own ``MlflowClient``.
 
-Works with any registry URI MLflow accepts: a local SQLite file (the default), a database URL, or
-an ``http(s)://`` MLflow server. MLflow's own exceptions are translated here, so callers see
-modelkeep errors (``NotFoundError``, ``RegistryError``) with a hint.
+Works with any registry URI MLflow accepts. :func:`~modelkeep.plugins.mlflow.hooks.registry_for`
+uses it for the URIs the faster adapters do not serve (database URLs, an MLflow auth plugin or
+workspace) and the SQLite adapter for what it leaves to MLflow (creating the schema, deletes,
+descriptions, untested schema revisions). MLflow's exceptions become modelkeep errors
+(``NotFoundError``, ``RegistryError``) worded as in :mod:`modelkeep.plugins.mlflow._errors`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -16,23 +18,12 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from modelkeep.errors import (
-    MissingExtraError,
-    NotFoundError,
-    RegistryAuthError,
-    RegistryError,
-    RegistryPermissionError,
-)
+from modelkeep.errors import MissingExtraError, RegistryError
+from modelkeep.plugins.mlflow import _errors
 from modelkeep.registry import RegistryModel, RegistryVersion
 
 T = TypeVar("T")
-_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
-_DENIED = {"PERMISSION_DENIED"}
-_UNAUTHENTICATED = {"UNAUTHENTICATED", "UNAUTHORIZED"}
-# SQLite lets one writer in at a time; concurrent registers from several processes see "database
-# is locked" or a lost race on the version number. Both are safe to retry.
-_RETRYABLE = ("database is locked", "unique constraint", "integrityerror", "deadlock",
-              "lock wait timeout", "duplicate entry", "already exists")
+_RETRYABLE = _errors.RETRYABLE
 
 
 def _http_status(exc: Exception) -> int | None:
@@ -87,34 +78,18 @@ class MlflowRegistry:
         try:
             yield
         except MlflowException as exc:
-            code = str(getattr(exc, "error_code", ""))
-            # A missing alias comes back as INVALID_PARAMETER_VALUE "... not found".
-            if code in _NOT_FOUND or "not found" in str(exc).lower():
-                raise NotFoundError(f"{what} not found in registry {self.uri}",
-                                    hint="list models with `modelkeep list`") from None
-            status = _http_status(exc)
-            if code in _UNAUTHENTICATED or status == 401:
-                raise RegistryAuthError(
-                    f"registry {self.uri} refused {what}: not logged in "
-                    f"(credentials missing or wrong)",
-                    hint="set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
-                    "(or MLFLOW_TRACKING_TOKEN) for this server",
-                ) from None
-            if code in _DENIED or status == 403:
-                user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-                who = f"user {user!r}" if user else "this user"
-                raise RegistryPermissionError(
-                    f"registry {self.uri} refused {what}: permission denied for {who}",
-                    hint="ask an MLflow admin for EDIT on the model (to register and move "
-                    "aliases) or MANAGE (to delete aliases)",
-                ) from None
             text = str(exc.message if hasattr(exc, "message") else exc)
-            if "max retries" in text.lower() or "connection" in text.lower():
-                raise RegistryError(
-                    f"registry {self.uri} is unreachable",
-                    hint="check the registry URI and that the server runs",
-                ) from None
-            raise RegistryError(f"registry error on {what}: {text.splitlines()[0][:300]}") from exc
+            code = str(getattr(exc, "error_code", ""))
+            status = _http_status(exc)
+            if (code not in _errors.NOT_FOUND_CODES | _errors.DENIED_CODES
+                    | _errors.UNAUTHENTICATED_CODES and status not in (401, 403)
+                    and "not found" not in text.lower()
+                    and ("max retries" in text.lower() or "connection" in text.lower())):
+                raise _errors.unreachable(self.uri) from None
+            error = _errors.translate(self.uri, what, code=code, status=status, message=text)
+            if type(error) is RegistryError:
+                raise error from exc
+            raise error from None
 
     def _retry(self, what: str, fn: Callable[[], T], attempts: int = 12) -> T:
         from mlflow.exceptions import MlflowException

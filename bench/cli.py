@@ -1,0 +1,194 @@
+"""Whole-process time of modelkeep's read commands, beside the commands people compare them with.
+
+Each command is run as its own process, as a person or a git hook runs it, on a registry holding
+``--versions`` versions of one model: the SQLite default, and (``--server``, on by default) an
+``mlflow server`` backed by the machine's PostgreSQL. Every sample of a command is paired with a
+``modelkeep --help`` run right before it, so both see the same state of a shared machine; the
+median of those paired ratios is the figure the fast-CLI targets are judged on (<= 2x ``--help``).
+Beside them: ``git status``, ``dvc status`` and the MLflow CLI's nearest read
+(``mlflow experiments search``).
+
+Writes ``bench/RESULTS-cli.md``. Usage::
+
+    .venv/bin/python bench/cli.py [--versions 1000] [--repeat 5] [--no-server]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
+
+BIN = Path(sys.executable).parent
+MODEL = "llm-ft"
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    env["MLFLOW_ENABLE_TELEMETRY"] = "false"
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    return {**env, **(extra or {})}
+
+
+def _wall(cmd: Sequence[str], cwd: Path, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - started
+    if proc.returncode not in (0, 1):  # status and dvc status answer 1 for "differs"
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-500:]}")
+    return elapsed
+
+
+def _populate(project: Path, registry: str, versions: int) -> None:
+    """Three real versions of a small model, then versions up to *versions* naming the same
+    snapshots (what the read commands read is the registry, so this is what they scale with)."""
+    import numpy as np
+
+    import modelkeep
+    from modelkeep.hooks import make_plugin_manager
+
+    keep = modelkeep.open(store=str(project / "store"), registry=registry,
+                          plugins=make_plugin_manager(entry_points=False))
+    folder = project / "model"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    real = []
+    for i in range(3):
+        (folder / "weights.bin").write_bytes(rng.bytes(4 << 20))
+        (folder / "config.json").write_text(f'{{"step": {i}}}')
+        real.append(keep.register(MODEL, folder, aliases=["prod"] if i == 0 else (),
+                                  message=f"checkpoint {i}"))
+    first = keep.registry.get_version(MODEL, real[-1].version)
+    for _ in range(versions - len(real)):
+        keep.registry.create_version(MODEL, first.source, tags=dict(first.tags),
+                                     description=first.description, run_id="")
+
+
+def _commands(registry: str, with_peers: bool) -> dict[str, list[str]]:
+    mk = [str(BIN / "modelkeep"), "--registry", registry]
+    cmds = {
+        "modelkeep list": [*mk, "list"],
+        "modelkeep list NAME": [*mk, "list", MODEL],
+        "modelkeep --json list NAME": [*mk, "--json", "list", MODEL],
+        "modelkeep show NAME@latest": [*mk, "show", f"{MODEL}@latest"],
+        "modelkeep show NAME@prod": [*mk, "show", f"{MODEL}@prod"],
+        "modelkeep log NAME": [*mk, "log", MODEL],
+        "modelkeep lineage NAME@latest": [*mk, "lineage", f"{MODEL}@latest"],
+        "modelkeep status": [*mk, "status"],
+        "modelkeep register (unchanged)": [*mk, "register", MODEL, "model"],
+        "mlflow experiments search": [str(BIN / "mlflow"), "experiments", "search"],
+    }
+    if with_peers:
+        cmds["git status"] = ["git", "status", "--short"]
+        cmds["dvc status"] = [str(BIN / "dvc"), "status"]
+    return cmds
+
+
+def _measure(project: Path, registry: str, repeat: int,
+             with_peers: bool) -> list[dict[str, object]]:
+    env = _env({"MLFLOW_TRACKING_URI": registry})
+    help_cmd = [str(BIN / "modelkeep"), "--help"]
+    rows = []
+    helps: list[float] = []
+    for label, cmd in _commands(registry, with_peers).items():
+        _wall(cmd, project, env)  # warm the page cache
+        walls, ratios = [], []
+        for _ in range(repeat):
+            base = _wall(help_cmd, project, env)
+            wall = _wall(cmd, project, env)
+            helps.append(base)
+            walls.append(wall)
+            ratios.append(wall / base)
+        rows.append({"command": label, "median": statistics.median(walls),
+                     "ratio": statistics.median(ratios)})
+    rows.insert(0, {"command": "modelkeep --help", "median": statistics.median(helps),
+                    "ratio": 1.0})
+    return rows
+
+
+def _project(root: Path, registry: str, versions: int) -> Path:
+    project = root / "project"
+    project.mkdir(parents=True)
+    (project / "modelkeep.toml").write_text(f'store = "./store"\nregistry = "{registry}"\n')
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=project, check=True, env=_env())
+    _populate(project, registry, versions)
+    return project
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--versions", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-server", action="store_true",
+                        help="skip the mlflow server on PostgreSQL")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS-cli.md")
+    args = parser.parse_args(argv)
+
+    tables: dict[str, list[dict[str, object]]] = {}
+    with tempfile.TemporaryDirectory(prefix="mk-bench-cli-") as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        db_file = root / "sqlite" / "project" / "mlflow.db"
+        project = _project(root / "sqlite", f"sqlite:///{db_file}", args.versions)
+        print(f"SQLite registry with {args.versions} versions ready "
+              f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+        tables["SQLite default"] = _measure(project, f"sqlite:///{db_file}", args.repeat, True)
+        if not args.no_server:
+            from tests.servers import create_database, start_mlflow_server
+
+            database = create_database("postgresql")
+            (root / "server").mkdir()
+            server = start_mlflow_server(root / "server", database.uri)
+            try:
+                project = _project(root / "pg", server.url, args.versions)
+                tables["mlflow server on PostgreSQL"] = _measure(project, server.url,
+                                                                 args.repeat, False)
+            finally:
+                server.process.stop()
+                database.drop()
+    _write(args.out, tables, args.versions, args.repeat)
+    print(args.out.read_text())
+    return 0
+
+
+def _write(out: Path, tables: dict[str, list[dict[str, object]]], versions: int,
+           repeat: int) -> None:
+    lines = [
+        "# Read commands, whole process (bench/cli.py)",
+        "",
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+        f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the end), "
+        f"Python {platform.python_version()}; one model with "
+        f"{versions} versions; median of {repeat} runs each, and the median of the ratios to a "
+        "`modelkeep --help` run right before each sample. Target: read commands <= 2x `--help`.",
+        "",
+    ]
+    for title, rows in tables.items():
+        lines += [f"## {title}", "", "| command | median | x `--help` (paired) |", "|---|---|---|"]
+        for row in rows:
+            lines.append(f"| `{row['command']}` | {row['median']:.2f} s | {row['ratio']:.2f}x |")
+        lines.append("")
+    out.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    if shutil.which("git") is None:
+        raise SystemExit("bench/cli.py needs git")
+    sys.exit(main())

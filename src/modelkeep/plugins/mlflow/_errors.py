@@ -1,0 +1,76 @@
+"""How a registry failure reads to a person, whichever way modelkeep talked to MLflow.
+
+MLflow's client, the REST adapter and the SQLite reader all end here, so a missing version, a
+refused login or an unreachable server gives the same one line and the same error class however
+the registry was reached.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from modelkeep.errors import (
+    ModelkeepError,
+    NotFoundError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryPermissionError,
+)
+
+NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"})
+DENIED_CODES = frozenset({"PERMISSION_DENIED"})
+UNAUTHENTICATED_CODES = frozenset({"UNAUTHENTICATED", "UNAUTHORIZED"})
+# SQLite lets one writer in at a time; concurrent registers from several processes see "database
+# is locked" or a lost race on the version number. Both are safe to retry.
+RETRYABLE = ("database is locked", "unique constraint", "integrityerror", "deadlock",
+             "lock wait timeout", "duplicate entry", "already exists")
+
+
+def not_found(uri: str, what: str) -> NotFoundError:
+    return NotFoundError(f"{what} not found in registry {uri}",
+                         hint="list models with `modelkeep list`")
+
+
+def translate(uri: str, what: str, *, code: str, status: int | None,
+              message: str) -> ModelkeepError:
+    """The modelkeep error for a registry answer: MLflow's *code*, the HTTP *status* when
+    there was one, and its *message*."""
+    # A missing alias comes back as INVALID_PARAMETER_VALUE "... not found".
+    if code in NOT_FOUND_CODES or status == 404 or "not found" in message.lower():
+        return not_found(uri, what)
+    if code in UNAUTHENTICATED_CODES or status == 401:
+        return RegistryAuthError(
+            f"registry {uri} refused {what}: not logged in (credentials missing or wrong)",
+            hint="set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+            "(or MLFLOW_TRACKING_TOKEN) for this server",
+        )
+    if code in DENIED_CODES or status == 403:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        who = f"user {user!r}" if user else "this user"
+        return RegistryPermissionError(
+            f"registry {uri} refused {what}: permission denied for {who}",
+            hint="ask an MLflow admin for EDIT on the model (to register and move "
+            "aliases) or MANAGE (to delete aliases)",
+        )
+    first = message.splitlines()[0][:300] if message else f"HTTP {status}"
+    return RegistryError(f"registry error on {what}: {first}")
+
+
+def unreachable(uri: str) -> RegistryError:
+    return RegistryError(f"registry {uri} is unreachable",
+                         hint="check the registry URI and that the server runs")
+
+
+def active_run_id() -> str | None:
+    """The id of the MLflow run active in this process, if any: a version registered inside a
+    training run is linked to it, as ``mlflow.register_model`` does.
+
+    A run can only be active if something in this process imported MLflow and started it, so a
+    process that never imported MLflow is not made to pay its start-up to learn there is none.
+    """
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None or not hasattr(mlflow, "active_run"):
+        return None
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None

@@ -1,0 +1,271 @@
+"""An ``http(s)://`` MLflow server spoken to over MLflow's documented REST API.
+
+The endpoints are the Model Registry's (``/api/2.0/mlflow/registered-models/*``,
+``/api/2.0/mlflow/model-versions/*``), called as MLflow's own ``RestStore`` calls them: GET with
+query parameters, every other method with a JSON body. The server keeps MLflow's invariants
+(version numbers, timestamps, run links); this module only avoids loading MLflow's client,
+which costs more than a second before the first request. Credentials, TLS and time limits are
+those of :mod:`modelkeep.plugins.mlflow._http`; errors read as MLflow's client's do
+(:mod:`modelkeep.plugins.mlflow._errors`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from modelkeep.errors import RegistryError
+from modelkeep.plugins.mlflow import _errors, _http
+from modelkeep.registry import RegistryModel, RegistryVersion
+
+if TYPE_CHECKING:
+    import requests
+
+_API = "/api/2.0/mlflow"
+_PAGE = 1000  # the largest page MLflow's registered-model search serves
+_WRITE_ATTEMPTS = 8
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class RestRegistry:
+    """A :class:`~modelkeep.registry.Registry` on an MLflow tracking server."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._base = uri.rstrip("/")
+        self._timeout = (_http.CONNECT_TIMEOUT, _http.read_timeout())
+        self._session_: requests.Session | None = None
+
+    @property
+    def _session(self) -> requests.Session:
+        # Opened on the first request: a command that never asks the registry pays nothing.
+        if self._session_ is None:
+            self._session_ = _http.open_session()
+        return self._session_
+
+    # -- transport -----------------------------------------------------------------------------
+
+    def _call(self, method: str, endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        import requests
+
+        url = f"{self._base}{_API}/{endpoint}"
+        try:
+            if method == "GET":
+                response = self._session.get(url, params=dict(body), timeout=self._timeout)
+            else:
+                response = self._session.request(method, url, json=dict(body),
+                                                 timeout=self._timeout)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            if isinstance(exc, requests.ReadTimeout):
+                raise RegistryError(
+                    f"registry {self.uri} did not answer within {self._timeout[1]:.0f} s",
+                    hint="raise MLFLOW_HTTP_REQUEST_TIMEOUT, or check the server") from None
+            raise _errors.unreachable(self.uri) from None
+        except requests.RequestException as exc:
+            raise RegistryError(f"registry {self.uri}: {exc}") from None
+        if response.status_code == 200:
+            try:
+                data = response.json()
+            except ValueError:
+                raise RegistryError(f"registry {self.uri} answered {endpoint} with something "
+                                    "that is not JSON", hint="is this an MLflow server?") from None
+            return data if isinstance(data, dict) else {}
+        code, message = "", response.text[:500]
+        try:
+            data = response.json()
+            code = str(data.get("error_code") or "")
+            message = str(data.get("message") or message)
+        except ValueError:
+            pass
+        raise _ApiError(response.status_code, code, message)
+
+    def _do(self, what: str, method: str, endpoint: str, body: Mapping[str, Any],
+            *, ok_codes: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """Call *endpoint*, retrying a write that lost a race on the server's database (the
+        server's transaction failed as a whole, so trying again is safe), and translate errors."""
+        attempts = 1 if method == "GET" else _WRITE_ATTEMPTS
+        for attempt in range(attempts):
+            try:
+                return self._call(method, endpoint, body)
+            except _ApiError as exc:
+                if exc.code in ok_codes:
+                    return {}
+                if exc.status == 404 and not exc.code:
+                    # MLflow always names its error; a bare 404 is some other web server.
+                    raise RegistryError(
+                        f"registry {self.uri} answered {endpoint} with HTTP 404",
+                        hint="is this the address of an MLflow server (with its /api path)?",
+                    ) from None
+                retryable = any(m in exc.message.lower() for m in _errors.RETRYABLE)
+                if attempt == attempts - 1 or not retryable or exc.status in (401, 403, 404):
+                    raise _errors.translate(self.uri, what, code=exc.code, status=exc.status,
+                                            message=exc.message) from None
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    # -- conversions ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _version(mv: Mapping[str, Any]) -> RegistryVersion:
+        return RegistryVersion(
+            name=str(mv.get("name", "")),
+            version=int(mv.get("version", 0)),
+            source=str(mv.get("source") or ""),
+            tags={t["key"]: t.get("value", "") for t in mv.get("tags") or ()},
+            aliases=tuple(sorted(mv.get("aliases") or ())),
+            created_ms=int(mv.get("creation_timestamp") or 0),
+            description=str(mv.get("description") or ""),
+            run_id=mv.get("run_id") or None,
+        )
+
+    def _search_versions(self, what: str, filter_: str, **extra: Any) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        token = None
+        while True:
+            body: dict[str, Any] = {"filter": filter_, "max_results": _PAGE, **extra}
+            if token:
+                body["page_token"] = token
+            page = self._do(what, "GET", "model-versions/search", body)
+            out.extend(page.get("model_versions") or ())
+            token = page.get("next_page_token")
+            if not token or extra.get("max_results") == 1:
+                return out
+
+    def _raw_model(self, name: str) -> dict[str, Any]:
+        data = self._do(f"model {name!r}", "GET", "registered-models/get", {"name": name})
+        model = data.get("registered_model")
+        if not isinstance(model, dict):
+            raise _errors.not_found(self.uri, f"model {name!r}")
+        return model
+
+    # -- Registry protocol: reads --------------------------------------------------------------
+
+    def get_version(self, name: str, version: int) -> RegistryVersion:
+        data = self._do(f"version {name}@{version}", "GET", "model-versions/get",
+                        {"name": name, "version": str(version)})
+        return self._version(data.get("model_version") or {})
+
+    def get_by_alias(self, name: str, alias: str) -> RegistryVersion:
+        data = self._do(f"alias {name}@{alias}", "GET", "registered-models/alias",
+                        {"name": name, "alias": alias})
+        return self._version(data.get("model_version") or {})
+
+    def latest(self, name: str) -> RegistryVersion | None:
+        found = self._search_versions(f"model {name!r}", f"name = '{name}'",
+                                      max_results=1, order_by=["version_number DESC"])
+        if not found:
+            return None
+        # Search results carry no aliases; the version itself does.
+        return self.get_version(name, int(found[0]["version"]))
+
+    def versions(self, name: str) -> list[RegistryVersion]:
+        model = self._raw_model(name)
+        by_version: dict[int, list[str]] = {}
+        for a in model.get("aliases") or ():
+            by_version.setdefault(int(a["version"]), []).append(a["alias"])
+        found = self._search_versions(f"model {name!r}", f"name = '{name}'")
+        out = []
+        for mv in found:
+            rv = self._version(mv)
+            out.append(RegistryVersion(
+                name=rv.name, version=rv.version, source=rv.source, tags=rv.tags,
+                aliases=tuple(sorted(by_version.get(rv.version, ()))), created_ms=rv.created_ms,
+                description=rv.description, run_id=rv.run_id))
+        return sorted(out, key=lambda v: v.version)
+
+    def models_tagged(self, key: str, value: str) -> set[str]:
+        """Names of the models that have a version tagged *key* = *value*, in one search."""
+        found = self._search_versions(f"searching versions tagged {key}",
+                                      f"tags.`{key}` = '{value}'")
+        return {str(mv["name"]) for mv in found}
+
+    def models(self) -> list[str]:
+        names: list[str] = []
+        token = None
+        while True:
+            body: dict[str, Any] = {"max_results": _PAGE}
+            if token:
+                body["page_token"] = token
+            page = self._do("listing models", "GET", "registered-models/search", body)
+            names.extend(m["name"] for m in page.get("registered_models") or ())
+            token = page.get("next_page_token")
+            if not token:
+                return sorted(names)
+
+    def get_model(self, name: str) -> RegistryModel:
+        model = self._raw_model(name)
+        return RegistryModel(
+            name=str(model.get("name", name)),
+            description=str(model.get("description") or ""),
+            tags={t["key"]: t.get("value", "") for t in model.get("tags") or ()},
+            aliases={a["alias"]: int(a["version"]) for a in model.get("aliases") or ()},
+        )
+
+    # -- Registry protocol: writes -------------------------------------------------------------
+
+    def create_model(self, name: str) -> None:
+        self._do(f"creating model {name!r}", "POST", "registered-models/create", {"name": name},
+                 ok_codes=frozenset({"RESOURCE_ALREADY_EXISTS"}))
+
+    def create_version(
+        self,
+        name: str,
+        source: str,
+        *,
+        tags: Mapping[str, str],
+        description: str | None = None,
+        run_id: str | None = None,
+    ) -> RegistryVersion:
+        if run_id is None:
+            run_id = _errors.active_run_id()
+        what = f"creating a version of {name!r}"
+        self._do(what, "POST", "registered-models/create", {"name": name},
+                 ok_codes=frozenset({"RESOURCE_ALREADY_EXISTS"}))
+        body: dict[str, Any] = {"name": name, "source": source,
+                                "tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        if run_id:
+            body["run_id"] = run_id
+        if description is not None:
+            body["description"] = description
+        data = self._do(what, "POST", "model-versions/create", body)
+        return self._version(data.get("model_version") or {})
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        self._do(f"alias {alias!r} of {name!r}", "POST", "registered-models/alias",
+                 {"name": name, "alias": alias, "version": str(version)})
+
+    def delete_version(self, name: str, version: int) -> None:
+        self._do(f"version {name}@{version}", "DELETE", "model-versions/delete",
+                 {"name": name, "version": str(version)})
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        # MLflow deletes a missing alias silently; the protocol promises NotFoundError.
+        self.get_by_alias(name, alias)
+        self._do(f"alias {alias!r} of {name!r}", "DELETE", "registered-models/alias",
+                 {"name": name, "alias": alias})
+
+    def set_tag(self, name: str, version: int, key: str, value: str) -> None:
+        self._do(f"tag {key!r} of {name}@{version}", "POST", "model-versions/set-tag",
+                 {"name": name, "version": str(version), "key": key, "value": value})
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        self._do(f"tag {key!r} of model {name!r}", "POST", "registered-models/set-tag",
+                 {"name": name, "key": key, "value": value})
+
+    def set_description(self, name: str, version: int | None, text: str) -> None:
+        if version is None:
+            self._do(f"model {name!r}", "PATCH", "registered-models/update",
+                     {"name": name, "description": text})
+        else:
+            self._do(f"version {name}@{version}", "PATCH", "model-versions/update",
+                     {"name": name, "version": str(version), "description": text})
+

@@ -1,0 +1,525 @@
+"""The SQLite registry (MLflow's embedded default), spoken to through MLflow's own tables.
+
+Opening MLflow's client costs about 3 s of CPU (``import mlflow``, then its SQLAlchemy store
+checking the schema), while the same question asked of the file with :mod:`sqlite3` takes
+milliseconds. So every read here is a plain query on MLflow's tables, in one read transaction,
+filtered exactly as MLflow's store filters them (the default workspace; versions not marked
+``Deleted_Internal``). The queries are only trusted on a schema revision they were tested against
+(``alembic_version``, :data:`TESTED_REVISIONS`); on any other revision, or with an MLflow
+workspace selected, reads go through MLflow's client as before.
+
+Writes on the register path (``create_version``, ``create_model``, ``set_alias``, ``set_tag``,
+``set_model_tag``) are the rows MLflow's ``SqlAlchemyStore`` writes, checked by MLflow's rules
+first, in one ``BEGIN IMMEDIATE`` transaction: the write lock is taken before the next version
+number is read, so concurrent registers queue instead of racing. Deleting a version or an alias
+and setting a description go through MLflow's client
+(:class:`~modelkeep.plugins.mlflow.registry.MlflowRegistry`), as does every write on an untested
+revision. A file that does not exist yet is created by MLflow's client (its schema, its
+migrations) under an exclusive lock on the folder, so concurrent first registers do not race
+inside MLflow's schema set-up.
+
+A read never creates a registry: on a missing file, lookups say there is no registry there,
+``models()`` is empty and ``latest()`` None (what a register asks before it creates the first
+version), and :attr:`SqliteRegistry.exists` is False so ``modelkeep list`` can say so.
+See docs/mlflow.md for the measurements behind this design.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from modelkeep.errors import NotFoundError, RegistryError
+from modelkeep.plugins.mlflow._errors import active_run_id, not_found
+from modelkeep.registry import RegistryModel, RegistryVersion
+
+if TYPE_CHECKING:
+    from modelkeep.plugins.mlflow.registry import MlflowRegistry
+
+# Schema revisions of MLflow's tracking database whose registry tables these queries were tested
+# against (tests/test_fast_registry.py compares every read with MlflowClient's). A new MLflow
+# release that migrates the schema falls back to MLflow's client until it is added here.
+TESTED_REVISIONS = frozenset({
+    "dc11669786a5",  # mlflow 3.17 (workspace columns)
+})
+_DEFAULT_WORKSPACE = "default"
+_DELETED = "Deleted_Internal"  # MLflow's mark on a deleted version (model_version_stages.py)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file a ``sqlite:///`` URI names, or None for an in-memory database."""
+    rest = uri[len("sqlite://"):].split("?", 1)[0]
+    if not rest.startswith("/") or rest == "/" or rest == "/:memory:":
+        return None
+    return Path(unquote(rest[1:]))
+
+
+class SqliteRegistry:
+    """A :class:`~modelkeep.registry.Registry` on an MLflow SQLite file."""
+
+    def __init__(self, uri: str, path: Path) -> None:
+        self.uri = uri
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._tested: bool | None = None
+        self._writer: MlflowRegistry | None = None
+        self._wconn: sqlite3.Connection | None = None
+        # One connection, one transaction at a time: callers read from thread pools (gc).
+        self._lock = threading.RLock()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _mlflow(self) -> MlflowRegistry:
+        """MLflow's client on the same file, for writes and for schemas not tested here."""
+        if self._writer is None:
+            from modelkeep.plugins.mlflow.registry import MlflowRegistry
+
+            if self._schema_revision() is None:
+                with _folder_lock(self.path.parent):
+                    writer = MlflowRegistry(self.uri)
+                    # MLflow opens its store (creating the schema) on first use: use it here.
+                    writer.models()
+                    self._writer = writer
+            else:
+                self._writer = MlflowRegistry(self.uri)
+        return self._writer
+
+    @property
+    def _client(self) -> Any:
+        """MLflow's own ``MlflowClient`` on this file, as :class:`MlflowRegistry` has it, for
+        what only MLflow does (tests use it to change the registry behind modelkeep's back)."""
+        return self._mlflow()._client
+
+    def _connect(self) -> sqlite3.Connection | None:
+        """A read-only connection, or None when the file does not exist (nothing is created)."""
+        with self._lock:
+            return self._open()
+
+    def _open(self) -> sqlite3.Connection | None:
+        if self._conn is None:
+            if not self.path.is_file():
+                return None
+            try:
+                # mode=ro: a read must never create or change the file; autocommit so each read
+                # runs in the one transaction _reading() opens.
+                self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                             timeout=30, isolation_level=None,
+                                             check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise RegistryError(f"registry {self.uri} cannot be read: {exc}") from None
+        return self._conn
+
+    def _schema_revision(self) -> str | None:
+        with self._lock:
+            conn = self._open()
+            if conn is None:
+                return None
+            try:
+                row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            except sqlite3.DatabaseError:
+                return None  # an empty file, or not MLflow's: MLflow's client decides
+        return str(row[0]) if row else None
+
+    def _fast(self) -> bool:
+        """Whether reads may use the tables directly (the file exists, on a tested revision)."""
+        if self._tested is None:
+            if not self.path.is_file():
+                return True  # nothing to read: the missing-registry answers below
+            revision = self._schema_revision()
+            if revision is None:
+                return False  # empty, being created, or not MLflow's: MLflow decides, this time
+            workspace = os.environ.get("MLFLOW_WORKSPACE")
+            self._tested = (revision in TESTED_REVISIONS
+                            and workspace in (None, "", _DEFAULT_WORKSPACE))
+        return self._tested
+
+    def _missing(self) -> bool:
+        return self._writer is None and not self.path.is_file()
+
+    def _no_registry(self) -> NotFoundError:
+        return NotFoundError(f"there is no registry at {self.path} (no such file)",
+                             hint="check --registry / MLFLOW_TRACKING_URI; the first "
+                             "`modelkeep register` creates it")
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._connect()
+            if conn is None:
+                raise self._no_registry()
+            try:
+                # One read transaction: versions, tags and aliases from the same moment.
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise RegistryError(f"registry error reading {self.uri}: {exc}") from None
+
+    def close(self) -> None:
+        for conn in (self._conn, self._wconn):
+            if conn is not None:
+                conn.close()
+        self._conn = self._wconn = None
+
+    # -- queries -------------------------------------------------------------------------------
+
+    _VERSION_COLUMNS = "name, version, source, creation_time, description, run_id"
+
+    def _versions(self, conn: sqlite3.Connection, name: str, where: str = "",
+                  args: tuple[Any, ...] = ()) -> list[RegistryVersion]:
+        rows = conn.execute(
+            f"SELECT {self._VERSION_COLUMNS} FROM model_versions WHERE workspace = ? AND name = ? "
+            f"AND (current_stage IS NULL OR current_stage != ?) {where} ORDER BY version",
+            (_DEFAULT_WORKSPACE, name, _DELETED, *args)).fetchall()
+        if not rows:
+            return []
+        tags: dict[int, dict[str, str]] = {}
+        for version, key, value in conn.execute(
+                "SELECT version, key, value FROM model_version_tags "
+                "WHERE workspace = ? AND name = ?",
+                (_DEFAULT_WORKSPACE, name)):
+            tags.setdefault(int(version), {})[key] = value if value is not None else ""
+        aliases: dict[int, list[str]] = {}
+        for version, alias in conn.execute(
+                "SELECT version, alias FROM registered_model_aliases "
+                "WHERE workspace = ? AND name = ?",
+                (_DEFAULT_WORKSPACE, name)):
+            aliases.setdefault(int(version), []).append(alias)
+        return [
+            RegistryVersion(
+                name=row[0], version=int(row[1]), source=row[2] or "",
+                tags=tags.get(int(row[1]), {}),
+                aliases=tuple(sorted(aliases.get(int(row[1]), ()))),
+                created_ms=int(row[3] or 0), description=row[4] or "", run_id=row[5] or None,
+            )
+            for row in rows
+        ]
+
+    @staticmethod
+    def _model_exists(conn: sqlite3.Connection, name: str) -> bool:
+        return conn.execute("SELECT 1 FROM registered_models WHERE workspace = ? AND name = ?",
+                            (_DEFAULT_WORKSPACE, name)).fetchone() is not None
+
+    # -- Registry protocol: reads --------------------------------------------------------------
+
+    def get_version(self, name: str, version: int) -> RegistryVersion:
+        if not self._fast():
+            return self._mlflow().get_version(name, version)
+        with self._reading() as conn:
+            found = self._versions(conn, name, "AND version = ?", (int(version),))
+        if not found:
+            raise not_found(self.uri, f"version {name}@{version}")
+        return found[0]
+
+    def get_by_alias(self, name: str, alias: str) -> RegistryVersion:
+        if not self._fast():
+            return self._mlflow().get_by_alias(name, alias)
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT version FROM registered_model_aliases WHERE workspace = ? AND name = ? "
+                "AND alias = ?", (_DEFAULT_WORKSPACE, name, alias)).fetchone()
+            found = self._versions(conn, name, "AND version = ?", (int(row[0]),)) if row else []
+        if not found:
+            raise not_found(self.uri, f"alias {name}@{alias}")
+        return found[0]
+
+    def latest(self, name: str) -> RegistryVersion | None:
+        if self._missing():
+            return None
+        if not self._fast():
+            return self._mlflow().latest(name)
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT MAX(version) FROM model_versions WHERE workspace = ? AND name = ? "
+                "AND (current_stage IS NULL OR current_stage != ?)",
+                (_DEFAULT_WORKSPACE, name, _DELETED)).fetchone()
+            if row is None or row[0] is None:
+                return None
+            found = self._versions(conn, name, "AND version = ?", (int(row[0]),))
+        return found[0] if found else None
+
+    def versions(self, name: str) -> list[RegistryVersion]:
+        if not self._fast():
+            return self._mlflow().versions(name)
+        with self._reading() as conn:
+            if not self._model_exists(conn, name):
+                raise not_found(self.uri, f"model {name!r}")
+            return self._versions(conn, name)
+
+    @property
+    def exists(self) -> bool:
+        """Whether the registry file exists: an empty answer from a missing file means there
+        is no registry there, not that it holds no models."""
+        return not self._missing()
+
+    def models(self) -> list[str]:
+        if self._missing():
+            return []
+        if not self._fast():
+            return self._mlflow().models()
+        with self._reading() as conn:
+            rows = conn.execute("SELECT name FROM registered_models WHERE workspace = ?",
+                                (_DEFAULT_WORKSPACE,)).fetchall()
+        return sorted(str(r[0]) for r in rows)
+
+    def models_tagged(self, key: str, value: str) -> set[str]:
+        """Names of the models with a version tagged *key* = *value*."""
+        if not self._fast():
+            return self._mlflow().models_tagged(key, value)
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT t.name FROM model_version_tags t JOIN model_versions v "
+                "ON v.workspace = t.workspace AND v.name = t.name AND v.version = t.version "
+                "WHERE t.workspace = ? AND t.key = ? AND t.value = ? "
+                "AND (v.current_stage IS NULL OR v.current_stage != ?)",
+                (_DEFAULT_WORKSPACE, key, value, _DELETED)).fetchall()
+        return {str(r[0]) for r in rows}
+
+    def get_model(self, name: str) -> RegistryModel:
+        if not self._fast():
+            return self._mlflow().get_model(name)
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT name, description FROM registered_models WHERE workspace = ? AND name = ?",
+                (_DEFAULT_WORKSPACE, name)).fetchone()
+            if row is None:
+                raise not_found(self.uri, f"model {name!r}")
+            tags = {k: v if v is not None else "" for k, v in conn.execute(
+                "SELECT key, value FROM registered_model_tags WHERE workspace = ? AND name = ?",
+                (_DEFAULT_WORKSPACE, name))}
+            aliases = {a: int(v) for a, v in conn.execute(
+                "SELECT alias, version FROM registered_model_aliases WHERE workspace = ? "
+                "AND name = ?", (_DEFAULT_WORKSPACE, name))}
+        return RegistryModel(name=row[0], description=row[1] or "", tags=tags, aliases=aliases)
+
+    # -- Registry protocol: writes ------------------------------------------------------------
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection | None]:
+        """A write transaction on MLflow's tables, or None when MLflow's client must write
+        (no schema yet, or a revision not tested here).
+
+        ``BEGIN IMMEDIATE`` takes SQLite's write lock before anything is read, so the version
+        number read inside is still free when it is inserted: concurrent registers from several
+        processes queue on the lock (``timeout``) instead of racing."""
+        if self._schema_revision() is None:
+            self._mlflow()  # creates MLflow's schema (under the folder lock) or waits for it
+        if not self._fast():
+            yield None
+            return
+        with self._lock:
+            if self._wconn is None:
+                try:
+                    self._wconn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw",
+                                                  uri=True, timeout=60, isolation_level=None,
+                                                  check_same_thread=False)
+                except sqlite3.Error as exc:
+                    raise RegistryError(f"registry {self.uri} cannot be written: {exc}") from None
+            conn = self._wconn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise RegistryError(f"registry error writing {self.uri}: {exc}",
+                                    hint="another process holds the registry's write lock; "
+                                    "try again") from None
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise RegistryError(f"registry error writing {self.uri}: {exc}") from None
+
+    @staticmethod
+    def _live_version(conn: sqlite3.Connection, name: str, version: int) -> bool:
+        return conn.execute(
+            "SELECT 1 FROM model_versions WHERE workspace = ? AND name = ? AND version = ? "
+            "AND (current_stage IS NULL OR current_stage != ?)",
+            (_DEFAULT_WORKSPACE, name, int(version), _DELETED)).fetchone() is not None
+
+    def create_version(
+        self,
+        name: str,
+        source: str,
+        *,
+        tags: Mapping[str, str],
+        description: str | None = None,
+        run_id: str | None = None,
+    ) -> RegistryVersion:
+        what = f"creating a version of {name!r}"
+        _check_name(what, name)
+        for key in tags:
+            _check_tag_key(what, key)
+        if run_id is None:
+            run_id = active_run_id()
+        with self._writing() as conn:
+            if conn is None:
+                return self._mlflow().create_version(name, source, tags=tags,
+                                                     description=description, run_id=run_id)
+            # What MLflow's SqlAlchemyStore.create_registered_model and create_model_version
+            # write, in one transaction: the model if new (its last_updated_time otherwise),
+            # the next number after every version ever made (deleted ones included), READY.
+            now = _now_ms()
+            if self._model_exists(conn, name):
+                conn.execute("UPDATE registered_models SET last_updated_time = ? "
+                             "WHERE workspace = ? AND name = ?", (now, _DEFAULT_WORKSPACE, name))
+            else:
+                conn.execute("INSERT INTO registered_models (name, creation_time, "
+                             "last_updated_time, description, workspace) VALUES (?, ?, ?, NULL, ?)",
+                             (name, now, now, _DEFAULT_WORKSPACE))
+            top = conn.execute("SELECT MAX(version) FROM model_versions WHERE workspace = ? "
+                               "AND name = ?", (_DEFAULT_WORKSPACE, name)).fetchone()[0]
+            version = int(top or 0) + 1
+            conn.execute(
+                "INSERT INTO model_versions (name, version, creation_time, last_updated_time, "
+                "description, user_id, current_stage, source, run_id, status, status_message, "
+                "run_link, storage_location, workspace) "
+                "VALUES (?, ?, ?, ?, ?, NULL, 'None', ?, ?, 'READY', NULL, NULL, ?, ?)",
+                (name, version, now, now, description, source, run_id or None, source,
+                 _DEFAULT_WORKSPACE))
+            conn.executemany(
+                "INSERT INTO model_version_tags (key, value, name, version, workspace) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(k, str(v), name, version, _DEFAULT_WORKSPACE) for k, v in tags.items()])
+            aliases = tuple(sorted(a for (a,) in conn.execute(
+                "SELECT alias FROM registered_model_aliases WHERE workspace = ? AND name = ? "
+                "AND version = ?", (_DEFAULT_WORKSPACE, name, version))))
+        return RegistryVersion(name=name, version=version, source=source,
+                               tags={k: str(v) for k, v in tags.items()}, aliases=aliases,
+                               created_ms=now, description=description or "",
+                               run_id=run_id or None)
+
+    def create_model(self, name: str) -> None:
+        _check_name(f"creating model {name!r}", name)
+        with self._writing() as conn:
+            if conn is None:
+                self._mlflow().create_model(name)
+                return
+            now = _now_ms()
+            conn.execute("INSERT INTO registered_models (name, creation_time, last_updated_time, "
+                         "description, workspace) VALUES (?, ?, ?, NULL, ?) "
+                         "ON CONFLICT DO NOTHING", (name, now, now, _DEFAULT_WORKSPACE))
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        what = f"alias {alias!r} of {name!r}"
+        if not _ALIAS.match(alias) or _RESERVED_ALIAS.match(alias):
+            raise RegistryError(f"registry error on {what}: invalid alias name {alias!r}")
+        with self._writing() as conn:
+            if conn is None:
+                self._mlflow().set_alias(name, alias, version)
+                return
+            if not self._live_version(conn, name, version):
+                raise not_found(self.uri, what)
+            conn.execute(
+                "INSERT INTO registered_model_aliases (alias, version, name, workspace) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (workspace, name, alias) "
+                "DO UPDATE SET version = excluded.version",
+                (alias, int(version), name, _DEFAULT_WORKSPACE))
+
+    def set_tag(self, name: str, version: int, key: str, value: str) -> None:
+        what = f"tag {key!r} of {name}@{version}"
+        _check_tag_key(what, key)
+        with self._writing() as conn:
+            if conn is None:
+                self._mlflow().set_tag(name, version, key, value)
+                return
+            if not self._live_version(conn, name, version):
+                raise not_found(self.uri, what)
+            conn.execute(
+                "INSERT INTO model_version_tags (key, value, name, version, workspace) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (workspace, key, name, version) "
+                "DO UPDATE SET value = excluded.value",
+                (key, value, name, int(version), _DEFAULT_WORKSPACE))
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        what = f"tag {key!r} of model {name!r}"
+        _check_tag_key(what, key)
+        if len(value) > _MAX_MODEL_TAG_VALUE:
+            raise RegistryError(f"registry error on {what}: the value is longer than "
+                                f"{_MAX_MODEL_TAG_VALUE} characters")
+        with self._writing() as conn:
+            if conn is None:
+                self._mlflow().set_model_tag(name, key, value)
+                return
+            if not self._model_exists(conn, name):
+                raise not_found(self.uri, what)
+            conn.execute(
+                "INSERT INTO registered_model_tags (key, value, name, workspace) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (workspace, key, name) "
+                "DO UPDATE SET value = excluded.value",
+                (key, value, name, _DEFAULT_WORKSPACE))
+
+    # Rare and with more of MLflow's rules to them (a deleted version's redacted fields, the
+    # aliases it loses): through MLflow's client.
+
+    def delete_version(self, name: str, version: int) -> None:
+        self._mlflow().delete_version(name, version)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._mlflow().delete_alias(name, alias)
+
+    def set_description(self, name: str, version: int | None, text: str) -> None:
+        self._mlflow().set_description(name, version, text)
+
+
+# MLflow's rules for what it stores (mlflow/utils/validation.py), checked before writing so the
+# tables only ever hold what MLflow's own client would have written.
+_ALIAS = re.compile(r"^[\w\-]*$")
+_RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
+_TAG_KEY = re.compile(r"^[/\w.\- :]*$")
+_MAX_TAG_KEY = 250
+_MAX_MODEL_TAG_VALUE = 100_000
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _not_unique_path(name: str) -> bool:
+    norm = posixpath.normpath(name)
+    return norm != name or norm == "." or norm.startswith("..") or norm.startswith("/")
+
+
+def _check_name(what: str, name: str) -> None:
+    if not name or not name.strip() or "/" in name or ":" in name or _not_unique_path(name):
+        raise RegistryError(f"registry error on {what}: invalid model name {name!r}")
+
+
+def _check_tag_key(what: str, key: str) -> None:
+    if (not key or len(key) > _MAX_TAG_KEY or not _TAG_KEY.match(key)
+            or _not_unique_path(key)):
+        raise RegistryError(f"registry error on {what}: invalid tag key {key!r}",
+                            hint="use up to 250 letters, digits, '_', '-', '.', ' ', ':' or '/'")
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on *folder* while MLflow creates its schema there: concurrent first
+    writers would otherwise race inside MLflow's set-up (its migrations are not concurrent-safe).
+    The lock is on the folder itself, so nothing is left beside the registry file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; MLflow's own set-up as before
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,359 @@
+"""The registry adapters that spare read commands MLflow's start-up
+(:mod:`modelkeep.plugins.mlflow.sqlite`, :mod:`modelkeep.plugins.mlflow.rest`).
+
+MLflow stays the catalogue of record, so everything written through the new paths is read back
+with MLflow's own ``MlflowClient``, and everything the new paths read is compared with what
+modelkeep's MLflow-client adapter reads, on a SQLite file and on an ``mlflow server``. Read
+commands run in subprocesses that report whether ``mlflow`` was imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+import modelkeep
+from modelkeep.errors import NotFoundError, RegistryError
+from modelkeep.hooks import make_plugin_manager
+from modelkeep.plugins.mlflow.hooks import registry_for
+from modelkeep.plugins.mlflow.registry import MlflowRegistry
+from modelkeep.plugins.mlflow.rest import RestRegistry
+from modelkeep.plugins.mlflow.sqlite import SqliteRegistry
+from modelkeep.registry import Registry
+from tests.backends import unique_name
+from tests.helpers import tensors, write_model
+
+pytestmark = pytest.mark.xdist_group("mlflow-servers")
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def registry_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return str(request.getfixturevalue("mlflow_server").url)
+
+
+def _write_through(reg: Registry, name: str) -> None:
+    """Every kind of write the protocol has, through *reg*."""
+    for i in range(1, 5):
+        reg.create_version(name, f"modelkeep://file/tmp/s/@{i:064x}",
+                           tags={"modelkeep.snapshot": f"{i:064x}", "step": str(i)},
+                           description=f"version {i}\nsecond line", run_id="")
+    reg.set_alias(name, "prod", 2)
+    reg.set_alias(name, "canary", 3)
+    reg.set_alias(name, "gone", 4)
+    reg.delete_alias(name, "gone")
+    reg.set_tag(name, 3, "note", "x" * 5000)
+    reg.set_model_tag(name, "modelkeep.alias_history.prod", "[[2,\"t\",\"u\",\"set\"]]")
+    reg.set_description(name, None, "the model")
+    reg.set_description(name, 2, "promoted")
+    reg.delete_version(name, 4)
+    reg.create_model(name)  # exists already: nothing happens
+
+
+def test_mlflow_reads_back_what_the_new_paths_write(registry_uri: str) -> None:
+    reg = registry_for(registry_uri)
+    assert isinstance(reg, RestRegistry if registry_uri.startswith("http") else SqliteRegistry)
+    name = unique_name()
+    _write_through(reg, name)
+
+    client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
+    model = client.get_registered_model(name)
+    assert model.description == "the model"
+    assert model.tags == {"modelkeep.alias_history.prod": "[[2,\"t\",\"u\",\"set\"]]"}
+    assert {a: int(v) for a, v in model.aliases.items()} == {"prod": 2, "canary": 3}
+    found = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda m: int(m.version))
+    assert [int(m.version) for m in found] == [1, 2, 3]
+    for mv in found:
+        i = int(mv.version)
+        full = client.get_model_version(name, mv.version)
+        assert full.source == f"modelkeep://file/tmp/s/@{i:064x}"
+        expected_tags = {"modelkeep.snapshot": f"{i:064x}", "step": str(i)}
+        if i == 3:
+            expected_tags["note"] = "x" * 5000
+        assert full.tags == expected_tags
+        assert full.description == ("promoted" if i == 2 else f"version {i}\nsecond line")
+        assert sorted(full.aliases) == {1: [], 2: ["prod"], 3: ["canary"]}[i]
+        assert not full.run_id
+    assert int(client.get_model_version_by_alias(name, "canary").version) == 3
+
+
+def test_new_reads_equal_mlflow_client_reads(registry_uri: str) -> None:
+    fast = registry_for(registry_uri)
+    name = unique_name()
+    _write_through(fast, name)
+    slow = MlflowRegistry(registry_uri)
+    assert fast.versions(name) == slow.versions(name)
+    assert fast.get_model(name) == slow.get_model(name)
+    assert fast.latest(name) == slow.latest(name)
+    assert fast.get_version(name, 2) == slow.get_version(name, 2)
+    assert fast.get_by_alias(name, "canary") == slow.get_by_alias(name, "canary")
+    assert name in fast.models() and fast.models() == slow.models()
+    assert fast.models_tagged("step", "3") == slow.models_tagged("step", "3")  # type: ignore[attr-defined]
+    assert name not in fast.models_tagged("step", "4")  # type: ignore[attr-defined]  # deleted
+    other = unique_name()
+    assert fast.latest(other) is None
+    for ask in (lambda r: r.get_version(name, 4), lambda r: r.get_version(name, 9),
+                lambda r: r.get_by_alias(name, "gone"), lambda r: r.versions(other),
+                lambda r: r.get_model(other), lambda r: r.delete_alias(name, "gone")):
+        with pytest.raises(NotFoundError) as fast_error:
+            ask(fast)
+        with pytest.raises(NotFoundError) as slow_error:
+            ask(slow)
+        assert str(fast_error.value) == str(slow_error.value)
+
+
+def test_an_untested_schema_revision_reads_through_mlflow(tmp_path: Path) -> None:
+    import sqlite3
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    reg = registry_for(uri)
+    name = unique_name()
+    reg.create_version(name, "modelkeep://file/tmp/s/@" + "0" * 64, tags={"a": "1"}, run_id="")
+    with sqlite3.connect(tmp_path / "mlflow.db") as conn:
+        real = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        conn.execute("UPDATE alembic_version SET version_num = 'f00000000000'")
+    try:
+        other = registry_for(uri)
+        assert isinstance(other, SqliteRegistry) and not other._fast()
+        assert other.versions(name)[0].tags == {"a": "1"}
+        assert other._writer is not None  # the answer came from MLflow's client
+    finally:
+        with sqlite3.connect(tmp_path / "mlflow.db") as conn:
+            conn.execute("UPDATE alembic_version SET version_num = ?", (real,))
+    assert registry_for(uri).versions(name)[0].tags == {"a": "1"}
+
+
+# -- whole commands, in subprocesses -----------------------------------------------------------
+
+_PROBE = (
+    "import sys\n"
+    "from modelkeep.cli.main import main\n"
+    "try:\n"
+    "    rc = main(sys.argv[2:])\n"
+    "finally:\n"
+    "    open(sys.argv[1], 'w').write('mlflow' if 'mlflow' in sys.modules else 'clean')\n"
+    "sys.exit(rc)\n"
+)
+
+
+def _run(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None,
+         timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run ``modelkeep ARGS`` in a fresh interpreter; also say whether it imported mlflow."""
+    marker = cwd / f".probe-{time.monotonic_ns()}"
+    env = {**os.environ, "PYTHONPATH": str(SRC), **(env_extra or {})}
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        env.pop(var, None)
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(marker), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    imported = marker.read_text() if marker.exists() else "?"
+    marker.unlink(missing_ok=True)
+    return proc, imported
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A project on the SQLite default holding two versions of one model, and the model name."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "modelkeep.toml").write_text('store = "./store"\nregistry = "sqlite:///mlflow.db"\n')
+    keep = modelkeep.open(store=str(root / "store"), registry=f"sqlite:///{root / 'mlflow.db'}",
+                          plugins=make_plugin_manager(entry_points=False))
+    name = unique_name()
+    model = write_model(root / "model", tensors(seed=1, n=4, rows=16, cols=16))
+    keep.register(name, model, aliases=["prod"], message="first")
+    write_model(model, tensors(seed=2, n=4, rows=16, cols=16))
+    keep.register(name, model, parents=[f"{name}@1"], message="second")
+    return root, name
+
+
+READ_COMMANDS = [
+    ["list"], ["list", "{n}"], ["show", "{n}@1"], ["show", "{n}@prod"], ["show", "{n}@latest"],
+    ["log", "{n}"], ["lineage", "{n}@2"], ["status"],
+    ["--json", "list"], ["--json", "list", "{n}"], ["--json", "show", "{n}@2"],
+    ["--json", "log", "{n}"],
+]
+
+
+@pytest.mark.parametrize("args", READ_COMMANDS, ids=lambda a: " ".join(a))
+def test_read_commands_do_not_import_mlflow(project: tuple[Path, str], args: list[str]) -> None:
+    root, name = project
+    proc, imported = _run([a.format(n=name) for a in args], root)
+    assert proc.returncode == 0, proc.stderr
+    assert imported == "clean", f"{args} imported mlflow"
+    if args[0] == "--json":
+        assert name in proc.stdout
+
+
+def test_bad_references_are_refused_without_mlflow(project: tuple[Path, str]) -> None:
+    root, name = project
+    for args, message in ((["show", f"{name}@"], "invalid"), (["show", f"{name}@7"], "not found"),
+                          (["log", "no/such"], "invalid")):
+        proc, imported = _run(args, root)
+        assert proc.returncode != 0 and message in proc.stderr.lower(), proc.stderr
+        assert imported == "clean"
+
+
+def test_read_commands_against_a_server_do_not_import_mlflow(mlflow_server, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                             ) -> None:
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_server.url,
+                          plugins=make_plugin_manager(entry_points=False))
+    name = unique_name()
+    keep.register(name, write_model(tmp_path / "m", tensors(seed=3, n=2, rows=8, cols=8)),
+                  aliases=["prod"])
+    base = ["--store", str(tmp_path / "store"), "--registry", mlflow_server.url]
+    for args in (["--json", "list"], ["list", name], ["show", f"{name}@prod"],
+                 ["--json", "log", name]):
+        proc, imported = _run(base + args, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert imported == "clean"
+
+
+def test_a_read_on_a_missing_sqlite_file_creates_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "no" / "such" / "mlflow.db"
+    for args in (["list"], ["--json", "list"], ["show", "m@1"], ["list", "m"]):
+        proc, imported = _run(["--store", str(tmp_path / "store"),
+                               "--registry", f"sqlite:///{db}", *args], tmp_path)
+        assert proc.returncode == NotFoundError.exit_code, proc.stderr
+        assert "no registry at" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert imported == "clean"
+    assert not (tmp_path / "no").exists()
+
+
+def test_an_unreachable_server_is_one_line_within_seconds(tmp_path: Path) -> None:
+    started = time.monotonic()
+    proc, imported = _run(["--store", str(tmp_path / "store"), "--registry",
+                           "http://127.0.0.1:1", "list"], tmp_path, timeout=60)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == RegistryError.exit_code
+    assert proc.stderr.strip().splitlines() == [
+        "error: registry http://127.0.0.1:1 is unreachable "
+        "(check the registry URI and that the server runs)"]
+    assert elapsed < 10 and imported == "clean"
+
+
+def test_concurrent_first_registers_on_a_missing_sqlite_file(tmp_path: Path) -> None:
+    """Eight processes register versions of one model into a registry file that does not exist
+    yet: every one succeeds and the numbers are 1..8, none lost or repeated."""
+    db = tmp_path / "reg" / "mlflow.db"
+    name = unique_name()
+    procs = []
+    for i in range(8):
+        folder = write_model(tmp_path / f"m{i}", tensors(seed=10 + i, n=2, rows=8, cols=8))
+        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "modelkeep", "--json", "--store", str(tmp_path / "store"),
+             "--registry", f"sqlite:///{db}", "register", name, str(folder)],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err for _, err in outs]
+    numbers = sorted(json.loads(out)["version"] for out, _ in outs)
+    assert numbers == list(range(1, 9))
+    versions = registry_for(f"sqlite:///{db}").versions(name)
+    assert [v.version for v in versions] == list(range(1, 9))
+
+
+def test_register_on_an_existing_sqlite_registry_does_not_import_mlflow(
+        project: tuple[Path, str]) -> None:
+    root, name = project
+    folder = write_model(root / "model-new", tensors(seed=7, n=2, rows=8, cols=8))
+    proc, imported = _run(["--json", "register", name, str(folder), "--alias", "canary",
+                           "--tag", "team=nlp"], root)
+    assert proc.returncode == 0, proc.stderr
+    assert imported == "clean"
+    made = json.loads(proc.stdout)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mv = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(name,
+                                                                                    "canary")
+    assert int(mv.version) == made["version"] and mv.tags["team"] == "nlp"
+    assert mv.status == "READY" and mv.current_stage == "None"
+    assert mv.source == made["uri"]
+
+
+def test_sql_writes_refuse_what_mlflow_refuses(tmp_path: Path) -> None:
+    reg = registry_for(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    name = unique_name()
+    reg.create_version(name, "modelkeep://file/tmp/s/@" + "0" * 64, tags={}, run_id="")
+    for bad in ("../up", "/abs", "a\\nb", ""):
+        with pytest.raises(RegistryError, match="invalid tag key"):
+            reg.set_tag(name, 1, bad, "v")
+    with pytest.raises(RegistryError, match="invalid alias"):
+        reg.set_alias(name, "v3", 1)
+    with pytest.raises(NotFoundError):
+        reg.set_alias(name, "prod", 2)
+    with pytest.raises(NotFoundError):
+        reg.set_model_tag(unique_name(), "k", "v")
+    assert registry_for(f"sqlite:///{tmp_path / 'mlflow.db'}").get_version(name, 1).tags == {}
+
+
+def test_a_model_with_many_versions_lists_as_plain_columns(tmp_path: Path) -> None:
+    """Past RICH_TABLE_ROWS rows, `list NAME` prints aligned columns (rich renders about a
+    millisecond per row); `log` prints every version."""
+    from modelkeep.cli._output import RICH_TABLE_ROWS
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=uri,
+                          plugins=make_plugin_manager(entry_points=False))
+    name = unique_name()
+    first = keep.register(name, write_model(tmp_path / "m", tensors(seed=4, n=2, rows=8, cols=8)),
+                          message="first line\nsecond")
+    rv = keep.registry.get_version(name, first.version)
+    for _ in range(RICH_TABLE_ROWS + 4):
+        keep.registry.create_version(name, rv.source, tags=dict(rv.tags), run_id="")
+    base = ["--store", str(tmp_path / "store"), "--registry", uri]
+    proc, imported = _run([*base, "list", name], tmp_path)
+    assert proc.returncode == 0 and imported == "clean", proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["version", "created", "size", "added", "aliases", "message"]
+    assert len(lines) == RICH_TABLE_ROWS + 6
+    assert lines[1].split()[0] == "1" and lines[1].endswith("first line")
+    assert lines[-1].split()[0] == str(RICH_TABLE_ROWS + 5)
+    proc, imported = _run([*base, "log", name], tmp_path)
+    assert proc.returncode == 0 and imported == "clean", proc.stderr
+    refs = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith(name)]
+    assert refs == [f"{name}@{v}" for v in range(RICH_TABLE_ROWS + 5, 0, -1)]
+
+
+def test_a_web_server_that_is_not_mlflow_is_named_as_such(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        reg = registry_for(f"http://127.0.0.1:{server.server_address[1]}/nothing-here")
+        with pytest.raises(RegistryError, match="HTTP 404") as info:
+            reg.models()
+        assert not isinstance(info.value, NotFoundError)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_concurrent_registers_through_a_server(mlflow_server) -> None:  # type: ignore[no-untyped-def]
+    """Eight writers creating versions of one new model at once through the REST adapter: the
+    server numbers them 1..8, none lost or repeated."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = unique_name()
+
+    def one(i: int) -> int:
+        reg = registry_for(mlflow_server.url)  # each writer its own session, as processes are
+        return reg.create_version(name, f"modelkeep://file/tmp/s/@{i:064x}",
+                                  tags={"i": str(i)}, run_id="").version
+
+    with ThreadPoolExecutor(8) as pool:
+        numbers = sorted(pool.map(one, range(8)))
+    assert numbers == list(range(1, 9))
+    versions = MlflowRegistry(mlflow_server.url).versions(name)
+    assert sorted(v.tags["i"] for v in versions) == [str(i) for i in range(8)]
