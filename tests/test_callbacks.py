@@ -171,8 +171,8 @@ def test_lightning_ddp_registers_on_rank_zero_only(tmp_path: Path, mlflow_sqlite
         env=env, capture_output=True, text=True, timeout=280,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "rank 0 finished at step 3; mlflow imported: True" in proc.stdout
-    assert "rank 1 finished at step 3; mlflow imported: False" in proc.stdout  # never registered
+    assert "rank 0 finished at step 3; registry opened: True" in proc.stdout
+    assert "rank 1 finished at step 3; registry opened: False" in proc.stdout  # never registered
     keep = modelkeep.open(store=store, registry=mlflow_sqlite_uri)
     versions = keep.versions(name)
     assert [int(v.tags["step"]) for v in versions] == [1, 2, 3]

@@ -241,8 +241,9 @@ def _decode_planes(view: memoryview, size: int, what: str) -> memoryview:
         raise IntegrityError(f"{what} is corrupt: bad element width in its plane payload")
     width = view[0]
     rotated = _read_planes(view, 1, size, width, what)
-    bits = 8 * width
-    values = (rotated >> 1) | (rotated << (bits - 1))
+    values = rotated >> 1
+    rotated <<= 8 * width - 1  # in place: the planes' buffer is ours
+    values |= rotated
     return values.view(np.uint8).data
 
 
