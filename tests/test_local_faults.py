@@ -6,6 +6,7 @@ to do, with nothing left behind that the docs do not mention."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -120,3 +121,26 @@ def test_ctrl_c_says_nothing_was_registered_and_a_rerun_reuses_what_landed(
     assert report(KeyboardInterrupt()) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nothing was registered" in err[0] and "re-run reuses" in err[0]
+
+
+def test_next_pull_removes_what_a_killed_pull_left_and_nothing_else(
+    tmp_path: Path, mlflow_sqlite_uri: str
+) -> None:
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
+    model = write_model(tmp_path / "model", tensors(n=2), extra=False)
+    version = keep.register(unique_name(), model)
+    dest = tmp_path / "serving" / "model"
+    dest.parent.mkdir()
+    # A pull killed with -9 from a process that is gone, one still running, one on another host.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    stale = dest.parent / f".model.modelkeep-partial-{host}-{dead.pid}-0123abcd"
+    running = dest.parent / f".model.modelkeep-partial-{host}-{os.getpid()}-0123abcd"
+    remote = dest.parent / f".model.modelkeep-partial-otherhost-{dead.pid}-0123abcd"
+    for folder in (stale, running, remote):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "half.bin").write_bytes(b"x" * 1000)
+    keep.pull(version.ref, dest)
+    assert tree_digest(dest) == tree_digest(model)
+    assert not stale.exists() and running.exists() and remote.exists()
