@@ -29,8 +29,6 @@ from tests.backends import unique_name
 from tests.faultproxy import Fault, FaultProxy
 from tests.helpers import tensors, tree_digest, write_model
 
-pytestmark = pytest.mark.xdist_group("faults")
-
 
 @dataclass
 class Faulty:
@@ -107,7 +105,7 @@ def _model(tmp_path: Path, seed: int = 0) -> Path:
 
 FAULTS = {
     "503": Fault("status", 0.2, 503),
-    "429-retry-after": Fault("status", 0.2, 429, retry_after=1),
+    "429-retry-after": Fault("status", 0.1, 429, retry_after=1),
     "slowdown": Fault("status", 0.2, 503, code="busy"),
     "503-after-it-landed": Fault("status_after", 0.2, 503),
     "reset-upload": Fault("reset_upload", 0.3, methods=("PUT",)),

@@ -299,7 +299,7 @@ def configure_filesystem(protocol: str, fs: Any, policy: RetryPolicy) -> None:
             retry.connect_retries = retry.read_retries = retry.status_retries = (
                 policy.sdk_attempts - 1)
             retry.initial_backoff = policy.backoff
-            retry.increment_base = 2
+            retry.increment_base = 4 * policy.backoff  # waits: b, b + 4b, b + 16b²…
             retry.random_jitter_range = policy.backoff / 2
         pipeline = getattr(client, "_pipeline", None)
         transport = getattr(pipeline, "_transport", None)
