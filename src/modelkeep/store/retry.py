@@ -159,8 +159,9 @@ def _status_of(exc: BaseException) -> Transient | None:
             return Transient(label, int(meta.get("RetryAttempts") or 0) + 1,
                              _retry_after(headers))
         return None
-    status = getattr(exc, "status_code", None)
-    if isinstance(status, int) and response is not None:  # azure-core HttpResponseError
+    azure_status = getattr(exc, "status_code", None)
+    if isinstance(azure_status, int) and response is not None:  # azure-core HttpResponseError
+        status = azure_status
         error_code = getattr(exc, "error_code", None)
         code = str(getattr(error_code, "value", error_code) or "")  # StorageErrorCode is an enum
         if status in _RETRIED_STATUS or code in _RETRIED_CODES:
