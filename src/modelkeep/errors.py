@@ -79,6 +79,16 @@ class StoreUnreachableError(StoreError, ConnectionError):
     default_hint = "check the store URL and endpoint, and that the service is running"
 
 
+class StoreBusyError(StoreError):
+    """The store kept answering with a transient fault (503 SlowDown, 429, ServerBusy, resets,
+    stalls) until the retry policy's attempts or time ran out; nothing partial became visible."""
+
+    default_hint = (
+        "try again later: what landed is reused by a re-run; the store's `retry` options "
+        "set how long to keep trying"
+    )
+
+
 class CredentialsError(StoreError, PermissionError):
     """The store refused access or no credentials were found."""
 
@@ -199,6 +209,7 @@ __all__ = [
     "RegistryError",
     "RegistryPermissionError",
     "SourceError",
+    "StoreBusyError",
     "StoreError",
     "StoreKeyError",
     "StoreUnreachableError",

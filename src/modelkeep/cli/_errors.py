@@ -1,19 +1,30 @@
 """The one place where exceptions become a message and an exit code.
 
 A :class:`~modelkeep.errors.ModelkeepError` prints ``error: <message> (<hint>)`` on one line of
-stderr and exits with the error's code. Anything else is a bug or an unrecognised backend failure:
-it prints one line too, unless ``MODELKEEP_DEBUG=1`` asks for the traceback.
+stderr and exits with the error's code. A full disk or a read-only file system is one line too,
+with the store's exit code and what to do. Anything else is a bug or an unrecognised backend
+failure: it prints one line too, unless ``MODELKEEP_DEBUG=1`` asks for the traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
 
-from modelkeep.errors import ModelkeepError
+from modelkeep.errors import ModelkeepError, StoreError
 
 UNEXPECTED_EXIT = 70  # EX_SOFTWARE
+STORE_EXIT = StoreError.exit_code
+# Local file-system faults: what the disk said, in words, and what to do about it.
+_LOCAL_FAULTS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+}
+_AFTER_FAULT = ("free space or make it writable, then re-run: what was already stored is "
+                "reused; or run `modelkeep gc` to reclaim it")
 
 
 def debug_enabled() -> bool:
@@ -28,8 +39,15 @@ def report(exc: BaseException) -> int:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
-        print("error: interrupted; nothing partial was registered", file=sys.stderr)
+        print("error: interrupted; nothing was registered or pulled in part (a re-run reuses "
+              "what was already stored; `modelkeep gc` reclaims it otherwise)", file=sys.stderr)
         return 130
+    if isinstance(exc, OSError) and exc.errno in _LOCAL_FAULTS:
+        what = _LOCAL_FAULTS[exc.errno]
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"error: {what}{where}; nothing was registered or pulled in part ({_AFTER_FAULT})",
+              file=sys.stderr)
+        return STORE_EXIT
     hint = "" if debug_enabled() else " (set MODELKEEP_DEBUG=1 for the traceback)"
     print(f"error: unexpected {type(exc).__name__}: {_one_line(str(exc))}{hint}", file=sys.stderr)
     return UNEXPECTED_EXIT

@@ -100,8 +100,32 @@ def init(
     else:
         path = write_config(Path.cwd(), store=store or st.store, registry=registry or st.registry,
                             key_file=str(key_file.expanduser().resolve()) if key_file else None)
-    config = load_config()
-    the_store = open_store(store or st.store, config=config, plugins=st.plugins)
+    try:
+        config = load_config()
+        the_store = open_store(store or st.store, config=config, plugins=st.plugins)
+        encrypted, key_id = _init_store(the_store, encrypt, key_file)
+    except BaseException:
+        if path != existing:
+            path.unlink(missing_ok=True)  # a failed init leaves nothing behind
+        raise
+    data = {"config": str(path), "store": the_store.url, "registry": config.registry,
+            "encrypted": encrypted, "key_id": key_id}
+
+    def human() -> None:
+        verb = "settings" if path == existing else "wrote"
+        text = f"{verb} {path}\nstore:    {the_store.url}\nregistry: {config.registry}"
+        if encrypted:
+            text += f"\nencrypted, key id {key_id}"
+            if path == existing and key_file is not None:
+                text += (f"\nthe settings were left as they are: add key_file = "
+                         f"\"{key_file.expanduser().resolve()}\" to the store's options, or "
+                         "set MODELKEEP_KEY")
+        st.out.console.print(text, highlight=False, markup=False)
+
+    st.out.emit(data, human)
+
+
+def _init_store(the_store: Any, encrypt: bool, key_file: Path | None) -> tuple[bool, str | None]:
     encrypted = False
     if encrypt:
         from modelkeep.cli.key_cmds import read_key_file
@@ -123,21 +147,7 @@ def init(
     else:
         the_store.ensure_initialized()
         key_id = None
-    data = {"config": str(path), "store": the_store.url, "registry": config.registry,
-            "encrypted": encrypted, "key_id": key_id}
-
-    def human() -> None:
-        verb = "settings" if path == existing else "wrote"
-        text = f"{verb} {path}\nstore:    {the_store.url}\nregistry: {config.registry}"
-        if encrypted:
-            text += f"\nencrypted, key id {key_id}"
-            if path == existing and key_file is not None:
-                text += (f"\nthe settings were left as they are: add key_file = "
-                         f"\"{key_file.expanduser().resolve()}\" to the store's options, or "
-                         "set MODELKEEP_KEY")
-        st.out.console.print(text, highlight=False, markup=False)
-
-    st.out.emit(data, human)
+    return encrypted, key_id
 
 
 # -- register -----------------------------------------------------------------------------------
@@ -685,7 +695,9 @@ def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None)
                                    obj=State(plugins=plugins))
     except (click.exceptions.Exit, typer.Exit) as exc:
         return exc.exit_code
-    except (click.exceptions.Abort, typer.Abort):
+    except (click.exceptions.Abort, typer.Abort) as exc:
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            return report(KeyboardInterrupt())  # click turns Ctrl-C into Abort
         print("error: aborted", file=sys.stderr)
         return 130
     except (click.ClickException, typer.TyperException) as exc:
@@ -698,6 +710,10 @@ def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None)
         if isinstance(exc, SystemExit):
             raise
         return report(exc)
+    if result == 130:
+        # typer turns Ctrl-C into Exit(130), which standalone_mode=False hands back as the
+        # result; no command returns 130 itself.
+        return report(KeyboardInterrupt())
     return result if isinstance(result, int) else 0
 
 

@@ -6,7 +6,8 @@ machine with the plugin and credentials can find the same store. Storage options
 credentials) never appear in a locator: they come from configuration or the environment.
 
 This module also turns backend exceptions into modelkeep errors, because each backend reports
-"no such endpoint" and "access denied" in its own way.
+"no such endpoint" and "access denied" in its own way, and wraps every remote filesystem in the
+store's retry policy (:mod:`modelkeep.store.retry`; the ``retry`` table of the store's options).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import fsspec
 
@@ -25,6 +26,12 @@ from modelkeep.errors import (
     ModelkeepError,
     StoreError,
     StoreUnreachableError,
+)
+from modelkeep.store.retry import (
+    RetryingFileSystem,
+    RetryPolicy,
+    configure_filesystem,
+    configure_sdk,
 )
 
 # Protocol aliases folded to one canonical name so that the same store has one locator.
@@ -59,18 +66,18 @@ class Location:
     def filesystem(self) -> fsspec.AbstractFileSystem:
         """Instantiate the fsspec filesystem (cached by fsspec per options)."""
         options = dict(self.options)
-        if self.protocol == "s3":
-            # Fail fast on a dead endpoint instead of botocore's long default retry loop.
-            config = dict(options.pop("config_kwargs", {}) or {})
-            config.setdefault("connect_timeout", 5)
-            config.setdefault("read_timeout", 60)
-            config.setdefault("retries", {"max_attempts": 3, "mode": "standard"})
-            options["config_kwargs"] = config
+        policy = RetryPolicy.from_options(options.pop("retry", None))
+        configure_sdk(self.protocol, options, policy)
         if self.protocol == "memory":
             options.pop("skip_instance_cache", None)
         with translate_errors(self):
             try:
-                return fsspec.filesystem(self.protocol, **options)
+                fs = fsspec.filesystem(self.protocol, **options)
+                if self.protocol in ("file", "memory"):
+                    return fs
+                configure_filesystem(self.protocol, fs, policy)
+                # Typed as the filesystem it forwards to: every attribute is the wrapped one's.
+                return cast(fsspec.AbstractFileSystem, RetryingFileSystem(fs, self.url, policy))
             except ImportError as exc:
                 package, extra = _EXTRA_FOR.get(self.protocol, (str(exc.name), "all"))
                 raise MissingExtraError(package, extra) from exc

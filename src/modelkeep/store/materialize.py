@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import glob
 import io
 import os
 import shutil
+import socket
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -97,7 +99,9 @@ def materialize(
                 hint="choose an empty or new folder, or pass --force to replace it",
             )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.parent / f".{dest.name}.modelkeep-partial-{uuid.uuid4().hex[:8]}"
+    remove_stale_staging(dest)
+    staging = dest.parent / (f".{dest.name}{PARTIAL}{socket.gethostname()}-{os.getpid()}-"
+                             f"{uuid.uuid4().hex[:8]}")
     staging.mkdir()
     workers = workers or (4 if db.location.is_local else 16)
     try:
@@ -113,6 +117,41 @@ def materialize(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dest
+
+
+PARTIAL = ".modelkeep-partial-"
+
+
+def remove_stale_staging(dest: Path) -> list[Path]:
+    """Remove the staging folders a killed pull to *dest* left beside it
+    (``.<dest>.modelkeep-partial-<host>-<pid>-<random>``): those of this host whose process is
+    gone. A pull still running, or one from another machine sharing the folder, is left alone.
+    Returns what was removed."""
+    host = socket.gethostname()
+    removed: list[Path] = []
+    try:
+        siblings = list(dest.parent.glob(f".{glob.escape(dest.name)}{PARTIAL}*"))
+    except OSError:
+        return removed
+    for path in siblings:
+        rest = path.name[len(f".{dest.name}{PARTIAL}"):]
+        owner, _, tail = rest.rpartition("-")  # <host>-<pid>, <random>
+        owner_host, _, pid = owner.rpartition("-")
+        if owner_host != host or not pid.isdigit() or not tail or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _write_files(

@@ -61,7 +61,9 @@ def read_layout(f: BinaryIO, size: int) -> Layout | None:
         return None
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser's stack (a header of 1,000 nested
+        # arrays); it does not parse, so the file is cut as opaque bytes like any other.
         return None
     if not isinstance(header, dict):
         return None

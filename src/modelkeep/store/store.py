@@ -231,7 +231,14 @@ class Store:
         """The store descriptor (docs/format.md §2.1), or None where no store exists yet."""
         return self._descriptor()
 
+    def _check_not_a_file(self) -> None:
+        if self.location.is_local and os.path.exists(self.location.root) and not os.path.isdir(
+                self.location.root):
+            raise StoreError(f"store {self.url} is a file, not a folder",
+                             hint="give --store (or `store` in modelkeep.toml) a folder")
+
     def _descriptor(self) -> dict[str, Any] | None:
+        self._check_not_a_file()
         try:
             raw = self.db.read_blob(self.db.descriptor_path(), "store descriptor",
                                     MAX_DESCRIPTOR)
@@ -680,7 +687,13 @@ class Store:
     def verify(
         self, snapshot_ids: list[str] | None = None, progress: Progress | None = None
     ) -> VerifyReport:
-        """Verify the given snapshots (default: every snapshot in the store) and their chunks."""
+        """Verify the given snapshots (default: every snapshot in the store) and their chunks.
+
+        A location that holds no store is an error, never an empty "ok": a mistyped path must not
+        make a check pass."""
+        if self._descriptor() is None:
+            raise NotFoundError(f"there is no modelkeep store at {self.url}",
+                                hint="check --store; `modelkeep init` creates a store")
         ids = list(self.snapshot_ids()) if snapshot_ids is None else snapshot_ids
         loaded: list[tuple[str, Snapshot]] = []
         report_extra: list[Problem] = []
