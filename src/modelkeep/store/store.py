@@ -150,6 +150,9 @@ class Store:
         key_file = options.pop("key_file", None)
         self.key_file = str(key_file) if key_file else None
         self.codec = _codec_policy(options.pop("codec", DEFAULT_CODEC), location.url)
+        # Whether fetches of this store's versions go through the shared read cache, which holds
+        # plaintext (docs/loading.md): ``read_cache = false`` keeps an encrypted store's out.
+        self.read_cache = str(options.pop("read_cache", True)).lower() not in ("false", "0", "no")
         self.location = location = replace(location, options=options)
         self.db = ObjectDB(location, codec=self.codec)
         if use_cache is None:
