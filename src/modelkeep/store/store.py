@@ -52,7 +52,7 @@ from modelkeep.store.location import (
     location_from_locator,
     parse_location,
 )
-from modelkeep.store.materialize import SnapshotFile, materialize
+from modelkeep.store.materialize import Place, SnapshotFile, materialize
 from modelkeep.store.objects import MAX_DESCRIPTOR, ObjectDB
 from modelkeep.store.runs import RunArtifacts
 from modelkeep.store.snapshot import CREATED_FORMAT, FileEntry, Snapshot, parse
@@ -649,8 +649,10 @@ class Store:
         *,
         overwrite: bool = False,
         progress: Progress | None = None,
+        place: Place | None = None,
     ) -> Path:
-        return materialize(self.db, snapshot, dest, overwrite=overwrite, progress=progress)
+        return materialize(self.db, snapshot, dest, overwrite=overwrite, progress=progress,
+                           place=place)
 
     def open_file(self, snapshot: Snapshot, path: str) -> SnapshotFile:
         entry = snapshot.file(path.strip("/"))
