@@ -1,0 +1,205 @@
+"""Reading by reference: `fetch`, linked and cached pulls, and the shared read cache's safety
+under concurrent and killed fetches (real files, real processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import modelkeep
+from modelkeep.cli.main import main
+from modelkeep.store.readcache import ReadCache
+from tests.backends import unique_name
+from tests.helpers import change_fraction, tensors, tree_digest, write_model
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ReadCache:
+    monkeypatch.setenv("MODELKEEP_CACHE_DIR", str(tmp_path / "cache"))
+    return ReadCache()
+
+
+def _files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _cached_files(cache: ReadCache) -> list[Path]:
+    return _files_in(cache.files) if cache.files.exists() else []
+
+
+def test_second_fetch_is_the_same_folder_and_copies_nothing(
+    tmp_path: Path, cache: ReadCache, mlflow_sqlite_uri: str
+) -> None:
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
+    src = write_model(tmp_path / "m", tensors(n=6))
+    v = keep.register(unique_name(), src)
+
+    first = keep.fetch_report(v.ref)
+    assert first.downloaded_bytes == v.size and first.linked_bytes == 0
+    assert first.path.is_absolute() and first.path.is_relative_to(cache.versions)
+    assert tree_digest(first.path) == tree_digest(src)
+    for f in _files_in(first.path):
+        assert stat.S_IMODE(f.stat().st_mode) in (0o444, 0o555)
+        assert f.stat().st_nlink == 2  # the version folder and files/
+    assert stat.S_IMODE(cache.root.stat().st_mode) == 0o700
+    assert stat.S_IMODE(first.path.stat().st_mode) == 0o555
+
+    again = keep.fetch_report(v.ref)
+    assert again.path == first.path
+    assert again.downloaded_bytes == 0 and again.linked_bytes == v.size
+    # The package-level door, from another Keep, finds the same folder.
+    assert modelkeep.fetch(v.ref, store=str(tmp_path / "store"),
+                           registry=mlflow_sqlite_uri) == first.path
+
+
+def test_a_new_version_links_the_files_it_shares(
+    tmp_path: Path, cache: ReadCache, mlflow_sqlite_uri: str
+) -> None:
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
+    ts = tensors(n=6)
+    src = write_model(tmp_path / "m", ts)
+    name = unique_name()
+    v1 = keep.register(name, src)
+    (src / "notes.txt").write_text("second version\n")
+    v2 = keep.register(name, src)
+    keep.fetch(v1.ref)
+    second = keep.fetch_report(v2.ref)
+    assert second.downloaded_bytes == len("second version\n")
+    assert second.linked_bytes == v2.size - second.downloaded_bytes
+    assert tree_digest(second.path) == tree_digest(src)
+
+
+def test_pull_link_shares_inodes_and_plain_pull_is_a_private_copy(
+    tmp_path: Path, cache: ReadCache, mlflow_sqlite_uri: str
+) -> None:
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
+    src = write_model(tmp_path / "m", tensors(n=4))
+    v = keep.register(unique_name(), src)
+    folder = keep.fetch(v.ref)
+
+    linked = keep.pull(v.ref, tmp_path / "linked", link=True)
+    for f in _files_in(linked):
+        rel = f.relative_to(linked)
+        assert f.stat().st_ino == (folder / rel).stat().st_ino
+        assert not f.stat().st_mode & 0o222
+
+    # A plain pull takes its bytes from the cache (the store's chunks are gone: it must), and
+    # gives writable files of their own.
+    damaged = 0
+    for chunk in (tmp_path / "store").rglob("chunks/*/*"):
+        chunk.chmod(0o600)
+        chunk.write_bytes(b"")
+        damaged += 1
+    assert damaged
+    copied = keep.pull(v.ref, tmp_path / "copied")
+    assert tree_digest(copied) == tree_digest(src)
+    for f in _files_in(copied):
+        assert f.stat().st_ino != (folder / f.relative_to(copied)).stat().st_ino
+        assert f.stat().st_mode & 0o200
+
+
+def test_no_cache_reads_into_a_private_folder(
+    tmp_path: Path, cache: ReadCache, mlflow_sqlite_uri: str
+) -> None:
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
+    src = write_model(tmp_path / "m", tensors(n=2))
+    v = keep.register(unique_name(), src)
+    got = keep.fetch(v.ref, cache=False)
+    try:
+        assert tree_digest(got) == tree_digest(src)
+        assert not cache.root.exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(got)
+    with pytest.raises(modelkeep.InvalidInputError):
+        keep.pull(v.ref, tmp_path / "x", link=True, cache=False)
+
+
+def test_cli_fetch_prints_the_path_last_and_json(
+    tmp_path: Path, cache: ReadCache, mlflow_sqlite_uri: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MODELKEEP_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("MODELKEEP_REGISTRY", mlflow_sqlite_uri)
+    keep = modelkeep.open()
+    v = keep.register(unique_name(), write_model(tmp_path / "m", tensors(n=2)))
+    capsys.readouterr()
+    assert main(["fetch", v.ref]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert Path(last).is_absolute() and (Path(last) / "model.safetensors").is_file()
+    assert main(["fetch", v.ref, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data == {"name": v.name, "version": v.version, "path": last,
+                    "downloaded_bytes": 0, "linked_bytes": v.size}
+    assert main(["pull", v.ref, str(tmp_path / "d"), "--link"]) == 0
+    assert (tmp_path / "d" / "model.safetensors").stat().st_ino == \
+        (Path(last) / "model.safetensors").stat().st_ino
+
+
+_FETCH = "import modelkeep, sys; print(modelkeep.fetch(sys.argv[1], store=sys.argv[2], " \
+         "registry=sys.argv[3]))"
+
+
+def _fetch_process(ref: str, store: Path, registry: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", _FETCH, ref, str(store), registry],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_fetch_one_version_at_once(
+    tmp_path: Path, cache: ReadCache, mlflow_sqlite_uri: str
+) -> None:
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
+    src = write_model(tmp_path / "m", tensors(n=30, rows=512))
+    v = keep.register(unique_name(), src)
+    procs = [_fetch_process(v.ref, tmp_path / "store", mlflow_sqlite_uri) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _o, err in outs]
+    paths = {Path(out.strip().splitlines()[-1]) for out, _e in outs}
+    assert len(paths) == 1
+    folder = paths.pop()
+    assert tree_digest(folder) == tree_digest(src)
+    # One copy of each file: every cached file is the one the folder links to.
+    cached = _cached_files(cache)
+    assert len(cached) == len(_files_in(src))
+    assert {f.stat().st_ino for f in cached} == {f.stat().st_ino for f in _files_in(folder)}
+    assert list(cache.tmp.iterdir()) == []
+
+
+def test_a_killed_fetch_leaves_nothing_trusted(
+    tmp_path: Path, cache: ReadCache, mlflow_sqlite_uri: str
+) -> None:
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
+    ts = tensors(n=40, rows=1024)
+    src = write_model(tmp_path / "m", ts)
+    v = keep.register(unique_name(), src)
+    proc = _fetch_process(v.ref, tmp_path / "store", mlflow_sqlite_uri)
+    deadline = time.monotonic() + 60
+    # Kill it once it has started writing into the cache.
+    while time.monotonic() < deadline and proc.poll() is None:
+        if cache.tmp.exists() and any(cache.tmp.iterdir()):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert any(cache.tmp.iterdir())  # killed mid-write: its work in progress is left behind
+    # Whatever it left, nothing under versions/ is incomplete.
+    for folder in cache.versions.iterdir():
+        assert tree_digest(folder) == tree_digest(src)
+    got = keep.fetch_report(v.ref)
+    assert tree_digest(got.path) == tree_digest(src)
+    assert keep.verify(v.ref).ok
+    assert list(cache.tmp.iterdir()) == []  # the dead process's leftovers are gone
+    # A changed version fetched after it still only downloads what differs.
+    change_fraction(ts, 0.1)
+    write_model(src, ts)
+    v2 = keep.register(v.name, src)
+    assert tree_digest(keep.fetch(v2.ref)) == tree_digest(src)
