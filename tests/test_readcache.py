@@ -223,3 +223,40 @@ def test_from_pretrained_on_a_fetched_real_model(
     assert loaded.keys() == expected.keys() and len(expected) > 100
     for key, tensor in expected.items():
         assert torch.equal(loaded[key], tensor), key
+
+
+def test_a_fine_tune_from_s3_downloads_only_what_differs_from_its_cached_parent(
+    tmp_path: Path, cache: ReadCache, mlflow_sqlite_uri: str, moto_s3: object,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"s3://{moto_s3.make_bucket()}/models"  # type: ignore[attr-defined]
+    opts = dict(moto_s3.storage_options)  # type: ignore[attr-defined]
+    keep = modelkeep.open(store=url, registry=mlflow_sqlite_uri, store_options=opts)
+    ts = tensors(n=20)
+    src = write_model(tmp_path / "m", ts, extra=False)
+    name = unique_name()
+    v1 = keep.register(name, src)
+    keep.fetch(v1.ref)
+    change_fraction(ts, 0.1)
+    write_model(src, ts, extra=False)
+    v2 = keep.register(name, src, parents=[v1.ref])
+    got = keep.fetch_report(v2.ref)
+    assert got.downloaded_bytes <= 0.15 * v2.size, (got.downloaded_bytes, v2.size)
+    assert got.linked_bytes == v2.size - got.downloaded_bytes
+    assert tree_digest(got.path) == tree_digest(src)
+    # The reused bytes were checked on the way: a damaged cached parent is not trusted.
+    monkeypatch.setenv("MODELKEEP_CACHE_DIR", str(tmp_path / "cache2"))
+    fresh = ReadCache()
+    keep.fetch(v1.ref)
+    damaged = 0
+    for f in fresh.files.rglob("*"):
+        if f.is_file() and f.stat().st_size > 1 << 20:
+            f.chmod(0o644)
+            with f.open("r+b") as out:
+                out.seek(f.stat().st_size // 2)
+                out.write(b"\xff" * 4096)
+            damaged += 1
+    assert damaged
+    again = keep.fetch_report(v2.ref)
+    assert tree_digest(again.path) == tree_digest(src)
+    assert again.downloaded_bytes > got.downloaded_bytes  # the damaged chunks came from S3

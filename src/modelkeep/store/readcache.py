@@ -32,21 +32,24 @@ part of the key, because hard links share one mode.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import os
 import shutil
+import sqlite3
 import stat
+import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelkeep.store.cache import cache_dir
-from modelkeep.store.objects import ObjectDB
+from modelkeep.store.objects import ObjectDB, pwrite_all
 from modelkeep.store.snapshot import FileEntry, Snapshot, check_relpath
 
 Progress = Callable[[int], None]
+_FILES_AT_ONCE = 32
 
 
 def read_cache_dir() -> Path:
@@ -172,10 +175,9 @@ class ReadCache:
         return Fetched(self._place_version(snapshot), downloaded, total - downloaded)
 
     def _fill_files(self, db: ObjectDB, snapshot: Snapshot, progress: Progress | None) -> int:
-        """Fetch, verify and add to ``files/`` every file of *snapshot* the cache lacks; the
-        raw bytes fetched."""
-        from modelkeep.store.materialize import write_files
-
+        """Add to ``files/`` every file of *snapshot* the cache lacks, each chunk verified: read
+        from a cached file that holds it (the unchanged tensors of a cached parent), else
+        fetched from the store. The bytes fetched from the store."""
         missing: dict[str, FileEntry] = {}
         for entry in snapshot.files:
             if self.cached_file(entry) is None:
@@ -184,11 +186,16 @@ class ReadCache:
             return 0
         scratch = self._scratch()
         scratch.mkdir()
+        index = ChunkIndex(self.root / "chunks.sqlite")
+        fetched = 0
         try:
-            # Written under their keys, flat, by the same parallel, verifying writer as a pull.
-            entries = tuple(dataclasses.replace(e, path=key) for key, e in missing.items())
             workers = 4 if db.location.is_local else 16
-            write_files(db, entries, scratch, workers, progress)
+            items = list(missing.items())
+            with ThreadPoolExecutor(workers, thread_name_prefix="modelkeep-fetch") as pool:
+                # A bounded number of files open at once, each written by every worker.
+                for start in range(0, len(items), _FILES_AT_ONCE):
+                    batch = items[start:start + _FILES_AT_ONCE]
+                    fetched += self._write_batch(db, index, batch, scratch, pool, progress)
             for key, entry in missing.items():
                 src = scratch / key
                 os.chmod(src, 0o555 if entry.mode & 0o111 else 0o444)
@@ -197,9 +204,48 @@ class ReadCache:
                 # Another process may have cached the same bytes first: theirs is used.
                 with contextlib.suppress(FileExistsError):
                     os.link(src, final)
+                index.add(key, entry)
         finally:
+            index.close()
             remove_tree(scratch)
-        return sum(e.size for e in missing.values())
+        return fetched
+
+    def _write_batch(
+        self,
+        db: ObjectDB,
+        index: ChunkIndex,
+        batch: list[tuple[str, FileEntry]],
+        scratch: Path,
+        pool: ThreadPoolExecutor,
+        progress: Progress | None,
+    ) -> int:
+        fds: list[int] = []
+        futures: list[Future[int]] = []
+        try:
+            for key, entry in batch:
+                fd = os.open(scratch / key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fds.append(fd)
+                if entry.size:
+                    os.ftruncate(fd, entry.size)
+                for i, offset in enumerate(entry.chunk_offsets()):
+                    cid, n = entry.chunks[i]
+                    local = [(self.files / k[:2] / k, at) for k, at in index.where(cid, n)]
+                    futures.append(pool.submit(_write_chunk, db, entry, i, offset, fd, local))
+            fetched = 0
+            for fut in futures:
+                n = fut.result()
+                fetched += n
+                if progress is not None:
+                    progress(n)
+            return fetched
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            wait(futures)
+            raise
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _place_version(self, snapshot: Snapshot) -> Path:
         final = self.version_path(snapshot)
@@ -222,6 +268,78 @@ class ReadCache:
             remove_tree(scratch)
             raise
         return final
+
+
+def _write_chunk(
+    db: ObjectDB, entry: FileEntry, index: int, offset: int, fd: int,
+    local: list[tuple[Path, int]],
+) -> int:
+    """Chunk *index* of *entry* at *offset* of *fd*: from the first cached file whose bytes at
+    the recorded offset hash to the chunk's id, else from the store. The bytes fetched."""
+    from modelkeep.store.materialize import _fetch_into
+
+    cid, n = entry.chunks[index]
+    for path, at in local:
+        try:
+            with path.open("rb") as f:
+                f.seek(at)
+                data = f.read(n)
+        except OSError:
+            continue  # pruned meanwhile
+        if len(data) == n and db.object_id(data) == cid:
+            pwrite_all(fd, data, offset)
+            return 0
+    return _fetch_into(db, entry, index, offset, fd)
+
+
+class ChunkIndex:
+    """Where the chunks of cached files are: chunk id -> (file key, offset). Only a hint: every
+    read through it is verified against the chunk's id, so a stale or damaged entry costs a
+    download, never a wrong byte. Shared by processes (SQLite, WAL)."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None
+        try:
+            self._conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS chunks (id TEXT NOT NULL, length INTEGER NOT NULL, "
+                "file TEXT NOT NULL, offset INTEGER NOT NULL, PRIMARY KEY (id, file)) "
+                "WITHOUT ROWID")
+            self._conn.commit()
+        except sqlite3.Error:
+            self._conn = None  # an unusable index only costs downloads
+
+    def where(self, chunk_id: str, length: int) -> list[tuple[str, int]]:
+        with self._lock:
+            if self._conn is None:
+                return []
+            try:
+                rows = self._conn.execute(
+                    "SELECT file, offset FROM chunks WHERE id = ? AND length = ? LIMIT 4",
+                    (chunk_id, length)).fetchall()
+            except sqlite3.Error:
+                return []
+            return [(str(f), int(o)) for f, o in rows]
+
+    def add(self, key: str, entry: FileEntry) -> None:
+        rows = [(cid, n, key, at) for (cid, n), at in zip(entry.chunks, entry.chunk_offsets(),
+                                                           strict=True)]
+        with self._lock:
+            if self._conn is None:
+                return
+            try:
+                self._conn.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", rows)
+                self._conn.commit()
+            except sqlite3.Error:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 def link_or_copy(src: Path, dest: Path) -> bool:
