@@ -6,6 +6,7 @@ shared by every process and every store::
     read/
       files/ab/<digest>[-x]   each file once, by its file digest (docs/format.md §5.3), 0444
       versions/<tree>/...     a version: hard links to files/, named by its tree digest (§5.5)
+      chunks.sqlite           where each cached file's chunks are (a hint, always re-verified)
       tmp/<pid>-<random>      work in progress, never trusted
 
 Why it can be trusted without locks:
@@ -17,6 +18,9 @@ Why it can be trusted without locks:
   a folder another process already placed fails, and the loser uses the winner's. A folder under
   ``versions/`` is therefore always complete, and read-only (folders 0555, files 0444) so that an
   edit through a link cannot change the bytes everyone else loads.
+- A file the cache lacks is assembled from chunks of cached files first (the unchanged tensors
+  of a fine-tune's cached parent), each read checked against its chunk id; only the rest is
+  downloaded.
 - A process killed mid-fetch leaves only ``tmp/<pid>-…``, which the next fetch removes once that
   process is gone. Nothing under ``tmp/`` is ever read.
 
