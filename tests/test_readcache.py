@@ -4,6 +4,7 @@ under concurrent and killed fetches (real files, real processes)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import stat
 import subprocess
@@ -260,3 +261,56 @@ def test_a_fine_tune_from_s3_downloads_only_what_differs_from_its_cached_parent(
     again = keep.fetch_report(v2.ref)
     assert tree_digest(again.path) == tree_digest(src)
     assert again.downloaded_bytes > got.downloaded_bytes  # the damaged chunks came from S3
+
+
+def test_cache_ls_prune_and_verify(
+    tmp_path: Path, cache: ReadCache, mlflow_sqlite_uri: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    import modelkeep.store.readcache as readcache
+
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
+    ts = tensors(n=4)
+    src = write_model(tmp_path / "m", ts)
+    name = unique_name()
+    v1 = keep.register(name, src)
+    change_fraction(ts, 0.5)
+    write_model(src, ts)
+    v2 = keep.register(name, src)
+    f1, f2 = keep.fetch(v1.ref), keep.fetch(v2.ref)
+    os.utime(f1, (1, 1))  # v1 unused for a long time
+
+    capsys.readouterr()
+    assert main(["cache", "ls", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [v["refs"] for v in listed["versions"]] == [[v1.ref], [v2.ref]]  # LRU first
+    assert listed["size"] == cache.size() and listed["size"] < v1.size + v2.size  # shared files
+
+    # Folders a fetch returned in this process are never pruned from under it.
+    assert main(["cache", "prune", "--all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == []
+    linked = keep.pull(v1.ref, tmp_path / "linked", link=True)
+    monkeypatch.setattr(readcache, "_returned", set())  # as if in another process
+    os.utime(f1, (1, 1))
+    assert main(["cache", "prune", "--older-than", "1d", "--json"]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert [v["refs"] for v in pruned["removed"]] == [[v1.ref]]
+    assert not f1.exists() and f2.is_dir()
+    assert tree_digest(linked) == tree_digest(keep.pull(v1.ref, tmp_path / "again"))
+
+    # verify re-hashes every file and drops a damaged one with the versions that link it.
+    assert main(["cache", "verify", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    victim = f2 / "model.safetensors"
+    victim.chmod(0o644)
+    with victim.open("r+b") as out:
+        out.seek(100)
+        out.write(b"\x00\x01\x02")
+    assert main(["cache", "verify", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["versions_dropped"] == [f2.name] and len(report["bad"]) == 1
+    monkeypatch.setattr(readcache, "_returned", set())
+    again = keep.fetch_report(v2.ref)
+    assert again.downloaded_bytes > 0 and tree_digest(again.path) == tree_digest(src)
+
+    assert main(["cache", "prune"]) == 2  # says what it needs

@@ -62,7 +62,8 @@ def fetch(
             shutil.rmtree(dest, ignore_errors=True)
             raise
         return FetchResult(rv.name, rv.version, dest.resolve(), snap.size, 0)
-    got = ReadCache().fetch(store.db, snap, private=store.encrypted, progress=progress)
+    got = ReadCache().fetch(store.db, snap, private=store.encrypted, progress=progress,
+                            ref=f"{rv.name}@{rv.version}")
     return FetchResult(rv.name, rv.version, got.path.resolve(), got.downloaded_bytes,
                        got.linked_bytes)
 

@@ -6,7 +6,7 @@ shared by every process and every store::
     read/
       files/ab/<digest>[-x]   each file once, by its file digest (docs/format.md §5.3), 0444
       versions/<tree>/...     a version: hard links to files/, named by its tree digest (§5.5)
-      chunks.sqlite           where each cached file's chunks are (a hint, always re-verified)
+      index.sqlite            where cached files' chunks are (a hint, re-verified), names seen
       tmp/<pid>-<random>      work in progress, never trusted
 
 Why it can be trusted without locks:
@@ -68,6 +68,56 @@ class Fetched:
     path: Path
     downloaded_bytes: int  # raw bytes of the files fetched from the store for this call
     linked_bytes: int  # bytes of the version's files that were already in the cache
+
+
+@dataclass(frozen=True)
+class CachedVersion:
+    """One version folder in the cache."""
+
+    tree: str
+    path: Path
+    refs: tuple[str, ...]  # NAME@VERSION under which it was fetched
+    files: int
+    size: int
+    last_used: float  # seconds since the epoch
+
+    def to_json(self) -> dict[str, object]:
+        from datetime import UTC, datetime
+
+        used = datetime.fromtimestamp(self.last_used, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"tree": self.tree, "path": str(self.path), "refs": list(self.refs),
+                "files": self.files, "size": self.size, "last_used": used}
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    removed: tuple[CachedVersion, ...]
+    files_removed: int
+    bytes_freed: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"removed": [v.to_json() for v in self.removed],
+                "files_removed": self.files_removed, "bytes_freed": self.bytes_freed}
+
+
+@dataclass(frozen=True)
+class VerifyCacheReport:
+    checked: int
+    skipped: int  # files of encrypted stores: their keyed ids need the store's key
+    bad: tuple[str, ...]  # file keys dropped
+    versions_dropped: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+    def to_json(self) -> dict[str, object]:
+        return {"ok": self.ok, "checked": self.checked, "skipped": self.skipped,
+                "bad": list(self.bad), "versions_dropped": list(self.versions_dropped)}
+
+
+# Folders a fetch returned in this process: a prune here never removes them from under the caller.
+_returned: set[Path] = set()
 
 
 def file_key(entry: FileEntry) -> str:
@@ -167,16 +217,156 @@ class ReadCache:
         *,
         private: bool = False,
         progress: Progress | None = None,
+        ref: str | None = None,
     ) -> Fetched:
-        """The version's read-only folder in the cache, built from the store what is missing."""
+        """The version's read-only folder in the cache, built from the store what is missing;
+        *ref* (``NAME@VERSION``) is remembered for ``cache ls``."""
         total = snapshot.size
         found = self.cached_version(snapshot)
         if found is not None:
+            _returned.add(found)
             return Fetched(found, 0, total)
         self.ensure(private=private)
         self.clean_stale()
-        downloaded = self._fill_files(db, snapshot, progress)
-        return Fetched(self._place_version(snapshot), downloaded, total - downloaded)
+        downloaded = 0
+        for attempt in range(3):
+            downloaded += self._fill_files(db, snapshot, progress)
+            try:
+                folder = self._place_version(snapshot)
+                break
+            except FileNotFoundError:
+                # A prune removed a cached file between filling and linking: fill again.
+                if attempt == 2:
+                    raise
+        if ref is not None:
+            index = ChunkIndex(self.root / "index.sqlite")
+            index.add_ref(snapshot.tree, ref)
+            index.close()
+        _returned.add(folder)
+        return Fetched(folder, downloaded, max(0, total - downloaded))
+
+    # -- housekeeping ---------------------------------------------------------------------------
+
+    def entries(self) -> list[CachedVersion]:
+        """Every version folder held, least recently used first."""
+        if not self.versions.is_dir():
+            return []
+        index = ChunkIndex(self.root / "index.sqlite")
+        refs = index.refs()
+        index.close()
+        out = []
+        for folder in self.versions.iterdir():
+            try:
+                files = [p for p in folder.rglob("*") if p.is_file()]
+                size = sum(p.stat().st_size for p in files)
+                used = folder.stat().st_mtime
+            except OSError:
+                continue  # removed meanwhile
+            out.append(CachedVersion(folder.name, folder, tuple(refs.get(folder.name, ())),
+                                     len(files), size, used))
+        return sorted(out, key=lambda v: v.last_used)
+
+    def size(self) -> int:
+        """Bytes held in ``files/`` (each file once)."""
+        if not self.files.is_dir():
+            return 0
+        return sum(p.stat().st_size for p in self.files.rglob("*") if p.is_file())
+
+    def prune(
+        self, *, max_size: int | None = None, older_than: float | None = None,
+        everything: bool = False, now: float | None = None,
+    ) -> PruneReport:
+        """Remove version folders, least recently used first: all (*everything*), those unused
+        for *older_than* seconds, then more until ``files/`` holds at most *max_size* bytes;
+        then every file no folder links. A folder a fetch returned in this process is kept."""
+        import time
+
+        now = time.time() if now is None else now
+        removed: list[CachedVersion] = []
+        for version in self.entries():
+            if version.path in _returned:
+                continue
+            due = everything or (older_than is not None and now - version.last_used > older_than)
+            if not due and max_size is not None:
+                due = self.size() > max_size
+            if not due:
+                continue
+            # Out of versions/ in one rename, so a fetch sees the folder whole or not at all.
+            aside = self._scratch()
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(version.path, aside)
+            except OSError:
+                continue
+            remove_tree(aside)
+            removed.append(version)
+        freed, keys = self._drop_unlinked()
+        index = ChunkIndex(self.root / "index.sqlite")
+        index.forget(keys, [v.tree for v in removed])
+        index.close()
+        return PruneReport(tuple(removed), len(keys), freed)
+
+    def _drop_unlinked(self) -> tuple[int, list[str]]:
+        freed, keys = 0, []
+        if not self.files.is_dir():
+            return 0, []
+        for path in self.files.rglob("*"):
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            # Linked by no version folder (nor a linked pull): nothing uses these bytes.
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                path.unlink(missing_ok=True)
+                freed += st.st_size
+                keys.append(path.name)
+        return freed, keys
+
+    def verify(self) -> VerifyCacheReport:
+        """Re-hash every cached file against its chunk ids; drop a bad file and every version
+        folder that links it. Files of encrypted stores (keyed ids) are skipped."""
+        if not self.files.is_dir():
+            return VerifyCacheReport(0, 0, (), ())
+        from modelkeep.store.hashing import content_id
+
+        index = ChunkIndex(self.root / "index.sqlite")
+        checked, skipped, bad = 0, 0, []
+        try:
+            for path in sorted(p for p in self.files.rglob("*") if p.is_file()):
+                known = index.chunks_of(path.name)
+                if known is None or not known[0]:
+                    skipped += 1
+                    continue
+                checked += 1
+                ok = sum(n for _i, _o, n in known[1]) == path.stat().st_size
+                with path.open("rb") as f:
+                    for cid, offset, n in known[1]:
+                        if not ok:
+                            break
+                        f.seek(offset)
+                        ok = content_id(f.read(n)) == cid
+                if not ok:
+                    bad.append(path)
+            dropped = self._drop_versions_linking({p.stat().st_ino for p in bad})
+            for path in bad:
+                path.chmod(0o644)
+                path.unlink(missing_ok=True)
+            index.forget([p.name for p in bad], list(dropped))
+        finally:
+            index.close()
+        return VerifyCacheReport(checked, skipped, tuple(p.name for p in bad), tuple(dropped))
+
+    def _drop_versions_linking(self, inodes: set[int]) -> list[str]:
+        dropped: list[str] = []
+        if not inodes or not self.versions.is_dir():
+            return dropped
+        for folder in list(self.versions.iterdir()):
+            if any(p.stat().st_ino in inodes for p in folder.rglob("*") if p.is_file()):
+                aside = self._scratch()
+                os.rename(folder, aside)
+                remove_tree(aside)
+                dropped.append(folder.name)
+        return dropped
 
     def _fill_files(self, db: ObjectDB, snapshot: Snapshot, progress: Progress | None) -> int:
         """Add to ``files/`` every file of *snapshot* the cache lacks, each chunk verified: read
@@ -190,7 +380,7 @@ class ReadCache:
             return 0
         scratch = self._scratch()
         scratch.mkdir()
-        index = ChunkIndex(self.root / "chunks.sqlite")
+        index = ChunkIndex(self.root / "index.sqlite")
         fetched = 0
         try:
             workers = 4 if db.location.is_local else 16
@@ -208,7 +398,7 @@ class ReadCache:
                 # Another process may have cached the same bytes first: theirs is used.
                 with contextlib.suppress(FileExistsError):
                     os.link(src, final)
-                index.add(key, entry)
+                index.add(key, entry, plain=db.cipher is None)
         finally:
             index.close()
             remove_tree(scratch)
@@ -311,6 +501,10 @@ class ChunkIndex:
                 "CREATE TABLE IF NOT EXISTS chunks (id TEXT NOT NULL, length INTEGER NOT NULL, "
                 "file TEXT NOT NULL, offset INTEGER NOT NULL, PRIMARY KEY (id, file)) "
                 "WITHOUT ROWID")
+            self._conn.execute("CREATE TABLE IF NOT EXISTS files (key TEXT PRIMARY KEY, "
+                               "plain INTEGER NOT NULL) WITHOUT ROWID")
+            self._conn.execute("CREATE TABLE IF NOT EXISTS refs (tree TEXT NOT NULL, "
+                               "ref TEXT NOT NULL, PRIMARY KEY (tree, ref)) WITHOUT ROWID")
             self._conn.commit()
         except sqlite3.Error:
             self._conn = None  # an unusable index only costs downloads
@@ -327,14 +521,56 @@ class ChunkIndex:
                 return []
             return [(str(f), int(o)) for f, o in rows]
 
-    def add(self, key: str, entry: FileEntry) -> None:
+    def add(self, key: str, entry: FileEntry, *, plain: bool) -> None:
         rows = [(cid, n, key, at) for (cid, n), at in zip(entry.chunks, entry.chunk_offsets(),
                                                            strict=True)]
+        self._run(lambda c: (
+            c.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", rows),
+            c.execute("INSERT OR IGNORE INTO files VALUES (?, ?)", (key, int(plain)))))
+
+    def add_ref(self, tree: str, ref: str) -> None:
+        self._run(lambda c: c.execute("INSERT OR IGNORE INTO refs VALUES (?, ?)", (tree, ref)))
+
+    def forget(self, keys: list[str], trees: list[str]) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            c.executemany("DELETE FROM chunks WHERE file = ?", [(k,) for k in keys])
+            c.executemany("DELETE FROM files WHERE key = ?", [(k,) for k in keys])
+            c.executemany("DELETE FROM refs WHERE tree = ?", [(t,) for t in trees])
+        self._run(run)
+
+    def refs(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    for tree, ref in self._conn.execute("SELECT tree, ref FROM refs ORDER BY ref"):
+                        out.setdefault(str(tree), []).append(str(ref))
+        return out
+
+    def chunks_of(self, key: str) -> tuple[bool, list[tuple[str, int, int]]] | None:
+        """Whether *key*'s chunk ids are plain BLAKE3, and its (id, offset, length) in order;
+        None if the index does not know the file."""
+        with self._lock:
+            if self._conn is None:
+                return None
+            try:
+                row = self._conn.execute("SELECT plain FROM files WHERE key = ?",
+                                         (key,)).fetchone()
+                rows = self._conn.execute(
+                    "SELECT id, offset, length FROM chunks WHERE file = ? ORDER BY offset",
+                    (key,)).fetchall()
+            except sqlite3.Error:
+                return None
+        if row is None:
+            return None
+        return bool(row[0]), [(str(i), int(o), int(n)) for i, o, n in rows]
+
+    def _run(self, work: Callable[[sqlite3.Connection], object]) -> None:
         with self._lock:
             if self._conn is None:
                 return
             try:
-                self._conn.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", rows)
+                work(self._conn)
                 self._conn.commit()
             except sqlite3.Error:
                 pass
