@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -117,8 +118,6 @@ def test_no_cache_reads_into_a_private_folder(
         assert tree_digest(got) == tree_digest(src)
         assert not cache.root.exists()
     finally:
-        import shutil
-
         shutil.rmtree(got)
     with pytest.raises(modelkeep.InvalidInputError):
         keep.pull(v.ref, tmp_path / "x", link=True, cache=False)
@@ -314,3 +313,37 @@ def test_cache_ls_prune_and_verify(
     assert again.downloaded_bytes > 0 and tree_digest(again.path) == tree_digest(src)
 
     assert main(["cache", "prune"]) == 2  # says what it needs
+
+
+def test_encrypted_stores_keep_the_cache_private_or_stay_out_of_it(
+    tmp_path: Path, cache: ReadCache, mlflow_sqlite_uri: str
+) -> None:
+    from modelkeep.store.crypto import format_key, new_key
+
+    key = tmp_path / "store.key"
+    key.write_text(format_key(new_key()) + "\n")
+    url = str(tmp_path / "store")
+    keep = modelkeep.open(store=url, registry=mlflow_sqlite_uri,
+                          store_options={"key_file": str(key)})
+    src = write_model(tmp_path / "m", tensors(n=3))
+    v = keep.register(unique_name(), src)
+    assert keep.store.encrypted
+
+    # The store option keeps its plaintext out of the cache altogether.
+    outside = modelkeep.open(store=url, registry=mlflow_sqlite_uri,
+                             store_options={"key_file": str(key), "read_cache": "false"})
+    private = outside.fetch(v.ref)
+    assert not private.is_relative_to(cache.root) and tree_digest(private) == tree_digest(src)
+    shutil.rmtree(private)
+    assert not cache.root.exists()
+    with pytest.raises(modelkeep.InvalidInputError):
+        outside.pull(v.ref, tmp_path / "x", link=True)
+
+    # Through the cache, a cache folder someone widened is made private again.
+    cache.root.mkdir(parents=True)
+    cache.root.chmod(0o755)
+    folder = keep.fetch(v.ref)
+    assert tree_digest(folder) == tree_digest(src)
+    assert stat.S_IMODE(cache.root.stat().st_mode) == 0o700
+    report = cache.verify()
+    assert report.ok and report.checked == 0 and report.skipped == len(_files_in(src))
