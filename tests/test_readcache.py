@@ -135,6 +135,8 @@ def test_cli_fetch_prints_the_path_last_and_json(
     assert main(["fetch", v.ref]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert Path(last).is_absolute() and (Path(last) / "model.safetensors").is_file()
+    assert main(["-q", "fetch", v.ref]) == 0
+    assert capsys.readouterr().out.strip() == last
     assert main(["fetch", v.ref, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data == {"name": v.name, "version": v.version, "path": last,

@@ -38,12 +38,12 @@ def fetch(
     with st.out.progress(f"fetching {mv.ref}", mv.size) as advance:
         got = keep.fetch_report(mv.ref, cache=not no_cache, progress=advance)
 
-    def human() -> None:
-        st.out.note(f"{got.name}@{got.version}: {human_bytes(got.downloaded_bytes)} downloaded, "
-                    f"{human_bytes(got.linked_bytes)} already cached")
-        print(got.path)
-
-    st.out.emit(got.to_json(), human)
+    if st.out.json:
+        st.out.emit(got.to_json(), lambda: None)
+        return
+    st.out.note(f"{got.name}@{got.version}: {human_bytes(got.downloaded_bytes)} downloaded, "
+                f"{human_bytes(got.linked_bytes)} already cached")
+    print(got.path)  # even with -q: the path is the command's answer
 
 
 @cache_app.command("ls")
