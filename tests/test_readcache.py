@@ -349,3 +349,24 @@ def test_encrypted_stores_keep_the_cache_private_or_stay_out_of_it(
     assert stat.S_IMODE(cache.root.stat().st_mode) == 0o700
     report = cache.verify()
     assert report.ok and report.checked == 0 and report.skipped == len(_files_in(src))
+
+
+def test_pull_link_to_another_filesystem_copies_read_only_files(
+    tmp_path: Path, cache: ReadCache, mlflow_sqlite_uri: str
+) -> None:
+    import tempfile
+
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
+    src = write_model(tmp_path / "m", tensors(n=2))
+    v = keep.register(unique_name(), src)
+    folder = keep.fetch(v.ref)
+    other = Path(tempfile.mkdtemp(dir="/dev/shm"))  # tmpfs: not the cache's filesystem
+    try:
+        assert other.stat().st_dev != folder.stat().st_dev
+        out = keep.pull(v.ref, other / "linked", link=True)
+        assert tree_digest(out) == tree_digest(src)
+        for f in _files_in(out):
+            assert f.stat().st_ino != (folder / f.relative_to(out)).stat().st_ino
+            assert not f.stat().st_mode & 0o222
+    finally:
+        shutil.rmtree(other)

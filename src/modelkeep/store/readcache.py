@@ -450,7 +450,8 @@ class ReadCache:
                 check_relpath(entry.path)
                 target = scratch.joinpath(*entry.path.split("/"))
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.link(self.file_path(entry), target)
+                # A copy where the filesystem has no hard links (some network and FUSE mounts).
+                link_or_copy(self.file_path(entry), target)
             _make_read_only(scratch)
             try:
                 os.rename(scratch, final)
