@@ -3,13 +3,16 @@ under concurrent and killed fetches (real files, real processes)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -227,12 +230,57 @@ def test_from_pretrained_on_a_fetched_real_model(
         assert torch.equal(loaded[key], tensor), key
 
 
+class CountingProxy:
+    """A TCP relay on loopback that counts the bytes the server sends back: what a client
+    really downloaded, whatever the client library reports."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.received = 0
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _addr = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if count:
+                    with self._lock:
+                        self.received += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._server.close()
+
+
 def test_a_fine_tune_from_s3_downloads_only_what_differs_from_its_cached_parent(
     tmp_path: Path, cache: ReadCache, mlflow_sqlite_uri: str, moto_s3: object,
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from urllib.parse import urlparse
+
     url = f"s3://{moto_s3.make_bucket()}/models"  # type: ignore[attr-defined]
     opts = dict(moto_s3.storage_options)  # type: ignore[attr-defined]
+    proxy = CountingProxy(urlparse(opts["client_kwargs"]["endpoint_url"]).port or 80)
+    opts["client_kwargs"] = {**opts["client_kwargs"],
+                             "endpoint_url": f"http://127.0.0.1:{proxy.port}"}
     keep = modelkeep.open(store=url, registry=mlflow_sqlite_uri, store_options=opts)
     ts = tensors(n=20)
     src = write_model(tmp_path / "m", ts, extra=False)
@@ -242,8 +290,13 @@ def test_a_fine_tune_from_s3_downloads_only_what_differs_from_its_cached_parent(
     change_fraction(ts, 0.1)
     write_model(src, ts, extra=False)
     v2 = keep.register(name, src, parents=[v1.ref])
+    keep.get(v2.ref)  # the snapshot is read: what follows is the fetch alone
+    proxy.received = 0
     got = keep.fetch_report(v2.ref)
+    on_the_wire = proxy.received
+    print(f"v2: {v2.size} bytes; fetched {got.downloaded_bytes}, {on_the_wire} on the wire")
     assert got.downloaded_bytes <= 0.15 * v2.size, (got.downloaded_bytes, v2.size)
+    assert on_the_wire <= 0.15 * v2.size, (on_the_wire, v2.size)
     assert got.linked_bytes == v2.size - got.downloaded_bytes
     assert tree_digest(got.path) == tree_digest(src)
     # The reused bytes were checked on the way: a damaged cached parent is not trusted.
@@ -262,6 +315,7 @@ def test_a_fine_tune_from_s3_downloads_only_what_differs_from_its_cached_parent(
     again = keep.fetch_report(v2.ref)
     assert tree_digest(again.path) == tree_digest(src)
     assert again.downloaded_bytes > got.downloaded_bytes  # the damaged chunks came from S3
+    proxy.close()
 
 
 def test_cache_ls_prune_and_verify(
