@@ -424,3 +424,24 @@ def test_pull_link_to_another_filesystem_copies_read_only_files(
             assert not f.stat().st_mode & 0o222
     finally:
         shutil.rmtree(other)
+
+
+def test_from_pretrained_on_a_fetched_tiny_llama(
+    tmp_path: Path, cache: ReadCache, mlflow_sqlite_uri: str
+) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    original = tmp_path / "llama"
+    LlamaForCausalLM(config).save_pretrained(original)
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri)
+    v = keep.register(unique_name(), original)
+    folder = keep.fetch(v.ref)
+    expected = LlamaForCausalLM.from_pretrained(original).state_dict()
+    loaded = LlamaForCausalLM.from_pretrained(folder).state_dict()
+    assert loaded.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(loaded[key], tensor), key
