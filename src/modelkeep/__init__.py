@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from modelkeep.aliases import AliasEvent
     from modelkeep.hooks import Finding
     from modelkeep.keep import Keep
+    from modelkeep.ops.fetch import FetchResult
     from modelkeep.ops.rebuild import RebuildReport
     from modelkeep.ops.repair import RepairResult
     from modelkeep.ops.results import DeletedVersion, Diff, FileChange, ModelVersion, TensorChanges
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
         VerifyReport,
     )
     from modelkeep.training import PendingCheckpoint, Tracker
-    from modelkeep.wiring import open, track
+    from modelkeep.wiring import fetch, open, track
 
 __version__ = "0.1.0"
 
@@ -88,6 +89,8 @@ _LAZY = {
     "TensorChanges": "modelkeep.ops.results",
     "Tracker": "modelkeep.training",
     "VerifyReport": "modelkeep.store",
+    "fetch": "modelkeep.wiring",
+    "FetchResult": "modelkeep.ops.fetch",
     "open": "modelkeep.wiring",
     "track": "modelkeep.wiring",
 }
@@ -112,6 +115,7 @@ __all__ = [
     "DestinationExistsError",
     "Diff",
     "DirtyWorkspaceError",
+    "FetchResult",
     "FileChange",
     "Finding",
     "GcReport",
@@ -148,6 +152,7 @@ __all__ = [
     "VerifyReport",
     "VetoError",
     "__version__",
+    "fetch",
     "open",
     "track",
 ]

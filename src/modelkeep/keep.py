@@ -20,6 +20,7 @@ from modelkeep.hooks import Finding
 from modelkeep.ops import aliases as _aliases
 from modelkeep.ops import checkpoints as _checkpoints
 from modelkeep.ops import delete as _delete
+from modelkeep.ops import fetch as _fetch
 from modelkeep.ops import gc as _gc
 from modelkeep.ops import read as _read
 from modelkeep.ops import rebuild as _rebuild
@@ -28,6 +29,7 @@ from modelkeep.ops import repair as _repair
 from modelkeep.ops import scan as _scan
 from modelkeep.ops import signatures as _signatures
 from modelkeep.ops import sync as _sync
+from modelkeep.ops.fetch import FetchResult
 from modelkeep.ops.rebuild import RebuildReport
 from modelkeep.ops.results import DeletedVersion, Diff, ModelVersion
 from modelkeep.policy.rules import Policies
@@ -309,10 +311,27 @@ class Keep:
         *,
         overwrite: bool = False,
         progress: Progress | None = None,
+        link: bool = False,
+        cache: bool = True,
     ) -> Path:
         """Materialise the version's files in folder *dest* (created; must be new or empty unless
-        *overwrite*). Every chunk is verified; on any failure *dest* is left untouched."""
-        return _read.pull(self, ref, dest, overwrite=overwrite, progress=progress)
+        *overwrite*). Every chunk is verified; on any failure *dest* is left untouched. With
+        *link*, read-only links into the shared read cache; else private, writable copies (taken
+        from the cache where it holds the bytes, unless *cache* is false)."""
+        return _read.pull(self, ref, dest, overwrite=overwrite, progress=progress, link=link,
+                          cache=cache)
+
+    def fetch(self, ref: str, *, cache: bool = True, progress: Progress | None = None) -> Path:
+        """The version's local, read-only folder in the shared read cache (built once, the same
+        folder on every call). With *cache* false (or the store option ``read_cache = false``),
+        a new private temporary folder that the caller removes."""
+        return _fetch.fetch(self, ref, cache=cache, progress=progress).path
+
+    def fetch_report(
+        self, ref: str, *, cache: bool = True, progress: Progress | None = None
+    ) -> FetchResult:
+        """:meth:`fetch`, with what it cost: bytes downloaded and bytes already cached."""
+        return _fetch.fetch(self, ref, cache=cache, progress=progress)
 
     def open_file(self, ref: str, path: str) -> SnapshotFile:
         """A seekable, read-only binary stream of one file that fetches only the chunks read."""

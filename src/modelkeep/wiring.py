@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelkeep.config import Config, load_config
@@ -121,3 +122,14 @@ def track(
     if keep is None:
         keep = open(store, registry, store_options=store_options)
     return Tracker(keep, name, **options)
+
+
+def fetch(ref: str, *, cache: bool = True, **open_kwargs: Any) -> Path:
+    """The local, read-only folder of the version *ref* names, through the shared read cache::
+
+        model = AutoModel.from_pretrained(modelkeep.fetch("bert@champion"))
+
+    *open_kwargs* are :func:`open`'s (``store``, ``registry``, ``store_options`` …); *cache*
+    false reads without the cache into a new private folder (see :meth:`Keep.fetch`).
+    """
+    return open(**open_kwargs).fetch(ref, cache=cache)

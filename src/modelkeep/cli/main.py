@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from modelkeep.aliases import AliasEvent
-from modelkeep.cli import key_cmds, policy_cmds, registry_cmds, store_cmds
+from modelkeep.cli import fetch_cmds, key_cmds, policy_cmds, registry_cmds, store_cmds
 from modelkeep.cli._errors import report
 from modelkeep.cli._output import Output, human_bytes
 from modelkeep.cli._state import State
@@ -391,13 +391,19 @@ def pull(
     dest: Annotated[Path, typer.Argument(help="Destination folder (new or empty).")],
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty destination.")]
     = False,
+    link: Annotated[bool, typer.Option(
+        "--link", help="Read-only links into the shared cache instead of private copies.")]
+    = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Read without the shared cache.")]
+    = False,
 ) -> None:
     """Materialise a version's files in DEST, verified, all or nothing."""
     st = _state(ctx)
     keep = st.keep()
     mv = keep.get(ref)
     with st.out.progress(f"pulling {mv.ref}", mv.size) as advance:
-        out = keep.pull(mv.ref, dest, overwrite=force, progress=advance)
+        out = keep.pull(mv.ref, dest, overwrite=force, progress=advance, link=link,
+                        cache=not no_cache)
     st.out.emit(
         {"ref": mv.ref, "dest": str(out), "files": len(mv.files), "size": mv.size},
         lambda: st.out.console.print(
@@ -665,6 +671,7 @@ registry_cmds.add_to(app)
 store_cmds.add_to(app)
 key_cmds.add_to(app)
 policy_cmds.add_to(app)
+fetch_cmds.add_to(app)
 
 
 def _command(plugins: PluginManager) -> Any:

@@ -81,16 +81,16 @@ def pull(
     *,
     overwrite: bool = False,
     progress: Progress | None = None,
+    link: bool = False,
+    cache: bool = True,
 ) -> Path:
     """Materialise the version's files in folder *dest* (created; must be new or empty unless
-    *overwrite*). Every chunk is verified; on any failure *dest* is left untouched."""
-    rv = resolve(keep, ref)
-    store, snap, sid = load(keep, rv)
-    out = store.materialize(snap, dest, overwrite=overwrite, progress=progress)
-    if keep.hook.modelkeep_after_pull.get_hookimpls():
-        keep.hook.modelkeep_after_pull(version=version_of(rv, snap, sid), dest=out,
-                                       keep=keep)
-    return out
+    *overwrite*). Every chunk is verified; on any failure *dest* is left untouched. With *link*
+    the files are read-only links into the shared read cache (:mod:`modelkeep.ops.fetch`)."""
+    from modelkeep.ops.fetch import pull as pull_through_cache
+
+    return pull_through_cache(keep, ref, dest, overwrite=overwrite, progress=progress,
+                              link=link, cache=cache)
 
 
 def open_file(keep: Keep, ref: str, path: str) -> SnapshotFile:

@@ -22,7 +22,7 @@ import shutil
 import socket
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from modelkeep.store.objects import ObjectDB, pwrite_all
 from modelkeep.store.snapshot import FileEntry, Snapshot, check_relpath
 
 Progress = Callable[[int], None]
+Place = Callable[[FileEntry, Path], bool]
 _MAX_OPEN_FILES = 32
 
 
@@ -84,8 +85,10 @@ def materialize(
     overwrite: bool = False,
     workers: int | None = None,
     progress: Progress | None = None,
+    place: Place | None = None,
 ) -> Path:
-    """Write every file of *snapshot* under *dest*, atomically as a folder."""
+    """Write every file of *snapshot* under *dest*, atomically as a folder. *place*, when
+    given, may put a file there itself (from a local copy of its bytes) and return True."""
     dest = Path(dest)
     if dest.exists() or dest.is_symlink():
         if not dest.is_dir() or dest.is_symlink():
@@ -105,7 +108,7 @@ def materialize(
     staging.mkdir()
     workers = workers or (4 if db.location.is_local else 16)
     try:
-        _write_files(db, snapshot, staging, workers, progress)
+        write_files(db, snapshot.files, staging, workers, progress, place)
         if dest.exists():
             retired = dest.parent / f".{dest.name}.modelkeep-old-{uuid.uuid4().hex[:8]}"
             dest.rename(retired)
@@ -154,12 +157,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _write_files(
-    db: ObjectDB, snapshot: Snapshot, root: Path, workers: int, progress: Progress | None
+def write_files(
+    db: ObjectDB,
+    files: Sequence[FileEntry],
+    root: Path,
+    workers: int,
+    progress: Progress | None,
+    place: Place | None = None,
 ) -> None:
-    """Write every file of *snapshot* under *root*. Each worker fetches, verifies and writes its
-    own chunk at its offset, so fetching, hashing and writing run on every core; a bounded number
-    of files is open at once."""
+    """Write every file of *files* under *root* (but those *place* puts there itself). Each
+    worker fetches, verifies and writes its own chunk at its offset, so fetching, hashing and
+    writing run on every core; a bounded number of files is open at once."""
     open_files: deque[tuple[FileEntry, Path, int, list[Future[int]]]] = deque()
 
     def finish_oldest() -> None:
@@ -174,9 +182,13 @@ def _write_files(
 
     with ThreadPoolExecutor(workers, thread_name_prefix="modelkeep-get") as pool:
         try:
-            for entry in snapshot.files:
+            for entry in files:
                 target = _target(root, entry.path)
                 target.parent.mkdir(parents=True, exist_ok=True)
+                if place is not None and place(entry, target):
+                    if progress is not None:
+                        progress(entry.size)
+                    continue
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 if entry.size:
                     # Sized once up front: workers then write inside the file, out of order,

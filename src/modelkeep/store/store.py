@@ -58,7 +58,7 @@ from modelkeep.store.location import (
     location_from_locator,
     parse_location,
 )
-from modelkeep.store.materialize import SnapshotFile, materialize
+from modelkeep.store.materialize import Place, SnapshotFile, materialize
 from modelkeep.store.objects import MAX_DESCRIPTOR, ObjectDB
 from modelkeep.store.runs import RunArtifacts
 from modelkeep.store.snapshot import CREATED_FORMAT, FileEntry, Snapshot, parse
@@ -169,6 +169,9 @@ class Store:
         key_file = options.pop("key_file", None)
         self.key_file = str(key_file) if key_file else None
         self.codec = _codec_policy(options.pop("codec", DEFAULT_CODEC), location.url)
+        # Whether fetches of this store's versions go through the shared read cache, which holds
+        # plaintext (docs/loading.md): ``read_cache = false`` keeps an encrypted store's out.
+        self.read_cache = str(options.pop("read_cache", True)).lower() not in ("false", "0", "no")
         self.location = location = replace(location, options=options)
         self.db = ObjectDB(location, codec=self.codec)
         if use_cache is None:
@@ -672,8 +675,10 @@ class Store:
         *,
         overwrite: bool = False,
         progress: Progress | None = None,
+        place: Place | None = None,
     ) -> Path:
-        return materialize(self.db, snapshot, dest, overwrite=overwrite, progress=progress)
+        return materialize(self.db, snapshot, dest, overwrite=overwrite, progress=progress,
+                           place=place)
 
     def open_file(self, snapshot: Snapshot, path: str) -> SnapshotFile:
         entry = snapshot.file(path.strip("/"))
