@@ -83,6 +83,19 @@ def every_dtype(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def fine_tune(root: Path, steps: int, size: int, seed: int) -> list[Path]:
+    """Folders of *steps* checkpoints of one F32 tensor of *size* elements, each a small step
+    from the one before (every element changes, as in training)."""
+    rng = np.random.default_rng(seed)
+    weights = rng.standard_normal(size).astype(np.float32)
+    folders = []
+    for step in range(steps):
+        weights = weights + np.float32(1e-5) * rng.standard_normal(size, np.float32)
+        folders.append(write_safetensors(root / f"v{step}" / "model.safetensors",
+                                         {"w": ("F32", [size], weights.tobytes())}).parent)
+    return folders
+
+
 def headers(store: Store) -> dict[str, framing.Header]:
     """{chunk id: its header} of every chunk object in *store*."""
     db = store.db
@@ -168,14 +181,9 @@ def test_delta_chains_stop_at_their_depth_bound(tmp_path: Path, mlflow_sqlite_ur
 def test_gc_keeps_the_bases_of_kept_deltas(backend: Backend, tmp_path: Path) -> None:
     keep = backend.open()
     name = unique_name()
-    rng = np.random.default_rng(3)
-    weights = rng.standard_normal(300_000).astype(np.float32)
-    srcs = []
-    for step in range(2):
-        weights = weights + np.float32(1e-5) * rng.standard_normal(300_000, np.float32)
-        srcs.append(write_safetensors(tmp_path / f"v{step}" / "model.safetensors",
-                                      {"w": ("F32", [300_000], weights.tobytes())}).parent)
-        keep.register(name, srcs[-1])
+    srcs = fine_tune(tmp_path, 2, 300_000, seed=3)
+    for src in srcs:
+        keep.register(name, src)
     assert any(h.codec == Codec.DELTA for h in headers(keep.store).values())
     keep.delete_version(f"{name}@1")
     for _ in range(2):  # hide, then delete: what only version 1 used is gone
@@ -188,14 +196,9 @@ def test_gc_keeps_the_bases_of_kept_deltas(backend: Backend, tmp_path: Path) -> 
 def test_sync_of_delta_coded_versions(backend: Backend, tmp_path: Path) -> None:
     keep = backend.open()
     name = unique_name()
-    rng = np.random.default_rng(4)
-    weights = rng.standard_normal(200_000).astype(np.float32)
-    srcs = []
-    for step in range(2):
-        weights = weights + np.float32(1e-5) * rng.standard_normal(200_000, np.float32)
-        srcs.append(write_safetensors(tmp_path / f"v{step}" / "model.safetensors",
-                                      {"w": ("F32", [200_000], weights.tobytes())}).parent)
-        keep.register(name, srcs[-1])
+    srcs = fine_tune(tmp_path, 2, 200_000, seed=4)
+    for src in srcs:
+        keep.register(name, src)
     dest = Store.open(str(tmp_path / "replica"))
     sids = [keep.get(f"{name}@{n}").snapshot_id for n in (1, 2)]
     keep.store.sync_to(dest, sids)

@@ -8,12 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from modelkeep.store import Kind, Store
 from tests.backends import Backend, make_backend, unique_name
-from tests.test_codecs import same_files, write_safetensors
+from tests.test_codecs import fine_tune, same_files
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -25,16 +24,10 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def _two_versions(keep, tmp_path: Path) -> tuple[str, list[Path]]:  # type: ignore[no-untyped-def]
     """A model and a fine-tune of it, whose tensor chunk is a delta of the first's."""
     name = unique_name()
-    rng = np.random.default_rng(11)
-    weights = rng.standard_normal(300_000).astype(np.float32)
-    folders = []
-    for step in range(2):
-        weights = weights + np.float32(1e-5) * rng.standard_normal(300_000, np.float32)
-        folder = write_safetensors(tmp_path / f"v{step}" / "model.safetensors",
-                                   {"w": ("F32", [300_000], weights.tobytes())}).parent
+    folders = fine_tune(tmp_path, 2, 300_000, seed=11)
+    for step, folder in enumerate(folders):
         (folder / "README.md").write_text(f"version {step}\n")
         keep.register(name, folder)
-        folders.append(folder)
     return name, folders
 
 
