@@ -147,10 +147,10 @@ def _encode_planes(raw: bytes | bytearray | memoryview, width: int) -> bytes | N
             > (1 - _PLANES_MIN_GAIN * width) * len(plane)):
         return None
     rotated = (values << 1) | (values >> (bits - 1))
-    return b"".join([bytes((width,)), *_plane_records(rotated, width, top_first=True)])
+    return b"".join([bytes((width,)), *_plane_records(rotated, width, code_top=True)])
 
 
-def _plane_records(values: np.ndarray, width: int, *, top_first: bool) -> list[bytes]:
+def _plane_records(values: np.ndarray, width: int, *, code_top: bool) -> list[bytes]:
     """Each byte plane of *values* as ``method, length, bytes``. The top plane holds the
     exponent (or, in a delta, the rarely set high bits): always worth coding. Lower planes are
     mantissa bits, near random in trained weights; a sample tells cheaply whether to try."""
@@ -158,7 +158,7 @@ def _plane_records(values: np.ndarray, width: int, *, top_first: bool) -> list[b
     parts: list[bytes] = []
     for j in range(width):
         plane = np.ascontiguousarray(grid[:, j])
-        if (top_first and j == width - 1) or _shrinks(plane.data[:_SAMPLE], "literal"):
+        if (code_top and j == width - 1) or _shrinks(plane.data[:_SAMPLE], "literal"):
             frame = _compressor("literal").compress(plane.data)
             if len(frame) < len(plane):
                 parts += (_PLANE_RECORD.pack(_ZSTD_FRAME, len(frame)), frame)
@@ -183,7 +183,7 @@ def encode_delta(raw: bytes | bytearray | memoryview, base: bytes | memoryview, 
     transform = XOR if width <= 2 else SUBTRACT
     diff = x ^ y if transform == XOR else x - y  # unsigned: wraps modulo 2^(8 width)
     prefix = _DELTA_PREFIX.pack(bytes.fromhex(base_id), depth, transform, width)
-    return b"".join([prefix, *_plane_records(diff, width, top_first=False)])
+    return b"".join([prefix, *_plane_records(diff, width, code_top=False)])
 
 
 def delta_base(payload: bytes | memoryview, what: str) -> tuple[str, int]:
