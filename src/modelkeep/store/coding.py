@@ -12,16 +12,21 @@ verification and every reader keep their meaning: decode, then hash.
   of every element. The top plane then holds the exponent (all of it for bf16, fp32 and fp64)
   and compresses to about a third; the mantissa planes are close to random in trained weights
   and are usually stored as they are. Each plane is stored or zstd-coded on its own.
+* ``DELTA`` (3): a chunk as the difference from its *base*, the same part of the same tensor in
+  the parent version (XOR for 2-byte elements, subtraction for wider ones), in byte planes. A
+  fine-tune step changes every tensor a little, so most high bits of the difference are zero:
+  AdamW checkpoints of MiniLM store at 0.15x (bf16) and 0.37x (fp32). A delta names its base and
+  its depth in the chain; readers follow at most ``MAX_DELTA_DEPTH`` links (format §3.4).
 
 The writer never keeps a codec's output that is not smaller than the raw bytes: such a chunk is
 stored plain, so incompressible data costs nothing but the 16-byte header.
 
 Why these, measured on the real all-MiniLM-L6-v2 weights in 4 MiB chunks (bench/codecs.py):
 byte planes with the sign rotated out of the exponent byte reach the order-0 entropy of the
-planes (bf16 0.665x raw, fp32 0.833x), against zstd of the chunk 0.78x / 0.92x and blosc2's
+planes (bf16 0.665x raw, fp32 0.820x), against zstd of the chunk 0.78x / 0.92x and blosc2's
 shuffle + zstd 0.69x / 0.83x. The exponent plane is coded by zstd with a small hash table and
 7-byte minimum matches: almost every byte is then a Huffman-coded literal, which beats zstd's
-level 1 (0.364 of the plane) and level 19 (0.331) at 0.331 and several times level 1's speed.
+level 1 (0.364 of the plane) and matches level 19 (0.331) at several times level 1's speed.
 zstd itself comes from the maintained ``zstandard`` package; numpy does the plane split.
 
 Decoders are hostile-input safe: every output size is fixed in advance by the header's raw
