@@ -133,3 +133,54 @@ def test_verify_exit_code_on_damage(project: Path, capsys: pytest.CaptureFixture
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["no-such-command"]) == 2
     assert "No such command" in capsys.readouterr().err
+
+
+def _git_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for var in ("MODELKEEP_STORE", "MODELKEEP_REGISTRY", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(var, raising=False)
+    subprocess.run(["git", "init", "-q"], check=True)
+    return tmp_path
+
+
+def test_init_in_a_git_work_tree_keeps_store_and_registry_out_of_git(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    project = _git_project(tmp_path, monkeypatch)
+    (project / ".gitignore").write_text("*.pyc\n/mlflow.db")  # one entry there, no newline
+    assert main(["init"]) == 0
+    out = capsys.readouterr().out
+    assert "added /.modelkeep/store/ to" in out  # mlflow.db was listed already
+    lines = (project / ".gitignore").read_text().splitlines()
+    assert lines == ["*.pyc", "/mlflow.db", "/.modelkeep/store/"]
+    # Registering writes the store and the registry file; git sees neither.
+    model = write_model(project / "m", tensors(n=2))
+    assert main(["register", unique_name(), str(model)]) == 0
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
+                            capture_output=True, text=True, check=True).stdout
+    assert ".modelkeep" not in status and "mlflow.db" not in status
+    assert "modelkeep.toml" in status and "m/model.safetensors" in status
+    # A second init (after removing the settings) adds nothing twice.
+    (project / "modelkeep.toml").unlink()
+    assert main(["init"]) == 0
+    assert (project / ".gitignore").read_text().splitlines() == lines
+
+
+def test_init_no_gitignore_and_outside_git(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "repo").mkdir()
+    project = _git_project(tmp_path / "repo", monkeypatch)
+    assert main(["init", "--no-gitignore"]) == 0
+    assert not (project / ".gitignore").exists()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    monkeypatch.chdir(plain)
+    assert main(["init"]) == 0
+    assert not (plain / ".gitignore").exists()  # not a git work tree: nothing to ignore
+
+
+def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    import modelkeep
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"modelkeep {modelkeep.__version__}"

@@ -20,6 +20,7 @@ from rich.table import Table
 from modelkeep.aliases import AliasEvent
 from modelkeep.cli import fetch_cmds, key_cmds, policy_cmds, registry_cmds, store_cmds
 from modelkeep.cli._errors import report
+from modelkeep.cli._gitignore import add_to_gitignore, git_work_tree, ignore_entries
 from modelkeep.cli._output import Output, human_bytes
 from modelkeep.cli._state import State
 from modelkeep.cli._state import state as _state
@@ -39,6 +40,14 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from modelkeep import __version__
+
+        typer.echo(f"modelkeep {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     ctx: typer.Context,
@@ -49,6 +58,9 @@ def _global(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
     = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="Print modelkeep's version and exit.")] = False,
 ) -> None:
     plugins = ctx.obj.plugins if isinstance(ctx.obj, State) else None
     ctx.obj = State(store=store, registry=registry, out=Output(json=json_out, quiet=quiet),
@@ -84,6 +96,9 @@ def init(
     key_file: Annotated[Path | None, typer.Option("--key-file", help="With --encrypt: file "
                                                   "holding the key; recorded as the store's "
                                                   "key_file.")] = None,
+    gitignore: Annotated[bool, typer.Option(
+        "--gitignore/--no-gitignore", help="Inside a git work tree, add the store folder and "
+        "the local registry file to .gitignore.")] = True,
 ) -> None:
     """Write modelkeep.toml in the current folder (unless there is one) and create the store."""
     from modelkeep.config import find_config, load_config, write_config
@@ -108,12 +123,20 @@ def init(
         if path != existing:
             path.unlink(missing_ok=True)  # a failed init leaves nothing behind
         raise
+    ignored: list[str] = []
+    if gitignore and git_work_tree(path.parent) is not None:
+        root = the_store.location.root if the_store.location.is_local else None
+        ignored = add_to_gitignore(path.parent, ignore_entries(path.parent, root,
+                                                               config.registry))
     data = {"config": str(path), "store": the_store.url, "registry": config.registry,
-            "encrypted": encrypted, "key_id": key_id}
+            "encrypted": encrypted, "key_id": key_id, "gitignore": ignored}
 
     def human() -> None:
         verb = "settings" if path == existing else "wrote"
         text = f"{verb} {path}\nstore:    {the_store.url}\nregistry: {config.registry}"
+        if ignored:
+            text += (f"\nadded {', '.join(ignored)} to {path.parent / '.gitignore'} (the store "
+                     "and registry stay out of git; --no-gitignore to skip)")
         if encrypted:
             text += f"\nencrypted, key id {key_id}"
             if path == existing and key_file is not None:
