@@ -62,8 +62,7 @@ def fetch(
             shutil.rmtree(dest, ignore_errors=True)
             raise
         return FetchResult(rv.name, rv.version, dest.resolve(), snap.size, 0)
-    got = ReadCache().fetch(store.db, snap, private=store.encrypted, progress=progress,
-                            ref=f"{rv.name}@{rv.version}")
+    got = store.fetch_cached(snap, progress=progress, ref=f"{rv.name}@{rv.version}")
     return FetchResult(rv.name, rv.version, got.path.resolve(), got.downloaded_bytes,
                        got.linked_bytes)
 
@@ -95,7 +94,7 @@ def pull(
 
 
 def _linker(store: Store, snap: Snapshot) -> Callable[[FileEntry, Path], bool]:
-    folder = ReadCache().fetch(store.db, snap, private=store.encrypted).path
+    folder = store.fetch_cached(snap).path
 
     def place(entry: FileEntry, target: Path) -> bool:
         link_or_copy(folder.joinpath(*entry.path.split("/")), target)

@@ -67,6 +67,7 @@ from modelkeep.store.verify import Problem, VerifyReport, verify_snapshots
 
 if TYPE_CHECKING:
     from modelkeep.store.crypto import Candidate, ObjectCipher
+    from modelkeep.store.readcache import Fetched
 
 SCHEME = "modelkeep"
 STORE_FORMAT = 1
@@ -758,6 +759,15 @@ class Store:
         if kind is Kind.CHUNK:
             return sum(self.chunk_sizes().values())
         return sum(self.db.size(kind, oid) for oid in self.db.iter_ids(kind))
+
+    def fetch_cached(self, snapshot: Snapshot, *, progress: Progress | None = None,
+                     ref: str | None = None) -> Fetched:
+        """*snapshot*'s read-only folder in this machine's shared read cache
+        (:mod:`modelkeep.store.readcache`), built from this store what the cache lacks."""
+        from modelkeep.store.readcache import ReadCache
+
+        return ReadCache().fetch(self.db, snapshot, private=self.encrypted, progress=progress,
+                                 ref=ref)
 
     def chunk_sizes(self) -> dict[str, int]:
         """{chunk id: stored size, header included} of every chunk in ``chunks/``, from one
