@@ -318,8 +318,8 @@ class Keep:
         *overwrite*). Every chunk is verified; on any failure *dest* is left untouched. With
         *link*, read-only links into the shared read cache; else private, writable copies (taken
         from the cache where it holds the bytes, unless *cache* is false)."""
-        return _read.pull(self, ref, dest, overwrite=overwrite, progress=progress, link=link,
-                          cache=cache)
+        return _fetch.pull(self, ref, dest, overwrite=overwrite, progress=progress, link=link,
+                           cache=cache)
 
     def fetch(self, ref: str, *, cache: bool = True, progress: Progress | None = None) -> Path:
         """The version's local, read-only folder in the shared read cache (built once, the same

@@ -7,10 +7,8 @@ version's URI names through the Keep's store and snapshot cache (:class:`~modelk
 from __future__ import annotations
 
 import bisect
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelkeep.errors import NotFoundError
@@ -72,25 +70,6 @@ def versions(keep: Keep, name: str) -> list[ModelVersion]:
 
 def models(keep: Keep) -> list[str]:
     return keep.registry.models()
-
-
-def pull(
-    keep: Keep,
-    ref: str,
-    dest: str | os.PathLike[str],
-    *,
-    overwrite: bool = False,
-    progress: Progress | None = None,
-    link: bool = False,
-    cache: bool = True,
-) -> Path:
-    """Materialise the version's files in folder *dest* (created; must be new or empty unless
-    *overwrite*). Every chunk is verified; on any failure *dest* is left untouched. With *link*
-    the files are read-only links into the shared read cache (:mod:`modelkeep.ops.fetch`)."""
-    from modelkeep.ops.fetch import pull as pull_through_cache
-
-    return pull_through_cache(keep, ref, dest, overwrite=overwrite, progress=progress,
-                              link=link, cache=cache)
 
 
 def open_file(keep: Keep, ref: str, path: str) -> SnapshotFile:
