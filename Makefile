@@ -3,25 +3,33 @@
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
+CORE_STAMP := $(VENV)/.installed-core
 VENV_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 TORCH_VERSION ?= 2.13.0
 
 .DEFAULT_GOAL := test
-.PHONY: .venv node_modules chromium test lint demo bench bench-callbacks bench-encryption bench-cli clean
+.PHONY: .venv .venv-core node_modules chromium test lint demo ui bench bench-callbacks bench-encryption bench-cli clean
 
 # `make .venv` / `make node_modules`: set up once; re-runs are no-ops until the inputs change.
+# `.venv-core` is what the demo uses (modelkeep and MLflow's client); `.venv` adds the test and
+# framework extras on top of it.
+.venv-core: $(CORE_STAMP)
 .venv: $(VENV_STAMP)
 node_modules: $(NODE_STAMP)
 
 # The example plugins are not installed: a user gets them only by installing one. Their test
 # installs examples/plugins/approval into a folder of its own (tests/test_example_plugin.py).
 
+$(CORE_STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -e ".[mlflow-client]"
+	touch $@
+
 # torch first, pinned to a CPU build: otherwise the frameworks in the test
 # extra (Lightning, Transformers), which ask for torch unpinned, pull a multi-GB CUDA build.
-$(VENV_STAMP): pyproject.toml
-	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install --upgrade pip
+$(VENV_STAMP): $(CORE_STAMP)
 	$(VPY) -m pip install "torch==$(TORCH_VERSION)"
 	$(VPY) -m pip install -e ".[test]"
 	touch $@
@@ -50,8 +58,13 @@ lint: .venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-demo: .venv
+demo: .venv-core
 	$(VPY) examples/demo.py
+
+# The MLflow UI on the demo's registry: adds the full MLflow (server and UI) to the venv.
+ui: .venv-core
+	$(VPY) -m pip install -q -e ".[mlflow]"
+	cd demo-work && ../$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 # DVC and git-lfs are peers in the benchmark; git-lfs comes from Debian where apt-get can install
 # it, and its column is skipped otherwise.

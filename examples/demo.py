@@ -104,8 +104,8 @@ def main() -> int:
         print(f"  {v.ref}{aliases}  {mib(v.size)}  added {mib(v.bytes_added)}  {v.message}")
 
     print("\nTry the CLI here:  cd demo-work && ../.venv/bin/modelkeep log demo-llm")
-    print("See it in MLflow:  cd demo-work && ../.venv/bin/mlflow ui "
-          "--backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000, Models)")
+    print("See it in MLflow:  make ui   (adds MLflow's UI to the venv, then open "
+          "http://127.0.0.1:5000, Models)")
     return 0 if same and report.ok else 1
 
 

@@ -48,8 +48,13 @@ if TYPE_CHECKING:
 # Schema revisions of MLflow's tracking database whose registry tables these queries were tested
 # against (tests/test_fast_registry.py compares every read with MlflowClient's). A new MLflow
 # release that migrates the schema falls back to MLflow's client until it is added here.
+# Later revisions are added only when their migrations leave the registry tables untouched
+# (read in mlflow/store/db_migrations/versions/).
 TESTED_REVISIONS = frozenset({
     "dc11669786a5",  # mlflow 3.17 (workspace columns)
+    # mlflow-skinny 3.18, which a client-only install resolves to: skill tables (e7d1f4b2a9c6),
+    # issue columns (8b6ad64cb8f5), MCP version keys (f4a9b2c7d1e6); no registry table changes.
+    "e7d1f4b2a9c6", "8b6ad64cb8f5", "f4a9b2c7d1e6",
 })
 _DEFAULT_WORKSPACE = "default"
 _DELETED = "Deleted_Internal"  # MLflow's mark on a deleted version (model_version_stages.py)
