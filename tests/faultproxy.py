@@ -52,6 +52,7 @@ class Fault:
     methods: tuple[str, ...] = ()  # only these methods (empty: all)
     limit: int | None = None  # at most this many injections (None: no limit)
     after: int = 0  # the first this many matching requests pass untouched
+    path: str = ""  # only requests whose target contains this (empty: all)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class FaultProxy:
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
+        self._held = [0]
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -85,6 +87,12 @@ class FaultProxy:
         self.latency = latency
         self.injected.clear()
         self.requests = self.matched = 0
+        self._held = [0]  # answers held by this setting (earlier settings' stalls not counted)
+
+    @property
+    def holding(self) -> int:
+        """Stalled answers of the current setting being held now."""
+        return self._held[0]
 
     def kill(self) -> None:
         """Close the listening socket and every open connection: new ones are refused."""
@@ -124,10 +132,12 @@ class FaultProxy:
 
     # -- the proxy ----------------------------------------------------------------------------
 
-    def _pick(self, method: str) -> str:
+    def _pick(self, method: str, target: str) -> str:
         self.requests += 1
         f = self.fault
         if f.kind == "none" or (f.methods and method not in f.methods):
+            return "none"
+        if f.path and f.path not in target:
             return "none"
         if f.limit is not None and sum(self.injected.values()) >= f.limit:
             return "none"
@@ -143,7 +153,7 @@ class FaultProxy:
                 if head is None:
                     return
                 method, headers = _parse(head)
-                kind = self._pick(method)
+                kind = self._pick(method, head.split(b" ", 2)[1].decode("latin-1"))
                 if kind != "none":
                     self.injected[kind] += 1
                 if headers.get("expect", "").lower() == "100-continue":
@@ -173,7 +183,12 @@ class FaultProxy:
                     _reset(writer)
                     return
                 if kind == "stall":
-                    await asyncio.sleep(self.fault.stall)
+                    held = self._held
+                    held[0] += 1
+                    try:
+                        await asyncio.sleep(self.fault.stall)
+                    finally:
+                        held[0] -= 1
                 writer.write(rhead + rbody)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError,

@@ -25,6 +25,7 @@ from modelkeep.cli._errors import report
 from modelkeep.errors import StoreBusyError, StoreUnreachableError
 from modelkeep.store import Store
 from modelkeep.store.codec import Kind
+from modelkeep.store.location import parse_location
 from tests.backends import unique_name
 from tests.faultproxy import Fault, FaultProxy
 from tests.helpers import tensors, tree_digest, write_model
@@ -167,6 +168,44 @@ def test_stalled_answer_is_abandoned_and_retried(faulty: Faulty, tmp_path: Path,
     assert faulty.proxy.injected["stall"] == 1
     assert time.monotonic() - start < 3 + 5
     assert tree_digest(out) == tree_digest(model)
+
+
+def test_slow_answers_are_hedged(faulty: Faulty, tmp_path: Path, mlflow_sqlite_uri: str) -> None:
+    # The read timeout is as long as the stall, so a call can only end while its answer is still
+    # held if a duplicate of it was sent and answered.
+    keep = faulty.open(mlflow_sqlite_uri, read_timeout=300, hedge_after=0.5)
+    model = _model(tmp_path)
+    faulty.proxy.set(Fault("stall", 1.0, stall=300, methods=("PUT",), path="/chunks/", limit=1))
+    version = keep.register(model.name, model)
+    assert faulty.proxy.injected["stall"] == 1
+    assert faulty.proxy.holding == 1  # the register did not wait for the stalled create
+    faulty.proxy.set(Fault("stall", 1.0, stall=300, methods=("GET",), path="/chunks/", limit=1))
+    out = tmp_path / "out"
+    keep.pull(version.ref, out)
+    assert faulty.proxy.injected["stall"] == 1
+    assert faulty.proxy.holding >= 1  # nor the pull for its stalled read
+    assert tree_digest(out) == tree_digest(model)
+
+
+def test_only_reads_and_creates_are_sent_twice(faulty: Faulty) -> None:
+    url = faulty.make_url()
+    fs = parse_location(url, faulty.store_options(hedge_after=0.1, read_timeout=30)).filesystem()
+    root = url.split("://", 1)[1]
+    fs.pipe_file(f"{root}/first", b"w", mode="create")
+    hedged = fs.hedged  # the first call may be hedged: nothing was measured yet
+    # A write that may overwrite is sent once, however slow: a late duplicate could undo a
+    # newer write of the same name.
+    faulty.proxy.set(Fault("stall", 1.0, stall=1.5, methods=("PUT",), limit=1))
+    fs.pipe_file(f"{root}/plain", b"x")
+    assert faulty.proxy.injected["stall"] == 1
+    assert fs.hedged == hedged
+    # A create of a write-once object may be: its twin is told "exists".
+    faulty.proxy.set(Fault("stall", 1.0, stall=10, methods=("PUT",), limit=1))
+    # The stalled create landed first and its twin is told "exists": the call stored the object.
+    fs.pipe_file(f"{root}/made", b"x", mode="create")
+    assert faulty.proxy.injected["stall"] == 1
+    assert fs.hedged == hedged + 1
+    assert fs.cat_file(f"{root}/made") == b"x"
 
 
 GIVE_UP = re.compile(

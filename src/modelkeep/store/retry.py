@@ -17,6 +17,17 @@ Two layers handle them, both configured from one :class:`RetryPolicy`:
    within ``attempts`` calls and ``deadline`` seconds per operation; an endpoint that refuses
    connections is given up after ``unreachable_after`` seconds.
 
+A response that stalls is not only waited out: reads (GET, HEAD, LIST) and conditional creates
+are *hedged*. When one has taken much longer than the same operation usually takes (four times
+the 90th percentile of the last 64 calls, and at least ``hedge_after`` seconds), an identical
+second request is sent and the first answer wins, as "The Tail at Scale" (Dean and Barroso) and
+AWS's S3 performance guidelines recommend for latency-sensitive clients. Both are safe to send
+twice: a read changes nothing, and a create of a write-once object named by its hash that meets
+its own twin is told "exists", which the object layer treats as stored. Other writes (overwrites,
+deletes) are never hedged. At most one call in ten is hedged, so a store that is slow everywhere
+is not sent twice the load. A stalled answer then costs about ``hedge_after`` seconds instead of
+``read_timeout``.
+
 What is measured against real servers behind a fault-injecting proxy is in tests/test_faults.py
 and bench/faults.py. A give-up is one :class:`~modelkeep.errors.StoreBusyError` line naming the
 store, the operation, what the store answered and how often, e.g. ``store s3://b/p: PUT answered
@@ -38,8 +49,11 @@ from __future__ import annotations
 import errno
 import functools
 import random
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -59,6 +73,7 @@ class RetryPolicy:
     max_retry_after: float = 30.0  # a longer Retry-After is not waited for
     connect_timeout: float = 5.0
     read_timeout: float = 10.0  # a response idle this long is abandoned and retried
+    hedge_after: float = 1.0  # a slow read or create is sent again after at least this; 0: never
 
     @classmethod
     def from_options(cls, value: object) -> RetryPolicy:
@@ -205,15 +220,72 @@ _OPERATIONS = {
 }
 
 
+_HEDGED = frozenset({"GET", "HEAD", "LIST"})  # and PUT with mode="create"
+_HEDGE_SHARE = 0.1  # at most this share of calls is sent twice (plus a few at the start)
+_HEDGE_FACTOR = 4.0  # a call is slow at this many times the recent 90th percentile
+
+
+class _Hedger:
+    """When to send a duplicate of a slow call: recent call times per operation, and the budget."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._floor = policy.hedge_after
+        self._ceiling = policy.read_timeout
+        self._times: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+        self._calls = 0
+        self._hedges = 0
+
+    def delay(self, operation: str) -> float | None:
+        """Seconds after which a duplicate is worth sending; None: never (the read timeout
+        would come first, or hedging is off)."""
+        if self._floor <= 0:
+            return None
+        with self._lock:
+            self._calls += 1
+            recent = sorted(self._times.get(operation, ()))
+        p90 = recent[int(0.9 * (len(recent) - 1))] if recent else 0.0
+        delay = max(self._floor, _HEDGE_FACTOR * p90)
+        return delay if delay < self._ceiling else None
+
+    def record(self, operation: str, seconds: float) -> None:
+        with self._lock:
+            self._times.setdefault(operation, deque(maxlen=64)).append(seconds)
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self._hedges >= _HEDGE_SHARE * self._calls + 2:
+                return False
+            self._hedges += 1
+            return True
+
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    # Shared by every store in the process. A stalled call holds its thread until the read
+    # timeout abandons it, so there are more threads than any store's jobs.
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(64, thread_name_prefix="modelkeep-store-call")
+        return _pool
+
+
 class RetryingFileSystem:
     """An fsspec filesystem whose calls modelkeep makes (:data:`_OPERATIONS`) are retried under
-    a :class:`RetryPolicy`; every other attribute is the wrapped filesystem's own."""
+    a :class:`RetryPolicy`, slow reads and creates hedged; every other attribute is the wrapped
+    filesystem's own."""
 
     def __init__(self, fs: Any, where: str, policy: RetryPolicy) -> None:
         self._fs = fs
         self._where = where
         self._policy = policy
         self._rng = random.Random()
+        self._hedger = _Hedger(policy)
+        self.hedged = 0  # duplicates sent (for tests and the fault bench)
 
     @property
     def wrapped(self) -> Any:
@@ -233,7 +305,7 @@ class RetryingFileSystem:
         while True:
             attempt += 1
             try:
-                return fn(*args, **kwargs)
+                return self._attempt(operation, fn, args, kwargs)
             except Exception as exc:
                 fault = transient(exc)
                 if fault is None:
@@ -248,6 +320,46 @@ class RetryingFileSystem:
                     continue
                 raise give_up(self._where, operation, fault, attempt, answers,
                               elapsed) from exc
+
+
+    def _attempt(self, operation: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Any:
+        """One attempt: the call, and a duplicate of it if it is slow and may be sent twice."""
+        hedgeable = operation in _HEDGED or (operation == "PUT" and kwargs.get("mode") == "create")
+        delay = self._hedger.delay(operation) if hedgeable else None
+        if delay is None:
+            return fn(*args, **kwargs)
+
+        def timed() -> Any:
+            start = time.monotonic()
+            result = fn(*args, **kwargs)
+            self._hedger.record(operation, time.monotonic() - start)
+            return result
+
+        pool = _executor()
+        pending: set[Future[Any]] = {pool.submit(timed)}
+        done, _ = wait(pending, timeout=delay)
+        if not done and self._hedger.allow():
+            self.hedged += 1
+            pending.add(pool.submit(timed))
+        failure: BaseException | None = None
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                exc = future.exception()
+                if exc is None:
+                    return future.result()
+                if isinstance(exc, FileExistsError) and operation == "PUT" and pending:
+                    # A create told "exists" while its twin is still out: the twin's bytes
+                    # landed (the stalled answer is theirs), so this create stored the object.
+                    return None
+                # A definite answer ("exists", "not found", refused) is the answer; a
+                # transient one waits for the twin still in flight.
+                if transient(exc) is None:
+                    raise exc
+                failure = failure or exc
+        assert failure is not None
+        raise failure
 
 
 def give_up(where: str, operation: str, fault: Transient, attempts: int, answers: int,
