@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> str:
             try:
                 baseline: tuple[float, float] | None = None
                 for mode, faults in MODES.items():
+                    if args.modes and mode != "no fault" and mode not in args.modes:
+                        continue
                     reg_t: list[float] = []
                     pull_t: list[float] = []
                     failures: list[str] = []
@@ -118,6 +120,8 @@ def run(args: argparse.Namespace) -> str:
                         f"({reg / baseline[0]:.1f}x) | {pul:.1f} s ({pul / baseline[1]:.1f}x) | "
                         f"{'; '.join(sorted(set(failures)))[:200]} |")
                     print(rows[-1], flush=True)
+                if args.modes and "dead endpoint" not in args.modes:
+                    continue
                 rows.append(dead_endpoint(backend, proxy, new_url, registry, base, model,
                                           counter, rows_per_model // 2))
                 print(rows[-1], flush=True)
@@ -187,6 +191,9 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=100)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--backends", nargs="+", default=["s3", "az"], choices=["s3", "az"])
+    parser.add_argument("--modes", nargs="+", default=[], metavar="MODE",
+                        help="only these modes (and the no-fault baseline): "
+                        + ", ".join(f"'{m}'" for m in [*MODES, "dead endpoint"][1:]))
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).resolve().parent / "RESULTS-faults.md")
     args = parser.parse_args()

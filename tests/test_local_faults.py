@@ -6,16 +6,17 @@ to do, with nothing left behind that the docs do not mention."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import modelkeep
-from modelkeep.cli._errors import report
 from modelkeep.cli.main import main
 from tests.backends import unique_name
 from tests.helpers import tensors, tree_digest, write_model
@@ -50,7 +51,8 @@ def test_disk_full_is_one_line_and_a_rerun_after_freeing_space_reuses_what_lande
                registry=mlflow_sqlite_uri)
     assert out.returncode == 5, out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: no space left on the device"), lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: store {store}: no space left on the device"), lines
     assert "re-run" in lines[0] and "modelkeep gc" in lines[0]
     assert "unexpected" not in out.stderr
     keep = modelkeep.open(store=str(store), registry=mlflow_sqlite_uri)
@@ -68,7 +70,8 @@ def test_read_only_store_is_one_line(small_disk: Path, tmp_path: Path,
                registry=mlflow_sqlite_uri)
     assert out.returncode == 5, out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: the file system is read-only"), lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: store {store}: the file system is read-only"), lines
 
 
 def test_safetensors_header_nested_1000_deep_is_stored_as_opaque_bytes(
@@ -115,12 +118,39 @@ def test_init_on_a_plain_file_fails_cleanly_and_writes_nothing(
 
 
 def test_ctrl_c_says_nothing_was_registered_and_a_rerun_reuses_what_landed(
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, mlflow_sqlite_uri: str
 ) -> None:
-    # typer hands Ctrl-C back as the result 130 (cli/main.py); this is the line then printed.
-    assert report(KeyboardInterrupt()) == 130
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "nothing was registered" in err[0] and "re-run reuses" in err[0]
+    model = write_model(tmp_path / "model", tensors(n=32, rows=2048, cols=1024))  # ~130 MB
+    store = tmp_path / "store"
+    name = unique_name()
+    env = {**os.environ, "MODELKEEP_REGISTRY": mlflow_sqlite_uri}
+    env.pop("MODELKEEP_STORE", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelkeep", "--store", str(store), "register", name, str(model)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Ctrl-C once the first chunks have landed: a real SIGINT, as a terminal sends it.
+        chunks = store / "chunks"
+        deadline = time.monotonic() + 120
+        while not (chunks.is_dir() and any(p.is_file() for p in chunks.rglob("*"))):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "interrupted" in lines[0] and "nothing was registered" in lines[0]
+    assert "re-run reuses" in lines[0]
+    keep = modelkeep.open(store=str(store), registry=mlflow_sqlite_uri)
+    assert name not in keep.models()  # nothing partial is visible
+    again = keep.register(name, model)
+    assert again.version == 1
+    assert again.bytes_added is not None and again.bytes_added < again.size  # what landed
+    assert tree_digest(keep.pull(again.ref, tmp_path / "out")) == tree_digest(model)
 
 
 def test_next_pull_removes_what_a_killed_pull_left_and_nothing_else(

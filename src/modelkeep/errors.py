@@ -89,6 +89,16 @@ class StoreBusyError(StoreError):
     )
 
 
+class StoreFullError(StoreError):
+    """A local store's file system refused a write: no space, quota exceeded, or read-only.
+    Nothing partial became visible; the chunks that landed are reused by a re-run."""
+
+    default_hint = (
+        "free space or make it writable, then re-run: what was already stored is reused; "
+        "or run `modelkeep gc` to reclaim it"
+    )
+
+
 class CredentialsError(StoreError, PermissionError):
     """The store refused access or no credentials were found."""
 
@@ -211,6 +221,7 @@ __all__ = [
     "SourceError",
     "StoreBusyError",
     "StoreError",
+    "StoreFullError",
     "StoreKeyError",
     "StoreUnreachableError",
     "UnsafePathError",

@@ -12,6 +12,7 @@ store's retry policy (:mod:`modelkeep.store.retry`; the ``retry`` table of the s
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from modelkeep.errors import (
     MissingExtraError,
     ModelkeepError,
     StoreError,
+    StoreFullError,
     StoreUnreachableError,
 )
 from modelkeep.store.retry import (
@@ -150,12 +152,21 @@ _CREDENTIAL_MARKERS = (
 )
 
 
+_WRITE_REFUSED = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+}
+
+
 def classify(exc: BaseException, location: Location) -> ModelkeepError | None:
     """Map a backend exception to a modelkeep error, or None when it is not recognised."""
     if isinstance(exc, ModelkeepError):
         return exc
     text = f"{type(exc).__name__}: {exc}".lower()
     where = location.url
+    if isinstance(exc, OSError) and exc.errno in _WRITE_REFUSED:
+        return StoreFullError(f"store {where}: {_WRITE_REFUSED[exc.errno]} while writing to it")
     if isinstance(exc, PermissionError) or any(m in text for m in _CREDENTIAL_MARKERS):
         return CredentialsError(f"access to store {where} was refused or has no credentials")
     if isinstance(exc, (ConnectionError, TimeoutError)) or any(

@@ -319,12 +319,14 @@ class ObjectDB:
         if os.path.exists(path):
             return False
         directory = os.path.dirname(path)
-        self._ensure_dir(directory)
-        if _TMPFILE_OK:
-            created = self._put_tmpfile(directory, path, header, raw)
-            if created is not None:
-                return created
-        return self._put_tempname(directory, path, header, raw)
+        # A full or read-only disk becomes one error naming the store (StoreFullError).
+        with translate_errors(self.location):
+            self._ensure_dir(directory)
+            if _TMPFILE_OK:
+                created = self._put_tmpfile(directory, path, header, raw)
+                if created is not None:
+                    return created
+            return self._put_tempname(directory, path, header, raw)
 
     def _put_tmpfile(
         self, directory: str, path: str, header: bytes, raw: bytes | memoryview
