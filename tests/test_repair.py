@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,46 @@ def test_repair_without_a_source_lets_a_register_rewrite_the_chunk(backend: Back
     assert keep.verify().ok
     keep.pull(f"{name}@2", tmp_path / "out")
     assert same_files(folders[1], tmp_path / "out")
+
+
+def test_a_register_after_verify_never_reuses_a_damaged_chunk(backend: Backend,
+                                                              tmp_path: Path) -> None:
+    keep = backend.open()
+    name, folders = _two_versions(keep, tmp_path)
+    base = _tensor_chunk(keep, name, 1)
+    _damage(keep.store, base)
+    assert not keep.verify().ok  # found, and recorded
+    # The original bytes registered again (no repair run): the damaged object is moved aside
+    # and the chunk written anew, not counted as already stored.
+    again = keep.register(name, folders[0], force=True)
+    assert again.bytes_added is not None and again.bytes_added > 0
+    report = keep.verify()
+    assert report.ok, report.problems
+    db = keep.store.db
+    assert db.fs.exists(db.quarantine_path(base))
+    assert db.damaged_ids() == set()
+    for n, folder in ((1, folders[0]), (2, folders[1])):
+        keep.pull(f"{name}@{n}", tmp_path / f"out{n}")
+        assert same_files(folder, tmp_path / f"out{n}")
+
+
+def test_gc_deletes_quarantined_copies_once_kept_for_the_grace_period(backend: Backend,
+                                                                       tmp_path: Path) -> None:
+    keep = backend.open()
+    name, folders = _two_versions(keep, tmp_path)
+    base = _tensor_chunk(keep, name, 1)
+    _damage(keep.store, base)
+    assert keep.repair(str(folders[0])).ok
+    db = keep.store.db
+    kept = keep.gc(grace=timedelta(hours=1))
+    assert kept.purged == [] and db.fs.exists(db.quarantine_path(base))
+    dry = keep.gc(grace=timedelta(0), dry_run=True)
+    assert [i.id for i in dry.purged] == [base] and db.fs.exists(db.quarantine_path(base))
+    report = keep.gc(grace=timedelta(0))
+    assert [i.id for i in report.purged] == [base]
+    assert report.bytes_reclaimed >= report.purged[0].size > 0
+    assert not db.fs.exists(db.quarantine_path(base))
+    assert keep.verify().ok
+    for n, folder in ((1, folders[0]), (2, folders[1])):
+        keep.pull(f"{name}@{n}", tmp_path / f"out{n}")
+        assert same_files(folder, tmp_path / f"out{n}")

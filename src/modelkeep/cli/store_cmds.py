@@ -127,7 +127,9 @@ def gc(
     def human() -> None:
         c = st.out.console
         words = {"hide": ("would hide", "hid"), "delete": ("would delete", "deleted"),
-                 "restore": ("would restore", "restored")}
+                 "restore": ("would restore", "restored"),
+                 "purge": ("would delete the quarantined copy of",
+                           "deleted the quarantined copy of")}
         for v in report.versions:
             if "error" in v:
                 c.print(f"could not delete version {v['ref']}: {v['error']}", highlight=False)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelkeep.errors import IntegrityError, NotFoundError, StoreError
 from modelkeep.store.codec import Kind
-from modelkeep.store.objects import FOSSILS, ObjectDB
+from modelkeep.store.objects import FOSSILS, QUARANTINE, ObjectDB
 
 if TYPE_CHECKING:
     from modelkeep.store.store import Store
@@ -159,7 +159,7 @@ class GcItem:
 
     id: str
     size: int  # stored bytes, header included
-    action: str  # "hide", "delete" or "restore"
+    action: str  # "hide", "delete", "restore", or "purge" (a quarantined copy)
     reason: str
 
     def to_json(self) -> dict[str, Any]:
@@ -202,8 +202,12 @@ class GcReport:
         return self._of("restore")
 
     @property
+    def purged(self) -> list[GcItem]:
+        return self._of("purge")
+
+    @property
     def bytes_reclaimed(self) -> int:
-        return sum(i.size for i in self.deleted)
+        return sum(i.size for i in self.deleted) + sum(i.size for i in self.purged)
 
     @property
     def bytes_hidden(self) -> int:
@@ -217,7 +221,7 @@ class GcReport:
             "referenced_chunks": self.referenced, "chunks": self.chunks,
             "hidden": len(self.hidden), "bytes_hidden": self.bytes_hidden,
             "deleted": len(self.deleted), "bytes_reclaimed": self.bytes_reclaimed,
-            "restored": len(self.restored),
+            "restored": len(self.restored), "purged": len(self.purged),
             "young": self.young, "young_bytes": self.young_bytes,
             "waiting": self.waiting, "waiting_bytes": self.waiting_bytes,
             "deleted_snapshots": list(self.deleted_snapshots),
@@ -341,6 +345,7 @@ def collect(
         fossils = _phase_two(db, refs, now, grace, report, progress)
         chunks = _phase_one(db, refs, now, grace, report, progress)
         _drop_edges(db, edges, chunks | fossils, now, grace, report)
+        _purge_quarantine(db, now, grace, report)
         done.update(hidden=len(report.hidden), deleted=len(report.deleted),
                     restored=len(report.restored), bytes_reclaimed=report.bytes_reclaimed)
     except BaseException as exc:
@@ -415,6 +420,21 @@ def _drop_edges(db: ObjectDB, edges: dict[str, tuple[str, datetime]], listed: se
     for cid, (base, when) in edges.items():
         if now - when >= grace and (cid in deleted or cid not in listed):
             db.delete_path(db.delta_edge_path(cid, base))
+
+
+def _purge_quarantine(db: ObjectDB, now: datetime, grace: timedelta, report: GcReport) -> None:
+    """Damaged copies a repair moved aside (``quarantine/``), once they have been kept for the
+    grace period (for inspection); and the damaged-chunk records of chunks no longer stored."""
+    for cid, size, when in list(db.ids_with_times(f"{db.root}/{QUARANTINE}")):
+        if now - when >= grace:
+            if not report.dry_run:
+                db.delete_path(db.quarantine_path(cid))
+            report.items.append(GcItem(cid, size, "purge", f"a damaged copy moved aside by a "
+                                       f"repair {_age(now - when)} ago"))
+    if not report.dry_run:
+        for cid in db.damaged_ids():
+            if not db.exists(Kind.CHUNK, cid):
+                db.clear_damaged(cid)
 
 
 def _apply(

@@ -167,9 +167,12 @@ class Ingestor:
         workers: int | None = None,
         max_inflight: int | None = None,
         bases: dict[ChunkKey, str] | None = None,
+        damaged: set[str] | None = None,
     ) -> None:
         self.db = db
         self.known = known
+        self.damaged = damaged or set()  # chunks a verify found damaged: rewritten, not reused
+        self.rewritten: list[str] = []
         self.bases = bases or {}
         self.workers = workers or (4 if db.location.is_local else 16)
         # Locally two chunks read ahead keep every worker busy (hashing and writing a chunk takes
@@ -186,6 +189,15 @@ class Ingestor:
             if cid in self._seen:
                 return cid, len(data), 0
             self._seen.add(cid)
+        if cid in self.damaged:
+            # Known bad: the stored object moves aside, and these bytes (which hash to its id)
+            # take its name.
+            self.db.quarantine(cid)
+            created = self.db.put(Kind.CHUNK, cid, data, workspace=buf, dtype=dtype)
+            self.db.clear_damaged(cid)
+            with self._seen_lock:
+                self.rewritten.append(cid)
+            return cid, len(data), created
         if self.known is not None and self.known.contains(cid):
             return cid, len(data), 0
         # On an object store, ask before uploading a large chunk that may be there already; a

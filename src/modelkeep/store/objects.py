@@ -55,6 +55,7 @@ DESCRIPTOR = "modelkeep-store.json"
 FOSSILS = "fossils"
 DELTAS = "deltas"
 QUARANTINE = "quarantine"
+DAMAGED = "damaged"  # empty markers: chunks a verify found damaged, until they are rewritten
 _DIRS = {Kind.CHUNK: "chunks", Kind.SNAPSHOT: "snapshots", Kind.JOURNAL: "journal"}
 SIGNATURES = "signatures"
 # Largest stored object of each kind: chunks are at most 4 MiB (chunking.py), plus a header and
@@ -198,6 +199,23 @@ class ObjectDB:
         except FileNotFoundError:
             return False
         return self.delete_path(src)
+
+    def damaged_path(self, oid: str) -> str:
+        if not is_id(oid):
+            raise IntegrityError(f"malformed object id {oid!r}")
+        return f"{self.root}/{DAMAGED}/{oid[:2]}/{oid[2:]}"
+
+    def mark_damaged(self, oid: str) -> None:
+        """Record that chunk *oid* failed its checks, so that no register reuses it: the next
+        one that holds its bytes moves it aside and writes them anew."""
+        self.put_raw_once(self.damaged_path(oid), b"")
+
+    def damaged_ids(self) -> set[str]:
+        """The chunks recorded as damaged (:meth:`mark_damaged`) and not rewritten since."""
+        return {oid for oid, _size, _when in self.ids_with_times(f"{self.root}/{DAMAGED}")}
+
+    def clear_damaged(self, oid: str) -> None:
+        self.delete_path(self.damaged_path(oid))
 
     def fossil_path(self, oid: str) -> str:
         if not is_id(oid):

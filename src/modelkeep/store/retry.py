@@ -389,6 +389,9 @@ def configure_sdk(protocol: str, options: dict[str, Any], policy: RetryPolicy) -
         config.setdefault("connect_timeout", policy.connect_timeout)
         config.setdefault("read_timeout", policy.read_timeout)
         config.setdefault("retries", {"max_attempts": policy.sdk_attempts, "mode": "standard"})
+        # botocore's default, 10 connections, is fewer than the calls a register has in flight
+        # (16 workers, and the hedges of stalled calls, which hold theirs until the read timeout).
+        config.setdefault("max_pool_connections", 64)
         options["config_kwargs"] = config
 
 

@@ -517,7 +517,8 @@ class Store:
         self.ensure_initialized()
         # Read before any chunk is looked at: see the commit check in save_snapshot.
         mark = self.gc_mark()
-        ingestor = Ingestor(self.db, known=self.known_for(mark), bases=parent_bases(parent))
+        ingestor = Ingestor(self.db, known=self.known_for(mark), bases=parent_bases(parent),
+                            damaged=self.db.damaged_ids())
         entries, stats = ingestor.ingest(sources, progress)
         stats.gc_mark = mark
         return entries, stats
@@ -719,7 +720,20 @@ class Store:
         report = verify_snapshots(self.db, loaded, progress=progress)
         report.snapshots += len(report_extra)
         report.problems[:0] = report_extra
+        damaged = report.damaged_chunks()
+        if damaged:
+            self._record_damaged(damaged)
         return report
+
+    def _record_damaged(self, damaged: Collection[str]) -> None:
+        """Mark what a verify found damaged, so that no register reuses it, and drop it from
+        this machine's known chunks. A store this process may not write to is only reported."""
+        self.forget_known()
+        for cid in damaged:
+            try:
+                self.db.mark_damaged(cid)
+            except (StoreError, PermissionError):
+                return
 
     def repair(self, damaged: Collection[str], *, sources: list[SourceFile] | None = None,
                replica: Store | None = None) -> RepairReport:
@@ -751,6 +765,8 @@ class Store:
             written = rewrite_chunks(self.db, sources, wanted)
             report.rewritten += sorted(written)
             wanted -= written
+        for cid in report.rewritten:
+            self.db.clear_damaged(cid)
         report.missing = sorted(wanted)
         return report
 
