@@ -157,7 +157,9 @@ def version_block(
     files = len(snapshot.files)
     size_text = f"{human_bytes(size)} in {files} file{'s' if files != 1 else ''}"
     headline = size_text
-    if stored is not None and size:
+    if stored == 0 and size:
+        headline += ", no new bytes stored"  # a promotion, or content the store held
+    elif stored is not None and size:
         headline += f", {human_bytes(stored)} stored ({percent(stored / size)})"
     rows: list[tuple[str, str]] = [("Size", f"**{size_text}** ({size:,} bytes)")]
     if added is not None:
