@@ -47,7 +47,8 @@ def _write_through(reg: Registry, name: str) -> None:
     for i in range(1, 5):
         reg.create_version(name, f"modelkeep://file/tmp/s/@{i:064x}",
                            tags={"modelkeep.snapshot": f"{i:064x}", "step": str(i)},
-                           description=f"version {i}\nsecond line", run_id="")
+                           description=f"version {i}\nsecond line", run_id="",
+                           user_id="ana@lab")
     reg.set_alias(name, "prod", 2)
     reg.set_alias(name, "canary", 3)
     reg.set_alias(name, "gone", 4)
@@ -84,7 +85,11 @@ def test_mlflow_reads_back_what_the_new_paths_write(registry_uri: str) -> None:
         assert full.description == ("promoted" if i == 2 else f"version {i}\nsecond line")
         assert sorted(full.aliases) == {1: [], 2: ["prod"], 3: ["canary"]}[i]
         assert not full.run_id
+        # MLflow's "Created by": written into the file; a server has no way to be told it.
+        assert (full.user_id or None) == (None if registry_uri.startswith("http") else "ana@lab")
     assert int(client.get_model_version_by_alias(name, "canary").version) == 3
+    with pytest.raises(NotFoundError):
+        reg.set_description(name, 4, "a deleted version")
 
 
 def test_new_reads_equal_mlflow_client_reads(registry_uri: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 import modelkeep
 from modelkeep import aliases as history
 from modelkeep.api import Keep
+from modelkeep.catalog import summary
 from modelkeep.cli.main import main
 from modelkeep.errors import NotFoundError, VetoError
 from modelkeep.hooks import PluginManager, hookimpl, make_plugin_manager
@@ -169,7 +170,11 @@ def test_promote_shares_bytes_and_carries_tags(keep: Keep, tmp_path: Path) -> No
         (src_name, v.version, v.snapshot_id)]
     got = keep.get(f"{dst_name}@champion")
     assert got.tags["modelkeep.parents"] == v.ref and got.tags["lr"] == "3e-4"
-    assert keep.registry.get_version(dst_name, 1).description == "good run"
+    assert keep.description(f"{dst_name}@1") == "good run"
+    # In the registry, the message comes first, then the summary: nothing was copied.
+    description = keep.registry.get_version(dst_name, 1).description
+    assert description.startswith("good run\n\n") and "no new bytes stored" in description
+    assert f"Parents | [{v.ref}](#/models/{src_name}/versions/{v.version})" in description
     assert keep.diff(v.ref, p.ref).files == ()
     out = keep.pull(f"{dst_name}@champion", tmp_path / "out")
     assert (out / "model.safetensors").read_bytes() == (
@@ -294,3 +299,60 @@ def test_rollback_targets() -> None:
     assert history.rollback_target(
         _events((1, "set"), (None, "delete"), (4, "set")), 4) == 1
     assert history.rollback_target([], 5) is None
+
+
+def test_descriptions_keep_the_user_text_apart_from_the_summary(
+    keep: Keep, pm: PluginManager, tmp_path: Path, mlflow_sqlite_uri: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = unique_name()
+    keep.register(name, write_model(tmp_path / "a", tensors(seed=1, n=2)), message="first")
+    v2 = keep.register(name, write_model(tmp_path / "b", tensors(seed=2, n=2)),
+                       parents=[f"{name}@1"], message="tuned", aliases=["champion"])
+    keep.set_alias(f"{name}@1", "champion")
+    keep.describe(v2.ref, "eval 0.93")
+    keep.describe(name, "The ranking model.")
+
+    raw = keep.registry.get_version(name, 2).description
+    assert raw.startswith("eval 0.93\n\n")  # the user's text first, then one summary
+    assert raw.count(summary.BEGIN) == 1 and raw.count(summary.END) == 1
+    assert f"| Parents | [{name}@1](#/models/{name}/versions/1) |" in raw
+    assert "| Aliases |" not in raw  # champion left version 2: its summary says so
+    one = keep.registry.get_version(name, 1).description
+    assert one.startswith("first\n\n") and "| Aliases | `champion` since " in one
+    assert keep.description(v2.ref) == "eval 0.93" and keep.description(name) == (
+        "The ranking model.")
+
+    # show and log print the message alone.
+    def cli(*args: str) -> str:
+        capsys.readouterr()
+        assert main(["--store", str(tmp_path / "store"), "--registry", mlflow_sqlite_uri,
+                     *args], plugins=pm) == 0
+        return capsys.readouterr().out
+
+    assert json.loads(cli("--json", "show", v2.ref))["message"] == "tuned"
+    assert "modelkeep:generated" not in cli("log", name) + cli("show", v2.ref)
+    assert json.loads(cli("--json", "describe", v2.ref))["description"] == "eval 0.93"
+
+    # The model's alias table, newest first, refreshed by every change.
+    model = keep.registry.get_model(name).description
+    assert model.startswith("The ranking model.\n\nAliases now: `champion` → [version 1]")
+    rows = [line for line in model.splitlines() if line.startswith("| 20")]
+    assert [r.split(" | ")[1:] for r in rows] == [
+        ["`champion`", f"set to [version 1](#/models/{name}/versions/1) (was 2)",
+         f"`{v2.author}` |"],
+        ["`champion`", f"set to [version 2](#/models/{name}/versions/2)", f"`{v2.author}` |"]]
+    keep.delete_alias(name, "champion")
+    model = keep.registry.get_model(name).description
+    assert "Aliases now: none" in model and "| `champion` | removed (was 1) |" in model
+    assert "| Aliases |" not in keep.registry.get_version(name, 1).description
+    keep.describe(name, "Renamed.")
+    model = keep.registry.get_model(name).description
+    assert model.startswith("Renamed.\n\nAliases now: none") and model.count(summary.BEGIN) == 1
+
+    # Text a person typed below the summary in the MLflow UI stays theirs when it is redone.
+    keep.registry.set_description(name, 2, raw + "\n\nnote from the UI")
+    keep.set_alias(v2.ref, "staging")
+    assert keep.description(v2.ref) == "eval 0.93\n\nnote from the UI"
+    raw = keep.registry.get_version(name, 2).description
+    assert raw.count(summary.BEGIN) == 1 and "| Aliases | `staging` since " in raw

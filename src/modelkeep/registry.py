@@ -58,11 +58,14 @@ class Registry(Protocol):
         tags: Mapping[str, str],
         description: str | None = None,
         run_id: str | None = None,
+        user_id: str | None = None,
     ) -> RegistryVersion:
         """Create the model if needed and a new version of it; the registry picks the number.
 
         *run_id* links the version to the training run that produced it; when it is None an
-        implementation may find the run itself (MLflow's: the active run); ``""`` links none."""
+        implementation may find the run itself (MLflow's: the active run); ``""`` links none.
+        *user_id* is who registered it (the snapshot's author), for a registry that records
+        it (MLflow's "Created by"); one that cannot set it ignores it."""
         ...
 
     def get_version(self, name: str, version: int) -> RegistryVersion:

@@ -5,6 +5,7 @@ one function here; the functions take that Keep (its store, registry, plugins an
 - :mod:`.register`: register and promote over one commit protocol (``_commit``)
 - :mod:`.read`: get, list, pull, open one file, diff, verify
 - :mod:`.aliases`: aliases, rollback, alias history, descriptions
+- :mod:`.summary`: the only writer of descriptions: the user's text and the generated summary
 - :mod:`.delete`, :mod:`.gc`, :mod:`.sync`: deleting, collecting, copying
 - :mod:`.rebuild`: a registry rebuilt from the store, planned then executed
 - :mod:`.scan`, :mod:`.signatures`, :mod:`.checkpoints`: scanning, signing, background registers

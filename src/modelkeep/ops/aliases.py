@@ -3,7 +3,10 @@ description of a model or version.
 
 Every change is asked of the ``modelkeep_before_alias_change`` plugins first, journaled in the
 store before the registry makes it (:func:`modelkeep.ops.journal.journaled`), recorded in the
-alias history (:mod:`modelkeep.aliases`) and told to ``modelkeep_after_alias_change``.
+alias history (:mod:`modelkeep.aliases`), shown in the registry's descriptions (the model's alias
+table, the summaries of the versions it left and reached: :mod:`modelkeep.ops.summary`) and told
+to ``modelkeep_after_alias_change``. A description is the user's text and a generated summary;
+:func:`describe` sets the first and :func:`description` reads it back alone.
 """
 
 from __future__ import annotations
@@ -19,8 +22,14 @@ from modelkeep.ops._common import author, resolve, snapshot_of
 from modelkeep.ops.journal import OP_ALIAS, OP_DESCRIPTION, journal, journaled
 from modelkeep.ops.read import get
 from modelkeep.ops.results import ModelVersion
+from modelkeep.ops.summary import (
+    after_alias_change,
+    refresh_model,
+    refresh_version,
+    user_description,
+)
 from modelkeep.refs import validate_alias, validate_name
-from modelkeep.registry import RegistryModel
+from modelkeep.registry import RegistryModel, RegistryVersion
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
@@ -92,10 +101,12 @@ def check_alias(
 def move_alias(
     keep: Keep, name: str, alias: str, version: int | None, action: str = "set", *,
     snapshot_id: str | None = None, model: RegistryModel | None = None,
+    skip_summary: int | None = None,
 ) -> None:
     """Point *alias* at *version* (already checked; its snapshot is *snapshot_id*), or delete
-    it when *version* is None; journal the change, record it in the alias history and tell
-    the plugins. *model* is the model as read for the check, if it was."""
+    it when *version* is None; journal the change, record it in the alias history and the
+    descriptions, and tell the plugins. *model* is the model as read for the check, if it was;
+    *skip_summary* a version whose summary the caller writes itself."""
     model = model or keep.registry.get_model(name)
     previous = model.aliases.get(alias)
 
@@ -106,18 +117,18 @@ def move_alias(
             keep.registry.set_alias(name, alias, version)
 
     record_alias(keep, name, alias, version, previous, action, model.tags,
-                       snapshot_id=snapshot_id, change=change)
+                 snapshot_id=snapshot_id, change=change, skip_summary=skip_summary)
 
 
 def record_alias(
     keep: Keep, name: str, alias: str, version: int | None, previous: int | None, action: str,
     model_tags: Mapping[str, str] | None = None, *, snapshot_id: str | None = None,
-    change: Callable[[], None] | None = None,
+    change: Callable[[], None] | None = None, skip_summary: int | None = None,
 ) -> None:
     """Journal an alias change, make it in the registry (*change*; None when the registry
-    has made it already, as deleting a version does), record it in the alias history and
-    tell the plugins. *model_tags* are the model's tags from before the change (read again
-    when None)."""
+    has made it already, as deleting a version does), record it in the alias history, refresh
+    the descriptions that show it (but *skip_summary*'s) and tell the plugins. *model_tags*
+    are the model's tags from before the change (read again when None)."""
     # Setting an alias where it already points changes nothing, and records nothing.
     if previous != version or action != "set":
         who = author()
@@ -135,6 +146,7 @@ def record_alias(
         events = aliases_mod.decode(alias, model_tags.get(key))
         events.append(event)
         keep.registry.set_model_tag(name, key, aliases_mod.encode(events))
+        after_alias_change(keep, name, (previous, version), skip=skip_summary)
     caller = keep.hook.modelkeep_after_alias_change
     if caller.get_hookimpls():
         caller(name=name, alias=alias, version=version, previous=previous, action=action,
@@ -208,6 +220,7 @@ def describe(keep: Keep, target: str, text: str) -> None:
     first, so a registry rebuild restores it."""
     if len(text) > MAX_DESCRIPTION:
         raise InvalidInputError(f"description is longer than {MAX_DESCRIPTION} characters")
+    rv: RegistryVersion | None = None
     if "@" in target:
         rv = resolve(keep, target)
         name, version, sid = rv.name, rv.version, snapshot_of(rv)
@@ -217,13 +230,17 @@ def describe(keep: Keep, target: str, text: str) -> None:
     entry = journal(keep, name, OP_DESCRIPTION,
                           {"version": version, "snapshot": sid, "text": text}, author())
     with journaled(keep, entry):
-        keep.registry.set_description(name, version, text)
+        if rv is None:
+            refresh_model(keep, name, user=text)
+        else:
+            refresh_version(keep, name, rv.version, rv=rv, user=text)
 
 
 def description(keep: Keep, target: str) -> str:
-    """The description of a version (``NAME@REF``) or of a model (``NAME``)."""
+    """The user's description of a version (``NAME@REF``) or of a model (``NAME``), without
+    the summary modelkeep generates beside it."""
     if "@" in target:
-        return resolve(keep, target).description
-    return keep.registry.get_model(validate_name(target)).description
+        return user_description(resolve(keep, target).description)
+    return user_description(keep.registry.get_model(validate_name(target)).description)
 
 

@@ -5,7 +5,9 @@ tags and parents, so the store is enough to recreate the catalogue: one register
 name, one version per snapshot, created in the order of the snapshots' ``created`` times (ties by
 snapshot id), so numbering matches the lost registry whenever that one had no gaps. The registry
 tags of §10 of docs/format.md are recomputed (``modelkeep.bytes_added`` too: the chunk bytes no
-earlier snapshot of the store referenced) and the description is the snapshot's message.
+earlier snapshot of the store referenced), the description is the snapshot's message and,
+once the journal is replayed, every version's and model's generated summary is written as
+register and alias changes write it (:mod:`modelkeep.ops.summary`).
 
 What happened to the catalogue after registering (aliases set, moved, rolled back and deleted,
 descriptions edited) comes back from the store's journal (:mod:`modelkeep.store.journal`):
@@ -37,6 +39,7 @@ from modelkeep import aliases as aliases_mod
 from modelkeep.catalog.tags import version_tags
 from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError, RegistryError
 from modelkeep.ops.journal import OP_ALIAS, OP_CANCEL, OP_COMMIT, OP_DESCRIPTION
+from modelkeep.ops.summary import refresh_model, refresh_version, user_description
 from modelkeep.refs import validate_alias, validate_name
 from modelkeep.registry import RegistryModel
 from modelkeep.store import JournalEntry, Snapshot
@@ -60,6 +63,7 @@ class PlannedVersion:
     tags: Mapping[str, str]
     description: str
     exists: bool = False  # already in the target registry (a resumed rebuild)
+    author: str = ""  # the snapshot's: the registry's "Created by" where it records one
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "snapshot": self.snapshot_id,
@@ -395,7 +399,7 @@ def plan(keep: Keep, *, dry_run: bool = False) -> RebuildReport:
             there = keep.registry.versions(name)
         except NotFoundError:
             there = []
-        held.update({(name, rv.version): rv.description for rv in there})
+        held.update({(name, rv.version): user_description(rv.description) for rv in there})
         # A resumed rebuild: what is there must be the plan's first versions, no more.
         done = max((rv.version for rv in there), default=0)
         if ({rv.version: rv.source for rv in there}
@@ -407,7 +411,7 @@ def plan(keep: Keep, *, dry_run: bool = False) -> RebuildReport:
                 name=name, version=n, snapshot_id=sid, uri=uris[n], created=snap.created,
                 tags=version_tags(snap, sid, bytes_added=added[sid],
                                   bytes_stored=stored[sid]),
-                description=snap.message, exists=n <= done))
+                description=snap.message, exists=n <= done, author=snap.author))
         # Only numbers some later version needs taken: a registry keeps no trace of a trailing
         # deleted version that a resumed rebuild could see.
         last = max((n for n, _sid, _snap in items), default=0)
@@ -437,8 +441,10 @@ def execute(keep: Keep, report: RebuildReport) -> None:
     steps += [(name, n, uri) for name, n, uri in report.gaps]
     for name, n, step in sorted(steps, key=lambda s: (s[0], s[1])):
         if isinstance(step, PlannedVersion):
+            author: dict[str, Any] = {"user_id": step.author} if step.author else {}
             rv = keep.registry.create_version(name, step.uri, tags=step.tags,
-                                              description=step.description or None, run_id="")
+                                              description=step.description or None, run_id="",
+                                              **author)
         else:
             rv = keep.registry.create_version(name, step, tags={GAP_TAG: "deleted"},
                                               description=None, run_id="")
@@ -449,6 +455,16 @@ def execute(keep: Keep, report: RebuildReport) -> None:
                 hint="another client registered versions of it meanwhile; rebuild into a "
                 "registry nobody else uses")
     apply_journal(keep, report.journal)
+    # The summaries last: they show the aliases and histories the journal restored.
+    for planned in report.versions:
+        refresh_version(keep, planned.name, planned.version)
+    for name in sorted({v.name for v in report.versions}
+                       | {a.name for a in report.journal.aliases}
+                       | {d.name for d in report.journal.descriptions}):
+        try:
+            refresh_model(keep, name)
+        except NotFoundError:
+            continue  # a journal entry of a model the rebuild did not create
 
 
 def _load_snapshots(keep: Keep, report: RebuildReport) -> list[tuple[str, Snapshot]]:
@@ -502,7 +518,7 @@ def journal_changes(keep: Keep, replay: JournalReplay,
     for pd in replay.descriptions:
         if pd.version is None:
             m = model(pd.name)
-            now = m.description if m else ""
+            now = user_description(m.description) if m else ""
         else:
             now = descriptions.get((pd.name, pd.version), "")
         texts.append(replace(pd, changed=now != pd.text))
@@ -526,4 +542,7 @@ def apply_journal(keep: Keep, replay: JournalReplay) -> None:
                 keep.registry.set_alias(pa.name, pa.alias, pa.version)
     for pd in replay.descriptions:
         if pd.changed:
-            keep.registry.set_description(pd.name, pd.version, pd.text)
+            if pd.version is None:
+                refresh_model(keep, pd.name, user=pd.text)
+            else:
+                refresh_version(keep, pd.name, pd.version, user=pd.text)

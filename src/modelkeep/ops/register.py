@@ -4,7 +4,8 @@ of one model as a new version of another, no bytes copied), over one commit prot
 
 The commit protocol is the write order that makes registering crash-safe: chunks, then the
 snapshot object (and its signature), then the registry entry, then the commit record in the
-store's journal (docs/format.md §10.4). A version is visible only once its registry entry
+store's journal (docs/format.md §10.4), then the aliases and the version's generated summary
+(:mod:`modelkeep.ops.summary`). A version is visible only once its registry entry
 exists, and by then everything it points at is stored. Every veto (a validator, an alias
 pre-check, ``modelkeep_before_register``) is asked before the snapshot is written, so a refusal
 leaves only unreferenced chunks behind, as a crash would. The commit record names the version
@@ -35,6 +36,7 @@ from modelkeep.ops.journal import record_commit
 from modelkeep.ops.read import get
 from modelkeep.ops.results import ModelVersion
 from modelkeep.ops.scan import scan_sources, scan_stored
+from modelkeep.ops.summary import refresh_version
 from modelkeep.refs import validate_alias, validate_name
 from modelkeep.store import GcMark, Parent, Snapshot, SourceFile, Store, scan_local, utc_now
 from modelkeep.store.gc import ChunksCollectedError
@@ -233,15 +235,20 @@ def _commit(keep: Keep, store: Store, c: _Candidate, signer: Signer | None) -> M
     if signer is not None:
         signer.sign(store, sid)
     keep.stores.remember(sid, snapshot)
-    # Only passed when set, so a Registry without run links still works.
+    # Only passed when set, so a Registry without run links or authors still works.
     link: dict[str, Any] = {"run_id": c.run_id} if c.run_id else {}
+    if snapshot.author:
+        link["user_id"] = snapshot.author
     rv = keep.registry.create_version(name, store.uri(sid), tags=registry_tags,
                                       description=c.description, **link)
     record_commit(store, name, rv.version, sid)
     for alias in c.aliases:
-        move_alias(keep, name, alias, rv.version, snapshot_id=sid)
+        move_alias(keep, name, alias, rv.version, snapshot_id=sid, skip_summary=rv.version)
     if c.aliases:
         rv = replace(rv, aliases=tuple(sorted(set(rv.aliases) | set(c.aliases))))
+    # The summary needs the version's number, so it is written once the number is known.
+    refresh_version(keep, name, rv.version, rv=rv, loaded=(store, snapshot, sid),
+                    signers=[signer.key_id] if signer is not None else [])
     version = replace(version_of(rv, snapshot, sid), bytes_added=c.bytes_added,
                       bytes_stored=c.bytes_stored)
     keep.hook.modelkeep_after_register(version=version, keep=keep, source=c.source)

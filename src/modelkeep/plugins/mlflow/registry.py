@@ -4,7 +4,7 @@ MLflow's own ``MlflowClient``.
 Works with any registry URI MLflow accepts. :func:`~modelkeep.plugins.mlflow.hooks.registry_for`
 uses it for the URIs the faster adapters do not serve (database URLs, an MLflow auth plugin or
 workspace) and the SQLite adapter for what it leaves to MLflow (creating the schema, deletes,
-descriptions, untested schema revisions). MLflow's exceptions become modelkeep errors
+untested schema revisions). MLflow's exceptions become modelkeep errors
 (``NotFoundError``, ``RegistryError``) worded as in :mod:`modelkeep.plugins.mlflow._errors`.
 """
 
@@ -133,7 +133,10 @@ class MlflowRegistry:
         tags: Mapping[str, str],
         description: str | None = None,
         run_id: str | None = None,
+        user_id: str | None = None,
     ) -> RegistryVersion:
+        # *user_id* is not set: neither MLflow's client nor its stores take one
+        # (SqlAlchemyStore.create_model_version leaves the column empty).
         from mlflow.exceptions import MlflowException
 
         if run_id is None:

@@ -224,7 +224,10 @@ class RestRegistry:
         tags: Mapping[str, str],
         description: str | None = None,
         run_id: str | None = None,
+        user_id: str | None = None,
     ) -> RegistryVersion:
+        # *user_id* cannot be sent: CreateModelVersion has no such field, and the server's
+        # store leaves it empty (UpdateModelVersion changes only the description).
         if run_id is None:
             run_id = _errors.active_run_id()
         what = f"creating a version of {name!r}"

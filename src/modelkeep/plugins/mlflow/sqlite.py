@@ -9,10 +9,11 @@ filtered exactly as MLflow's store filters them (the default workspace; versions
 workspace selected, reads go through MLflow's client as before.
 
 Writes on the register path (``create_version``, ``create_model``, ``set_alias``, ``set_tag``,
-``set_model_tag``) are the rows MLflow's ``SqlAlchemyStore`` writes, checked by MLflow's rules
-first, in one ``BEGIN IMMEDIATE`` transaction: the write lock is taken before the next version
-number is read, so concurrent registers queue instead of racing. Deleting a version or an alias
-and setting a description go through MLflow's client
+``set_model_tag``, ``set_description``) are the rows MLflow's ``SqlAlchemyStore`` writes, checked
+by MLflow's rules first, in one ``BEGIN IMMEDIATE`` transaction: the write lock is taken before
+the next version number is read, so concurrent registers queue instead of racing. A new version's
+``user_id`` (MLflow's "Created by") is its author, which MLflow's own store never fills. Deleting
+a version or an alias goes through MLflow's client
 (:class:`~modelkeep.plugins.mlflow.registry.MlflowRegistry`), as does every write on an untested
 revision. A file that does not exist yet is created by MLflow's client (its schema, its
 migrations) under an exclusive lock on the folder, so concurrent first registers do not race
@@ -364,6 +365,7 @@ class SqliteRegistry:
         tags: Mapping[str, str],
         description: str | None = None,
         run_id: str | None = None,
+        user_id: str | None = None,
     ) -> RegistryVersion:
         what = f"creating a version of {name!r}"
         _check_name(what, name)
@@ -374,10 +376,13 @@ class SqliteRegistry:
         with self._writing() as conn:
             if conn is None:
                 return self._mlflow().create_version(name, source, tags=tags,
-                                                     description=description, run_id=run_id)
+                                                     description=description, run_id=run_id,
+                                                     user_id=user_id)
             # What MLflow's SqlAlchemyStore.create_registered_model and create_model_version
             # write, in one transaction: the model if new (its last_updated_time otherwise),
             # the next number after every version ever made (deleted ones included), READY.
+            # And the author in user_id (MLflow's "Created by"), which MLflow's own store
+            # leaves empty: the column is VARCHAR(256).
             now = _now_ms()
             if self._model_exists(conn, name):
                 conn.execute("UPDATE registered_models SET last_updated_time = ? "
@@ -393,9 +398,9 @@ class SqliteRegistry:
                 "INSERT INTO model_versions (name, version, creation_time, last_updated_time, "
                 "description, user_id, current_stage, source, run_id, status, status_message, "
                 "run_link, storage_location, workspace) "
-                "VALUES (?, ?, ?, ?, ?, NULL, 'None', ?, ?, 'READY', NULL, NULL, ?, ?)",
-                (name, version, now, now, description, source, run_id or None, source,
-                 _DEFAULT_WORKSPACE))
+                "VALUES (?, ?, ?, ?, ?, ?, 'None', ?, ?, 'READY', NULL, NULL, ?, ?)",
+                (name, version, now, now, description, (user_id or "")[:256] or None, source,
+                 run_id or None, source, _DEFAULT_WORKSPACE))
             conn.executemany(
                 "INSERT INTO model_version_tags (key, value, name, version, workspace) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -468,6 +473,28 @@ class SqliteRegistry:
                 "DO UPDATE SET value = excluded.value",
                 (key, value, name, _DEFAULT_WORKSPACE))
 
+    def set_description(self, name: str, version: int | None, text: str) -> None:
+        # What SqlAlchemyStore.update_registered_model / update_model_version write: the
+        # description and the row's last_updated_time. Every alias change rewrites a few
+        # descriptions (ops/summary.py), so this is on the fast path too.
+        what = f"model {name!r}" if version is None else f"version {name}@{version}"
+        with self._writing() as conn:
+            if conn is None:
+                self._mlflow().set_description(name, version, text)
+                return
+            if version is None:
+                done = conn.execute(
+                    "UPDATE registered_models SET description = ?, last_updated_time = ? "
+                    "WHERE workspace = ? AND name = ?", (text, _now_ms(), _DEFAULT_WORKSPACE, name))
+            else:
+                done = conn.execute(
+                    "UPDATE model_versions SET description = ?, last_updated_time = ? "
+                    "WHERE workspace = ? AND name = ? AND version = ? "
+                    "AND (current_stage IS NULL OR current_stage != ?)",
+                    (text, _now_ms(), _DEFAULT_WORKSPACE, name, int(version), _DELETED))
+            if done.rowcount == 0:
+                raise not_found(self.uri, what)
+
     # Rare and with more of MLflow's rules to them (a deleted version's redacted fields, the
     # aliases it loses): through MLflow's client.
 
@@ -476,9 +503,6 @@ class SqliteRegistry:
 
     def delete_alias(self, name: str, alias: str) -> None:
         self._mlflow().delete_alias(name, alias)
-
-    def set_description(self, name: str, version: int | None, text: str) -> None:
-        self._mlflow().set_description(name, version, text)
 
 
 # MLflow's rules for what it stores (mlflow/utils/validation.py), checked before writing so the
