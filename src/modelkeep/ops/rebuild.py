@@ -39,6 +39,7 @@ from modelkeep import aliases as aliases_mod
 from modelkeep.catalog.tags import version_tags
 from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError, RegistryError
 from modelkeep.ops.journal import OP_ALIAS, OP_CANCEL, OP_COMMIT, OP_DESCRIPTION
+from modelkeep.ops.register import enter_version
 from modelkeep.ops.summary import refresh_model, refresh_version, user_description
 from modelkeep.refs import validate_alias, validate_name
 from modelkeep.registry import RegistryModel
@@ -440,14 +441,13 @@ def execute(keep: Keep, report: RebuildReport) -> None:
         (v.name, v.version, v) for v in report.versions if not v.exists]
     steps += [(name, n, uri) for name, n, uri in report.gaps]
     for name, n, step in sorted(steps, key=lambda s: (s[0], s[1])):
+        # The same registry entry as a register's commit (ops/register.py), with no run link.
         if isinstance(step, PlannedVersion):
-            author: dict[str, Any] = {"user_id": step.author} if step.author else {}
-            rv = keep.registry.create_version(name, step.uri, tags=step.tags,
-                                              description=step.description or None, run_id="",
-                                              **author)
+            rv = enter_version(keep, name, step.uri, step.tags,
+                               description=step.description or None, run_id="",
+                               author=step.author)
         else:
-            rv = keep.registry.create_version(name, step, tags={GAP_TAG: "deleted"},
-                                              description=None, run_id="")
+            rv = enter_version(keep, name, step, {GAP_TAG: "deleted"}, run_id="")
             keep.registry.delete_version(name, rv.version)
         if rv.version != n:
             raise RegistryError(

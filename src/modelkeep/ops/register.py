@@ -1,6 +1,6 @@
 """Making versions: :func:`register` (files into a new version) and :func:`promote` (a version
 of one model as a new version of another, no bytes copied), over one commit protocol,
-:func:`_commit`, which a registry rebuild's numbering relies on too.
+:func:`_commit`, whose registry entry (:func:`enter_version`) a registry rebuild makes too.
 
 The commit protocol is the write order that makes registering crash-safe: chunks, then the
 snapshot object (and its signature), then the registry entry, then the commit record in the
@@ -38,6 +38,7 @@ from modelkeep.ops.results import ModelVersion
 from modelkeep.ops.scan import scan_sources, scan_stored
 from modelkeep.ops.summary import refresh_version
 from modelkeep.refs import validate_alias, validate_name
+from modelkeep.registry import RegistryVersion
 from modelkeep.store import GcMark, Parent, Snapshot, SourceFile, Store, scan_local, utc_now
 from modelkeep.store.gc import ChunksCollectedError
 
@@ -235,12 +236,8 @@ def _commit(keep: Keep, store: Store, c: _Candidate, signer: Signer | None) -> M
     if signer is not None:
         signer.sign(store, sid)
     keep.stores.remember(sid, snapshot)
-    # Only passed when set, so a Registry without run links or authors still works.
-    link: dict[str, Any] = {"run_id": c.run_id} if c.run_id else {}
-    if snapshot.author:
-        link["user_id"] = snapshot.author
-    rv = keep.registry.create_version(name, store.uri(sid), tags=registry_tags,
-                                      description=c.description, **link)
+    rv = enter_version(keep, name, store.uri(sid), registry_tags, description=c.description,
+                       run_id=c.run_id or None, author=snapshot.author)
     record_commit(store, name, rv.version, sid)
     for alias in c.aliases:
         move_alias(keep, name, alias, rv.version, snapshot_id=sid, skip_summary=rv.version)
@@ -253,6 +250,21 @@ def _commit(keep: Keep, store: Store, c: _Candidate, signer: Signer | None) -> M
                       bytes_stored=c.bytes_stored)
     keep.hook.modelkeep_after_register(version=version, keep=keep, source=c.source)
     return version
+
+
+def enter_version(keep: Keep, name: str, uri: str, tags: Mapping[str, str], *,
+                  description: str | None = None, run_id: str | None = None,
+                  author: str | None = None) -> RegistryVersion:
+    """The registry entry of a stored snapshot: the one call that gives a version its number,
+    made by register and promote (in :func:`_commit`) and by a registry rebuild alike.
+    *run_id* ``""`` asks for no run link at all (a rebuild); run and author are passed only when
+    set, so a Registry without run links or authors still works."""
+    link: dict[str, Any] = {}
+    if run_id is not None:
+        link["run_id"] = run_id
+    if author:
+        link["user_id"] = author
+    return keep.registry.create_version(name, uri, tags=tags, description=description, **link)
 
 
 def _reuse(keep: Keep, name: str, tree: str, aliases: Sequence[str]) -> ModelVersion | None:
