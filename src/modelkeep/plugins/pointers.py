@@ -212,23 +212,10 @@ def pointers_at(start: Path, rev: str) -> list[Pointer]:
 
 def chunk_list(path: Path, relpath: str, store: Store | None = None) -> list[tuple[str, int]]:
     """The chunks a store would cut *path* into, hashed (with *store*'s ids: an encrypted store's
-    are keyed), without storing anything."""
-    from modelkeep.store.buffers import BufferPool
-    from modelkeep.store.chunking import cdc_chunks, plan_safetensors, read_cuts
-    from modelkeep.store.hashing import content_id
+    are keyed), without storing anything: the store's own cutting (``store.chunk_list``)."""
+    from modelkeep.store import chunk_list as cut
 
-    id_of = store.object_id if store is not None else content_id
-
-    pool = BufferPool(2)
-    out = []
-    size = path.stat().st_size
-    with open(path, "rb", buffering=0) as f:
-        plan = plan_safetensors(f, size) if relpath.endswith(".safetensors") else None
-        chunks = cdc_chunks(f, pool.take) if plan is None else read_cuts(f, plan[1], pool.take)
-        for buf, data in chunks:
-            out.append((id_of(data), len(data)))
-            pool.give(buf)
-    return out
+    return cut(path, relpath, store.object_id if store is not None else None)
 
 
 class DigestCache:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from modelkeep.store.codec import Kind
 from modelkeep.store.gc import ChunksCollectedError, GcItem, GcMark, GcReport
-from modelkeep.store.ingest import IngestStats, SourceFile, scan_local
+from modelkeep.store.ingest import IngestStats, SourceFile, chunk_list, scan_local
 from modelkeep.store.journal import JournalEntry
 from modelkeep.store.location import Location, parse_location
 from modelkeep.store.materialize import SnapshotFile
@@ -45,6 +45,7 @@ __all__ = [
     "Tensor",
     "VerifyReport",
     "check_relpath",
+    "chunk_list",
     "parse_location",
     "parse_runs_uri",
     "parse_uri",

@@ -336,6 +336,27 @@ def _entry_tags(entry: FileEntry) -> list[tuple[str, _Tag]]:
                                                  strict=True)]
 
 
+def chunk_list(path: Path, relpath: str,
+               id_of: Callable[[memoryview], str] | None = None) -> list[tuple[str, int]]:
+    """``(id, size)`` of each chunk a register would cut the file *path* into (stored as
+    *relpath*), hashed with *id_of* (a store's ids; default the plain content id), with nothing
+    stored: how a workspace file is compared with a stored one without storing it."""
+    from modelkeep.store.hashing import content_id
+
+    hash_of = id_of or content_id
+    src = _local_file(relpath, path, path.stat())
+    buffers = BufferPool(2)
+    out = []
+    with src.open() as f:
+        _layout, chunks = _chunks(f, src, buffers.take)
+        for buf, data, _tag in chunks:
+            try:
+                out.append((hash_of(data), len(data)))
+            finally:
+                buffers.give(buf)
+    return out
+
+
 def rewrite_chunks(db: ObjectDB, sources: list[SourceFile], wanted: set[str]) -> set[str]:
     """Cut *sources* as a register would and store each chunk whose id is in *wanted* (a
     damaged chunk's verified replacement: its bytes hash to its id); returns the ids written."""
