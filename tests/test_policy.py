@@ -294,7 +294,7 @@ def test_register_rules_and_promotion_gates(backend: Backend, pm: PluginManager,
     # required_tags from "*" (the model matches "pm-*" too, which does not set it).
     msg = refusal(keep.register, name, src)
     assert msg == (f"{name}: new version refused: policy required_tags (policies.\"*\"): missing "
-                   "tag(s) owner; set them (--tag owner=VALUE) (nothing was registered)")
+                   "tag(s) owner; set them (owner=VALUE) (nothing was registered)")
     with pytest.raises(NotFoundError):
         keep.registry.versions(name)
 
