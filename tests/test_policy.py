@@ -436,7 +436,7 @@ def test_delete_version(backend: Backend, pm: PluginManager, config: Path,
     msg = refusal(keep.delete_version, f"{name}@staging")
     assert msg == (f"deleting {name}@2 refused: {name}@2 has alias(es) staging and versions of "
                    f"{name} are immutable (default) (point the alias elsewhere or remove it "
-                   f"first (modelkeep alias --delete {name} staging); nothing was deleted)")
+                   f"first (delete_alias({name!r}, 'staging')); nothing was deleted)")
     assert keep.get(f"{name}@staging").version == 2 and v2.snapshot_id in snapshot_ids(keep)
 
     # Another registered version (of another model) pointing at the same snapshot keeps it.

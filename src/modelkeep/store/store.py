@@ -418,8 +418,8 @@ class Store:
                 what = "already holds unencrypted objects" if held else "was created unencrypted"
                 raise StoreError(
                     f"cannot encrypt store {self.url}: it {what}",
-                    hint="encryption is chosen when a store is created: init --encrypt a new "
-                    "store location and register the versions there",
+                    hint="encryption is chosen when a store is created: create one at a new "
+                    "location (`modelkeep init --encrypt`) and register the versions there",
                 )
             assert enc is not None
             if self._open_with(given, enc["store_id"]) is None:
