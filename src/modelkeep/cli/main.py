@@ -102,8 +102,8 @@ def init(
                                                   "holding the key; recorded as the store's "
                                                   "key_file.")] = None,
     gitignore: Annotated[bool, typer.Option(
-        "--gitignore/--no-gitignore", help="Inside a git work tree, add the store folder and "
-        "the local registry file to .gitignore.")] = True,
+        "--gitignore/--no-gitignore", show_default=False, help="Inside a git work tree, add "
+        "the store folder and the local registry file to .gitignore (the default).")] = True,
 ) -> None:
     """Write modelkeep.toml in the current folder (unless there is one) and create the store."""
     from modelkeep.config import find_config, load_config, write_config
