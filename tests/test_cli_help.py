@@ -4,6 +4,7 @@ subcommands, hidden aliases, and commands plugins add): no placeholder such as `
 
 from __future__ import annotations
 
+import enum
 import importlib.util
 import re
 from pathlib import Path
@@ -23,9 +24,15 @@ PLACEHOLDER = re.compile(r"<[A-Za-z][^>\s]*(?: range)?>|\{[^}\s]*\}|list\[|[â•­â
 SECTIONS = ("Arguments:", "Options:", "Commands:")
 
 
+class Layout(enum.StrEnum):
+    TEXT = "text"
+    DOT = "dot"
+
+
 class NestedGroup:
     """A plugin that adds a group of its own, built the way a plugin author would: a plain
-    ``typer.Typer()`` (rich markup on by default) with typed, repeatable and numeric options."""
+    ``typer.Typer()`` (rich markup on by default) with typed, repeatable, numeric and Enum
+    options."""
 
     @hookimpl
     def modelkeep_cli_commands(self, app: typer.Typer) -> None:
@@ -37,6 +44,7 @@ class NestedGroup:
             top: Annotated[int, typer.Option("--top", min=1, help="How many.")] = 5,
             label: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
             out: Annotated[Path | None, typer.Option(help="Where to write.")] = None,
+            layout: Annotated[Layout, typer.Option(help="How to draw.")] = Layout.TEXT,
         ) -> None:
             """Sizes of models."""
 
@@ -123,7 +131,7 @@ def test_values_are_named_by_metavars(pm: PluginManager,
     # A plugin's options get names from their flags, never from Python types.
     text = _help(pm, ("report", "sizes"), capsys)
     assert "Usage: modelkeep report sizes [OPTIONS] NAMES...\n" in text
-    for row in ("--top TOP", "--label LABEL", "--out OUT"):
+    for row in ("--top TOP", "--label LABEL", "--out OUT", "--layout text|dot"):
         assert f"  {row}" in text, row
     approve = _help(pm, ("approve",), capsys)
     assert approve.startswith("Usage: modelkeep approve [OPTIONS] REF\n")

@@ -17,11 +17,12 @@ every command renders the same plain layout, whoever built it::
       --force  Replace a non-empty destination.
       --help   Show this message and exit.
 
-A value is named by its metavar: the one a command gives (``--tag KEY=VALUE``), else the
-argument's or the flag's name in capitals (``--store STORE``). Optional arguments are bracketed
-in the usage line and repeatable ones end in ``...``, as in most command-line tools.
-:func:`apply` gives a command tree this style; :func:`modelkeep.cli.main.main` applies it to the
-whole tree, plugin commands included, so a command added later needs nothing to get it.
+A value is named by its metavar: the one a command gives (``--tag KEY=VALUE``), else its choices
+(``--format text|dot``) or the argument's or the flag's name in capitals (``--store STORE``).
+Optional arguments are bracketed in the usage line and repeatable ones end in ``...``, as in most
+command-line tools. :func:`apply` gives a command tree this style; :func:`modelkeep.cli.main.main`
+applies it to the whole tree, plugin commands included, so a command added later needs nothing to
+get it.
 """
 
 from __future__ import annotations
@@ -56,10 +57,22 @@ def apply(command: Any) -> Any:
 
 
 def _default_metavar(param: Any) -> str:
+    choices = _choices(param)
+    if choices:
+        return "|".join(choices)
     # An option is named by its flag (``--older-than`` is OLDER_THAN), not by the Python
     # variable behind it, which the user never sees.
     longest = max(param.opts, key=len) if param.param_type_name == "option" else param.name
     return str(longest).lstrip("-").replace("-", "_").upper()
+
+
+def _choices(param: Any) -> list[str]:
+    """The values an Enum-typed parameter takes (Typer keeps them on its type descriptor,
+    click on its ``Choice`` type)."""
+    desc = getattr(param, "type_descriptor", None)
+    if desc is not None and getattr(desc, "is_choice", False):
+        return [str(getattr(c, "value", c)) for c in desc.choices or ()]
+    return [str(c) for c in getattr(getattr(param, "type", None), "choices", None) or ()]
 
 
 def _takes_value(param: Any) -> bool:
