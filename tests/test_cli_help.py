@@ -5,7 +5,6 @@ subcommands, hidden aliases, and commands plugins add): no placeholder such as `
 from __future__ import annotations
 
 import enum
-import importlib.util
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,8 +15,7 @@ import typer
 from modelkeep.cli.main import _command, main
 from modelkeep.hooks import hookimpl
 from modelkeep.hooks.manager import PluginManager, make_plugin_manager
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import example_approval_plugin
 
 # What Typer prints when a parameter has no metavar, or a plugin's app draws rich panels.
 PLACEHOLDER = re.compile(r"<[A-Za-z][^>\s]*(?: range)?>|\{[^}\s]*\}|list\[|[╭╰│┃━─]")
@@ -51,21 +49,11 @@ class NestedGroup:
         app.add_typer(group)
 
 
-def _approval_plugin() -> Any:
-    """The example plugin of examples/plugins/approval, whose ``approve`` command used to have
-    its own help style."""
-    path = ROOT / "examples/plugins/approval/src/modelkeep_approval/__init__.py"
-    spec = importlib.util.spec_from_file_location("modelkeep_approval_example", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def pm() -> PluginManager:
     manager = make_plugin_manager(entry_points=False, use_env=False)
-    manager.register(_approval_plugin(), "approval")
+    # Its `approve` command once drew rich panels while every other command was plain.
+    manager.register(example_approval_plugin(), "approval")
     manager.register(NestedGroup(), "nested")
     return manager
 
