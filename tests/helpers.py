@@ -61,10 +61,19 @@ def example_approval_plugin() -> ModuleType:
     """The example plugin of examples/plugins/approval, imported from its source folder: a test
     registers it with its own plugin manager, so it need not be installed (the environment every
     user gets does not install examples)."""
-    import importlib
+    import importlib.util
     import sys
 
-    src = str(Path(__file__).resolve().parents[1] / "examples/plugins/approval/src")
-    if src not in sys.path:
-        sys.path.append(src)
-    return importlib.import_module("modelkeep_approval")
+    # Loaded from its file, not by putting its folder on sys.path: a pip install of the example
+    # (tests/test_example_plugin.py) leaves an egg-info there, and on sys.path that would make
+    # the plugin look installed to every later test in the process.
+    name = "modelkeep_approval"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parents[1] / "examples/plugins/approval/src" / name
+    spec = importlib.util.spec_from_file_location(name, path / "__init__.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

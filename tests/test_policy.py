@@ -294,7 +294,7 @@ def test_register_rules_and_promotion_gates(backend: Backend, pm: PluginManager,
     # required_tags from "*" (the model matches "pm-*" too, which does not set it).
     msg = refusal(keep.register, name, src)
     assert msg == (f"{name}: new version refused: policy required_tags (policies.\"*\"): missing "
-                   "tag(s) owner; set them (--tag owner=VALUE) (nothing was registered)")
+                   "tag(s) owner; set them (owner=VALUE) (nothing was registered)")
     with pytest.raises(NotFoundError):
         keep.registry.versions(name)
 
@@ -436,7 +436,7 @@ def test_delete_version(backend: Backend, pm: PluginManager, config: Path,
     msg = refusal(keep.delete_version, f"{name}@staging")
     assert msg == (f"deleting {name}@2 refused: {name}@2 has alias(es) staging and versions of "
                    f"{name} are immutable (default) (point the alias elsewhere or remove it "
-                   f"first (modelkeep alias --delete {name} staging); nothing was deleted)")
+                   f"first (delete_alias({name!r}, 'staging')); nothing was deleted)")
     assert keep.get(f"{name}@staging").version == 2 and v2.snapshot_id in snapshot_ids(keep)
 
     # Another registered version (of another model) pointing at the same snapshot keeps it.

@@ -1,4 +1,4 @@
-"""Ed25519 snapshot signatures: keygen, signing on register and promote, the status of a
+"""Ed25519 snapshot signatures: key generation, signing on register and promote, the status of a
 version's signatures, and ``verify --require-signed`` on local disk, S3 (moto) and Azure
 (Azurite)."""
 
@@ -46,10 +46,12 @@ def _rewrite(keep: modelkeep.Keep, path: str, blob: bytes) -> None:
     fs.pipe_file(path, blob)
 
 
-def test_keygen_writes_a_private_and_a_public_key(tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("spelling", [["key", "generate", "--signing"], ["keygen", "--signing"]])
+def test_key_generate_signing_writes_a_private_and_a_public_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], spelling: list[str]) -> None:
+    # `key generate --signing FILE` is the spelling; `keygen --signing FILE` is kept for scripts.
     out = tmp_path / "keys" / "release"
-    assert main(["--json", "keygen", "--signing", str(out)]) == 0
+    assert main(["--json", *spelling, str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
     pub = Path(info["public_key"])
     assert Path(info["private_key"]) == out and pub == tmp_path / "keys" / "release.pub"
@@ -57,7 +59,7 @@ def test_keygen_writes_a_private_and_a_public_key(tmp_path: Path,
     assert b"PRIVATE KEY" in out.read_bytes() and b"PUBLIC KEY" in pub.read_bytes()
     assert info["key_id"] == key_id(load_public_key(pub))
     before = out.read_bytes()
-    assert main(["keygen", "--signing", str(out)]) == 2  # never overwrites a key
+    assert main([*spelling, str(out)]) == 2  # never overwrites a key
     assert "already exists" in capsys.readouterr().err
     assert out.read_bytes() == before
 

@@ -4,11 +4,52 @@ Every error the package raises on purpose is a :class:`ModelkeepError`. Each cla
 the builtin it most resembles (``KeyError`` for a missing thing, ``ValueError`` for bad input …) so
 callers that already catch builtins keep working, and each carries a ``hint``: the one thing the
 user should do next. The CLI prints ``message (hint)`` on one line and exits with ``exit_code``.
+
+A hint that names an option is a :class:`Hint`: the same advice reaches a Python caller with the
+keyword they pass (``overwrite=True``) and a command-line user with the flag they type
+(``--force``). ``str(error)`` and ``error.hint`` speak Python; :meth:`ModelkeepError.for_cli`
+is the command line's wording.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from modelkeep.redaction import redact_url
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option under its two names: the keyword argument as a Python caller writes it
+    (``overwrite=True``) and the flag as a command-line user types it (``--force``)."""
+
+    api: str
+    cli: str
+
+
+class Hint:
+    """Advice that names options: *text* with ``{field}`` places, each filled by an
+    :class:`Option` (``Hint("pass {force} to replace it", force=FORCE)``)."""
+
+    def __init__(self, text: str, **options: Option) -> None:
+        self.text = text
+        self.options = options
+        self.render(cli=False)  # a field without its option fails here, not when shown
+
+    def render(self, *, cli: bool) -> str:
+        return self.text.format(**{k: o.cli if cli else o.api for k, o in self.options.items()})
+
+    def __str__(self) -> str:
+        return self.render(cli=False)
+
+    def __repr__(self) -> str:
+        return f"Hint({self.text!r})"
+
+
+# Options that hints in more than one layer name.
+STORE = Option(api="modelkeep.open(store=...)", cli="--store")
+REGISTRY = Option(api="modelkeep.open(registry=...)", cli="--registry URI")
+TO_STORE = Option(api="to=STORE", cli="--to STORE")
 
 
 class ModelkeepError(Exception):
@@ -17,16 +58,23 @@ class ModelkeepError(Exception):
     exit_code = 1
     default_hint = ""
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | Hint | None = None) -> None:
         # Messages name stores and registries by URL, and a URL may carry a password
         # (``http://user:password@host``): no error ever shows one.
         message = redact_url(message)
         super().__init__(message)
         self.message = message
-        self.hint = redact_url(self.default_hint if hint is None else hint)
+        given = self.default_hint if hint is None else hint
+        self.hint = redact_url(str(given))
+        self.cli_hint = (redact_url(given.render(cli=True)) if isinstance(given, Hint)
+                         else self.hint)
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+    def for_cli(self) -> str:
+        """The error in a command-line user's words: the hint names flags, not keywords."""
+        return f"{self.message} ({self.cli_hint})" if self.cli_hint else self.message
 
 
 class InvalidInputError(ModelkeepError, ValueError):
@@ -164,7 +212,7 @@ class CheckpointError(ModelkeepError):
     exit_code = 8
 
     def __init__(
-        self, message: str, *, hint: str | None = None,
+        self, message: str, *, hint: str | Hint | None = None,
         failures: tuple[tuple[int | None, BaseException], ...] = (),
     ) -> None:
         super().__init__(message, hint=hint)
@@ -190,7 +238,7 @@ class VetoError(ModelkeepError):
     exit_code = 9
 
     def __init__(self, message: str, *, reasons: list[str] | tuple[str, ...] = (),
-                 hint: str | None = None) -> None:
+                 hint: str | Hint | None = None) -> None:
         super().__init__(message, hint=hint)
         self.reasons = tuple(reasons)
 
@@ -207,6 +255,7 @@ __all__ = [
     "CredentialsError",
     "DestinationExistsError",
     "DirtyWorkspaceError",
+    "Hint",
     "IntegrityError",
     "InvalidInputError",
     "InvalidNameError",
@@ -214,6 +263,7 @@ __all__ = [
     "MissingExtraError",
     "ModelkeepError",
     "NotFoundError",
+    "Option",
     "PluginError",
     "RegistryAuthError",
     "RegistryError",

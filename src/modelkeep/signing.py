@@ -17,8 +17,8 @@ Keys: the signing key comes from ``modelkeep.open(signing_key=PATH)``, ``MODELKE
 (a path) or the store option ``signing_key``; a private key file is PEM (PKCS#8 or OpenSSH), 32 raw
 bytes, or 64 hex characters. Trusted public keys are files (PEM, OpenSSH ``ssh-ed25519 …``, 32 raw
 bytes or hex) or key ids, from ``--trusted-key``, ``MODELKEEP_TRUSTED_KEYS`` (paths separated by
-``os.pathsep``), and always the public half of the signing key in use. ``modelkeep keygen
---signing OUT`` writes a pair. ``cryptography`` is imported only when a key is used.
+``os.pathsep``), and always the public half of the signing key in use. ``modelkeep key generate
+--signing FILE`` writes a pair. ``cryptography`` is imported only when a key is used.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from modelkeep.errors import ConfigError, InvalidInputError, NotFoundError
+from modelkeep.errors import ConfigError, Hint, InvalidInputError, NotFoundError, Option
 from modelkeep.store.hashing import content_id, is_id
 
 if TYPE_CHECKING:
@@ -80,13 +80,27 @@ def key_id(public: bytes) -> str:
 # -- key files ------------------------------------------------------------------------------------
 
 
+# Where each kind of key file is named: a missing file is a setting to correct, and a key made
+# anew would not be the one the setting meant (nor trusted where the old one is).
+_WHERE_NAMED = {
+    "signing key": Hint(
+        "the signing key is the file {given}MODELKEEP_SIGNING_KEY or the store option "
+        "signing_key names: put the key back there, or point the setting at it",
+        given=Option(api="signing_key=, ", cli="")),
+    "trusted key": Hint(
+        "trusted keys are the files {given} and MODELKEEP_TRUSTED_KEYS name: check the path "
+        "(a signing key's public key is FILE.pub beside it)",
+        given=Option(api="trusted_keys=", cli="--trusted-key")),
+}
+
+
 def _read_key_file(path: Path, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_KEY_FILE + 1)
     except FileNotFoundError:
         raise ConfigError(f"{what} file {str(path)!r} does not exist",
-                          hint="create one with `modelkeep keygen --signing PATH`") from None
+                          hint=_WHERE_NAMED.get(what)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file {str(path)!r}: {exc.strerror}") from None
     if len(data) > MAX_KEY_FILE:
@@ -127,11 +141,11 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"signing key file {str(path)!r} holds no usable Ed25519 private key "
                           f"({_short(exc)})",
-                          hint="use a PEM or raw key from `modelkeep keygen --signing PATH` "
+                          hint="use a PEM or raw key from `modelkeep key generate --signing FILE` "
                           "(without a passphrase)") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise ConfigError(f"signing key file {str(path)!r} is not an Ed25519 key",
-                          hint="create one with `modelkeep keygen --signing PATH`")
+                          hint="create one with `modelkeep key generate --signing FILE`")
     return cast("Ed25519PrivateKey", key)  # the module is loaded lazily, so typed as Any
 
 
@@ -154,7 +168,8 @@ def load_public_key(value: str | os.PathLike[str]) -> bytes:
     except (ValueError, TypeError, binascii.Error) as exc:
         raise ConfigError(f"trusted key file {str(path)!r} holds no usable public key "
                           f"({_short(exc)})",
-                          hint="pass the .pub file `modelkeep keygen --signing` wrote") from None
+                          hint="pass the .pub file that `modelkeep key generate --signing` "
+                          "wrote") from None
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise ConfigError(f"trusted key file {str(path)!r} is not an Ed25519 key")
     return raw_public(key)

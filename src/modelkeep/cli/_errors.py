@@ -1,9 +1,11 @@
 """The one place where exceptions become a message and an exit code.
 
 A :class:`~modelkeep.errors.ModelkeepError` prints ``error: <message> (<hint>)`` on one line of
-stderr and exits with the error's code. A full disk or a read-only file system is one line too,
-with the store's exit code and what to do. Anything else is a bug or an unrecognised backend
-failure: it prints one line too, unless ``MODELKEEP_DEBUG=1`` asks for the traceback.
+stderr, the hint naming command-line flags where the API's wording names keywords
+(:meth:`~modelkeep.errors.ModelkeepError.for_cli`), and exits with the error's code. A full disk
+or a read-only file system is one line too, with the store's exit code and what to do. Anything
+else is a bug or an unrecognised backend failure: it prints one line too, unless
+``MODELKEEP_DEBUG=1`` asks for the traceback.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def report(exc: BaseException) -> int:
     if debug_enabled():
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, ModelkeepError):
-        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"error: {_one_line(exc.for_cli())}", file=sys.stderr)
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         print("error: interrupted; nothing was registered or pulled in part (a re-run reuses "

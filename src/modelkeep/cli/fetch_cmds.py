@@ -77,10 +77,12 @@ def cache_ls(
 def cache_prune(
     ctx: typer.Context,
     max_size: Annotated[str | None, typer.Option(
-        "--max-size", help="Remove least recently used versions until the cache holds at most "
+        "--max-size", metavar="SIZE",
+        help="Remove least recently used versions until the cache holds at most "
         "this much (e.g. 20GiB).")] = None,
     older_than: Annotated[str | None, typer.Option(
-        "--older-than", help="Remove versions unused for this long (e.g. 30d, 12h).")] = None,
+        "--older-than", metavar="AGE",
+        help="Remove versions unused for this long (e.g. 30d, 12h).")] = None,
     everything: Annotated[bool, typer.Option("--all", help="Remove every version.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:

@@ -29,8 +29,10 @@ def add_commands(app: typer.Typer) -> None:
     def lineage(
         ctx: typer.Context,
         ref: Annotated[str, typer.Argument(help="NAME@VERSION|ALIAS|latest")],
-        fmt: Annotated[str, typer.Option("--format", help="text, mermaid or dot.")] = "text",
-        depth: Annotated[int, typer.Option("--depth", help="Parent levels to follow.")] = 20,
+        fmt: Annotated[str, typer.Option("--format", metavar="text|mermaid|dot",
+                                         help="Output format.")] = "text",
+        depth: Annotated[int, typer.Option("--depth", metavar="N",
+                                           help="Parent levels to follow.")] = 20,
     ) -> None:
         """A version's parents, code commit and data versions, as a tree or a graph."""
         from modelkeep import lineage as lin

@@ -1,9 +1,14 @@
-"""Encryption key commands: ``key status``, ``key rotate`` and ``key generate``.
+"""The ``key`` commands, for both kinds of key modelkeep uses.
+
+Encryption keys open an encrypted store: ``key status`` and ``key rotate`` work on the store's key;
+``key generate FILE`` writes a new one. Signing keys sign snapshots: ``key generate --signing
+FILE`` writes a pair (``keygen --signing FILE``, the older spelling, still works).
 
 Presentation only, like :mod:`modelkeep.cli.main`: the work is in
 :class:`~modelkeep.store.Store` (:meth:`~modelkeep.store.Store.key_status`,
-:meth:`~modelkeep.store.Store.rotate_key`). These commands print key *ids*, never key bytes; a new
-key is only ever written to a file the user names, readable by them alone.
+:meth:`~modelkeep.store.Store.rotate_key`) and :mod:`modelkeep.signing`. These commands print key
+*ids*, never key bytes; a new key is only ever written to a file the user names, readable by them
+alone.
 """
 
 from __future__ import annotations
@@ -25,11 +30,10 @@ if TYPE_CHECKING:
 NEW_KEY_ENV = "MODELKEEP_NEW_KEY"
 
 key_app = typer.Typer(
-    name="key", help="Encryption keys of an encrypted store: status, rotation, new keys.",
+    name="key", help="Keys: the encryption key of an encrypted store (status, rotate), and new "
+    "encryption or signing keys (generate).",
     no_args_is_help=True, rich_markup_mode=None,
 )
-
-
 
 
 def open_store(st: State) -> Store:
@@ -89,7 +93,8 @@ def status(ctx: typer.Context) -> None:
 def rotate(
     ctx: typer.Context,
     new_key_file: Annotated[Path | None, typer.Option(
-        "--new-key-file", help=f"File holding the new key (else ${NEW_KEY_ENV}).")] = None,
+        "--new-key-file", metavar="FILE",
+        help=f"File holding the new key (else ${NEW_KEY_ENV}).")] = None,
 ) -> None:
     """Wrap the store's data key under a new key and retire the current one.
 
@@ -117,9 +122,18 @@ def rotate(
 @key_app.command()
 def generate(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="File to create (mode 0600); must not exist.")],
+    path: Annotated[Path, typer.Argument(
+        metavar="FILE", help="File to create (mode 0600); must not exist.")],
+    signing: Annotated[bool, typer.Option(
+        "--signing", help="An Ed25519 signing key pair instead: the private key in FILE, the "
+        "public key in FILE.pub (MODELKEEP_SIGNING_KEY=FILE signs with it).")] = False,
 ) -> None:
-    """Write a new random 256-bit key (base64) to PATH, readable by you alone."""
+    """Write a new key to FILE, readable by you alone: a random 256-bit encryption key
+    (base64), or with --signing a key pair for signing snapshots. Never overwrites a file."""
+    st = _state(ctx)
+    if signing:
+        _generate_signing(st, path)
+        return
     from modelkeep.store.crypto import format_key, kek_id, new_key
 
     key = new_key()
@@ -134,12 +148,34 @@ def generate(
     with os.fdopen(fd, "w") as f:
         f.write(format_key(key) + "\n")
     # Only the id is printed: the key stays in the file.
-    st = _state(ctx)
     kid = kek_id(key)
     st.out.emit({"path": str(path), "key_id": kid}, lambda: st.out.console.print(
         f"wrote a new key to {path} (key id {kid})", highlight=False, markup=False))
 
 
+def _generate_signing(st: State, path: Path) -> None:
+    from modelkeep.signing import write_key_pair
+
+    private, public, kid = write_key_pair(path)
+    st.out.emit(
+        {"private_key": str(private), "public_key": str(public), "key_id": kid},
+        lambda: st.out.console.print(
+            f"wrote signing key {private} (keep it secret) and public key {public}\n"
+            f"key id: {kid}", highlight=False, markup=False),
+    )
+
+
+def keygen(
+    ctx: typer.Context,
+    signing: Annotated[Path, typer.Option(
+        "--signing", metavar="FILE", help="Write a new Ed25519 signing key here and its public "
+        "key to FILE.pub; never overwrites.")],
+) -> None:
+    """The older spelling of `modelkeep key generate --signing FILE`."""
+    _generate_signing(_state(ctx), signing)
+
+
 def add_to(app: typer.Typer) -> None:
-    """Add the ``key`` group to *app*."""
+    """Add the ``key`` group to *app*, and ``keygen`` (kept for scripts, not listed)."""
     app.add_typer(key_app)
+    app.command(hidden=True)(keygen)

@@ -21,6 +21,7 @@ from modelkeep.aliases import AliasEvent
 from modelkeep.cli import fetch_cmds, key_cmds, policy_cmds, registry_cmds, store_cmds
 from modelkeep.cli._errors import report
 from modelkeep.cli._gitignore import add_to_gitignore, git_work_tree, ignore_entries
+from modelkeep.cli._help import apply as apply_help_style
 from modelkeep.cli._output import Output, human_bytes
 from modelkeep.cli._state import State
 from modelkeep.cli._state import state as _state
@@ -54,7 +55,8 @@ def _global(
     store: Annotated[str | None, typer.Option("--store", help="A store named in modelkeep.toml, "
                                               "or a URL (path, s3://, az://, memory://).")]
     = None,
-    registry: Annotated[str | None, typer.Option("--registry", help="MLflow registry URI.")] = None,
+    registry: Annotated[str | None, typer.Option("--registry", metavar="URI",
+                                                 help="MLflow registry URI.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
     = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
@@ -87,18 +89,21 @@ def _pct(x: float | None) -> str:
 @app.command()
 def init(
     ctx: typer.Context,
-    store: Annotated[str | None, typer.Option("--store", help="Store URL to record.")] = None,
-    registry: Annotated[str | None, typer.Option("--registry", help="Registry URI to record.")]
+    store: Annotated[str | None, typer.Option("--store", metavar="URL",
+                                              help="Store URL to record.")] = None,
+    registry: Annotated[str | None, typer.Option("--registry", metavar="URI",
+                                                 help="Registry URI to record.")]
     = None,
     encrypt: Annotated[bool, typer.Option("--encrypt", help="Create an encrypted store; the key "
                                           "comes from --key-file, MODELKEEP_KEY, the store's "
                                           "key_file or a key plugin.")] = False,
-    key_file: Annotated[Path | None, typer.Option("--key-file", help="With --encrypt: file "
+    key_file: Annotated[Path | None, typer.Option("--key-file", metavar="FILE",
+                                                  help="With --encrypt: file "
                                                   "holding the key; recorded as the store's "
                                                   "key_file.")] = None,
     gitignore: Annotated[bool, typer.Option(
-        "--gitignore/--no-gitignore", help="Inside a git work tree, add the store folder and "
-        "the local registry file to .gitignore.")] = True,
+        "--gitignore/--no-gitignore", show_default=False, help="Inside a git work tree, add "
+        "the store folder and the local registry file to .gitignore (the default).")] = True,
 ) -> None:
     """Write modelkeep.toml in the current folder (unless there is one) and create the store."""
     from modelkeep.config import find_config, load_config, write_config
@@ -183,12 +188,15 @@ def register(
     path: Annotated[str, typer.Argument(help="Model folder or file, an fsspec URL (s3://, "
                                         "az://, memory:// …), or a DVC-tracked path with "
                                         "--rev/--repo (or dvc://PATH).")],
-    parent: Annotated[list[str] | None, typer.Option("--parent", help="Parent version "
+    parent: Annotated[list[str] | None, typer.Option("--parent", metavar="NAME@REF",
+                                                     help="Parent version "
                                                      "(NAME@REF); repeatable.")] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE; repeatable.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", metavar="KEY=VALUE",
+                                                  help="A tag; repeatable.")] = None,
     alias: Annotated[list[str] | None, typer.Option("--alias", help="Alias to point at the new "
                                                     "version; repeatable.")] = None,
-    message: Annotated[str | None, typer.Option("-m", "--message", help="Description.")] = None,
+    message: Annotated[str | None, typer.Option("-m", "--message", metavar="TEXT",
+                                                help="Description.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Register even if identical to the "
                                         "newest version.")] = False,
     rev: Annotated[str | None, typer.Option("--rev", help="Read PATH, tracked by DVC, at this "
@@ -197,7 +205,8 @@ def register(
                                              "URL) holding PATH; default: the current one.")]
     = None,
     source_options: Annotated[str | None, typer.Option(
-        "--source-options", help="fsspec options for a URL source, as JSON.")] = None,
+        "--source-options", metavar="JSON",
+        help="fsspec options for a URL source, as JSON.")] = None,
 ) -> None:
     """Store a model folder (local, any fsspec URL, or DVC-tracked) as a new version of NAME."""
     import json
@@ -490,14 +499,16 @@ def verify(
         "--require-signed", help="Also fail for any version (REF, else every registered "
         "version) without a valid signature by a trusted key.")] = False,
     trusted_key: Annotated[list[str] | None, typer.Option(
-        "--trusted-key", help="Public key file (or key id) to trust; repeatable. The signing "
+        "--trusted-key", metavar="FILE|ID",
+        help="Public key file (or key id) to trust; repeatable. The signing "
         "key in use and MODELKEEP_TRUSTED_KEYS are trusted too.")] = None,
     repair: Annotated[bool, typer.Option(
         "--repair", help="Move damaged chunks aside (quarantine/) and, with --from, write "
         "verified copies in their place; without --from, registering the original files again "
         "rewrites them.")] = False,
     source: Annotated[str | None, typer.Option(
-        "--from", help="With --repair: a folder holding the original files, or a store name "
+        "--from", metavar="FOLDER|STORE",
+        help="With --repair: a folder holding the original files, or a store name "
         "or URL holding the same chunks (a replica).")] = None,
 ) -> None:
     """Fetch every chunk and check it against its id; with --require-signed, check signatures;
@@ -594,26 +605,6 @@ def _repair(st: State, keep: Keep, ref: str | None, source: str | None,
         raise typer.Exit(4)
 
 
-@app.command()
-def keygen(
-    ctx: typer.Context,
-    signing: Annotated[Path, typer.Option(
-        "--signing", help="Write a new Ed25519 signing key here (and its public key to "
-        "OUT.pub); never overwrites.")],
-) -> None:
-    """Create a key pair for signing snapshots (MODELKEEP_SIGNING_KEY=OUT to use it)."""
-    from modelkeep.signing import write_key_pair
-
-    st = _state(ctx)
-    private, public, kid = write_key_pair(signing)
-    st.out.emit(
-        {"private_key": str(private), "public_key": str(public), "key_id": kid},
-        lambda: st.out.console.print(
-            f"wrote signing key {private} (keep it secret) and public key {public}\n"
-            f"key id: {kid}", highlight=False),
-    )
-
-
 # -- config / plugins ---------------------------------------------------------------------------
 
 
@@ -699,7 +690,7 @@ fetch_cmds.add_to(app)
 
 def _command(plugins: PluginManager) -> Any:
     """The click group of the built-in commands and every plugin's (a fresh one each call, so
-    the module's ``app`` never accumulates plugin commands)."""
+    the module's ``app`` never accumulates plugin commands), all in the one help style."""
     command: Any = typer.main.get_command(app)
     extra = typer.Typer()
     plugins.hook.modelkeep_cli_commands(app=extra)
@@ -707,7 +698,7 @@ def _command(plugins: PluginManager) -> Any:
         group = typer.main.get_group(extra)
         for name, cmd in group.commands.items():
             command.add_command(cmd, name)
-    return command
+    return apply_help_style(command)
 
 
 def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None) -> int:

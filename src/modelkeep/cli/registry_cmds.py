@@ -53,7 +53,8 @@ def rollback(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Model name.")],
     alias_name: Annotated[str, typer.Argument(metavar="ALIAS", help="The alias to move back.")],
-    to: Annotated[int | None, typer.Option("--to", help="Version to go back to (default: where "
+    to: Annotated[int | None, typer.Option("--to", metavar="VERSION",
+                                           help="Version to go back to (default: where "
                                            "the alias pointed before).")] = None,
 ) -> None:
     """Move ALIAS back to where it pointed before; repeat to go further back."""
@@ -69,10 +70,12 @@ def rollback(
 def promote(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="The version to promote: NAME@VERSION|ALIAS.")],
-    to: Annotated[str, typer.Option("--to", help="The registered model to add it to.")],
+    to: Annotated[str, typer.Option("--to", metavar="NAME",
+                                    help="The registered model to add it to.")],
     alias_names: Annotated[list[str] | None, typer.Option("--alias", help="Alias to point at "
                                                           "the new version; repeatable.")] = None,
-    message: Annotated[str | None, typer.Option("-m", "--message", help="Description (default: "
+    message: Annotated[str | None, typer.Option("-m", "--message", metavar="TEXT",
+                                                help="Description (default: "
                                                 "the promoted version's).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Add a version even if the newest one "
                                         "of the target is identical.")] = False,
@@ -97,7 +100,8 @@ def describe(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(metavar="REF|NAME",
                                           help="A version (NAME@REF) or a model (NAME).")],
-    message: Annotated[str | None, typer.Option("-m", "--message", help="The new description; "
+    message: Annotated[str | None, typer.Option("-m", "--message", metavar="TEXT",
+                                                help="The new description; "
                                                 "omit to show the current one.")] = None,
 ) -> None:
     """Show or set the description of a version or a model."""
@@ -114,7 +118,8 @@ def describe(
 @registry_app.command("rebuild")
 def rebuild(
     ctx: typer.Context,
-    registry: Annotated[str | None, typer.Option("--registry", help="Registry URI to rebuild "
+    registry: Annotated[str | None, typer.Option("--registry", metavar="URI",
+                                                 help="Registry URI to rebuild "
                                                  "into (default: the configured one).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be created; write "
                                           "nothing.")] = False,

@@ -69,13 +69,14 @@ def _counting(st: State, description: str) -> Iterator[Callable[[int], None]]:
 def sync(
     ctx: typer.Context,
     refs: Annotated[list[str] | None, typer.Argument(
-        metavar="[REF...]", help="Versions (NAME@REF) or models (NAME, every version); "
+        metavar="REF", help="Versions (NAME@REF) or models (NAME, every version); "
         "default: every version of every model in the store (--store).")] = None,
-    to: Annotated[str, typer.Option("--to", help="Destination: a store named in "
+    to: Annotated[str, typer.Option("--to", metavar="STORE", help="Destination: a store named in "
                                     "modelkeep.toml, or a URL.")] = "",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be copied; "
                                           "write nothing.")] = False,
-    jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Parallel transfers "
+    jobs: Annotated[int | None, typer.Option("--jobs", min=1, metavar="N",
+                                             help="Parallel transfers "
                                              "(default 16 with an object store, else 4).")]
     = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
@@ -107,7 +108,8 @@ def gc(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would go; change "
                                           "nothing.")] = False,
-    grace: Annotated[str, typer.Option("--grace", help="Keep unreferenced chunks younger than "
+    grace: Annotated[str, typer.Option("--grace", metavar="AGE",
+                                       help="Keep unreferenced chunks younger than "
                                        "this, and hidden ones for this long (30m, 1h, 2d).")]
     = "1h",
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]

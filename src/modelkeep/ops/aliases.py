@@ -16,7 +16,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from modelkeep import aliases as aliases_mod
-from modelkeep.errors import InvalidInputError, NotFoundError, RegistryPermissionError, VetoError
+from modelkeep.errors import (
+    Hint,
+    InvalidInputError,
+    NotFoundError,
+    Option,
+    RegistryPermissionError,
+    VetoError,
+)
 from modelkeep.hooks import Finding
 from modelkeep.ops._common import author, resolve, snapshot_of
 from modelkeep.ops.journal import OP_ALIAS, OP_DESCRIPTION, journal, journaled
@@ -200,7 +207,9 @@ def rollback(keep: Keep, name: str, alias: str, to: int | None = None) -> ModelV
         if to is None:
             raise NotFoundError(
                 f"alias {alias!r} of {name} has no earlier version to go back to",
-                hint=f"see its history with `modelkeep log {name}`, or pass --to VERSION")
+                hint=Hint("see its history with {log}, or pass {to}",
+                          log=Option(api=f"alias_history({name!r})", cli=f"`modelkeep log {name}`"),
+                          to=Option(api="to=VERSION", cli="--to VERSION")))
     rv = keep.registry.get_version(name, to)
     check_alias(keep, name, alias, rv.version, rv.tags, registering=False, action="rollback",
                       model=model)

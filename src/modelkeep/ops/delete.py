@@ -6,7 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from modelkeep.errors import InvalidInputError, NotFoundError, VetoError
+from modelkeep.errors import Hint, InvalidInputError, NotFoundError, Option, VetoError
 from modelkeep.ops._common import resolve
 from modelkeep.ops.aliases import check_alias, record_alias
 from modelkeep.ops.results import DeletedVersion
@@ -41,8 +41,10 @@ def delete_version(keep: Keep, ref: str) -> DeletedVersion:
                       f"{name} are immutable ({immutable.origin})")
             raise VetoError(
                 f"deleting {name}@{number} refused: {reason}", reasons=[reason],
-                hint=f"point the alias elsewhere or remove it first (modelkeep alias "
-                     f"--delete {name} {aliases[0]}); nothing was deleted")
+                hint=Hint("point the alias elsewhere or remove it first ({remove}); nothing "
+                          "was deleted", remove=Option(
+                              api=f"delete_alias({name!r}, {aliases[0]!r})",
+                              cli=f"modelkeep alias --delete {name} {aliases[0]}")))
         for alias in aliases:
             check_alias(keep, name, alias, None, rv.tags, registering=False, action="delete")
     shared = snapshot_users(keep, parsed.locator, parsed.snapshot_id, exclude=(name, number))

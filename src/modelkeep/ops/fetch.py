@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelkeep.errors import InvalidInputError
+from modelkeep.errors import Hint, InvalidInputError, Option
 from modelkeep.ops._common import load, resolve, version_of
 from modelkeep.store import FileEntry, Snapshot, Store
 from modelkeep.store.readcache import ReadCache, link_or_copy
@@ -85,7 +85,9 @@ def pull(
     use_cache = _uses_cache(store, cache)
     if link and not use_cache:
         raise InvalidInputError("a linked pull needs the read cache, which is off for this pull",
-                                hint="drop --link for a private copy, or --no-cache")
+                                hint=Hint("drop {link} for a private copy, or {cache}",
+                                          link=Option(api="link=True", cli="--link"),
+                                          cache=Option(api="cache=False", cli="--no-cache")))
     place = _linker(store, snap) if link else _copier() if use_cache else None
     out = store.materialize(snap, dest, overwrite=overwrite, progress=progress, place=place)
     if keep.hook.modelkeep_after_pull.get_hookimpls():

@@ -37,7 +37,14 @@ from typing import TYPE_CHECKING, Any
 
 from modelkeep import aliases as aliases_mod
 from modelkeep.catalog.tags import version_tags
-from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError, RegistryError
+from modelkeep.errors import (
+    REGISTRY,
+    Hint,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    RegistryError,
+)
 from modelkeep.ops.journal import OP_ALIAS, OP_CANCEL, OP_COMMIT, OP_DESCRIPTION
 from modelkeep.ops.register import enter_version
 from modelkeep.ops.summary import refresh_model, refresh_version, user_description
@@ -422,7 +429,8 @@ def plan(keep: Keep, *, dry_run: bool = False) -> RebuildReport:
         raise RegistryError(
             f"registry {keep.registry.uri} already holds other versions of "
             f"{', '.join(repr(n) for n in conflicts)}",
-            hint="rebuild into an empty registry (--registry URI); nothing was written")
+            hint=Hint("rebuild into an empty registry ({registry}); nothing was written",
+                      registry=REGISTRY))
     replayed = replay(
         entries, {v.snapshot_id: (v.name, v.version) for v in report.versions})
     replayed.problems[:0] = [(eid, f"unreadable journal entry: {why}")

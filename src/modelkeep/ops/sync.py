@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from modelkeep.errors import InvalidInputError, StoreError
+from modelkeep.errors import TO_STORE, Hint, InvalidInputError, StoreError
 from modelkeep.ops._common import resolve
 from modelkeep.refs import parse_ref, validate_name
 from modelkeep.registry import RegistryVersion
@@ -80,7 +80,7 @@ def sync(
     dest = to if isinstance(to, Store) else keep.open_store(to)
     if dest.location.locator == keep.store.location.locator:
         raise StoreError(f"the destination is this store ({dest.url})",
-                         hint="name another store with --to")
+                         hint=Hint("name another store with {to}", to=TO_STORE))
     plan = sync_plan(keep, refs)
     total = SyncReport(keep.store.url, dest.url, dry_run)
     for locator, ids in plan.items():

@@ -40,7 +40,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from modelkeep.errors import MissingExtraError, SourceError
+from modelkeep.errors import Hint, MissingExtraError, Option, SourceError
 from modelkeep.hooks._markers import hookimpl
 from modelkeep.plugins.git import existing_dir, strip_credentials
 
@@ -327,7 +327,8 @@ def dvc_sources(path: str, repo: str | None, rev: str | None) -> tuple[list[Any]
     except Exception as exc:
         raise SourceError(f"cannot open DVC repository {repo_arg!r} at {rev or 'HEAD'!r}: "
                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                          hint="check --repo and --rev") from None
+                          hint=Hint("check {repo} and {rev}", repo=Option(api="repo", cli="--repo"),
+                                    rev=Option(api="rev", cli="--rev"))) from None
     label = f"{path} at {rev or 'HEAD'}"
     # At a revision DVC's own root_dir is virtual ("/"): read git from the real folder, the
     # project's for a local repository, the temporary clone's for a URL.

@@ -42,9 +42,11 @@ from typing import TYPE_CHECKING, Any
 
 from modelkeep.errors import (
     DirtyWorkspaceError,
+    Hint,
     InvalidInputError,
     ModelkeepError,
     NotFoundError,
+    Option,
 )
 from modelkeep.hooks._markers import hookimpl
 from modelkeep.store.materialize import safe_join
@@ -397,8 +399,9 @@ def _apply(store: Store, snap: Snapshot, pointer: Pointer, state: PointerState,
             if local.is_file() and not _stored(store, local, rel):
                 raise DirtyWorkspaceError(
                     f"{str(local)!r} has changes that are in no stored version",
-                    hint=f"register them (`modelkeep register {pointer.model} "
-                         f"{pointer.target}`) or pass --force to discard them")
+                    hint=Hint(f"register them (`modelkeep register {pointer.model} "
+                              f"{pointer.target}`) or pass {{force}} to discard them",
+                              force=Option(api="force=True", cli="--force")))
     # The workspace exists and is the user's: a folder in it may be a link leading out. Every
     # path is checked before anything changes.
     writes = {rel: pointer.target if pointer.kind == "file" else safe_join(pointer.target, rel)

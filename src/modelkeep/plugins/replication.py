@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from modelkeep.errors import ModelkeepError, StoreError
+from modelkeep.errors import Hint, ModelkeepError, Option, StoreError
 from modelkeep.hooks import hookimpl
 
 if TYPE_CHECKING:
@@ -34,7 +34,9 @@ def replicate(keep: Keep, version: ModelVersion, stores: Sequence[str]) -> list[
         except ModelkeepError as exc:
             raise StoreError(
                 f"{version.ref} is registered, but copying it to {store} failed: {exc.message}",
-                hint=f"finish with `modelkeep sync --to {store} {version.ref}`") from exc
+                hint=Hint("finish with {sync}", sync=Option(
+                    api=f"sync({store!r}, [{version.ref!r}])",
+                    cli=f"`modelkeep sync --to {store} {version.ref}`"))) from exc
     return reports
 
 

@@ -200,15 +200,16 @@ def decide(
                    if signed is None else
                    "the version has no valid signature by a trusted key")
             out.append(_decision(gate.require_signed, False, why,
-                                 "sign it (MODELKEEP_SIGNING_KEY), trust the key (--trusted-key, "
-                                 "MODELKEEP_TRUSTED_KEYS), then set the alias"))
+                                 "sign it (MODELKEEP_SIGNING_KEY), trust the key "
+                                 "(MODELKEEP_TRUSTED_KEYS), then set the alias"))
     return out
 
 
 def _required(setting: Setting, tags: Mapping[str, str], rule: str, fix: str) -> Decision:
     missing = [t for t in setting.value if t not in tags]
     if missing:
-        example = " ".join(f"--tag {t}=VALUE" for t in missing[:2])
+        # Neither --tag nor tags=: the same words reach a command-line user and a Python caller.
+        example = " ".join(f"{t}=VALUE" for t in missing[:2])
         return _decision(setting, False, f"missing tag(s) {', '.join(missing)}",
                          fix or f"set them ({example})", rule=rule)
     return _decision(setting, True, f"has tag(s) {', '.join(setting.value)}", rule=rule)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from modelkeep.errors import IntegrityError, NotFoundError, StoreError
+from modelkeep.errors import Hint, IntegrityError, NotFoundError, Option, StoreError
 from modelkeep.store.codec import Kind
 from modelkeep.store.objects import FOSSILS, QUARANTINE, ObjectDB
 
@@ -316,7 +316,9 @@ def collect(
         raise StoreError("snapshots can only be ignored in a dry run",
                          hint="delete them with Store.delete_snapshot first")
     if grace < timedelta(0):
-        raise StoreError("the grace period cannot be negative", hint="e.g. --grace 1h")
+        raise StoreError("the grace period cannot be negative",
+                         hint=Hint("e.g. {grace}", grace=Option(api="grace=timedelta(hours=1)",
+                                                               cli="--grace 1h")))
     db = store.db
     report = GcReport(store.url, dry_run, grace)
     if store.descriptor() is None:

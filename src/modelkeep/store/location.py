@@ -22,7 +22,9 @@ from typing import Any, cast
 import fsspec
 
 from modelkeep.errors import (
+    STORE,
     CredentialsError,
+    Hint,
     MissingExtraError,
     ModelkeepError,
     StoreError,
@@ -96,7 +98,8 @@ def parse_location(url: str, options: Mapping[str, Any] | None = None) -> Locati
     """Parse a store URL (``/path``, ``file:///path``, ``s3://bucket/prefix``, ``az://c/p``,
     ``memory://name``) into a :class:`Location`. Relative local paths become absolute."""
     if not url:
-        raise StoreError("empty store URL", hint="pass --store or set `store` in modelkeep.toml")
+        raise StoreError("empty store URL",
+                         hint=Hint("pass {store} or set `store` in modelkeep.toml", store=STORE))
     protocol, sep, rest = url.partition("://")
     if not sep:
         protocol, rest = "file", url

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from modelkeep.errors import DestinationExistsError, IntegrityError, UnsafePathError
+from modelkeep.errors import DestinationExistsError, Hint, IntegrityError, Option, UnsafePathError
 from modelkeep.store.codec import Kind
 from modelkeep.store.objects import ObjectDB, pwrite_all
 from modelkeep.store.snapshot import FileEntry, Snapshot, check_relpath
@@ -99,7 +99,8 @@ def materialize(
         if any(dest.iterdir()) and not overwrite:
             raise DestinationExistsError(
                 f"destination {str(dest)!r} is not empty",
-                hint="choose an empty or new folder, or pass --force to replace it",
+                hint=Hint("choose an empty or new folder, or pass {overwrite} to replace it",
+                          overwrite=Option(api="overwrite=True", cli="--force")),
             )
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(dest)

@@ -32,9 +32,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelkeep.errors import (
+    STORE,
     ConfigError,
+    Hint,
     IntegrityError,
     InvalidInputError,
+    ModelkeepError,
     NotFoundError,
     StoreError,
     StoreKeyError,
@@ -239,7 +242,8 @@ class Store:
         if self.location.is_local and os.path.exists(self.location.root) and not os.path.isdir(
                 self.location.root):
             raise StoreError(f"store {self.url} is a file, not a folder",
-                             hint="give --store (or `store` in modelkeep.toml) a folder")
+                             hint=Hint("give {store} (or `store` in modelkeep.toml) a folder",
+                                       store=STORE))
 
     def _descriptor(self) -> dict[str, Any] | None:
         self._check_not_a_file()
@@ -313,11 +317,23 @@ class Store:
             raise ConfigError(
                 f"cannot read the key file {self.key_file!r} of store {self.url}: "
                 f"{exc.strerror or type(exc).__name__}",
-                hint="fix key_file in the store's options, or create it with "
-                "`modelkeep key generate FILE`",
+                hint=self._missing_key_hint(),
             ) from None
         return Candidate(parse_key(data, f"key file {self.key_file!r}"), f"key file "
                          f"{self.key_file!r}")
+
+    def _missing_key_hint(self) -> str:
+        where = (f"the store expects its key in that file (key_file in the store's options in "
+                 f"modelkeep.toml) or in {KEY_ENV}")
+        try:
+            exists = self._descriptor() is not None
+        except ModelkeepError:
+            exists = True  # unreadable is not absent: never suggest replacing its key
+        if not exists:
+            return f"{where}: create it with `modelkeep key generate {self.key_file}`"
+        # A new key cannot open a store encrypted under another: say where its own key goes.
+        return (f"{where}: put back the key the store was created or last rotated with; a new "
+                "key will not open this store")
 
     def key_candidates(self) -> list[Candidate]:
         """Every key offered for this store, in the order they are tried."""
@@ -402,8 +418,8 @@ class Store:
                 what = "already holds unencrypted objects" if held else "was created unencrypted"
                 raise StoreError(
                     f"cannot encrypt store {self.url}: it {what}",
-                    hint="encryption is chosen when a store is created: init --encrypt a new "
-                    "store location and register the versions there",
+                    hint="encryption is chosen when a store is created: create one at a new "
+                    "location (`modelkeep init --encrypt`) and register the versions there",
                 )
             assert enc is not None
             if self._open_with(given, enc["store_id"]) is None:
@@ -700,7 +716,8 @@ class Store:
         make a check pass."""
         if self._descriptor() is None:
             raise NotFoundError(f"there is no modelkeep store at {self.url}",
-                                hint="check --store; `modelkeep init` creates a store")
+                                hint=Hint("check {store}; `modelkeep init` creates a store",
+                                          store=STORE))
         ids = list(self.snapshot_ids()) if snapshot_ids is None else snapshot_ids
         loaded: list[tuple[str, Snapshot]] = []
         report_extra: list[Problem] = []

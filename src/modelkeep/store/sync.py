@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from modelkeep.errors import IntegrityError, NotFoundError, StoreError
+from modelkeep.errors import TO_STORE, Hint, IntegrityError, NotFoundError, StoreError
 from modelkeep.store.codec import Kind
 from modelkeep.store.ingest import chunk_dtypes
 
@@ -64,7 +64,7 @@ def check_compatible(src: Store, dst: Store) -> None:
     if src.location.locator == dst.location.locator and dict(src.location.options) == dict(
             dst.location.options):
         raise StoreError(f"source and destination are the same store ({src.url})",
-                         hint="name another store with --to")
+                         hint=Hint("name another store with {to}", to=TO_STORE))
     a = src.descriptor()
     if a is None:
         raise NotFoundError(f"there is no store at {src.url}", hint="check the store URL")

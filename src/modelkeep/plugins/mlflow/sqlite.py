@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from modelkeep.errors import NotFoundError, RegistryError
+from modelkeep.errors import REGISTRY, Hint, NotFoundError, RegistryError
 from modelkeep.plugins.mlflow._errors import active_run_id, not_found
 from modelkeep.registry import RegistryModel, RegistryVersion
 
@@ -153,8 +153,8 @@ class SqliteRegistry:
 
     def _no_registry(self) -> NotFoundError:
         return NotFoundError(f"there is no registry at {self.path} (no such file)",
-                             hint="check --registry / MLFLOW_TRACKING_URI; the first "
-                             "`modelkeep register` creates it")
+                             hint=Hint("check {registry} / MLFLOW_TRACKING_URI; the first "
+                                       "`modelkeep register` creates it", registry=REGISTRY))
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
