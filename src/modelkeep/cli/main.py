@@ -234,9 +234,7 @@ def register(
 
     def human() -> None:
         if mv.reused:
-            st.out.console.print(
-                f"{mv.ref} already holds this content; nothing new stored "
-                f"(use --force for a new version)", highlight=False)
+            st.out.console.print(_reused_line(mv), highlight=False, markup=False)
             return
         st.out.console.print(
             f"registered {mv.ref}: {human_bytes(mv.size)} in {len(mv.files)} file(s), "
@@ -248,6 +246,21 @@ def register(
             st.out.console.print(f"aliases: {', '.join(mv.aliases)}", highlight=False)
 
     st.out.emit(mv.to_json(), human)
+
+
+def _reused_line(mv: Any) -> str:
+    """One line for a register that found its content already registered: what it applied."""
+    done = []
+    if "message" in mv.applied:
+        done.append("set its description")
+    if mv.applied.get("tags"):
+        done.append("tagged it " + ", ".join(f"{k}={v}" for k, v in
+                                             sorted(mv.applied["tags"].items())))
+    if mv.applied.get("aliases"):
+        done.append("pointed " + ", ".join(mv.applied["aliases"]) + " at it")
+    what = "; ".join(done) if done else "nothing changed"
+    return (f"{mv.ref} already holds this content, nothing new stored (--force for a new "
+            f"version): {what}")
 
 
 # -- list / show / log --------------------------------------------------------------------------
@@ -304,7 +317,7 @@ def show(
 
     def human() -> None:
         c = st.out.console
-        c.print(f"{mv.ref}  (snapshot {mv.snapshot_id[:16]})", highlight=False)
+        c.print(f"{mv.ref}  (snapshot {mv.snapshot_id[:12]})", highlight=False)
         c.print(f"uri:      {mv.uri}", highlight=False)
         c.print(f"created:  {mv.created:%Y-%m-%d %H:%M:%S} UTC by {mv.author or '?'}",
                 highlight=False)

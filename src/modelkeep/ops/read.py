@@ -48,7 +48,8 @@ def snapshot_at(keep: Keep, uri: str) -> tuple[Store, Snapshot]:
     (pointer files carry URIs, and must resolve even where the registry was rebuilt)."""
     parsed = parse_uri(uri)
     store = keep.stores.store_for(parsed.locator)
-    return store, keep.stores.snapshot(store, parsed.snapshot_id)
+    # A URI may carry a unique prefix of the id, as `show` and `log` print it.
+    return store, keep.stores.snapshot(store, store.resolve_snapshot_id(parsed.snapshot_id))
 
 
 def versions(keep: Keep, name: str) -> list[ModelVersion]:

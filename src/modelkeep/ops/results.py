@@ -31,6 +31,8 @@ class ModelVersion:
     bytes_added: int | None = None
     bytes_stored: int | None = None  # what the chunks it added take in the store (coded)
     reused: bool = False  # register() returned an existing, identical version
+    # With reused: what the register applied to that version ("message", "tags", "aliases").
+    applied: Mapping[str, Any] = field(default_factory=dict)
     lineage: Mapping[str, Any] = field(default_factory=dict)  # the snapshot's, see docs/format.md
 
     @property
@@ -68,6 +70,7 @@ class ModelVersion:
             "bytes_stored": self.bytes_stored,
             "stored_ratio": self.stored_ratio,
             "reused": self.reused,
+            "applied": dict(self.applied),
             "author": self.author,
             "message": self.message,
             "aliases": list(self.aliases),
