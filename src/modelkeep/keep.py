@@ -29,6 +29,7 @@ from modelkeep.ops import repair as _repair
 from modelkeep.ops import scan as _scan
 from modelkeep.ops import signatures as _signatures
 from modelkeep.ops import sync as _sync
+from modelkeep.ops import usage as _usage
 from modelkeep.ops.fetch import FetchResult
 from modelkeep.ops.rebuild import RebuildReport
 from modelkeep.ops.results import DeletedVersion, Diff, ModelVersion
@@ -341,6 +342,14 @@ class Keep:
         """Files added, removed and changed from *ref_a* to *ref_b*, and for safetensors files
         the tensors added, removed and changed (by content, dtype or shape)."""
         return _read.diff(self, ref_a, ref_b)
+
+    def du(self, name: str | None = None) -> _usage.StoreUsage:
+        """Where the bytes go: for model *name* (every model when None), per version and per
+        model, the logical bytes, the stored bytes of the distinct chunks they need (delta bases
+        included) and the bytes only they need (what deleting them would give back after a
+        garbage collection), and the same for the whole store; from snapshots and one listing
+        of the chunk objects, never reading a chunk (:mod:`modelkeep.ops.usage`)."""
+        return _usage.usage(self, name)
 
     def verify(self, ref: str | None = None, progress: Progress | None = None) -> VerifyReport:
         """Fetch and check every chunk of one version, or of every snapshot in the store."""

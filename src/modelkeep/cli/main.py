@@ -18,7 +18,14 @@ import typer
 from rich.table import Table
 
 from modelkeep.aliases import AliasEvent
-from modelkeep.cli import fetch_cmds, key_cmds, policy_cmds, registry_cmds, store_cmds
+from modelkeep.cli import (
+    fetch_cmds,
+    key_cmds,
+    policy_cmds,
+    registry_cmds,
+    store_cmds,
+    usage_cmds,
+)
 from modelkeep.cli._errors import report
 from modelkeep.cli._gitignore import add_to_gitignore, git_work_tree, ignore_entries
 from modelkeep.cli._output import Output, human_bytes
@@ -708,6 +715,7 @@ store_cmds.add_to(app)
 key_cmds.add_to(app)
 policy_cmds.add_to(app)
 fetch_cmds.add_to(app)
+usage_cmds.add_to(app)
 
 
 def _command(plugins: PluginManager) -> Any:

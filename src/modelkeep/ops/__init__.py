@@ -4,7 +4,8 @@ one function here; the functions take that Keep (its store, registry, plugins an
 
 - :mod:`.register`: register and promote over one commit protocol (``_commit``)
 - :mod:`.read`: get, list, pull, open one file, diff, verify
-- :mod:`.aliases`: aliases, rollback, alias history, descriptions
+- :mod:`.aliases`: aliases, rollback, alias history, descriptions, tags of a version
+- :mod:`.usage`: where the bytes go (``du``), from snapshots and a chunk listing
 - :mod:`.delete`, :mod:`.gc`, :mod:`.sync`: deleting, collecting, copying
 - :mod:`.rebuild`: a registry rebuilt from the store, planned then executed
 - :mod:`.scan`, :mod:`.signatures`, :mod:`.checkpoints`: scanning, signing, background registers
