@@ -20,6 +20,7 @@ from modelkeep.hooks import Finding
 from modelkeep.ops import aliases as _aliases
 from modelkeep.ops import checkpoints as _checkpoints
 from modelkeep.ops import delete as _delete
+from modelkeep.ops import diff as _diff
 from modelkeep.ops import fetch as _fetch
 from modelkeep.ops import gc as _gc
 from modelkeep.ops import read as _read
@@ -338,10 +339,13 @@ class Keep:
         """A seekable, read-only binary stream of one file that fetches only the chunks read."""
         return _read.open_file(self, ref, path)
 
-    def diff(self, ref_a: str, ref_b: str) -> Diff:
+    def diff(self, ref_a: str, ref_b: str, *, content: bool = True) -> Diff:
         """Files added, removed and changed from *ref_a* to *ref_b*, and for safetensors files
-        the tensors added, removed and changed (by content, dtype or shape)."""
-        return _read.diff(self, ref_a, ref_b)
+        the tensors added, removed and changed (by content, dtype or shape). With *content*
+        (the default), also a unified diff of each changed text file up to 1 MiB and the
+        largest absolute difference of each changed tensor of unchanged dtype and shape, read
+        in bounded blocks; without it only the two snapshots are read."""
+        return _diff.diff(self, ref_a, ref_b, content=content)
 
     def du(self, name: str | None = None) -> _usage.StoreUsage:
         """Where the bytes go: for model *name* (every model when None), per version and per

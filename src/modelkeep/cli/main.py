@@ -476,29 +476,21 @@ def diff(
     ctx: typer.Context,
     ref_a: Annotated[str, typer.Argument(help="Old version.")],
     ref_b: Annotated[str, typer.Argument(help="New version.")],
+    stat: Annotated[bool, typer.Option(
+        "--stat", help="A summary only: which files and how many tensors changed, read from "
+        "the two snapshots without fetching any content.")] = False,
 ) -> None:
-    """Files and tensors that differ between two versions."""
+    """Files and tensors that differ between two versions.
+
+    A changed text file (UTF-8, up to 1 MiB) is shown as a unified diff; a safetensors file as
+    its tensors added, removed and changed, with dtype and shape, and for a tensor whose dtype
+    and shape stayed, the largest absolute difference of its values (read chunk by chunk).
+    """
+    from modelkeep.cli._diff import print_diff
+
     st = _state(ctx)
-    d = st.keep().diff(ref_a, ref_b)
-
-    def human() -> None:
-        c = st.out.console
-        if not d.files:
-            c.print(f"{ref_a} and {ref_b} have identical files", highlight=False)
-            return
-        marks = {"added": "+", "removed": "-", "changed": "M"}
-        for f in d.files:
-            sizes = f"{human_bytes(f.size_a)} -> {human_bytes(f.size_b)}"
-            c.print(f"{marks[f.status]} {f.path}  ({sizes})", highlight=False)
-            if f.tensors is not None:
-                t = f.tensors
-                for label, names in (("+", t.added), ("-", t.removed), ("M", t.changed)):
-                    for n in names:
-                        c.print(f"    {label} {n}", highlight=False)
-                c.print(f"    ({t.unchanged} tensors unchanged)", highlight=False)
-        c.print(f"{d.unchanged_files} file(s) unchanged", highlight=False)
-
-    st.out.emit(d.to_json(), human)
+    d = st.keep().diff(ref_a, ref_b, content=not stat)
+    st.out.emit(d.to_json(), lambda: print_diff(st.out.console, d, stat=stat))
 
 
 @app.command()
