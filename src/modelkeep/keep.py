@@ -143,9 +143,11 @@ class Keep:
         ``modelkeep_collect_lineage`` plugins record.
 
         Content identical to the newest version returns that version (``reused=True``) unless
-        *force*. Nothing becomes visible until every byte is stored and every plugin accepted
-        the version and its *aliases* (else :class:`~modelkeep.errors.VetoError`). *run_id*
-        links the version to the MLflow run that produced it.
+        *force*, with *message* applied as its description, *tags* as its tags and *aliases*
+        moved onto it (``applied`` on the result says what changed). Nothing becomes visible
+        until every byte is stored and every plugin accepted the version and its *aliases*
+        (else :class:`~modelkeep.errors.VetoError`). *run_id* links the version to the MLflow
+        run that produced it.
         """
         return _register.register(
             self, name, path, parents=parents, tags=tags, aliases=aliases, message=message,

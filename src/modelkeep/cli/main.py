@@ -474,8 +474,8 @@ def cat(
 @app.command()
 def diff(
     ctx: typer.Context,
-    ref_a: Annotated[str, typer.Argument(help="Old version.")],
-    ref_b: Annotated[str, typer.Argument(help="New version.")],
+    ref_a: Annotated[str, typer.Argument(metavar="A", help="Old version (NAME@REF).")],
+    ref_b: Annotated[str, typer.Argument(metavar="B", help="New version (NAME@REF).")],
     stat: Annotated[bool, typer.Option(
         "--stat", help="A summary only: which files and how many tensors changed, read from "
         "the two snapshots without fetching any content.")] = False,

@@ -21,7 +21,8 @@ def _pct(x: float | None) -> str:
 
 def du(
     ctx: typer.Context,
-    name: Annotated[str | None, typer.Argument(help="Model name: its versions one by one; "
+    name: Annotated[str | None, typer.Argument(metavar="NAME",
+                                               help="Model name: its versions one by one; "
                                                "omit for every model.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
     = False,
