@@ -10,7 +10,8 @@ also read:
 * a changed tensor of the same dtype and shape gets the largest absolute difference of its
   values, read chunk by chunk through the store in blocks of :data:`BLOCK` bytes, so memory stays
   bounded whatever the tensor's size; bfloat16 and float8 values are read with ``ml_dtypes``, the
-  numpy types JAX and safetensors use. Only the chunks of changed tensors are fetched.
+  numpy types JAX and safetensors use. Where both sides of a tensor are cut into chunks at the
+  same places, only the chunks whose ids differ are read: equal ids are equal bytes.
 
 Without *content* (``--stat``) nothing but the snapshots is read.
 """
@@ -177,7 +178,8 @@ def _measure(a: FileEntry, b: FileEntry, stores: tuple[Store, Store], ta: dict[s
             d = details[i]
             if d.status != "changed" or d.dtype_a != d.dtype_b or d.shape_a != d.shape_b:
                 continue
-            measured[i] = max_abs_diff(fa, ta[d.name], fb, tb[d.name])
+            x, y = ta[d.name], tb[d.name]
+            measured[i] = max_abs_diff(fa, x, fb, y, differing(a, x, b, y))
         for i, d in enumerate(details):
             out.append(replace(d, max_abs_diff=measured[i]) if i in measured else d)
     return out
@@ -197,23 +199,71 @@ def numpy_dtype(dtype: str) -> np.dtype[Any] | None:
     return None
 
 
-def max_abs_diff(fa: Any, x: Tensor, fb: Any, y: Tensor) -> float | None:
+def _pieces(entry: FileEntry, t: Tensor) -> list[tuple[int, int, str]]:
+    """``(start, end, chunk id)`` of the chunks holding tensor *t*, offsets relative to it."""
+    out, pos = [], 0
+    for cid, n in entry.chunks:
+        if pos + n > t.start and pos < t.end:
+            out.append((max(pos, t.start) - t.start, min(pos + n, t.end) - t.start, cid))
+        pos += n
+        if pos >= t.end:
+            break
+    return out
+
+
+def differing(a: FileEntry, x: Tensor, b: FileEntry, y: Tensor) -> list[tuple[int, int]]:
+    """The byte ranges (relative to the tensor) where tensor *x* of *a* and *y* of *b* may
+    differ: where both are cut into chunks at the same places, the pieces whose chunk ids
+    differ (equal ids are equal bytes, never read), else the whole tensor. A fine-tune that
+    touched a few rows of a large tensor is read only there."""
+    pa, pb = _pieces(a, x), _pieces(b, y)
+    if [(s, e) for s, e, _c in pa] != [(s, e) for s, e, _c in pb]:
+        return [(0, x.end - x.start)]
+    out: list[tuple[int, int]] = []
+    for (start, end, ca), (_s, _e, cb) in zip(pa, pb, strict=True):
+        if ca == cb:
+            continue
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
+def max_abs_diff(fa: Any, x: Tensor, fb: Any, y: Tensor,
+                 ranges: list[tuple[int, int]] | None = None) -> float | None:
     """The largest absolute difference between the values of tensor *x* (read from stream
-    *fa*) and *y* (from *fb*), same dtype and shape, in blocks of :data:`BLOCK` bytes. Positions
-    where both are NaN count as equal; a NaN on one side only makes the answer NaN. None for a
-    dtype numpy cannot read."""
+    *fa*) and *y* (from *fb*), same dtype and shape, over the byte *ranges* relative to the
+    tensors (default: all of them; see :func:`differing`), in blocks of :data:`BLOCK` bytes.
+    Positions where both are NaN count as equal; a NaN on one side only makes the answer NaN.
+    None for a dtype numpy cannot read."""
+    dtype = numpy_dtype(x.dtype)
+    total = x.end - x.start
+    if dtype is None or total != y.end - y.start:
+        return None
+    worst = 0.0
+    size = dtype.itemsize
+    for start, end in ([(0, total)] if ranges is None else ranges):
+        # Chunk edges need not fall between values: widen to whole values.
+        start, end = start - start % size, min(total, end + (-end) % size)
+        top = _block_max(fa, x.start, fb, y.start, start, end, dtype)
+        if math.isnan(top):
+            return math.nan
+        worst = max(worst, top)
+    return worst
+
+
+def _block_max(fa: Any, xa: int, fb: Any, yb: int, start: int, end: int,
+               dtype: np.dtype[Any]) -> float:
     import numpy as np
 
-    dtype = numpy_dtype(x.dtype)
-    if dtype is None or x.end - x.start != y.end - y.start:
-        return None
     step = max(dtype.itemsize, BLOCK - BLOCK % dtype.itemsize)
     worst = 0.0
-    done, total = 0, x.end - x.start
+    done, total = start, end
     while done < total:
         n = min(step, total - done)
-        fa.seek(x.start + done)
-        fb.seek(y.start + done)
+        fa.seek(xa + done)
+        fb.seek(yb + done)
         left = np.frombuffer(fa.read(n), dtype=dtype).astype(np.float64)
         right = np.frombuffer(fb.read(n), dtype=dtype).astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -224,7 +274,7 @@ def max_abs_diff(fa: Any, x: Tensor, fb: Any, y: Tensor) -> float | None:
         if delta.size:
             top = float(delta.max())  # NaN if any position differs by NaN
             if math.isnan(top):
-                return math.nan
+                return top
             worst = max(worst, top)
         done += n
     return worst
