@@ -22,10 +22,12 @@ from tests.helpers import tensors, write_model
 
 
 @pytest.fixture
-def shared(tmp_path: Path, mlflow_sqlite_uri: str) -> tuple[Keep, dict[str, str]]:
+def shared(tmp_path: Path) -> tuple[Keep, dict[str, str]]:
     """Models a (2 versions, the second a parent delta of the first), b (a's tensors but one)
-    and c (b's but one); a third version of a, deleted again, leaves unreferenced chunks."""
-    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_sqlite_uri,
+    and c (b's but one); a third version of a, deleted again, leaves unreferenced chunks. A
+    registry of its own: the store totals cover every model the registry lists."""
+    keep = modelkeep.open(store=str(tmp_path / "store"),
+                          registry=f"sqlite:///{tmp_path / 'mlflow.db'}",
                           plugins=make_plugin_manager(entry_points=False))
     names = {m: unique_name() for m in "abc"}
     base = tensors(seed=0, n=4)
@@ -81,6 +83,7 @@ def test_du_figures_equal_the_sums_over_the_snapshots(
 
     report = keep.du()
     by_name = {m.name: m for m in report.models}
+    assert sorted(by_name) == sorted(names.values())
     for model, numbers in refs.items():
         mu = by_name[model]
         mine = set().union(*(needs[(model, n)] for n in numbers))
