@@ -404,16 +404,24 @@ def test_hook_before_alias_change(pm: PluginManager, open_keep, model: Path) -> 
 
     v1 = keep.register(name, model, aliases=["candidate"])
     assert v1.aliases == ("candidate",)
-    # Reusing identical content checks the alias against the existing version and its tags.
+    # Reusing identical content asks about the alias on the existing version, with the tags it
+    # will have once the register's own are applied; a refusal applies nothing.
     with pytest.raises(VetoError, match=rf"alias 'production' on {name}@1 refused") as info:
-        keep.register(name, model, aliases=["production"], tags={"approved-by": "too late"})
+        keep.register(name, model, aliases=["production"], tags={"reviewer": "al"},
+                      message="retry")
     assert "the alias was not moved" in str(info.value)
     assert approval.of("before")[-1]["version"] == 1
+    rv = keep.registry.get_version(name, 1)
+    assert "reviewer" not in rv.tags and rv.description != "retry"
+    again = keep.register(name, model, aliases=["production"], tags={"approved-by": "al"})
+    assert again.reused and again.applied == {"tags": {"approved-by": "al"},
+                                              "aliases": ["production"]}
+    assert approval.of("before")[-1]["tags"]["approved-by"] == "al"
     (model / "config.json").write_text("{}\n")
     v2 = keep.register(name, model, aliases=["production"], tags={"approved-by": "bo"})
     # The tags the version will have, the built-in scanner's summary among them.
     assert approval.of("before")[-1] == {"alias": "production", "version": None,
-                                         "previous": None,
+                                         "previous": 1,
                                          "tags": {"approved-by": "bo", "modelkeep.scan": "clean"}}
     assert keep.get(f"{name}@production").version == v2.version == 2
 

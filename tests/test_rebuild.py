@@ -262,7 +262,7 @@ def test_rebuild_reports_an_alias_whose_version_is_gone(
                 plugins=pm) == 0
     out = capsys.readouterr().out
     assert f"alias 'champion' of {name} is not set" in out
-    assert "0 alias/description change(s)" in out
+    assert "0 alias/description/tag change(s)" in out
 
 
 def test_rebuild_replays_a_crashed_change_but_not_a_refused_one(

@@ -53,7 +53,15 @@ if TYPE_CHECKING:
     from modelkeep.ops.fetch import FetchResult
     from modelkeep.ops.rebuild import RebuildReport
     from modelkeep.ops.repair import RepairResult
-    from modelkeep.ops.results import DeletedVersion, Diff, FileChange, ModelVersion, TensorChanges
+    from modelkeep.ops.results import (
+        DeletedVersion,
+        Diff,
+        FileChange,
+        ModelVersion,
+        TensorChange,
+        TensorChanges,
+    )
+    from modelkeep.ops.usage import StoreUsage
     from modelkeep.signing import SignatureStatus, Signer
     from modelkeep.store import (
         GcReport,
@@ -87,6 +95,8 @@ _LAZY = {
     "SnapshotFile": "modelkeep.store",
     "Store": "modelkeep.store",
     "SyncReport": "modelkeep.store",
+    "StoreUsage": "modelkeep.ops.usage",
+    "TensorChange": "modelkeep.ops.results",
     "TensorChanges": "modelkeep.ops.results",
     "Tracker": "modelkeep.training",
     "VerifyReport": "modelkeep.store",
@@ -147,7 +157,9 @@ __all__ = [
     "StoreFullError",
     "StoreKeyError",
     "StoreUnreachableError",
+    "StoreUsage",
     "SyncReport",
+    "TensorChange",
     "TensorChanges",
     "Tracker",
     "UnsafePathError",

@@ -20,6 +20,7 @@ from modelkeep.hooks import Finding
 from modelkeep.ops import aliases as _aliases
 from modelkeep.ops import checkpoints as _checkpoints
 from modelkeep.ops import delete as _delete
+from modelkeep.ops import diff as _diff
 from modelkeep.ops import fetch as _fetch
 from modelkeep.ops import gc as _gc
 from modelkeep.ops import read as _read
@@ -29,6 +30,7 @@ from modelkeep.ops import repair as _repair
 from modelkeep.ops import scan as _scan
 from modelkeep.ops import signatures as _signatures
 from modelkeep.ops import sync as _sync
+from modelkeep.ops import usage as _usage
 from modelkeep.ops.fetch import FetchResult
 from modelkeep.ops.rebuild import RebuildReport
 from modelkeep.ops.results import DeletedVersion, Diff, ModelVersion
@@ -141,9 +143,11 @@ class Keep:
         ``modelkeep_collect_lineage`` plugins record.
 
         Content identical to the newest version returns that version (``reused=True``) unless
-        *force*. Nothing becomes visible until every byte is stored and every plugin accepted
-        the version and its *aliases* (else :class:`~modelkeep.errors.VetoError`). *run_id*
-        links the version to the MLflow run that produced it.
+        *force*, with *message* applied as its description, *tags* as its tags and *aliases*
+        moved onto it (``applied`` on the result says what changed). Nothing becomes visible
+        until every byte is stored and every plugin accepted the version and its *aliases*
+        (else :class:`~modelkeep.errors.VetoError`). *run_id* links the version to the MLflow
+        run that produced it.
         """
         return _register.register(
             self, name, path, parents=parents, tags=tags, aliases=aliases, message=message,
@@ -337,10 +341,21 @@ class Keep:
         """A seekable, read-only binary stream of one file that fetches only the chunks read."""
         return _read.open_file(self, ref, path)
 
-    def diff(self, ref_a: str, ref_b: str) -> Diff:
+    def diff(self, ref_a: str, ref_b: str, *, content: bool = True) -> Diff:
         """Files added, removed and changed from *ref_a* to *ref_b*, and for safetensors files
-        the tensors added, removed and changed (by content, dtype or shape)."""
-        return _read.diff(self, ref_a, ref_b)
+        the tensors added, removed and changed (by content, dtype or shape). With *content*
+        (the default), also a unified diff of each changed text file up to 1 MiB and the
+        largest absolute difference of each changed tensor of unchanged dtype and shape, read
+        in bounded blocks; without it only the two snapshots are read."""
+        return _diff.diff(self, ref_a, ref_b, content=content)
+
+    def du(self, name: str | None = None) -> _usage.StoreUsage:
+        """Where the bytes go: for model *name* (every model when None), per version and per
+        model, the logical bytes, the stored bytes of the distinct chunks they need (delta bases
+        included) and the bytes only they need (what deleting them would give back after a
+        garbage collection), and the same for the whole store; from snapshots and one listing
+        of the chunk objects, never reading a chunk (:mod:`modelkeep.ops.usage`)."""
+        return _usage.usage(self, name)
 
     def verify(self, ref: str | None = None, progress: Progress | None = None) -> VerifyReport:
         """Fetch and check every chunk of one version, or of every snapshot in the store."""

@@ -1,7 +1,11 @@
 """Model names, aliases and ``NAME@REF`` references.
 
-A reference names one version: ``NAME@3`` (a version number), ``NAME@production`` (an alias) or
-``NAME@latest`` (the newest version). A bare ``NAME`` means ``NAME@latest``. Names follow a
+A reference names one version: ``NAME@3`` (a version number), ``NAME@production`` (an alias),
+``NAME@latest`` (the newest version) or ``NAME@9f2c41ab`` (the version of NAME whose snapshot id
+starts with these 8 to 64 hex digits, as ``modelkeep show`` and ``log`` print it). A bare
+``NAME`` means ``NAME@latest``. Up to 7 digits are a version number, 8 or more a snapshot id
+prefix (no model has ten million versions); a hex prefix that is also a valid alias
+(``deadbeef``) names the alias when NAME has one by that name, else the snapshot. Names follow a
 conservative subset of what MLflow accepts so they are also safe in ``models:/`` URIs and paths;
 aliases follow MLflow's rule (``^[\\w-]*$``, with ``latest`` and ``v<digits>`` reserved).
 """
@@ -16,6 +20,8 @@ from modelkeep.errors import InvalidNameError, InvalidRefError
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _ALIAS = re.compile(r"^[A-Za-z_][\w-]{0,254}$")
 _RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
+SHORT_ID_MIN = 8  # hex digits of a snapshot id prefix (as modelkeep.store.store requires)
+_SNAPSHOT_PREFIX = re.compile(r"^[0-9a-f]{8,64}$")
 
 LATEST = "latest"
 
@@ -43,21 +49,23 @@ def validate_alias(alias: str) -> str:
 
 @dataclass(frozen=True)
 class Ref:
-    """A parsed reference: exactly one of ``version`` or ``alias`` is set (``latest`` is an alias
-    slot value of ``None`` with ``version`` ``None``)."""
+    """A parsed reference: at most one of ``version``, ``alias`` or ``snapshot`` is set (none
+    for ``latest``), except that a hex prefix which is also a valid alias sets both ``alias``
+    and ``snapshot``: the alias is looked up first."""
 
     name: str
     version: int | None = None
     alias: str | None = None
+    snapshot: str | None = None  # a prefix (8 to 64 hex digits) of the version's snapshot id
 
     @property
     def is_latest(self) -> bool:
-        return self.version is None and self.alias is None
+        return self.version is None and self.alias is None and self.snapshot is None
 
     def __str__(self) -> str:
         if self.version is not None:
             return f"{self.name}@{self.version}"
-        return f"{self.name}@{self.alias or LATEST}"
+        return f"{self.name}@{self.alias or self.snapshot or LATEST}"
 
 
 def parse_ref(text: str) -> Ref:
@@ -73,13 +81,16 @@ def parse_ref(text: str) -> Ref:
         ) from None
     if not sep or rest.lower() == LATEST:
         return Ref(name)
-    if rest.isdigit():
+    if rest.isdigit() and len(rest) < SHORT_ID_MIN:
         version = int(rest)
         if version < 1:
             raise InvalidRefError(f"invalid version in {text!r}", hint="versions start at 1")
         return Ref(name, version=version)
     if rest.startswith("v") and rest[1:].isdigit():
         return Ref(name, version=int(rest[1:]))
+    if _SNAPSHOT_PREFIX.match(rest):
+        is_alias = bool(_ALIAS.match(rest))
+        return Ref(name, alias=rest if is_alias else None, snapshot=rest)
     try:
         validate_alias(rest)
     except InvalidNameError:

@@ -18,7 +18,14 @@ import typer
 from rich.table import Table
 
 from modelkeep.aliases import AliasEvent
-from modelkeep.cli import fetch_cmds, key_cmds, policy_cmds, registry_cmds, store_cmds
+from modelkeep.cli import (
+    fetch_cmds,
+    key_cmds,
+    policy_cmds,
+    registry_cmds,
+    store_cmds,
+    usage_cmds,
+)
 from modelkeep.cli._errors import report
 from modelkeep.cli._gitignore import add_to_gitignore, git_work_tree, ignore_entries
 from modelkeep.cli._help import apply as apply_help_style
@@ -243,9 +250,7 @@ def register(
 
     def human() -> None:
         if mv.reused:
-            st.out.console.print(
-                f"{mv.ref} already holds this content; nothing new stored "
-                f"(use --force for a new version)", highlight=False)
+            st.out.console.print(_reused_line(mv), highlight=False, markup=False)
             return
         st.out.console.print(
             f"registered {mv.ref}: {human_bytes(mv.size)} in {len(mv.files)} file(s), "
@@ -257,6 +262,21 @@ def register(
             st.out.console.print(f"aliases: {', '.join(mv.aliases)}", highlight=False)
 
     st.out.emit(mv.to_json(), human)
+
+
+def _reused_line(mv: Any) -> str:
+    """One line for a register that found its content already registered: what it applied."""
+    done = []
+    if "message" in mv.applied:
+        done.append("set its description")
+    if mv.applied.get("tags"):
+        done.append("tagged it " + ", ".join(f"{k}={v}" for k, v in
+                                             sorted(mv.applied["tags"].items())))
+    if mv.applied.get("aliases"):
+        done.append("pointed " + ", ".join(mv.applied["aliases"]) + " at it")
+    what = "; ".join(done) if done else "nothing changed"
+    return (f"{mv.ref} already holds this content, nothing new stored (--force for a new "
+            f"version): {what}")
 
 
 # -- list / show / log --------------------------------------------------------------------------
@@ -313,7 +333,7 @@ def show(
 
     def human() -> None:
         c = st.out.console
-        c.print(f"{mv.ref}  (snapshot {mv.snapshot_id[:16]})", highlight=False)
+        c.print(f"{mv.ref}  (snapshot {mv.snapshot_id[:12]})", highlight=False)
         c.print(f"uri:      {mv.uri}", highlight=False)
         c.print(f"created:  {mv.created:%Y-%m-%d %H:%M:%S} UTC by {mv.author or '?'}",
                 highlight=False)
@@ -463,31 +483,23 @@ def cat(
 @app.command()
 def diff(
     ctx: typer.Context,
-    ref_a: Annotated[str, typer.Argument(help="Old version.")],
-    ref_b: Annotated[str, typer.Argument(help="New version.")],
+    ref_a: Annotated[str, typer.Argument(metavar="A", help="Old version (NAME@REF).")],
+    ref_b: Annotated[str, typer.Argument(metavar="B", help="New version (NAME@REF).")],
+    stat: Annotated[bool, typer.Option(
+        "--stat", help="A summary only: which files and how many tensors changed, read from "
+        "the two snapshots without fetching any content.")] = False,
 ) -> None:
-    """Files and tensors that differ between two versions."""
+    """Files and tensors that differ between two versions.
+
+    A changed text file (UTF-8, up to 1 MiB) is shown as a unified diff; a safetensors file as
+    its tensors added, removed and changed, with dtype and shape, and for a tensor whose dtype
+    and shape stayed, the largest absolute difference of its values (read chunk by chunk).
+    """
+    from modelkeep.cli._diff import print_diff
+
     st = _state(ctx)
-    d = st.keep().diff(ref_a, ref_b)
-
-    def human() -> None:
-        c = st.out.console
-        if not d.files:
-            c.print(f"{ref_a} and {ref_b} have identical files", highlight=False)
-            return
-        marks = {"added": "+", "removed": "-", "changed": "M"}
-        for f in d.files:
-            sizes = f"{human_bytes(f.size_a)} -> {human_bytes(f.size_b)}"
-            c.print(f"{marks[f.status]} {f.path}  ({sizes})", highlight=False)
-            if f.tensors is not None:
-                t = f.tensors
-                for label, names in (("+", t.added), ("-", t.removed), ("M", t.changed)):
-                    for n in names:
-                        c.print(f"    {label} {n}", highlight=False)
-                c.print(f"    ({t.unchanged} tensors unchanged)", highlight=False)
-        c.print(f"{d.unchanged_files} file(s) unchanged", highlight=False)
-
-    st.out.emit(d.to_json(), human)
+    d = st.keep().diff(ref_a, ref_b, content=not stat)
+    st.out.emit(d.to_json(), lambda: print_diff(st.out.console, d, stat=stat))
 
 
 @app.command()
@@ -686,6 +698,7 @@ store_cmds.add_to(app)
 key_cmds.add_to(app)
 policy_cmds.add_to(app)
 fetch_cmds.add_to(app)
+usage_cmds.add_to(app)
 
 
 def _command(plugins: PluginManager) -> Any:

@@ -148,11 +148,14 @@ def rebuild(
         for d in journal.descriptions:
             what = f"{d.name}@{d.version}" if d.version is not None else d.name
             c.print(f"{'+' if d.changed else '='} description of {what}", highlight=False)
+        for t in journal.tags:
+            c.print(f"{'+' if t.changed else '='} tags of {t.name}@{t.version}: "
+                    f"{', '.join(sorted(t.tags))}", highlight=False, markup=False)
         for eid, reason in journal.problems:
             c.print(f"journal{' ' + eid[:12] if eid else ''}: {reason}", highlight=False,
                     markup=False)
         c.print(f"{verb} {report.created} version(s) of {len(report.models)} model(s) in "
-                f"{report.registry}; {journal.changes} alias/description change(s) from "
+                f"{report.registry}; {journal.changes} alias/description/tag change(s) from "
                 f"{journal.entries} journal entries", highlight=False)
 
     st.out.emit(report.to_json(), human)

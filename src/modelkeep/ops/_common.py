@@ -23,17 +23,43 @@ if TYPE_CHECKING:
 
 
 def resolve(keep: Keep, ref: str | Ref) -> RegistryVersion:
-    """The registry version *ref* names (``NAME@3``, ``NAME@alias``, ``NAME@latest``, ``NAME``)."""
+    """The registry version *ref* names (``NAME@3``, ``NAME@alias``, ``NAME@latest``, ``NAME``,
+    ``NAME@SNAPSHOT-ID-PREFIX``)."""
     parsed = parse_ref(ref) if isinstance(ref, str) else ref
     if parsed.version is not None:
         return keep.registry.get_version(parsed.name, parsed.version)
     if parsed.alias is not None:
-        return keep.registry.get_by_alias(parsed.name, parsed.alias)
+        try:
+            return keep.registry.get_by_alias(parsed.name, parsed.alias)
+        except NotFoundError:
+            if parsed.snapshot is None:
+                raise  # a hex prefix that is also an alias name falls back to the snapshot
+    if parsed.snapshot is not None:
+        return by_snapshot(keep, parsed.name, parsed.snapshot)
     latest = keep.registry.latest(parsed.name)
     if latest is None:
         raise NotFoundError(f"model {parsed.name!r} has no versions",
                             hint="register one with `modelkeep register`")
     return latest
+
+
+def by_snapshot(keep: Keep, name: str, prefix: str) -> RegistryVersion:
+    """The version of *name* whose snapshot id starts with *prefix*: one, or a clear error."""
+    found = [rv for rv in keep.registry.versions(name)
+             if (snapshot_of(rv) or "").startswith(prefix)]
+    if not found:
+        raise NotFoundError(f"{name} has no version whose snapshot id starts with {prefix}",
+                            hint=f"`modelkeep log {name}` lists its versions and snapshot ids")
+    sids = {snapshot_of(rv) for rv in found}
+    if len(sids) > 1:
+        raise InvalidInputError(
+            f"snapshot id prefix {prefix} is ambiguous: {len(sids)} snapshots of {name} start "
+            "with it", hint="give more hex digits of the id")
+    if len(found) > 1:
+        numbers = ", ".join(f"{name}@{rv.version}" for rv in found)
+        raise InvalidInputError(f"snapshot {prefix} is held by {len(found)} versions of {name} "
+                                f"({numbers})", hint="name one as NAME@VERSION")
+    return found[0]
 
 
 def load(keep: Keep, rv: RegistryVersion) -> tuple[Store, Snapshot, str]:
@@ -44,7 +70,7 @@ def load(keep: Keep, rv: RegistryVersion) -> tuple[Store, Snapshot, str]:
             f"{rv.name}@{rv.version} was not registered by modelkeep (source {rv.source!r})"
         ) from None
     store = keep.stores.store_for(parsed.locator)
-    sid = parsed.snapshot_id
+    sid = store.resolve_snapshot_id(parsed.snapshot_id)  # a source set by hand may be short
     return store, keep.stores.snapshot(store, sid), sid
 
 

@@ -1,5 +1,5 @@
-"""Aliases and descriptions: set, delete and roll back an alias, its history, and the
-description of a model or version.
+"""Aliases, descriptions and tags: set, delete and roll back an alias, its history, the
+description of a model or version, and the user tags of an existing version.
 
 Every change is asked of the ``modelkeep_before_alias_change`` plugins first, journaled in the
 store before the registry makes it (:func:`modelkeep.ops.journal.journaled`), recorded in the
@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from modelkeep import aliases as aliases_mod
+from modelkeep.catalog.tags import check_tags
 from modelkeep.errors import (
     Hint,
     InvalidInputError,
@@ -26,7 +27,7 @@ from modelkeep.errors import (
 )
 from modelkeep.hooks import Finding
 from modelkeep.ops._common import author, resolve, snapshot_of
-from modelkeep.ops.journal import OP_ALIAS, OP_DESCRIPTION, journal, journaled
+from modelkeep.ops.journal import OP_ALIAS, OP_DESCRIPTION, OP_TAG, journal, journaled
 from modelkeep.ops.read import get
 from modelkeep.ops.results import ModelVersion
 from modelkeep.ops.summary import (
@@ -243,6 +244,21 @@ def describe(keep: Keep, target: str, text: str) -> None:
             refresh_model(keep, name, user=text)
         else:
             refresh_version(keep, name, rv.version, rv=rv, user=text)
+
+
+def set_tags(keep: Keep, name: str, version: int, tags: Mapping[str, str]) -> dict[str, str]:
+    """Set user *tags* on an existing version; journaled first, so a registry rebuild restores
+    them (the snapshot holds the tags the version was registered with). Returns the tags whose
+    value changed; nothing is journaled or written when none did."""
+    rv = keep.registry.get_version(name, version)
+    changed = {k: v for k, v in check_tags(tags).items() if rv.tags.get(k) != v}
+    sid, who = snapshot_of(rv), author()
+    for key, value in changed.items():  # one entry per tag: journal members are flat
+        entry = journal(keep, name, OP_TAG, {"version": version, "snapshot": sid, "key": key,
+                                             "value": value}, who)
+        with journaled(keep, entry):
+            keep.registry.set_tag(name, version, key, value)
+    return changed
 
 
 def description(keep: Keep, target: str) -> str:

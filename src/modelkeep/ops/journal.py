@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 # Journal operations (docs/format.md §10.4).
 OP_ALIAS = "alias"
 OP_DESCRIPTION = "description"
+OP_TAG = "tag"  # a user tag set on an existing version (a register of identical content)
 OP_CANCEL = "cancel"
 OP_COMMIT = "commit"
 

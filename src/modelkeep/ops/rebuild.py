@@ -10,17 +10,18 @@ once the journal is replayed, every version's and model's generated summary is w
 register and alias changes write it (:mod:`modelkeep.ops.summary`).
 
 What happened to the catalogue after registering (aliases set, moved, rolled back and deleted,
-descriptions edited) comes back from the store's journal (:mod:`modelkeep.store.journal`):
+descriptions edited, tags set by a register of identical content) comes back from the store's
+journal (:mod:`modelkeep.store.journal`):
 :func:`replay` runs its entries in order over the rebuilt versions. Entries name versions by
 snapshot id as well as number, so an alias lands on the same content even where the rebuilt
 numbering differs; an entry whose version the store no longer holds is reported and left out,
-never guessed. Still lost: tags set on a version after registering, changes made in the registry
-without modelkeep, and versions other tools registered.
+never guessed. Still lost: tags set on a version in the registry directly, changes made in the
+registry without modelkeep, and versions other tools registered.
 
 A rebuild is resumable and idempotent: for each name, the versions already in the target registry
 must be the first ones of the plan, with the same snapshots, and only the rest are created; any
 other content under a name is a conflict, reported before anything is written. Aliases, alias
-histories and descriptions are written only where they differ from the journal's.
+histories, descriptions and journaled tags are written only where they differ from the journal's.
 
 Planned, then executed, as restic plans a prune: :func:`plan` reads the store and the target
 registry and decides everything (conflicts included) without writing; :func:`execute` writes the
@@ -45,7 +46,7 @@ from modelkeep.errors import (
     NotFoundError,
     RegistryError,
 )
-from modelkeep.ops.journal import OP_ALIAS, OP_CANCEL, OP_COMMIT, OP_DESCRIPTION
+from modelkeep.ops.journal import OP_ALIAS, OP_CANCEL, OP_COMMIT, OP_DESCRIPTION, OP_TAG
 from modelkeep.ops.register import enter_version
 from modelkeep.ops.summary import refresh_model, refresh_version, user_description
 from modelkeep.refs import validate_alias, validate_name
@@ -114,6 +115,21 @@ class PlannedDescription:
                 "changed": self.changed}
 
 
+@dataclass(frozen=True)
+class PlannedTags:
+    """The user tags the journal set on a version after it was registered (the last value of
+    each key)."""
+
+    name: str
+    version: int
+    tags: Mapping[str, str]
+    changed: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "tags": dict(self.tags),
+                "changed": self.changed}
+
+
 @dataclass
 class JournalReplay:
     """What the journal says about the catalogue beyond the snapshots."""
@@ -123,16 +139,19 @@ class JournalReplay:
     aliases: list[PlannedAlias] = field(default_factory=list)
     descriptions: list[PlannedDescription] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (entry id or "", reason)
+    tags: list[PlannedTags] = field(default_factory=list)
 
     @property
     def changes(self) -> int:
         return (sum(1 for a in self.aliases if a.changed)
-                + sum(1 for d in self.descriptions if d.changed))
+                + sum(1 for d in self.descriptions if d.changed)
+                + sum(1 for t in self.tags if t.changed))
 
     def to_json(self) -> dict[str, Any]:
         return {"entries": self.entries, "cancelled": self.cancelled, "changes": self.changes,
                 "aliases": [a.to_json() for a in self.aliases],
                 "descriptions": [d.to_json() for d in self.descriptions],
+                "tags": [t.to_json() for t in self.tags],
                 "problems": [{"entry": e, "reason": r} for e, r in self.problems]}
 
 
@@ -303,6 +322,7 @@ def replay(entries: Sequence[JournalEntry],
     # (name, alias) -> [target or None, history tag value, events, unresolved reason]
     alias_state: dict[tuple[str, str], list[Any]] = {}
     descriptions: dict[tuple[str, int | None], str] = {}
+    tags: dict[tuple[str, int], dict[str, str]] = {}
     for entry in entries:
         if entry.op in (OP_CANCEL, OP_COMMIT):
             continue
@@ -322,6 +342,9 @@ def replay(entries: Sequence[JournalEntry],
                     descriptions[(entry.name, None)] = text
                 else:
                     descriptions[(entry.name, _target(entry, versions))] = text
+            elif entry.op == OP_TAG:
+                key, value = _member(entry, "key", (str,)), _member(entry, "value", (str,))
+                tags.setdefault((entry.name, _target(entry, versions)), {})[key] = value
             else:
                 raise _Unusable(f"unknown operation {entry.op!r} (written by a newer modelkeep?)")
         except _Unusable as exc:
@@ -333,6 +356,8 @@ def replay(entries: Sequence[JournalEntry],
         out.aliases.append(PlannedAlias(name, alias, target, history, events))
     out.descriptions = [PlannedDescription(name, version, text) for (name, version), text
                         in sorted(descriptions.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))]
+    out.tags = [PlannedTags(name, version, given)
+                for (name, version), given in sorted(tags.items())]
     return out
 
 
@@ -400,6 +425,7 @@ def plan(keep: Keep, *, dry_run: bool = False) -> RebuildReport:
 
     conflicts = []
     held: dict[tuple[str, int], str] = {}  # descriptions of the versions already there
+    held_tags: dict[tuple[str, int], Mapping[str, str]] = {}
     for name in sorted(by_name.keys() | gaps.keys()):
         items = sorted(by_name.get(name, []), key=lambda item: item[0])
         uris = {n: keep.store.uri(sid) for n, sid, _snap in items}
@@ -408,6 +434,7 @@ def plan(keep: Keep, *, dry_run: bool = False) -> RebuildReport:
         except NotFoundError:
             there = []
         held.update({(name, rv.version): user_description(rv.description) for rv in there})
+        held_tags.update({(name, rv.version): rv.tags for rv in there})
         # A resumed rebuild: what is there must be the plan's first versions, no more.
         done = max((rv.version for rv in there), default=0)
         if ({rv.version: rv.source for rv in there}
@@ -437,7 +464,8 @@ def plan(keep: Keep, *, dry_run: bool = False) -> RebuildReport:
                              for eid, why in unreadable]
     for planned in report.versions:
         held.setdefault((planned.name, planned.version), planned.description)
-    report.journal = journal_changes(keep, replayed, held)
+        held_tags.setdefault((planned.name, planned.version), planned.tags)
+    report.journal = journal_changes(keep, replayed, held, held_tags)
     return report
 
 
@@ -501,10 +529,12 @@ def _load_snapshots(keep: Keep, report: RebuildReport) -> list[tuple[str, Snapsh
 
 
 def journal_changes(keep: Keep, replay: JournalReplay,
-                     descriptions: Mapping[tuple[str, int], str]) -> JournalReplay:
+                    descriptions: Mapping[tuple[str, int], str],
+                    tags: Mapping[tuple[str, int], Mapping[str, str]] | None = None,
+                    ) -> JournalReplay:
     """Mark what the replayed journal changes in the target registry, whose versions have
-    *descriptions* (once the planned ones exist): only those changes are written, so a
-    second rebuild writes nothing."""
+    *descriptions* and *tags* (once the planned ones exist): only those changes are written,
+    so a second rebuild writes nothing."""
     models: dict[str, RegistryModel | None] = {}
 
     def model(name: str) -> RegistryModel | None:
@@ -530,7 +560,11 @@ def journal_changes(keep: Keep, replay: JournalReplay,
         else:
             now = descriptions.get((pd.name, pd.version), "")
         texts.append(replace(pd, changed=now != pd.text))
-    return replace(replay, aliases=aliases, descriptions=texts)
+    held = tags or {}
+    planned_tags = [replace(pt, changed=any(held.get((pt.name, pt.version), {}).get(k) != v
+                                            for k, v in pt.tags.items()))
+                    for pt in replay.tags]
+    return replace(replay, aliases=aliases, descriptions=texts, tags=planned_tags)
 
 
 def apply_journal(keep: Keep, replay: JournalReplay) -> None:
@@ -554,3 +588,7 @@ def apply_journal(keep: Keep, replay: JournalReplay) -> None:
                 refresh_model(keep, pd.name, user=pd.text)
             else:
                 refresh_version(keep, pd.name, pd.version, user=pd.text)
+    for pt in replay.tags:
+        if pt.changed:
+            for key, value in sorted(pt.tags.items()):
+                keep.registry.set_tag(pt.name, pt.version, key, value)

@@ -31,12 +31,12 @@ from modelkeep.catalog.tags import TREE, check_lineage, check_tags, plugin_tags,
 from modelkeep.errors import IntegrityError, NotFoundError, SourceError, VetoError
 from modelkeep.hooks import Finding
 from modelkeep.ops._common import author, load, resolve, snapshot_of, version_of
-from modelkeep.ops.aliases import check_alias, move_alias
+from modelkeep.ops.aliases import check_alias, describe, move_alias, set_tags
 from modelkeep.ops.journal import record_commit
 from modelkeep.ops.read import get
 from modelkeep.ops.results import ModelVersion
 from modelkeep.ops.scan import scan_sources, scan_stored
-from modelkeep.ops.summary import refresh_version
+from modelkeep.ops.summary import refresh_version, user_description
 from modelkeep.refs import validate_alias, validate_name
 from modelkeep.registry import RegistryVersion
 from modelkeep.store import GcMark, Parent, Snapshot, SourceFile, Store, scan_local, utc_now
@@ -102,7 +102,7 @@ def register(
         tags=user_tags,
     )
     if not force:
-        reused = _reuse(keep, name, snapshot.tree, alias_list)
+        reused = _reuse(keep, name, snapshot.tree, alias_list, message=message, tags=user_tags)
         if reused is not None:
             return reused
 
@@ -159,7 +159,7 @@ def promote(
     # Before the chunks are relied on: the commit check compares it (docs/format.md §13).
     mark = store.gc_mark()
     if not force:
-        reused = _reuse(keep, to_name, src.tree, alias_list)
+        reused = _reuse(keep, to_name, src.tree, alias_list, message=message)
         if reused is not None:
             return reused
     snapshot = replace(
@@ -267,17 +267,35 @@ def enter_version(keep: Keep, name: str, uri: str, tags: Mapping[str, str], *,
     return keep.registry.create_version(name, uri, tags=tags, description=description, **link)
 
 
-def _reuse(keep: Keep, name: str, tree: str, aliases: Sequence[str]) -> ModelVersion | None:
-    """The newest version of *name* when its content is *tree*, with *aliases* moved onto it
-    (after every plugin accepted each move); None otherwise."""
+def _reuse(
+    keep: Keep, name: str, tree: str, aliases: Sequence[str], *, message: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> ModelVersion | None:
+    """The newest version of *name* when its content is *tree*, with what the caller gave
+    applied to it: *message* as its description, *tags* as tags, *aliases* moved onto it (each
+    move accepted by every plugin, asked with the tags it will have, before anything changes);
+    None otherwise. The result's ``applied`` says what changed."""
     latest = keep.registry.latest(name)
     if latest is None or latest.tags.get(TREE) != tree:
         return None
+    ref = f"{name}@{latest.version}"
     for alias in aliases:
-        check_alias(keep, name, alias, latest.version, latest.tags, registering=False)
+        check_alias(keep, name, alias, latest.version, {**latest.tags, **(tags or {})},
+                    registering=False)
+    applied: dict[str, Any] = {}
+    if tags:
+        changed = set_tags(keep, name, latest.version, tags)
+        if changed:
+            applied["tags"] = changed
+    if message is not None and message != user_description(latest.description):
+        describe(keep, ref, message)
+        applied["message"] = message
+    moved = [a for a in dict.fromkeys(aliases) if a not in latest.aliases]
     for alias in aliases:
         move_alias(keep, name, alias, latest.version, snapshot_id=snapshot_of(latest))
-    return replace(get(keep, f"{name}@{latest.version}"), reused=True)
+    if moved:
+        applied["aliases"] = moved
+    return replace(get(keep, ref), reused=True, applied=applied)
 
 
 def save_snapshot(

@@ -3,6 +3,7 @@ version as the user sees it, a deletion, and a diff. Exported from :mod:`modelke
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +32,8 @@ class ModelVersion:
     bytes_added: int | None = None
     bytes_stored: int | None = None  # what the chunks it added take in the store (coded)
     reused: bool = False  # register() returned an existing, identical version
+    # With reused: what the register applied to that version ("message", "tags", "aliases").
+    applied: Mapping[str, Any] = field(default_factory=dict)
     lineage: Mapping[str, Any] = field(default_factory=dict)  # the snapshot's, see docs/format.md
 
     @property
@@ -68,6 +71,7 @@ class ModelVersion:
             "bytes_stored": self.bytes_stored,
             "stored_ratio": self.stored_ratio,
             "reused": self.reused,
+            "applied": dict(self.applied),
             "author": self.author,
             "message": self.message,
             "aliases": list(self.aliases),
@@ -103,11 +107,37 @@ class DeletedVersion:
 
 
 @dataclass(frozen=True)
+class TensorChange:
+    """One tensor added, removed or changed; for a changed one of the same dtype and shape whose
+    values were read, the largest absolute difference (NaN where a value is NaN on one side
+    only; None when not read, or a dtype numpy cannot hold)."""
+
+    name: str
+    status: str  # "added", "removed", "changed"
+    dtype_a: str | None
+    dtype_b: str | None
+    shape_a: tuple[int, ...] | None
+    shape_b: tuple[int, ...] | None
+    max_abs_diff: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        diff: float | str | None = self.max_abs_diff
+        if self.max_abs_diff is not None and math.isnan(self.max_abs_diff):
+            diff = "nan"  # JSON has no NaN
+        return {"name": self.name, "status": self.status, "dtype_a": self.dtype_a,
+                "dtype_b": self.dtype_b,
+                "shape_a": list(self.shape_a) if self.shape_a is not None else None,
+                "shape_b": list(self.shape_b) if self.shape_b is not None else None,
+                "max_abs_diff": diff}
+
+
+@dataclass(frozen=True)
 class TensorChanges:
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
     unchanged: int = 0
+    details: tuple[TensorChange, ...] = ()  # changed, then added, then removed, by name
 
 
 @dataclass(frozen=True)
@@ -117,15 +147,21 @@ class FileChange:
     size_a: int | None
     size_b: int | None
     tensors: TensorChanges | None = None
+    mode_a: int | None = None
+    mode_b: int | None = None
+    text_diff: str | None = None  # unified diff of a small text file, when content was read
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"path": self.path, "status": self.status,
-                                "size_a": self.size_a, "size_b": self.size_b}
+                                "size_a": self.size_a, "size_b": self.size_b,
+                                "mode_a": self.mode_a, "mode_b": self.mode_b,
+                                "text_diff": self.text_diff}
         if self.tensors is not None:
             data["tensors"] = {"added": list(self.tensors.added),
                                "removed": list(self.tensors.removed),
                                "changed": list(self.tensors.changed),
-                               "unchanged": self.tensors.unchanged}
+                               "unchanged": self.tensors.unchanged,
+                               "details": [t.to_json() for t in self.tensors.details]}
         return data
 
 
@@ -135,6 +171,7 @@ class Diff:
     b: str
     files: tuple[FileChange, ...] = field(default_factory=tuple)
     unchanged_files: int = 0
+    content: bool = False  # text diffs and tensor differences were read
 
     @property
     def added(self) -> list[str]:
@@ -150,4 +187,4 @@ class Diff:
 
     def to_json(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "unchanged_files": self.unchanged_files,
-                "files": [f.to_json() for f in self.files]}
+                "content": self.content, "files": [f.to_json() for f in self.files]}

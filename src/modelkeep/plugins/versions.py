@@ -100,7 +100,7 @@ def open_version(uri: str) -> VersionView:
     """The version a ``modelkeep://`` URI names (snapshot verified and validated on first use)."""
     parsed = parse_uri(uri)
     store = store_for(parsed.locator)
-    sid = parsed.snapshot_id
+    sid = store.resolve_snapshot_id(parsed.snapshot_id)  # a unique prefix names it too
     with _lock:
         snap = _snapshots.get(sid)
         if snap is not None:

@@ -612,6 +612,20 @@ class ObjectDB:
                 if len(parts) >= 2 and is_id(parts[-2] + parts[-1]) and len(parts[-2]) == 2:
                     yield parts[-2] + parts[-1]
 
+    def ids_with_prefix(self, kind: Kind, prefix: str) -> list[str]:
+        """The ids of *kind* starting with *prefix* (at least 2 hex digits): one listing of a
+        single fan-out directory, never of the whole kind."""
+        if len(prefix) < 2 or any(c not in "0123456789abcdef" for c in prefix):
+            raise IntegrityError(f"malformed id prefix {prefix!r}")
+        out = []
+        for path, _size, _when in self.listing(f"{self.root}/{_DIRS[kind]}/{prefix[:2]}"):
+            parts = path.rstrip("/").split("/")
+            if len(parts) >= 2 and len(parts[-2]) == 2:
+                oid = parts[-2] + parts[-1]
+                if is_id(oid) and oid.startswith(prefix):
+                    out.append(oid)
+        return sorted(out)
+
     # -- signatures ------------------------------------------------------------------------
 
     def signature_dir(self, snapshot_id: str) -> str:

@@ -47,7 +47,7 @@ from modelkeep.store import journal as journal_mod
 from modelkeep.store.cache import KnownChunks
 from modelkeep.store.codec import Kind
 from modelkeep.store.gc import ChunksCollectedError, GcMark, GcReport
-from modelkeep.store.hashing import content_id
+from modelkeep.store.hashing import content_id, is_id
 from modelkeep.store.ingest import (
     Ingestor,
     IngestStats,
@@ -75,7 +75,11 @@ if TYPE_CHECKING:
 SCHEME = "modelkeep"
 STORE_FORMAT = 1
 MAX_URI = 500
-_URI = re.compile(r"^modelkeep://(?P<locator>[^@]+?)/@(?P<sid>[0-9a-f]{64})(?:/(?P<path>.*))?$")
+# A URI may name its snapshot by a unique prefix of its id (SHORT_ID_MIN hex digits or more),
+# as `modelkeep show` and `log` print it; Store.resolve_snapshot_id turns it into the full id.
+SHORT_ID_MIN = 8
+_URI = re.compile(r"^modelkeep://(?P<locator>[^@]+?)/@(?P<sid>[0-9a-f]{8,64})(?:/(?P<path>.*))?$")
+_HEX = re.compile(r"^[0-9a-f]+$")
 _RUNS_URI = re.compile(r"^modelkeep://(?P<locator>[^@]+?)/@runs(?:/(?P<prefix>.*))?$")
 
 Progress = Callable[[int], None]
@@ -647,6 +651,31 @@ class Store:
             self.db.get(Kind.SNAPSHOT, snapshot_id, f"snapshot {snapshot_id[:12]}"),
             f"snapshot {snapshot_id[:12]}",
         )
+
+    def resolve_snapshot_id(self, prefix: str) -> str:
+        """The full id of the one snapshot whose id starts with *prefix* (at least
+        :data:`SHORT_ID_MIN` hex digits; a full id is returned as it is, unchecked). Looks in
+        one fan-out directory of ``snapshots/``; none or several matches is an error."""
+        if len(prefix) == 64 and is_id(prefix):
+            return prefix
+        if not SHORT_ID_MIN <= len(prefix) < 64 or not _HEX.match(prefix):
+            raise InvalidInputError(
+                f"invalid snapshot id {prefix!r}",
+                hint=f"give the full id or a prefix of at least {SHORT_ID_MIN} hex digits")
+        found = self.db.ids_with_prefix(Kind.SNAPSHOT, prefix)
+        if not found:
+            raise NotFoundError(f"no snapshot id starting with {prefix} in store {self.url}",
+                                hint="check the id with `modelkeep log NAME`")
+        if len(found) > 1:
+            raise InvalidInputError(
+                f"snapshot id prefix {prefix} is ambiguous: {len(found)} snapshots in store "
+                f"{self.url} start with it", hint="give more hex digits of the id")
+        return found[0]
+
+    def delta_bases(self) -> dict[str, str]:
+        """{chunk id: base id} of every chunk stored as a parent delta (one listing of
+        ``deltas/``): a base is needed as long as a chunk coded against it is kept."""
+        return {cid: base for cid, base, _when in self.db.delta_edges()}
 
     def snapshot_ids(self) -> Iterator[str]:
         return self.db.iter_ids(Kind.SNAPSHOT)
