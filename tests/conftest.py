@@ -133,9 +133,11 @@ def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory):
 
 # Clients and users of the test OpenID provider. Secrets are made per session.
 OIDC_ADMIN = "mk-admin"  # client credentials, in the registry's admin group
-OIDC_JOB = "mk-job"  # client credentials, an ordinary job
-OIDC_SHORT_JOB = "mk-job-short"  # client credentials, 20-second access tokens
-OIDC_OTHER_JOB = "mk-other"  # client credentials, granted nothing
+# mlflow-oidc-auth lets only its administrators create a version whose source is not inside an
+# MLflow run's artifacts (a `modelkeep://` source is not): the jobs that register are admins.
+OIDC_JOB = "mk-job"  # client credentials, registers
+OIDC_SHORT_JOB = "mk-job-short"  # client credentials, registers, 20-second access tokens
+OIDC_OTHER_JOB = "mk-other"  # client credentials, not an admin, granted nothing
 OIDC_CLI = "mk-cli"  # public client: the device flow, 20-second access tokens, refresh tokens
 OIDC_USERS = {"alice": ("mlflow",), "bob": ("mlflow",)}
 
@@ -152,8 +154,8 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory):
     cc = ("client_credentials",)
     clients = [
         OidcClient(OIDC_ADMIN, secret(), cc, username="mk-admin", groups=("mlflow-admin",)),
-        OidcClient(OIDC_JOB, secret(), cc, username="ci-job", groups=("mlflow",)),
-        OidcClient(OIDC_SHORT_JOB, secret(), cc, username="ci-short", groups=("mlflow",),
+        OidcClient(OIDC_JOB, secret(), cc, username="ci-job", groups=("mlflow-admin",)),
+        OidcClient(OIDC_SHORT_JOB, secret(), cc, username="ci-short", groups=("mlflow-admin",),
                    access_token_ttl=20),
         OidcClient(OIDC_OTHER_JOB, secret(), cc, username="other-job", groups=("mlflow",)),
         OidcClient(OIDC_CLI, None, (DEVICE_GRANT, "refresh_token"), access_token_ttl=20),

@@ -3,22 +3,34 @@ with the ``mlflow-oidc-auth`` plugin trusting it, both on loopback, started once
 
 Covered: a static bearer token (``MLFLOW_TRACKING_TOKEN``), client credentials for jobs, the device
 flow for people (``modelkeep login``, completed here by posting to the provider's own pages),
-renewal of short-lived tokens, refusals read as one line, and no secret in any output.
+renewal of short-lived tokens, per-model permissions, refusals read as one line, and no secret in
+any output.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import pytest
 import requests
 
-from tests.conftest import OIDC_JOB
+import modelkeep
+from modelkeep.cli.main import main
+from modelkeep.errors import RegistryAuthError, RegistryPermissionError
+from modelkeep.hooks import make_plugin_manager
+from tests.backends import unique_name
+from tests.conftest import OIDC_ADMIN, OIDC_JOB, OIDC_OTHER_JOB
+from tests.helpers import tensors, write_model
 
 pytestmark = pytest.mark.xdist_group("signin")
 
 API = "/api/2.0/mlflow"
+PLUGINS = make_plugin_manager(entry_points=False)
 
 
-def client_token(provider, client_id: str) -> str:  # type: ignore[no-untyped-def]
+def client_token(provider: Any, client_id: str) -> str:
     """An access token for *client_id* by the client-credentials grant, asked of the provider
     directly."""
     response = requests.post(f"{provider.issuer}/token",
@@ -26,6 +38,44 @@ def client_token(provider, client_id: str) -> str:  # type: ignore[no-untyped-de
                              auth=(client_id, provider.client_secret(client_id)), timeout=10)
     response.raise_for_status()
     return str(response.json()["access_token"])
+
+
+def grant(server: Any, provider: Any, username: str, model: str, permission: str) -> None:
+    """Give *username* *permission* on *model* through mlflow-oidc-auth's permission API, as
+    the registry's admin."""
+    headers = {"Authorization": f"Bearer {client_token(provider, OIDC_ADMIN)}"}
+    url = f"{server.url}{API}/permissions/users/{username}/registered-models/{model}"
+    answer = requests.post(url, json={"permission": permission}, headers=headers, timeout=30)
+    if answer.status_code == 409:  # granted before: change it
+        answer = requests.patch(url, json={"permission": permission}, headers=headers,
+                                timeout=30)
+    assert answer.status_code in (200, 201), answer.text
+
+
+@pytest.fixture
+def signed_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No registry credentials of any kind; a token file of this test's own."""
+    for var in list(os.environ):
+        if var.startswith(("MLFLOW_TRACKING_", "MODELKEEP_AUTH_")):
+            monkeypatch.delenv(var)
+    token_file = tmp_path / "config" / "modelkeep" / "tokens.json"
+    monkeypatch.setenv("MODELKEEP_TOKEN_FILE", str(token_file))
+    monkeypatch.chdir(tmp_path)
+    return token_file
+
+
+def as_job(monkeypatch: pytest.MonkeyPatch, provider: Any, client_id: str) -> None:
+    """Sign in as the job *client_id* through the environment."""
+    monkeypatch.setenv("MODELKEEP_AUTH_ISSUER", provider.issuer)
+    monkeypatch.setenv("MODELKEEP_AUTH_CLIENT_ID", client_id)
+    monkeypatch.setenv("MODELKEEP_AUTH_CLIENT_SECRET", provider.client_secret(client_id))
+    monkeypatch.setenv("MODELKEEP_AUTH_SCOPES", provider.scope)
+    monkeypatch.setenv("MODELKEEP_AUTH_AUDIENCE", provider.audience)
+
+
+def stored_files(store: Path) -> set[str]:
+    return {str(p.relative_to(store)) for p in store.rglob("*") if p.is_file()} \
+        if store.exists() else set()
 
 
 def test_the_registry_trusts_the_providers_tokens(oidc_provider, mlflow_oidc_server) -> None:  # type: ignore[no-untyped-def]
@@ -37,3 +87,122 @@ def test_the_registry_trusts_the_providers_tokens(oidc_provider, mlflow_oidc_ser
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     assert requests.get(url, headers={"Authorization": f"Bearer {forged}"},
                         timeout=10).status_code == 401
+
+
+def test_a_static_bearer_token(  # type: ignore[no-untyped-def]
+    oidc_provider, mlflow_oidc_server, signed_out: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = mlflow_oidc_server.url
+    store = tmp_path / "store"
+    name = unique_name()
+    model = write_model(tmp_path / "m", tensors(n=2), extra=False)
+
+    def keep():  # type: ignore[no-untyped-def]
+        return modelkeep.open(store=str(store), registry=url, plugins=PLUGINS)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", client_token(oidc_provider, OIDC_JOB))
+    v = keep().register(name, model, aliases=["champion"])
+    assert keep().get(f"{name}@champion").snapshot_id == v.snapshot_id
+
+    # Another identity, granted nothing on the model: refused, in one line that says what it
+    # lacks and what to do.
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", client_token(oidc_provider, OIDC_OTHER_JOB))
+    with pytest.raises(RegistryPermissionError) as denied:
+        keep().get(v.ref)
+    text = str(denied.value)
+    assert f"registry {url} refused" in text and "MLFLOW_TRACKING_TOKEN" in text
+    assert f"needs READ on model {name!r}" in text
+
+    # No token: the registry wants one.
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN")
+    with pytest.raises(RegistryAuthError):
+        keep().get(v.ref)
+    capsys.readouterr()
+    assert main(["--store", str(store), "--registry", url, "list"]) == 6
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: registry {url} refused") and "not logged in" in err
+    assert "modelkeep login" in err and err.count("\n") == 1
+
+    # A token the registry does not accept (expired, or another server's).
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "not-a-token")
+    with pytest.raises(RegistryAuthError, match="MLFLOW_TRACKING_TOKEN was refused"):
+        keep().models()
+
+
+def test_a_job_signs_in_with_client_credentials(  # type: ignore[no-untyped-def]
+    oidc_provider, mlflow_oidc_server, signed_out: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = mlflow_oidc_server.url
+    store = str(tmp_path / "store")
+    name = unique_name()
+    model = write_model(tmp_path / "m", tensors(n=2), extra=False)
+    as_job(monkeypatch, oidc_provider, OIDC_JOB)
+    keep = modelkeep.open(store=store, registry=url, plugins=PLUGINS)
+    v1 = keep.register(name, model)
+    keep.set_alias(v1.ref, "champion")
+    pulled = keep.pull(f"{name}@champion", tmp_path / "pulled")
+    assert sorted(p.name for p in pulled.iterdir()) == sorted(p.name for p in model.iterdir())
+
+    # The same from the command line, with the settings in modelkeep.toml and the secret in a
+    # file beside it.
+    monkeypatch.delenv("MODELKEEP_AUTH_ISSUER")
+    monkeypatch.delenv("MODELKEEP_AUTH_CLIENT_ID")
+    secret = oidc_provider.client_secret(OIDC_JOB)
+    monkeypatch.delenv("MODELKEEP_AUTH_CLIENT_SECRET")
+    (tmp_path / "secret").write_text(secret + "\n")
+    (tmp_path / "modelkeep.toml").write_text(
+        f'store = "store"\nregistry = "{url}"\n\n[auth]\nissuer = "{oidc_provider.issuer}"\n'
+        f'client_id = "{OIDC_JOB}"\nclient_secret_file = "secret"\n')
+    capsys.readouterr()
+    assert main(["alias", f"{name}@1", "production"]) == 0
+    assert main(["--json", "show", f"{name}@production"]) == 0
+    assert '"version": 1' in capsys.readouterr().out
+
+    # The same calls with no sign-in get the one-line 401 message.
+    (tmp_path / "modelkeep.toml").write_text(f'store = "store"\nregistry = "{url}"\n')
+    assert main(["show", f"{name}@production"]) == 6
+    err = capsys.readouterr().err
+    assert "not logged in" in err and "modelkeep login" in err and err.count("\n") == 1
+
+
+def test_permissions_per_model(  # type: ignore[no-untyped-def]
+    oidc_provider, mlflow_oidc_server, signed_out: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = mlflow_oidc_server.url
+    store = tmp_path / "store"
+    name = unique_name()
+    as_job(monkeypatch, oidc_provider, OIDC_JOB)
+    v = modelkeep.open(store=str(store), registry=url, plugins=PLUGINS).register(
+        name, write_model(tmp_path / "a", tensors(n=2), extra=False))
+
+    as_job(monkeypatch, oidc_provider, OIDC_OTHER_JOB)
+    other_store = tmp_path / "other-store"
+    keep = modelkeep.open(store=str(other_store), registry=url, plugins=PLUGINS)
+    with pytest.raises(RegistryPermissionError) as no_read:
+        keep.get(v.ref)
+    assert f"client {OIDC_OTHER_JOB!r}" in str(no_read.value)
+    assert f"needs READ on model {name!r}" in str(no_read.value)
+    update = write_model(tmp_path / "b", tensors(seed=3, n=2), extra=False)
+    with pytest.raises(RegistryPermissionError, match=r"nothing was uploaded.*needs EDIT"):
+        keep.register(name, update)
+    assert not stored_files(other_store)
+
+    # READ lets the other job read, not register: it is refused before anything is uploaded.
+    grant(mlflow_oidc_server, oidc_provider, "other-job", name, "READ")
+    assert keep.get(v.ref).snapshot_id == v.snapshot_id
+    before = stored_files(other_store)
+    with pytest.raises(RegistryPermissionError) as no_edit:
+        keep.register(name, update)
+    assert f"needs EDIT on model {name!r}" in str(no_edit.value)
+    assert "nothing was uploaded" in str(no_edit.value)
+    assert stored_files(other_store) == before
+    assert [x.version for x in keep.versions(name)] == [1]
+
+    # EDIT lets it move aliases (registering also needs the registry's admin: see conftest).
+    with pytest.raises(RegistryPermissionError, match="needs EDIT"):
+        keep.set_alias(v.ref, "champion")
+    grant(mlflow_oidc_server, oidc_provider, "other-job", name, "EDIT")
+    assert "champion" in keep.set_alias(v.ref, "champion").aliases
