@@ -18,10 +18,12 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -516,3 +518,50 @@ def oidc_auth_env(workdir: Path, provider: OidcProvider) -> dict[str, str]:
         "OIDC_TRUST_BEARER_GROUP_CLAIMS": "true",
         "DEFAULT_MLFLOW_PERMISSION": "NO_PERMISSIONS",
     }
+
+
+class _Forms(HTMLParser):
+    """The forms of a page: (action, {name: value}) of each, hidden and filled inputs alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[tuple[str, dict[str, str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.forms.append((a.get("action", ""), {}))
+        elif tag == "input" and self.forms and a.get("name"):
+            self.forms[-1][1][a["name"]] = a.get("value", "")
+
+
+def page_forms(html: str) -> list[tuple[str, dict[str, str]]]:
+    parser = _Forms()
+    parser.feed(html)
+    return parser.forms
+
+
+def confirm_device_code(provider: OidcProvider, verification_uri_complete: str,
+                        login: str) -> str:
+    """Do what a person does in a browser to finish a device sign-in, over HTTP against the
+    provider's own pages: open the verification URL (its user-code form is submitted), confirm
+    the code, sign in as *login* on the login page, consent. Returns the final page."""
+    import requests
+
+    browser = requests.Session()
+    page = browser.get(verification_uri_complete, timeout=30)
+    steps = [
+        lambda fields: fields,  # the user code, pre-filled from the URL
+        lambda fields: fields,  # "is this the code on your device?": yes (confirm=yes)
+        lambda fields: {**fields, "login": login, "password": "any"},  # the login page
+        lambda fields: fields,  # the consent page
+    ]
+    for fill in steps:
+        assert page.status_code == 200, page.text[:500]
+        forms = page_forms(page.text)
+        assert forms, f"no form on {page.url}: {page.text[:500]}"
+        action, fields = forms[0]
+        page = browser.post(urllib.parse.urljoin(page.url, action), data=fill(fields),
+                            timeout=30)
+    assert page.status_code == 200 and "Sign-in Success" in page.text, page.text[:500]
+    return page.text

@@ -9,7 +9,12 @@ any output.
 
 from __future__ import annotations
 
+import json
 import os
+import stat
+import subprocess
+import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +22,43 @@ import pytest
 import requests
 
 import modelkeep
+from modelkeep.auth import tokens
 from modelkeep.cli.main import main
 from modelkeep.errors import RegistryAuthError, RegistryPermissionError
 from modelkeep.hooks import make_plugin_manager
 from tests.backends import unique_name
-from tests.conftest import OIDC_ADMIN, OIDC_JOB, OIDC_OTHER_JOB
+from tests.conftest import OIDC_ADMIN, OIDC_CLI, OIDC_JOB, OIDC_OTHER_JOB
 from tests.helpers import tensors, write_model
+from tests.servers import REPO_ROOT, confirm_device_code
 
 pytestmark = pytest.mark.xdist_group("signin")
 
 API = "/api/2.0/mlflow"
 PLUGINS = make_plugin_manager(entry_points=False)
+REPO_SRC = REPO_ROOT / "src"
+
+# Everything the commands and errors of this module said, and every secret and token they were
+# given or that was issued: the last test checks that none of the second is in the first.
+OUTPUTS: list[str] = []
+SECRETS: set[str] = set()
+
+
+def said(*texts: str) -> None:
+    OUTPUTS.extend(texts)
+
+
+def captured(capsys: pytest.CaptureFixture[str]) -> Any:
+    result = capsys.readouterr()
+    said(result.out, result.err)
+    return result
+
+
+def remember_tokens(token_file: Path) -> None:
+    """The tokens of a login, as secrets no output may contain."""
+    if token_file.exists():
+        for entry in json.loads(token_file.read_text()).values():
+            SECRETS.update(str(entry[k]) for k in ("access_token", "refresh_token")
+                           if entry.get(k))
 
 
 def client_token(provider: Any, client_id: str) -> str:
@@ -37,7 +68,9 @@ def client_token(provider: Any, client_id: str) -> str:
                              data={"grant_type": "client_credentials", "scope": provider.scope},
                              auth=(client_id, provider.client_secret(client_id)), timeout=10)
     response.raise_for_status()
-    return str(response.json()["access_token"])
+    token = str(response.json()["access_token"])
+    SECRETS.add(token)
+    return token
 
 
 def grant(server: Any, provider: Any, username: str, model: str, permission: str) -> None:
@@ -111,6 +144,7 @@ def test_a_static_bearer_token(  # type: ignore[no-untyped-def]
     with pytest.raises(RegistryPermissionError) as denied:
         keep().get(v.ref)
     text = str(denied.value)
+    said(text)
     assert f"registry {url} refused" in text and "MLFLOW_TRACKING_TOKEN" in text
     assert f"needs READ on model {name!r}" in text
 
@@ -118,9 +152,9 @@ def test_a_static_bearer_token(  # type: ignore[no-untyped-def]
     monkeypatch.delenv("MLFLOW_TRACKING_TOKEN")
     with pytest.raises(RegistryAuthError):
         keep().get(v.ref)
-    capsys.readouterr()
+    captured(capsys)
     assert main(["--store", str(store), "--registry", url, "list"]) == 6
-    err = capsys.readouterr().err
+    err = captured(capsys).err
     assert err.startswith(f"error: registry {url} refused") and "not logged in" in err
     assert "modelkeep login" in err and err.count("\n") == 1
 
@@ -155,15 +189,15 @@ def test_a_job_signs_in_with_client_credentials(  # type: ignore[no-untyped-def]
     (tmp_path / "modelkeep.toml").write_text(
         f'store = "store"\nregistry = "{url}"\n\n[auth]\nissuer = "{oidc_provider.issuer}"\n'
         f'client_id = "{OIDC_JOB}"\nclient_secret_file = "secret"\n')
-    capsys.readouterr()
+    captured(capsys)
     assert main(["alias", f"{name}@1", "production"]) == 0
     assert main(["--json", "show", f"{name}@production"]) == 0
-    assert '"version": 1' in capsys.readouterr().out
+    assert '"version": 1' in captured(capsys).out
 
     # The same calls with no sign-in get the one-line 401 message.
     (tmp_path / "modelkeep.toml").write_text(f'store = "store"\nregistry = "{url}"\n')
     assert main(["show", f"{name}@production"]) == 6
-    err = capsys.readouterr().err
+    err = captured(capsys).err
     assert "not logged in" in err and "modelkeep login" in err and err.count("\n") == 1
 
 
@@ -183,6 +217,7 @@ def test_permissions_per_model(  # type: ignore[no-untyped-def]
     keep = modelkeep.open(store=str(other_store), registry=url, plugins=PLUGINS)
     with pytest.raises(RegistryPermissionError) as no_read:
         keep.get(v.ref)
+    said(str(no_read.value))
     assert f"client {OIDC_OTHER_JOB!r}" in str(no_read.value)
     assert f"needs READ on model {name!r}" in str(no_read.value)
     update = write_model(tmp_path / "b", tensors(seed=3, n=2), extra=False)
@@ -196,6 +231,7 @@ def test_permissions_per_model(  # type: ignore[no-untyped-def]
     before = stored_files(other_store)
     with pytest.raises(RegistryPermissionError) as no_edit:
         keep.register(name, update)
+    said(str(no_edit.value))
     assert f"needs EDIT on model {name!r}" in str(no_edit.value)
     assert "nothing was uploaded" in str(no_edit.value)
     assert stored_files(other_store) == before
@@ -206,3 +242,128 @@ def test_permissions_per_model(  # type: ignore[no-untyped-def]
         keep.set_alias(v.ref, "champion")
     grant(mlflow_oidc_server, oidc_provider, "other-job", name, "EDIT")
     assert "champion" in keep.set_alias(v.ref, "champion").aliases
+
+
+def as_person(monkeypatch: pytest.MonkeyPatch, provider: Any) -> None:
+    """Sign-in settings of the public device-flow client, through the environment."""
+    monkeypatch.setenv("MODELKEEP_AUTH_ISSUER", provider.issuer)
+    monkeypatch.setenv("MODELKEEP_AUTH_CLIENT_ID", OIDC_CLI)
+    monkeypatch.setenv("MODELKEEP_AUTH_SCOPES", f"profile email {provider.scope}")
+    monkeypatch.setenv("MODELKEEP_AUTH_AUDIENCE", provider.audience)
+
+
+def login_as(provider: Any, who: str, cwd: Path) -> tuple[str, str]:
+    """``modelkeep login`` in a process of its own, completed by confirming its code at the
+    provider as *who*; its (stdout, stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_SRC)}
+    proc = subprocess.Popen([sys.executable, "-m", "modelkeep", "login"], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert first.startswith("To sign in, open "), first
+        url = first.split("open ", 1)[1].strip()
+        second = proc.stderr.readline()
+        code = second.split("confirm the code ", 1)[1].split()[0]
+        assert code in urllib.parse.unquote(url)
+        confirm_device_code(provider, url, who)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    return out, first + second + err
+
+
+def test_a_person_signs_in_with_the_device_flow(  # type: ignore[no-untyped-def]
+    oidc_provider, mlflow_oidc_server, signed_out: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = mlflow_oidc_server.url
+    store = str(tmp_path / "store")
+    name = unique_name()
+    as_job(monkeypatch, oidc_provider, OIDC_JOB)
+    v = modelkeep.open(store=store, registry=url, plugins=PLUGINS).register(
+        name, write_model(tmp_path / "m", tensors(n=2), extra=False), aliases=["champion"])
+    for var in ("MODELKEEP_AUTH_CLIENT_SECRET",):
+        monkeypatch.delenv(var)
+    as_person(monkeypatch, oidc_provider)
+
+    out, err = login_as(oidc_provider, "alice", tmp_path)
+    said(out, err)
+    remember_tokens(signed_out)
+    assert f"signed in to {oidc_provider.issuer} as alice" in out and "To sign in" in err
+    assert stat.S_IMODE(signed_out.stat().st_mode) == 0o600
+    assert stat.S_IMODE(signed_out.parent.stat().st_mode) == 0o700
+
+    captured(capsys)
+    assert main(["whoami", "--json"]) == 0
+    me = json.loads(captured(capsys).out)
+    assert me["subject"] == "alice" and me["name"] == "alice"  # the provider's sub
+    assert me["issuer"] == oidc_provider.issuer and me["flow"] == "device"
+    assert oidc_provider.scope in me["scopes"] and me["expires_at"]
+
+    # The person reads once the model's owner (here the registry's admin) grants READ.
+    keep = modelkeep.open(store=store, registry=url, plugins=PLUGINS)
+    with pytest.raises(RegistryPermissionError, match="'alice'"):
+        keep.get(f"{name}@champion")
+    grant(mlflow_oidc_server, oidc_provider, "alice", name, "READ")
+    assert keep.get(f"{name}@champion").snapshot_id == v.snapshot_id
+
+    # A token the registry refuses before its expiry is renewed once and the call retried.
+    entry_key = f"{oidc_provider.issuer} {OIDC_CLI}"
+    data = json.loads(signed_out.read_text())
+    data[entry_key]["access_token"] = "refused-by-the-registry"
+    signed_out.write_text(json.dumps(data))
+    fresh = modelkeep.open(store=store, registry=url, plugins=PLUGINS)
+    tokens.forget()  # as a new process would, read the file
+    assert fresh.get(f"{name}@champion").version == v.version
+    assert json.loads(signed_out.read_text())[entry_key]["access_token"] != \
+        "refused-by-the-registry"
+    remember_tokens(signed_out)
+
+    # A token file others can read is refused, in one line.
+    signed_out.chmod(0o644)
+    assert main(["whoami"]) == 6
+    err_line = captured(capsys).err
+    assert "can be read by other users" in err_line and "chmod 600" in err_line
+    assert err_line.count("\n") == 1
+    signed_out.chmod(0o600)
+
+    assert main(["logout"]) == 0
+    assert f"signed out of {oidc_provider.issuer}" in captured(capsys).out
+    assert not signed_out.exists()
+    assert main(["--store", store, "--registry", url, "show", f"{name}@champion"]) == 6
+    err_line = captured(capsys).err
+    assert "not signed in" in err_line and "modelkeep login" in err_line
+
+
+def test_no_secret_in_any_output(  # type: ignore[no-untyped-def]
+    oidc_provider, mlflow_oidc_server, signed_out: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Runs last in this module: no secret or token given to or issued in the tests above is
+    in anything they printed or raised, nor in the settings listing, nor in a ``repr``."""
+    secret = oidc_provider.client_secret(OIDC_JOB)
+    as_job(monkeypatch, oidc_provider, OIDC_JOB)
+    (tmp_path / "modelkeep.toml").write_text(
+        f'registry = "{mlflow_oidc_server.url}"\n[auth]\nissuer = "{oidc_provider.issuer}"\n'
+        f'client_id = "{OIDC_JOB}"\n')
+    for args in (["--json", "config"], ["config"], ["whoami", "--json"], ["whoami"],
+                 ["login", "--json"], ["list"]):
+        assert main(args) == 0, args
+        captured(capsys)
+    from modelkeep.auth.settings import resolve
+
+    settings = resolve({})
+    assert settings is not None
+    source = tokens.source_for(settings)
+    SECRETS.add(source.access_token())
+    said(repr(settings), repr(source), repr(tokens.BearerAuth(source)), str(settings.describe()))
+
+    SECRETS.update(c.secret for c in oidc_provider.clients.values() if c.secret)
+    assert secret in SECRETS and len(SECRETS) >= 6 and len(OUTPUTS) >= 20
+    everything = "\n".join(OUTPUTS)
+    assert "eyJ" not in everything  # no JSON Web Token at all
+    leaked = [s[:6] + "..." for s in SECRETS if s in everything]
+    assert not leaked, f"secrets in the output: {leaked}"

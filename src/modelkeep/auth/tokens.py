@@ -234,6 +234,16 @@ def source_for(settings: AuthSettings) -> TokenSource:
         return found
 
 
+def forget(settings: AuthSettings | None = None) -> None:
+    """Drop the tokens this process holds (of *settings*' identity, or all): the next use
+    reads the token file or asks the provider again. ``modelkeep logout`` calls it."""
+    with _sources_lock:
+        if settings is None:
+            _sources.clear()
+        else:
+            _sources.pop(settings.key, None)
+
+
 class BearerAuth(AuthBase):
     """``requests`` auth: the source's current token as ``Authorization: Bearer``; a 401 gets
     one renewal and one retry."""
@@ -265,3 +275,24 @@ class BearerAuth(AuthBase):
 
         request.register_hook("response", retry_once)
         return request
+
+
+def revoke(settings: AuthSettings, entry: dict[str, Any]) -> bool:
+    """Ask the provider to revoke a login's refresh token (RFC 7009); best effort: whether
+    it said yes. A provider without a revocation endpoint, or one that cannot be reached, leaves
+    the token to expire on its own."""
+    import requests
+
+    refresh = entry.get("refresh_token")
+    if not refresh:
+        return False
+    try:
+        meta = provider.metadata(settings.issuer)
+        if not meta.revocation_endpoint:
+            return False
+        response = oauth_session(settings).revoke_token(
+            meta.revocation_endpoint, token=refresh, token_type_hint="refresh_token",
+            timeout=provider.TIMEOUT)
+    except (SignInError, requests.RequestException):
+        return False
+    return bool(response.status_code == 200)

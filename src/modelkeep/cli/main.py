@@ -18,7 +18,14 @@ import typer
 from rich.table import Table
 
 from modelkeep.aliases import AliasEvent
-from modelkeep.cli import fetch_cmds, key_cmds, policy_cmds, registry_cmds, store_cmds
+from modelkeep.cli import (
+    auth_cmds,
+    fetch_cmds,
+    key_cmds,
+    policy_cmds,
+    registry_cmds,
+    store_cmds,
+)
 from modelkeep.cli._errors import report
 from modelkeep.cli._gitignore import add_to_gitignore, git_work_tree, ignore_entries
 from modelkeep.cli._output import Output, human_bytes
@@ -693,6 +700,7 @@ _add_gitdvc(app)
 registry_cmds.add_to(app)
 store_cmds.add_to(app)
 key_cmds.add_to(app)
+auth_cmds.add_to(app)
 policy_cmds.add_to(app)
 fetch_cmds.add_to(app)
 
