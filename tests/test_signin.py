@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,14 @@ import pytest
 import requests
 
 import modelkeep
+from modelkeep.auth import settings as auth_settings
 from modelkeep.auth import tokens
 from modelkeep.cli.main import main
-from modelkeep.errors import RegistryAuthError, RegistryPermissionError
+from modelkeep.errors import ConfigError, RegistryAuthError, RegistryPermissionError
 from modelkeep.hooks import make_plugin_manager
 from tests.backends import unique_name
-from tests.conftest import OIDC_ADMIN, OIDC_CLI, OIDC_JOB, OIDC_OTHER_JOB
+from tests.conftest import OIDC_ADMIN, OIDC_CLI, OIDC_JOB, OIDC_OTHER_JOB, OIDC_SHORT_JOB
+from tests.faultproxy import FaultProxy
 from tests.helpers import tensors, write_model
 from tests.servers import REPO_ROOT, confirm_device_code
 
@@ -36,6 +40,11 @@ pytestmark = pytest.mark.xdist_group("signin")
 API = "/api/2.0/mlflow"
 PLUGINS = make_plugin_manager(entry_points=False)
 REPO_SRC = REPO_ROOT / "src"
+# Seconds every store request is held back in the long register: it then takes over a minute.
+LONG_REGISTER_LATENCY = 4.0
+# A training run of this many checkpoints, this many seconds apart, lasts over two minutes.
+TRAINING_CHECKPOINTS = 5
+TRAINING_STEP = 25.0
 
 # Everything the commands and errors of this module said, and every secret and token they were
 # given or that was issued: the last test checks that none of the second is in the first.
@@ -338,6 +347,117 @@ def test_a_person_signs_in_with_the_device_flow(  # type: ignore[no-untyped-def]
     assert "not signed in" in err_line and "modelkeep login" in err_line
 
 
+def test_short_lived_tokens_are_renewed_during_a_long_register(  # type: ignore[no-untyped-def]
+    oidc_provider, mlflow_oidc_server, moto_s3, signed_out: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """20-second access tokens and a register that takes more than a minute: the store is S3
+    behind a proxy that holds every request back (tests/faultproxy.py), so the token of the
+    registry check made before the upload has long expired when the version is created."""
+    proxy = FaultProxy("127.0.0.1", int(moto_s3.endpoint_url.rsplit(":", 1)[1]))
+    try:
+        proxy.set(latency=LONG_REGISTER_LATENCY)
+        bucket = moto_s3.make_bucket()
+        options = {**moto_s3.storage_options,
+                   "client_kwargs": {"endpoint_url": proxy.url, "region_name": moto_s3.region}}
+        as_job(monkeypatch, oidc_provider, OIDC_SHORT_JOB)
+        keep = modelkeep.open(store=f"s3://{bucket}/keep", registry=mlflow_oidc_server.url,
+                              store_options=options, plugins=PLUGINS)
+        name = unique_name()
+        started = time.monotonic()
+        v = keep.register(name, write_model(tmp_path / "m", tensors(n=2), extra=False),
+                          aliases=["champion"])
+        took = time.monotonic() - started
+    finally:
+        proxy.stop()
+    settings = auth_settings.resolve({})
+    assert settings is not None
+    source = tokens.source_for(settings)
+    SECRETS.add(source.access_token())
+    assert took > 60, f"the register took {took:.0f} s"
+    assert source.renewals >= took // 20, (source.renewals, took)
+    assert keep.get(f"{name}@champion").snapshot_id == v.snapshot_id
+
+
+def test_short_lived_tokens_are_renewed_during_a_long_training_run(  # type: ignore[no-untyped-def]
+    oidc_provider, mlflow_oidc_server, signed_out: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """20-second access tokens and a training run that checkpoints for over two minutes: each
+    checkpoint is registered in the background, on whatever token is current."""
+    as_job(monkeypatch, oidc_provider, OIDC_SHORT_JOB)
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_oidc_server.url,
+                          plugins=PLUGINS)
+    name = unique_name()
+    started = time.monotonic()
+    with modelkeep.track(name, keep=keep) as run:
+        for step in range(1, TRAINING_CHECKPOINTS + 1):
+            write_model(tmp_path / "ckpt", tensors(seed=step, n=2), extra=False)
+            run.checkpoint(tmp_path / "ckpt", step=step)
+            time.sleep(TRAINING_STEP)  # the training between two checkpoints
+    took = time.monotonic() - started
+    settings = auth_settings.resolve({})
+    assert settings is not None
+    assert took > 120 and tokens.source_for(settings).renewals >= took // 20
+    versions = keep.versions(name)
+    assert [int(v.tags["step"]) for v in versions] == list(range(1, TRAINING_CHECKPOINTS + 1))
+
+
+# -- settings, no server ---------------------------------------------------------------------------
+
+
+def test_auth_settings_from_the_file_and_the_environment(
+    signed_out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from modelkeep.config import load_config
+
+    toml = tmp_path / "modelkeep.toml"
+    (tmp_path / "secret").write_text("s3cret-from-file\n")
+    SECRETS.add("s3cret-from-file")
+    toml.write_text('[auth]\nissuer = "https://id.example.com/"\nclient_id = "job"\n'
+                    'scopes = "mlflow profile"\naudience = "https://mlflow.example.com"\n'
+                    'client_secret_file = "secret"\n')
+    config = load_config()
+    settings = auth_settings.resolve(config.auth, file=config.file, root=config.root)
+    assert settings is not None
+    assert (settings.issuer, settings.client_id, settings.flow) == (
+        "https://id.example.com", "job", "client_credentials")
+    assert settings.scopes == ("mlflow", "profile")
+    assert settings.client_secret == "s3cret-from-file"
+    assert settings.secret_from == str(tmp_path / "secret")
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.describe())
+
+    # The environment wins, key by key; without a secret it is a person's sign-in.
+    monkeypatch.setenv("MODELKEEP_AUTH_CLIENT_ID", "cli")
+    monkeypatch.setenv("MODELKEEP_AUTH_CLIENT_SECRET_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="cannot read the client secret file"):
+        auth_settings.resolve(config.auth, file=config.file, root=config.root)
+    monkeypatch.delenv("MODELKEEP_AUTH_CLIENT_SECRET_FILE")
+    toml.write_text('[auth]\nissuer = "https://id.example.com"\nclient_id = "job"\n')
+    config = load_config()
+    person = auth_settings.resolve(config.auth, file=config.file, root=config.root)
+    assert person is not None and (person.client_id, person.flow) == ("cli", "device")
+
+    # Refused in one line: a secret in the file, an unknown key, a bad issuer.
+    for table, message in (('client_secret = "x"', "does not belong in a settings file"),
+                           ('issuer = "id.example.com"', "must be an http(s) URL"),
+                           ('client = "x"', "unknown key 'auth.client'"),
+                           ('audience_parameter = "aud"', "must be one of")):
+        toml.write_text(f"[auth]\n{table}\n")
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config()
+        assert main(["config"]) == 2
+        err = captured(capsys).err
+        assert err.count("\n") == 1 and str(toml) in err
+    toml.write_text("")
+
+    # Not configured: the sign-in commands say what to set.
+    monkeypatch.delenv("MODELKEEP_AUTH_CLIENT_ID")
+    assert main(["whoami"]) == 2
+    assert "MODELKEEP_AUTH_ISSUER" in captured(capsys).err
+
+
 def test_no_secret_in_any_output(  # type: ignore[no-untyped-def]
     oidc_provider, mlflow_oidc_server, signed_out: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -362,7 +482,7 @@ def test_no_secret_in_any_output(  # type: ignore[no-untyped-def]
     said(repr(settings), repr(source), repr(tokens.BearerAuth(source)), str(settings.describe()))
 
     SECRETS.update(c.secret for c in oidc_provider.clients.values() if c.secret)
-    assert secret in SECRETS and len(SECRETS) >= 6 and len(OUTPUTS) >= 20
+    assert secret in SECRETS and len(SECRETS) >= 6 and len(OUTPUTS) >= 10
     everything = "\n".join(OUTPUTS)
     assert "eyJ" not in everything  # no JSON Web Token at all
     leaked = [s[:6] + "..." for s in SECRETS if s in everything]

