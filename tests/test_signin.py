@@ -188,6 +188,22 @@ def test_a_job_signs_in_with_client_credentials(  # type: ignore[no-untyped-def]
     pulled = keep.pull(f"{name}@champion", tmp_path / "pulled")
     assert sorted(p.name for p in pulled.iterdir()) == sorted(p.name for p in model.iterdir())
 
+    # MLflow's own client, with modelkeep's auth provider, sends the same tokens.
+    import mlflow
+    from mlflow.tracking.request_auth import registry as auth_providers
+
+    from modelkeep.plugins.mlflow.request_auth import ModelkeepRequestAuth
+
+    if not any(p.get_name() == "modelkeep" for p in auth_providers._request_auth_provider_registry):
+        # What MLflow does for the entry point of an installed modelkeep.
+        auth_providers._request_auth_provider_registry.register(ModelkeepRequestAuth)
+    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "modelkeep")
+    client = mlflow.MlflowClient(tracking_uri=url, registry_uri=url)
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    monkeypatch.delenv("MLFLOW_TRACKING_AUTH")
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        mlflow.MlflowClient(tracking_uri=url, registry_uri=url).get_registered_model(name)
+
     # The same from the command line, with the settings in modelkeep.toml and the secret in a
     # file beside it.
     monkeypatch.delenv("MODELKEEP_AUTH_ISSUER")
