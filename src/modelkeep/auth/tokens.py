@@ -60,6 +60,10 @@ def audience_params(settings: AuthSettings) -> dict[str, str]:
     return {settings.audience_parameter: settings.audience} if settings.audience else {}
 
 
+class RefusedError(SignInError):
+    """The provider answered a token request with an OAuth error (not a network failure)."""
+
+
 def refused(settings: AuthSettings, exc: Exception, doing: str) -> SignInError:
     """The one line for an OAuth error answer (its code and description, never a token)."""
     code = str(getattr(exc, "error", "") or type(exc).__name__)
@@ -71,8 +75,8 @@ def refused(settings: AuthSettings, exc: Exception, doing: str) -> SignInError:
                 "provider's admin")
     else:
         hint = "run `modelkeep login` again"
-    return SignInError(f"the OpenID provider {settings.issuer} refused {doing} for client "
-                       f"{settings.client_id!r} ({detail})", hint=hint)
+    return RefusedError(f"the OpenID provider {settings.issuer} refused {doing} for client "
+                        f"{settings.client_id!r} ({detail})", hint=hint)
 
 
 def exchange(settings: AuthSettings, doing: str, call: Any) -> dict[str, Any]:
@@ -207,7 +211,7 @@ class Login(TokenSource):
             token = exchange(settings, "renewing the sign-in", lambda: session.refresh_token(
                 meta.token_endpoint, refresh_token=refresh, timeout=provider.TIMEOUT,
                 **audience_params(settings)))
-        except SignInError:
+        except RefusedError:
             # A refresh token rotated by another process at the same moment: take its result.
             again = tokenfile.load(settings.issuer, settings.client_id) or {}
             if again.get("refresh_token") != refresh and self._fresh(again):

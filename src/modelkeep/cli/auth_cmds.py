@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from modelkeep.cli._state import state as _state
-from modelkeep.errors import ConfigError
+from modelkeep.errors import ConfigError, SignInError
 
 if TYPE_CHECKING:
     from modelkeep.auth.device import DeviceCode
@@ -119,7 +119,7 @@ def logout(
     settings = _settings()
     try:
         entry = tokenfile.load(settings.issuer, settings.client_id)
-    except Exception:  # an unsafe or damaged file is removed without being used
+    except SignInError:  # an unsafe or damaged file is removed without being used
         entry = None
     revoked = revoke(settings, entry) if entry else False
     removed = tokenfile.remove(settings.issuer, settings.client_id)
