@@ -103,6 +103,7 @@ def signed_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     token_file = tmp_path / "config" / "modelkeep" / "tokens.json"
     monkeypatch.setenv("MODELKEEP_TOKEN_FILE", str(token_file))
     monkeypatch.chdir(tmp_path)
+    tokens.forget()  # no token held from an earlier test: each counts its own renewals
     return token_file
 
 
@@ -391,7 +392,8 @@ def test_short_lived_tokens_are_renewed_during_a_long_register(  # type: ignore[
     source = tokens.source_for(settings)
     SECRETS.add(source.access_token())
     assert took > 60, f"the register took {took:.0f} s"
-    assert source.renewals >= took // 20, (source.renewals, took)
+    # The token of the check before the upload had expired when the version was created.
+    assert source.renewals >= 2, (source.renewals, took)
     assert keep.get(f"{name}@champion").snapshot_id == v.snapshot_id
 
 
@@ -414,7 +416,8 @@ def test_short_lived_tokens_are_renewed_during_a_long_training_run(  # type: ign
     took = time.monotonic() - started
     settings = auth_settings.resolve({})
     assert settings is not None
-    assert took > 120 and tokens.source_for(settings).renewals >= took // 20
+    # Every checkpoint came after the token of the one before had expired.
+    assert took > 120 and tokens.source_for(settings).renewals >= TRAINING_CHECKPOINTS
     versions = keep.versions(name)
     assert [int(v.tags["step"]) for v in versions] == list(range(1, TRAINING_CHECKPOINTS + 1))
 
