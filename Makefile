@@ -38,6 +38,7 @@ $(VENV_STAMP): $(CORE_STAMP)
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	test -x node_modules/.bin/azurite-blob
+	test -d node_modules/oidc-provider
 	touch $@
 
 # The UI test drives the system's Chromium (Debian packages; no browser download).

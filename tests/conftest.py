@@ -10,14 +10,19 @@ import os
 import pytest
 
 from tests.servers import (
+    DEVICE_GRANT,
     Azurite,
     MlflowServer,
     MotoS3,
+    OidcClient,
+    OidcProvider,
     ServerStartError,
     create_database,
+    oidc_auth_env,
     start_azurite,
     start_mlflow_server,
     start_moto,
+    start_oidc_provider,
 )
 
 # Installed third-party plugins (the example plugin among them) stay out of every test that does
@@ -120,6 +125,64 @@ def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory):
             workdir, f"sqlite:///{workdir / 'mlflow.db'}", app_name="basic-auth")
     except ServerStartError as exc:
         pytest.fail(f"could not start mlflow server with basic-auth:\n{exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.process.stop()
+
+
+# Clients and users of the test OpenID provider. Secrets are made per session.
+OIDC_ADMIN = "mk-admin"  # client credentials, in the registry's admin group
+# mlflow-oidc-auth lets only its administrators create a version whose source is not inside an
+# MLflow run's artifacts (a `modelkeep://` source is not): the jobs that register are admins.
+OIDC_JOB = "mk-job"  # client credentials, registers
+OIDC_SHORT_JOB = "mk-job-short"  # client credentials, registers, 20-second access tokens
+OIDC_OTHER_JOB = "mk-other"  # client credentials, not an admin, granted nothing
+OIDC_CLI = "mk-cli"  # public client: the device flow, 20-second access tokens, refresh tokens
+OIDC_USERS = {"alice": ("mlflow",), "bob": ("mlflow",)}
+
+
+@pytest.fixture(scope="session")
+def oidc_provider(tmp_path_factory: pytest.TempPathFactory):
+    """An OpenID provider (npm ``oidc-provider``) on a free loopback port (``issuer``,
+    ``clients``, ``client_secret(id)``, ``users``, ``audience``)."""
+    import uuid
+
+    def secret() -> str:
+        return f"cs-{uuid.uuid4().hex}"
+
+    cc = ("client_credentials",)
+    clients = [
+        OidcClient(OIDC_ADMIN, secret(), cc, username="mk-admin", groups=("mlflow-admin",)),
+        OidcClient(OIDC_JOB, secret(), cc, username="ci-job", groups=("mlflow-admin",)),
+        OidcClient(OIDC_SHORT_JOB, secret(), cc, username="ci-short", groups=("mlflow-admin",),
+                   access_token_ttl=20),
+        OidcClient(OIDC_OTHER_JOB, secret(), cc, username="other-job", groups=("mlflow",)),
+        OidcClient(OIDC_CLI, None, (DEVICE_GRANT, "refresh_token"), access_token_ttl=20),
+    ]
+    try:
+        provider: OidcProvider = start_oidc_provider(
+            tmp_path_factory.mktemp("oidc"), clients, OIDC_USERS)
+    except ServerStartError as exc:
+        pytest.fail(f"could not start the OpenID provider:\n{exc}", pytrace=False)
+    try:
+        yield provider
+    finally:
+        provider.process.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_oidc_server(oidc_provider: OidcProvider, tmp_path_factory: pytest.TempPathFactory):
+    """``mlflow server --app-name oidc-auth`` (the ``mlflow-oidc-auth`` plugin) over SQLite,
+    trusting ``oidc_provider``'s tokens (``url``)."""
+    workdir = tmp_path_factory.mktemp("mlflow-oidc")
+    try:
+        server: MlflowServer = start_mlflow_server(
+            workdir, f"sqlite:///{workdir / 'mlflow.db'}", app_name="oidc-auth",
+            env=oidc_auth_env(workdir, oidc_provider))
+    except ServerStartError as exc:
+        pytest.fail(f"could not start mlflow server with mlflow-oidc-auth:\n{exc}",
+                    pytrace=False)
     try:
         yield server
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -17,10 +18,12 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -419,3 +422,146 @@ def create_database(kind: str) -> Database:
             f"as {where['user']}: {exc}"
         ) from exc
     return db
+
+
+# ------------------------------------------------------------------ OpenID provider (oidc-provider)
+
+
+def oidc_provider_script() -> Path:
+    return REPO_ROOT / "tests" / "oidc" / "provider.mjs"
+
+
+@dataclass
+class OidcClient:
+    """A client registered with the test provider. *username* and *groups* are the claims its
+    client-credentials tokens carry (the registry names the job by them)."""
+
+    client_id: str
+    secret: str | None  # None: a public client (the device flow)
+    grant_types: tuple[str, ...]
+    username: str | None = None
+    groups: tuple[str, ...] = ()
+    access_token_ttl: int = 3600
+
+
+@dataclass
+class OidcProvider:
+    issuer: str
+    process: ManagedProcess
+    audience: str
+    scope: str
+    clients: dict[str, OidcClient]
+    users: dict[str, tuple[str, ...]]  # login -> groups
+
+    def client_secret(self, client_id: str) -> str:
+        secret = self.clients[client_id].secret
+        assert secret is not None
+        return secret
+
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+def start_oidc_provider(
+    workdir: Path, clients: Sequence[OidcClient], users: dict[str, tuple[str, ...]],
+    *, audience: str = "urn:modelkeep:registry", scope: str = "mlflow",
+) -> OidcProvider:
+    """The npm ``oidc-provider`` (a certified OpenID provider) on loopback, run by
+    ``tests/oidc/provider.mjs`` with *clients* and *users*; its access tokens are JWTs for
+    *audience*."""
+    script = oidc_provider_script()
+    if not (REPO_ROOT / "node_modules" / "oidc-provider").is_dir():
+        raise ServerStartError(
+            "node_modules/oidc-provider is missing: run `make node_modules` at the repository root")
+
+    def start(port: int) -> ManagedProcess:
+        config = workdir / f"oidc-{port}.json"
+        config.write_text(json.dumps({
+            "port": port, "audience": audience, "scope": scope,
+            "clients": [{"client_id": c.client_id, "client_secret": c.secret,
+                         "grant_types": list(c.grant_types), "username": c.username,
+                         "groups": list(c.groups), "access_token_ttl": c.access_token_ttl}
+                        for c in clients],
+            "users": {login: {"groups": list(groups)} for login, groups in users.items()},
+        }))
+        config.chmod(0o600)  # it holds the clients' secrets
+        proc = ManagedProcess("oidc-provider", ["node", str(script), str(config)],
+                              workdir / f"oidc-{port}.log", env={**os.environ,
+                                                                  "NODE_ENV": "test"})
+        proc.wait_ready(lambda: _http_answers(
+            f"http://127.0.0.1:{port}/.well-known/openid-configuration"))
+        return proc
+
+    port, proc = _start_with_retries(start)
+    return OidcProvider(issuer=f"http://127.0.0.1:{port}", process=proc, audience=audience,
+                        scope=scope, clients={c.client_id: c for c in clients}, users=users)
+
+
+def oidc_auth_env(workdir: Path, provider: OidcProvider) -> dict[str, str]:
+    """The environment of ``mlflow server --app-name oidc-auth`` (the ``mlflow-oidc-auth``
+    plugin) trusting *provider*: bearer tokens are checked against the provider's JWKS, its
+    issuer and the registry's audience; a token's first use creates the user (their groups
+    must include ``mlflow``; ``mlflow-admin`` makes an admin). Permissions live in a SQLite
+    database of their own; a model is reachable only through a grant (its creator gets
+    MANAGE)."""
+    return {
+        "OIDC_DISCOVERY_URL": f"{provider.issuer}/.well-known/openid-configuration",
+        "OIDC_ISSUER": provider.issuer,
+        "OIDC_AUDIENCE": provider.audience,
+        # The browser sign-in's client; bearer tokens do not use it.
+        "OIDC_CLIENT_ID": "mlflow-ui",
+        "OIDC_CLIENT_SECRET": uuid.uuid4().hex,
+        "OIDC_USERS_DB_URI": f"sqlite:///{workdir / 'oidc_auth.db'}",
+        "SECRET_KEY": uuid.uuid4().hex,
+        "OIDC_USERNAME_FIELD": "preferred_username",
+        "OIDC_PROVISION_ON_BEARER_AUTH": "true",
+        "OIDC_TRUST_BEARER_GROUP_CLAIMS": "true",
+        "DEFAULT_MLFLOW_PERMISSION": "NO_PERMISSIONS",
+    }
+
+
+class _Forms(HTMLParser):
+    """The forms of a page: (action, {name: value}) of each, hidden and filled inputs alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[tuple[str, dict[str, str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.forms.append((a.get("action", ""), {}))
+        elif tag == "input" and self.forms and a.get("name"):
+            self.forms[-1][1][a["name"]] = a.get("value", "")
+
+
+def page_forms(html: str) -> list[tuple[str, dict[str, str]]]:
+    parser = _Forms()
+    parser.feed(html)
+    return parser.forms
+
+
+def confirm_device_code(provider: OidcProvider, verification_uri_complete: str,
+                        login: str) -> str:
+    """Do what a person does in a browser to finish a device sign-in, over HTTP against the
+    provider's own pages: open the verification URL (its user-code form is submitted), confirm
+    the code, sign in as *login* on the login page, consent. Returns the final page."""
+    import requests
+
+    browser = requests.Session()
+    page = browser.get(verification_uri_complete, timeout=30)
+    steps = [
+        lambda fields: fields,  # the user code, pre-filled from the URL
+        lambda fields: fields,  # "is this the code on your device?": yes (confirm=yes)
+        lambda fields: {**fields, "login": login, "password": "any"},  # the login page
+        lambda fields: fields,  # the consent page
+    ]
+    for fill in steps:
+        assert page.status_code == 200, page.text[:500]
+        forms = page_forms(page.text)
+        assert forms, f"no form on {page.url}: {page.text[:500]}"
+        action, fields = forms[0]
+        page = browser.post(urllib.parse.urljoin(page.url, action), data=fill(fields),
+                            timeout=30)
+    assert page.status_code == 200 and "Sign-in Success" in page.text, page.text[:500]
+    return page.text

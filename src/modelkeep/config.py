@@ -35,7 +35,9 @@ first, then taken as a URL or path (write ``./team`` for a folder that shares a 
 Environment: ``MODELKEEP_CONFIG`` (the file), ``MODELKEEP_STORE`` (a store name or URL),
 ``MODELKEEP_STORE_OPTIONS`` (a JSON object merged over the options of the store in use),
 ``MODELKEEP_REGISTRY``; ``MODELKEEP_PLUGINS`` is read by :mod:`modelkeep.hooks`, and
-``MODELKEEP_KEY`` (an encrypted store's key) by :mod:`modelkeep.store.store`. Credentials
+``MODELKEEP_KEY`` (an encrypted store's key) by :mod:`modelkeep.store.store`, and the
+``MODELKEEP_AUTH_*`` variables with the ``[auth]`` table (sign-in to the registry) by
+:mod:`modelkeep.auth.settings`. Credentials
 belong in the environment the backend already reads (``AWS_*``, ``AZURE_STORAGE_*``) or a plugin
 that provides storage options, not in a committed file; :func:`redact` hides them when settings are
 shown.
@@ -65,7 +67,8 @@ if TYPE_CHECKING:
 CONFIG_NAME = "modelkeep.toml"
 PYPROJECT = "pyproject.toml"
 DEFAULT_STORE = ".modelkeep/store"
-_KNOWN_KEYS = {"store", "registry", "store_options", "default_store", "stores", "policies"}
+_KNOWN_KEYS = {"store", "registry", "store_options", "default_store", "stores", "policies",
+               "auth"}
 _STORE_KEYS = {"url", "options"}
 _STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -98,6 +101,8 @@ class Config:
     store_name: str | None = None  # set when the default store is a named one
     stores: dict[str, StoreConfig] = field(default_factory=dict)
     policies: dict[str, Any] = field(default_factory=dict)
+    # The [auth] table: sign-in to the registry (read by modelkeep.auth.settings).
+    auth: dict[str, Any] = field(default_factory=dict)
     # Where each effective value came from ("file", "default", "env MODELKEEP_STORE" …).
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -129,6 +134,8 @@ class Config:
             "registry": {"uri": self.registry, "source": self.sources.get("registry", "default")},
             "stores": {n: {"url": s.url, "options": s.options} for n, s in self.stores.items()},
             "policies": self.policies,
+            # Not "auth": a key of that name would be hidden whole by redact().
+            "sign_in": self.auth,
             "plugins": os.environ.get("MODELKEEP_PLUGINS"),
         }
         return redact(data) if redacted else data
@@ -215,7 +222,7 @@ def _validate(data: dict[str, Any], file: Path, prefix: str) -> None:
     for key in ("store", "registry", "default_store"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"{q(key)} in {file} must be a string")
-    for key in ("store_options", "stores", "policies"):
+    for key in ("store_options", "stores", "policies", "auth"):
         if key in data and not isinstance(data[key], dict):
             raise ConfigError(f"{q(key)} in {file} must be a table")
     if "store" in data and "default_store" in data:
@@ -265,6 +272,10 @@ def load_config(start: Path | None = None) -> Config:
 
         parse_policies(data.get("policies", {}), file=file, prefix=prefix,
                        stores=data.get("stores", {}).keys())
+        # Likewise the [auth] table, whose rules modelkeep.auth owns.
+        from modelkeep.auth.settings import check_table
+
+        check_table(data.get("auth", {}), file=file, prefix=prefix)
     sources: dict[str, str] = {}
 
     stores = {
@@ -304,6 +315,7 @@ def load_config(start: Path | None = None) -> Config:
         store_name=store_name,
         stores=stores,
         policies=dict(data.get("policies", {})),
+        auth=dict(data.get("auth", {})),
         sources=sources,
     )
 

@@ -183,6 +183,15 @@ class RegistryPermissionError(RegistryError, PermissionError):
     default_hint = "ask the registry's admin for permission on the model"
 
 
+class SignInError(ModelkeepError, PermissionError):
+    """No usable sign-in: not signed in, the sign-in expired, the OpenID provider refused the
+    client or could not be reached, or the token file is unsafe (exit code 6, as the
+    registry's refusals)."""
+
+    exit_code = 6
+    default_hint = "run `modelkeep login`"
+
+
 class ConfigError(InvalidInputError):
     """A configuration file or environment variable is invalid."""
 

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from modelkeep.aliases import AliasEvent
 from modelkeep.cli import (
+    auth_cmds,
     fetch_cmds,
     key_cmds,
     policy_cmds,
@@ -696,6 +697,7 @@ _add_gitdvc(app)
 registry_cmds.add_to(app)
 store_cmds.add_to(app)
 key_cmds.add_to(app)
+auth_cmds.add_to(app)
 policy_cmds.add_to(app)
 fetch_cmds.add_to(app)
 usage_cmds.add_to(app)

@@ -84,6 +84,10 @@ def register(
         sources = (scan_url(source, storage_options) if isinstance(source, str)
                    else scan_local(source))
     source_files = list(sources)
+    # A registry that will refuse the version refuses it now, before any byte is uploaded.
+    check_writable = getattr(keep.registry, "check_writable", None)
+    if check_writable is not None:
+        check_writable(name)
     findings = scan_sources(keep, name, source_files)
     parent_refs = []
     for p in parents:

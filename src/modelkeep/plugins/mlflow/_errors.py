@@ -21,6 +21,9 @@ from modelkeep.errors import (
 NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"})
 DENIED_CODES = frozenset({"PERMISSION_DENIED"})
 UNAUTHENTICATED_CODES = frozenset({"UNAUTHENTICATED", "UNAUTHORIZED"})
+NO_CREDENTIALS_HINT = ("sign in with `modelkeep login` ([auth] in modelkeep.toml), or set "
+                       "MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and "
+                       "MLFLOW_TRACKING_PASSWORD for this server")
 # SQLite lets one writer in at a time; concurrent registers from several processes see "database
 # is locked" or a lost race on the version number. Both are safe to retry.
 RETRYABLE = ("database is locked", "unique constraint", "integrityerror", "deadlock",
@@ -32,26 +35,35 @@ def not_found(uri: str, what: str) -> NotFoundError:
                          hint="list models with `modelkeep list`")
 
 
-def translate(uri: str, what: str, *, code: str, status: int | None,
-              message: str) -> ModelkeepError:
+def translate(uri: str, what: str, *, code: str, status: int | None, message: str,
+              model: str | None = None, need: str | None = None, who: str | None = None,
+              sign_in: str | None = None) -> ModelkeepError:
     """The modelkeep error for a registry answer: MLflow's *code*, the HTTP *status* when
-    there was one, and its *message*."""
+    there was one, and its *message*. A refusal names *who* was refused (the credential in use)
+    and the permission it lacks (*need*, on *model*); *sign_in* says what to do about a 401
+    with the credentials in use."""
     # A missing alias comes back as INVALID_PARAMETER_VALUE "... not found".
     if code in NOT_FOUND_CODES or status == 404 or "not found" in message.lower():
         return not_found(uri, what)
     if code in UNAUTHENTICATED_CODES or status == 401:
         return RegistryAuthError(
             f"registry {uri} refused {what}: not logged in (credentials missing or wrong)",
-            hint="set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
-            "(or MLFLOW_TRACKING_TOKEN) for this server",
+            hint=sign_in or NO_CREDENTIALS_HINT,
         )
     if code in DENIED_CODES or status == 403:
-        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-        who = f"user {user!r}" if user else "this user"
+        if who is None:
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            who = f"user {user!r}" if user else "this user"
+        on = f" on model {model!r}" if model else " on the model"
+        if need:
+            hint = f"ask an admin of the registry, or the model's owner, for {need}{on}"
+        else:
+            hint = ("ask an MLflow admin for EDIT on the model (to register and move "
+                    "aliases) or MANAGE (to delete aliases)")
         return RegistryPermissionError(
-            f"registry {uri} refused {what}: permission denied for {who}",
-            hint="ask an MLflow admin for EDIT on the model (to register and move "
-            "aliases) or MANAGE (to delete aliases)",
+            f"registry {uri} refused {what}: permission denied for {who}"
+            + (f" (needs {need}{on})" if need else ""),
+            hint=hint,
         )
     first = message.splitlines()[0][:300] if message else f"HTTP {status}"
     return RegistryError(f"registry error on {what}: {first}")

@@ -35,8 +35,10 @@ def registry_for(uri: str | None) -> Registry:
     uri = uri or default_uri()
     if uri is not None:
         scheme = uri.split(":", 1)[0].lower()
-        # An auth-provider plugin or a workspace is MLflow's client's business.
-        special = any(os.environ.get(v) for v in ("MLFLOW_TRACKING_AUTH", "MLFLOW_WORKSPACE"))
+        # An auth-provider plugin or a workspace is MLflow's client's business; modelkeep's own
+        # auth provider sends the tokens the REST adapter sends itself.
+        auth = os.environ.get("MLFLOW_TRACKING_AUTH")
+        special = (auth and auth != "modelkeep") or bool(os.environ.get("MLFLOW_WORKSPACE"))
         if scheme in ("http", "https") and not special:
             from modelkeep.plugins.mlflow.rest import RestRegistry
 

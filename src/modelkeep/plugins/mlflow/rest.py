@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 _API = "/api/2.0/mlflow"
 _PAGE = 1000  # the largest page MLflow's registered-model search serves
 _WRITE_ATTEMPTS = 8
+WRITE_CHECK_TAG = "modelkeep.write-check"  # never set: deleting it only asks for EDIT
 
 
 class _ApiError(Exception):
@@ -44,12 +45,14 @@ class RestRegistry:
         self._base = uri.rstrip("/")
         self._timeout = (_http.CONNECT_TIMEOUT, _http.read_timeout())
         self._session_: requests.Session | None = None
+        self._creds: _http.Credentials | None = None
 
     @property
     def _session(self) -> requests.Session:
         # Opened on the first request: a command that never asks the registry pays nothing.
         if self._session_ is None:
-            self._session_ = _http.open_session()
+            self._creds = _http.credentials()
+            self._session_ = _http.open_session(self._creds)
         return self._session_
 
     # -- transport -----------------------------------------------------------------------------
@@ -89,9 +92,13 @@ class RestRegistry:
         raise _ApiError(response.status_code, code, message)
 
     def _do(self, what: str, method: str, endpoint: str, body: Mapping[str, Any],
-            *, ok_codes: frozenset[str] = frozenset()) -> dict[str, Any]:
+            *, ok_codes: frozenset[str] = frozenset(), model: str | None = None,
+            need: str | None = None) -> dict[str, Any]:
         """Call *endpoint*, retrying a write that lost a race on the server's database (the
-        server's transaction failed as a whole, so trying again is safe), and translate errors."""
+        server's transaction failed as a whole, so trying again is safe), and translate errors.
+        A refusal names the model (*model*, else the body's ``name``) and the permission the
+        call needs: READ to read, MANAGE to delete, EDIT for every other write (MLflow's
+        permission levels, which its auth plugins share)."""
         attempts = 1 if method == "GET" else _WRITE_ATTEMPTS
         for attempt in range(attempts):
             try:
@@ -107,10 +114,19 @@ class RestRegistry:
                     ) from None
                 retryable = any(m in exc.message.lower() for m in _errors.RETRYABLE)
                 if attempt == attempts - 1 or not retryable or exc.status in (401, 403, 404):
-                    raise _errors.translate(self.uri, what, code=exc.code, status=exc.status,
-                                            message=exc.message) from None
+                    raise self._refusal(what, method, body, exc, need=need,
+                                        model=model) from None
             time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
         raise AssertionError("unreachable")
+
+    def _refusal(self, what: str, method: str, body: Mapping[str, Any], exc: _ApiError, *,
+                 need: str | None = None, model: str | None = None) -> Exception:
+        creds = self._creds
+        return _errors.translate(
+            self.uri, what, code=exc.code, status=exc.status, message=exc.message,
+            model=model or body.get("name"),
+            need=need or {"GET": "READ", "DELETE": "MANAGE"}.get(method, "EDIT"),
+            who=creds.who if creds else None, sign_in=creds.sign_in if creds else None)
 
     # -- conversions ---------------------------------------------------------------------------
 
@@ -127,14 +143,15 @@ class RestRegistry:
             run_id=mv.get("run_id") or None,
         )
 
-    def _search_versions(self, what: str, filter_: str, **extra: Any) -> list[dict[str, Any]]:
+    def _search_versions(self, what: str, filter_: str, model: str | None = None,
+                         **extra: Any) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         token = None
         while True:
             body: dict[str, Any] = {"filter": filter_, "max_results": _PAGE, **extra}
             if token:
                 body["page_token"] = token
-            page = self._do(what, "GET", "model-versions/search", body)
+            page = self._do(what, "GET", "model-versions/search", body, model=model)
             out.extend(page.get("model_versions") or ())
             token = page.get("next_page_token")
             if not token or extra.get("max_results") == 1:
@@ -160,7 +177,7 @@ class RestRegistry:
         return self._version(data.get("model_version") or {})
 
     def latest(self, name: str) -> RegistryVersion | None:
-        found = self._search_versions(f"model {name!r}", f"name = '{name}'",
+        found = self._search_versions(f"model {name!r}", f"name = '{name}'", name,
                                       max_results=1, order_by=["version_number DESC"])
         if not found:
             return None
@@ -172,7 +189,7 @@ class RestRegistry:
         by_version: dict[int, list[str]] = {}
         for a in model.get("aliases") or ():
             by_version.setdefault(int(a["version"]), []).append(a["alias"])
-        found = self._search_versions(f"model {name!r}", f"name = '{name}'")
+        found = self._search_versions(f"model {name!r}", f"name = '{name}'", name)
         out = []
         for mv in found:
             rv = self._version(mv)
@@ -211,6 +228,21 @@ class RestRegistry:
         )
 
     # -- Registry protocol: writes -------------------------------------------------------------
+
+    def check_writable(self, name: str) -> None:
+        """Refuse now if the caller may not add versions to model *name*.
+
+        The model is created first if it does not exist (as creating its first version would:
+        its creator gets MANAGE on it; creating models is open unless the server restricts
+        it). Then a model tag that is never set is deleted: that changes nothing, and MLflow's
+        auth plugins (basic-auth, mlflow-oidc-auth) allow it exactly to those with EDIT on the
+        model, as they do creating a version. In this order no permission is asked about a
+        model that does not exist yet, which mlflow-oidc-auth would refuse and remember."""
+        what = f"a new version of {name!r} (checked first: nothing was uploaded)"
+        self._do(what, "POST", "registered-models/create", {"name": name},
+                 ok_codes=frozenset({"RESOURCE_ALREADY_EXISTS"}))
+        self._do(what, "DELETE", "registered-models/delete-tag",
+                 {"name": name, "key": WRITE_CHECK_TAG}, need="EDIT")
 
     def create_model(self, name: str) -> None:
         self._do(f"creating model {name!r}", "POST", "registered-models/create", {"name": name},
