@@ -47,12 +47,20 @@ from modelkeep.errors import (
 
 if TYPE_CHECKING:
     from modelkeep.aliases import AliasEvent
+    from modelkeep.catalog.deletions import DeletionEvent
     from modelkeep.hooks import Finding
     from modelkeep.keep import Keep
     from modelkeep.ops.fetch import FetchResult
     from modelkeep.ops.rebuild import RebuildReport
     from modelkeep.ops.repair import RepairResult
-    from modelkeep.ops.results import DeletedVersion, Diff, FileChange, ModelVersion, TensorChanges
+    from modelkeep.ops.results import (
+        DeletedVersion,
+        DeleteReport,
+        Diff,
+        FileChange,
+        ModelVersion,
+        TensorChanges,
+    )
     from modelkeep.signing import SignatureStatus, Signer
     from modelkeep.store import (
         GcReport,
@@ -71,6 +79,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "AliasEvent": "modelkeep.aliases",
     "DeletedVersion": "modelkeep.ops.results",
+    "DeleteReport": "modelkeep.ops.results",
+    "DeletionEvent": "modelkeep.catalog.deletions",
     "Diff": "modelkeep.ops.results",
     "FileChange": "modelkeep.ops.results",
     "Finding": "modelkeep.hooks",
@@ -111,7 +121,9 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "CredentialsError",
+    "DeleteReport",
     "DeletedVersion",
+    "DeletionEvent",
     "DestinationExistsError",
     "Diff",
     "DirtyWorkspaceError",

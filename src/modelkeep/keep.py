@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelkeep import aliases as aliases_mod
+from modelkeep.catalog.deletions import DeletionEvent
 from modelkeep.config import Config, StoreConfig
 from modelkeep.hooks import Finding
 from modelkeep.ops import aliases as _aliases
@@ -31,7 +32,7 @@ from modelkeep.ops import signatures as _signatures
 from modelkeep.ops import sync as _sync
 from modelkeep.ops.fetch import FetchResult
 from modelkeep.ops.rebuild import RebuildReport
-from modelkeep.ops.results import DeletedVersion, Diff, ModelVersion
+from modelkeep.ops.results import DeletedVersion, DeleteReport, Diff, ModelVersion
 from modelkeep.policy.rules import Policies
 from modelkeep.registry import Registry
 from modelkeep.store import (
@@ -270,6 +271,26 @@ class Keep:
         chunks only this version used stay until the store's garbage collection sweeps them.
         """
         return _delete.delete_version(self, ref)
+
+    def delete(
+        self,
+        target: str,
+        *,
+        all_versions: bool = False,
+        confirm: Callable[[Sequence[str]], bool] | None = None,
+    ) -> DeleteReport:
+        """Delete the version *target* names (``NAME@REF``), or with *all_versions* every
+        version of model *target*, by the rules of :meth:`delete_version`; every version is
+        checked before any is deleted. *confirm* is asked with the refs once the checks
+        passed (a false answer deletes nothing). The report says what a garbage collection
+        will reclaim; each deletion is recorded in the model's history (:meth:`deletions`).
+        The registered model stays, with its alias and deletion histories."""
+        return _delete.delete(self, target, all_versions=all_versions, confirm=confirm)
+
+    def deletions(self, name: str) -> list[DeletionEvent]:
+        """The deleted versions of model *name* (version, time, user, snapshot), oldest
+        first."""
+        return _delete.history(self, name)
 
     def rebuild_registry(self, *, dry_run: bool = False) -> RebuildReport:
         """Recreate in this Keep's registry the models and versions of every snapshot in its

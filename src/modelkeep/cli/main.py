@@ -367,17 +367,22 @@ def _lineage_lines(lineage: dict[str, Any] | Any) -> list[str]:
 def log(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="Model name.")]
 ) -> None:
-    """History of a model, newest first: its versions and every alias change."""
+    """History of a model, newest first: its versions, every alias change and every deleted
+    version."""
+    from modelkeep.catalog.deletions import DeletionEvent
+
     st = _state(ctx)
     keep = st.keep()
     versions = list(reversed(keep.versions(name)))
     events = list(reversed(keep.alias_history(name)))
+    deleted = list(reversed(keep.deletions(name)))
 
     def human() -> None:
         # One timeline: versions by creation time, alias changes by the time they were made.
         timeline: list[tuple[str, Any]] = [(f"{v.created:%Y-%m-%dT%H:%M:%SZ}", v)
                                            for v in versions]
         timeline += [(e.time, e) for e in events]
+        timeline += [(d.time, d) for d in deleted]
         timeline.sort(key=lambda item: item[0], reverse=True)
         # Printed at once: rich costs a fraction of a millisecond per print call, which a
         # model's thousand versions turn into a second.
@@ -386,6 +391,11 @@ def log(
             if isinstance(item, AliasEvent):
                 target = f"-> {name}@{item.version}" if item.version is not None else "deleted"
                 lines.append(f"[cyan]alias {item.alias}[/cyan] {target}  ({item.op})")
+                lines.append(f"  {item.time.replace('T', ' ').rstrip('Z')} UTC  {item.user}")
+                continue
+            if isinstance(item, DeletionEvent):
+                snap = f"  {item.snapshot}" if item.snapshot else ""
+                lines.append(f"[red]deleted {name}@{item.version}[/red]{snap}")
                 lines.append(f"  {item.time.replace('T', ' ').rstrip('Z')} UTC  {item.user}")
                 continue
             v = item
@@ -401,7 +411,8 @@ def log(
             st.out.console.print("\n".join(lines), highlight=False)
 
     st.out.emit({"name": name, "versions": [v.to_json() for v in versions],
-                 "alias_history": [e.to_json() for e in events]}, human)
+                 "alias_history": [e.to_json() for e in events],
+                 "deletions": [d.to_json() for d in deleted]}, human)
 
 
 # -- pull / cat ---------------------------------------------------------------------------------

@@ -90,6 +90,8 @@ class DeletedVersion:
     snapshot_deleted: bool  # False when other versions still use the snapshot
     shared_with: tuple[str, ...] = ()  # those versions (``NAME@N``)
     aliases_deleted: tuple[str, ...] = ()
+    author: str = ""  # who deleted it
+    time: str = ""  # when, UTC, ``YYYY-MM-DDTHH:MM:SSZ``
 
     @property
     def ref(self) -> str:
@@ -97,9 +99,27 @@ class DeletedVersion:
 
     def to_json(self) -> dict[str, Any]:
         return {"ref": self.ref, "name": self.name, "version": self.version,
-                "snapshot": self.snapshot_id, "snapshot_deleted": self.snapshot_deleted,
+                "snapshot_id": self.snapshot_id, "snapshot_deleted": self.snapshot_deleted,
                 "shared_with": list(self.shared_with),
-                "aliases_deleted": list(self.aliases_deleted)}
+                "aliases_deleted": list(self.aliases_deleted),
+                "author": self.author, "time": self.time}
+
+
+@dataclass(frozen=True)
+class DeleteReport:
+    """What :meth:`Keep.delete` removed, and what a garbage collection will reclaim."""
+
+    versions: tuple[DeletedVersion, ...]
+    # Chunks only the deleted snapshots used, and their stored bytes: what the next collections
+    # reclaim (None when not measured).
+    reclaimable_chunks: int | None = None
+    reclaimable_bytes: int | None = None
+    cancelled: bool = False  # the confirmation was refused; nothing was deleted
+
+    def to_json(self) -> dict[str, Any]:
+        return {"deleted": [v.to_json() for v in self.versions],
+                "reclaimable_chunks": self.reclaimable_chunks,
+                "reclaimable_bytes": self.reclaimable_bytes, "cancelled": self.cancelled}
 
 
 @dataclass(frozen=True)
