@@ -28,6 +28,7 @@ from modelkeep.ops import rebuild as _rebuild
 from modelkeep.ops import register as _register
 from modelkeep.ops import repair as _repair
 from modelkeep.ops import scan as _scan
+from modelkeep.ops import search as _search
 from modelkeep.ops import signatures as _signatures
 from modelkeep.ops import sync as _sync
 from modelkeep.ops.fetch import FetchResult
@@ -353,6 +354,23 @@ class Keep:
     ) -> FetchResult:
         """:meth:`fetch`, with what it cost: bytes downloaded and bytes already cached."""
         return _fetch.fetch(self, ref, cache=cache, progress=progress)
+
+    def search(
+        self,
+        name: str | None = None,
+        *,
+        tags: Mapping[str, str] | None = None,
+        metrics: Sequence[str] = (),
+        order_by: str | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> list[ModelVersion]:
+        """Versions of model *name* (of every model when None) whose tags include *tags* and
+        whose ``metric.*`` tags meet every condition in *metrics* (``"loss<0.5"``,
+        ``"acc>=0.9"``), ordered by *order_by* (``"tag.KEY"`` or ``"metric.NAME"``, *desc* for
+        descending; default: model name, then version), at most *limit*."""
+        return _search.search(self, name, tags=tags, metrics=metrics, order_by=order_by,
+                              desc=desc, limit=limit)
 
     def open_file(self, ref: str, path: str) -> SnapshotFile:
         """A seekable, read-only binary stream of one file that fetches only the chunks read."""

@@ -42,10 +42,14 @@ class RegistryModel:
 class Registry(Protocol):
     """What modelkeep needs from a model catalogue.
 
-    One method is optional: ``models_tagged(key, value) -> set[str]``, the names of the models
-    with a version tagged *key* = *value*, in one search. Retention uses it to find the models a
-    training run expired without listing every model's versions (:mod:`modelkeep.policy.retention`);
-    a registry without it is asked model by model.
+    Two methods are optional. One is ``models_tagged(key, value) -> set[str]``, the names of the
+    models with a version tagged *key* = *value*, in one search. Retention uses it to find the
+    models a training run expired without listing every model's versions
+    (:mod:`modelkeep.policy.retention`); a registry without it is asked model by model. The
+    other is
+    ``search_versions(name, tags) -> list[RegistryVersion]``: the versions of model *name*
+    (every model when None) carrying every tag in *tags*, with their aliases, in as few requests
+    as the registry allows (``modelkeep search``, :mod:`modelkeep.ops.search`).
     """
 
     uri: str

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from modelkeep.aliases import AliasEvent
 from modelkeep.cli import fetch_cmds, key_cmds, policy_cmds, registry_cmds, store_cmds
-from modelkeep.cli._errors import report
+from modelkeep.cli._errors import emit_json_error, report
 from modelkeep.cli._gitignore import add_to_gitignore, git_work_tree, ignore_entries
 from modelkeep.cli._output import Output, human_bytes
 from modelkeep.cli._state import State
@@ -415,6 +415,46 @@ def log(
                  "deletions": [d.to_json() for d in deleted]}, human)
 
 
+@app.command()
+def search(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="Model name; omit to search every model.")]
+    = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE the version must "
+                                                  "carry; repeatable.")] = None,
+    metric: Annotated[list[str] | None, typer.Option(
+        "--metric", help="A threshold on a metric.* tag, e.g. 'loss<0.5' (<, <=, >, >=, ==, "
+        "!=); repeatable.")] = None,
+    order_by: Annotated[str | None, typer.Option(
+        "--order-by", help="tag.KEY or metric.NAME (default: model, then version).")] = None,
+    desc: Annotated[bool, typer.Option("--desc", help="Descending order.")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N versions.")]
+    = None,
+) -> None:
+    """Find versions by tag and metric, across models."""
+    st = _state(ctx)
+    found = st.keep().search(name, tags=_parse_tags(tag or []), metrics=metric or (),
+                             order_by=order_by, desc=desc, limit=limit)
+
+    def human() -> None:
+        if not found:
+            st.out.note("no version matches")
+            return
+        from modelkeep.ops.search import MetricCondition
+
+        # The metrics asked about (and ordered by) are columns of the table.
+        shown = [MetricCondition.parse(m).name for m in metric or ()]
+        if order_by and order_by.startswith("metric."):
+            shown.insert(0, order_by.removeprefix("metric."))
+        keys = list(dict.fromkeys(shown))
+        st.out.table(("version", "created", "size", "aliases", *keys),
+                     [(v.ref, v.created.strftime("%Y-%m-%d %H:%M"), human_bytes(v.size),
+                       ", ".join(v.aliases), *(v.tags.get(f"metric.{k}", "-") for k in keys))
+                      for v in found])
+
+    st.out.emit([v.to_json() for v in found], human)
+
+
 # -- pull / cat ---------------------------------------------------------------------------------
 
 
@@ -710,7 +750,8 @@ fetch_cmds.add_to(app)
 
 def _command(plugins: PluginManager) -> Any:
     """The click group of the built-in commands and every plugin's (a fresh one each call, so
-    the module's ``app`` never accumulates plugin commands)."""
+    the module's ``app`` never accumulates plugin commands), each taking ``--json`` after its
+    name as well as before it."""
     command: Any = typer.main.get_command(app)
     extra = typer.Typer()
     plugins.hook.modelkeep_cli_commands(app=extra)
@@ -718,11 +759,45 @@ def _command(plugins: PluginManager) -> Any:
         group = typer.main.get_group(extra)
         for name, cmd in group.commands.items():
             command.add_command(cmd, name)
+    _json_everywhere(command)
     return command
+
+
+def _enable_json(ctx: Any, _param: Any, value: bool) -> None:
+    if value:
+        found = ctx.find_object(State)
+        if found is not None:
+            found.out.json = True
+
+
+def _json_everywhere(group: Any, flag: Any = None) -> None:
+    """Give every subcommand that lacks one a ``--json`` flag meaning what the global one
+    means, so ``modelkeep show REF --json`` and ``modelkeep --json show REF`` are the same.
+    The flag is a copy of the global one (recent typer versions carry their own copy of click,
+    whose option class is typer's to build)."""
+    import copy
+
+    if flag is None:
+        [flag] = [p for p in group.params if "--json" in p.opts]
+    for cmd in group.commands.values():
+        if hasattr(cmd, "commands"):
+            _json_everywhere(cmd, flag)
+        elif not any("--json" in getattr(p, "opts", ()) for p in cmd.params):
+            option = copy.copy(flag)
+            option.name, option.expose_value, option.callback = "json", False, _enable_json
+            cmd.params.append(option)
+
+
+def _wants_json(argv: list[str] | None) -> bool:
+    """Whether ``--json`` is among the options: errors are then JSON too, even the ones
+    found while parsing."""
+    args = sys.argv[1:] if argv is None else argv
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
 
 
 def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None) -> int:
     """Console-script entry point; *plugins* replaces the process-wide plugin manager."""
+    json_out = _wants_json(argv)
     try:
         if plugins is None:
             from modelkeep.hooks.manager import get_plugin_manager
@@ -730,7 +805,7 @@ def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None)
             plugins = get_plugin_manager()
         command = _command(plugins)
     except Exception as exc:
-        return report(exc)
+        return report(exc, json_out=json_out)
     try:
         result: Any = command.main(args=argv, prog_name="modelkeep", standalone_mode=False,
                                    obj=State(plugins=plugins))
@@ -738,23 +813,32 @@ def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None)
         return exc.exit_code
     except (click.exceptions.Abort, typer.Abort) as exc:
         if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
-            return report(KeyboardInterrupt())  # click turns Ctrl-C into Abort
-        print("error: aborted", file=sys.stderr)
+            # click turns Ctrl-C into Abort
+            return report(KeyboardInterrupt(), json_out=json_out)
+        if json_out:
+            emit_json_error("Abort", "aborted", "", 130)
+        else:
+            print("error: aborted", file=sys.stderr)
         return 130
     except (click.ClickException, typer.TyperException) as exc:
         # Recent typer versions carry their own copy of click: catch both kinds of usage error.
         if not hasattr(exc, "show"):
-            return report(exc)
-        exc.show()
-        return int(getattr(exc, "exit_code", 2))
+            return report(exc, json_out=json_out)
+        code = int(getattr(exc, "exit_code", 2))
+        if json_out:
+            emit_json_error(type(exc).__name__, exc.format_message(), "see modelkeep --help",
+                            code)
+        else:
+            exc.show()
+        return code
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
-        return report(exc)
+        return report(exc, json_out=json_out)
     if result == 130:
         # typer turns Ctrl-C into Exit(130), which standalone_mode=False hands back as the
         # result; no command returns 130 itself.
-        return report(KeyboardInterrupt())
+        return report(KeyboardInterrupt(), json_out=json_out)
     return result if isinstance(result, int) else 0
 
 
