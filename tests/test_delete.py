@@ -84,8 +84,8 @@ def test_delete_a_version_then_a_model(project: Path,
     assert collect(capsys) == gone["reclaimable_bytes"]
     assert stored(project) == before - gone["reclaimable_bytes"]
     log = run(capsys, "log", name)
-    assert [(e["version"], e["user"]) for e in log["deletions"]] == [(2, "ana@lab")]
-    assert log["deletions"][0]["snapshot"] == d["snapshot_id"][:12]
+    assert [(e["version"], e["author"]) for e in log["deletions"]] == [(2, "ana@lab")]
+    assert log["deletions"][0]["snapshot_id"] == d["snapshot_id"]
 
     assert main(["alias", "--delete", name, "champion"]) == 0
     whole = run(capsys, "delete", name, "--all", "--yes")

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
         DeleteReport,
         Diff,
         FileChange,
+        Model,
         ModelVersion,
         TensorChanges,
     )
@@ -86,6 +87,7 @@ _LAZY = {
     "Finding": "modelkeep.hooks",
     "GcReport": "modelkeep.store",
     "Keep": "modelkeep.keep",
+    "Model": "modelkeep.ops.results",
     "ModelVersion": "modelkeep.ops.results",
     "PendingCheckpoint": "modelkeep.training",
     "RebuildReport": "modelkeep.ops.rebuild",
@@ -137,6 +139,7 @@ __all__ = [
     "InvalidRefError",
     "Keep",
     "MissingExtraError",
+    "Model",
     "ModelVersion",
     "ModelkeepError",
     "NotFoundError",

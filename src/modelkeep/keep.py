@@ -33,7 +33,7 @@ from modelkeep.ops import signatures as _signatures
 from modelkeep.ops import sync as _sync
 from modelkeep.ops.fetch import FetchResult
 from modelkeep.ops.rebuild import RebuildReport
-from modelkeep.ops.results import DeletedVersion, DeleteReport, Diff, ModelVersion
+from modelkeep.ops.results import DeletedVersion, DeleteReport, Diff, Model, ModelVersion
 from modelkeep.policy.rules import Policies
 from modelkeep.registry import Registry
 from modelkeep.store import (
@@ -117,6 +117,15 @@ class Keep:
 
     def models(self) -> list[str]:
         return _read.models(self)
+
+    def model(self, name: str) -> Model:
+        """The registered model *name*: its newest version, where each alias points, its
+        description and user tags."""
+        return _read.model(self, name)
+
+    def model_list(self) -> list[Model]:
+        """Every registered model (as :meth:`model`), by name."""
+        return _read.all_models(self)
 
     def register(
         self,

@@ -33,7 +33,7 @@ class Node:
     missing: bool = False  # a parent whose snapshot cannot be read here
 
     def to_json(self) -> dict[str, Any]:
-        return {"ref": self.label, "snapshot": self.snapshot, "code": self.code,
+        return {"ref": self.label, "snapshot_id": self.snapshot, "code": self.code,
                 "data": self.data, "missing": self.missing,
                 "parents": [p.to_json() for p in self.parents]}
 

@@ -4,13 +4,12 @@ A deleted version is gone from the registry, so ``modelkeep log`` would forget i
 The record is one tag of the registered model (which outlives its versions, like the alias
 history of :mod:`modelkeep.aliases`), ``modelkeep.deletions``, holding compact JSON::
 
-    [[2,"2026-11-29T12:00:00Z","ana@host","4e378a91054b"],[3,"2026-11-30T09:10:11Z","bo@host",""]]
+    [[2,"2026-11-29T12:00:00Z","ana@host","4e37…778f"],[3,"2026-11-30T09:10:11Z","bo@host",""]]
 
-one ``[version, time, user, snapshot]`` entry per deleted version, oldest first; ``snapshot`` is
-the first 12 characters of the snapshot id the version named. The value is kept within
-:data:`MAX_CHARS` by dropping the oldest entries (MLflow's registered-model tag values are
-``VARCHAR(5000)`` on PostgreSQL and MySQL); entries that do not parse are skipped, since a person
-may have edited the tag in the MLflow UI. Pure functions, no I/O.
+one ``[version, time, author, snapshot id]`` entry per deleted version, oldest first. The value
+is kept within :data:`MAX_CHARS` by dropping the oldest entries (MLflow's registered-model tag
+values are ``VARCHAR(5000)`` on PostgreSQL and MySQL); entries that do not parse are skipped,
+since a person may have edited the tag in the MLflow UI. Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from modelkeep.aliases import TIME_FORMAT
 TAG = "modelkeep.deletions"
 MAX_CHARS = 5000
 MAX_USER_CHARS = 100
-SHORT_SNAPSHOT = 12
 
 __all__ = ["MAX_CHARS", "TAG", "TIME_FORMAT", "DeletionEvent", "decode", "encode"]
 
@@ -36,12 +34,12 @@ class DeletionEvent:
 
     version: int
     time: str  # UTC, TIME_FORMAT
-    user: str
-    snapshot: str  # the first SHORT_SNAPSHOT characters of its snapshot id, or ""
+    author: str  # who deleted it: $MODELKEEP_AUTHOR, else user@host
+    snapshot_id: str  # the snapshot the version named ("" if not known)
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "time": self.time, "user": self.user,
-                "snapshot": self.snapshot}
+        return {"version": self.version, "time": self.time, "author": self.author,
+                "snapshot_id": self.snapshot_id}
 
 
 def decode(value: str | None) -> list[DeletionEvent]:
@@ -58,19 +56,18 @@ def decode(value: str | None) -> list[DeletionEvent]:
     for entry in raw:
         if not (isinstance(entry, list) and len(entry) == 4):
             continue
-        version, time, user, snapshot = entry
+        version, time, who, snapshot_id = entry
         if not isinstance(version, int) or isinstance(version, bool):
             continue
-        if not (isinstance(time, str) and isinstance(user, str) and isinstance(snapshot, str)):
+        if not all(isinstance(x, str) for x in (time, who, snapshot_id)):
             continue
-        out.append(DeletionEvent(version, time, user, snapshot))
+        out.append(DeletionEvent(version, time, who, snapshot_id))
     return out
 
 
 def encode(events: Sequence[DeletionEvent]) -> str:
     """The tag value for *events* (oldest first), the oldest dropped to fit :data:`MAX_CHARS`."""
-    items = [[e.version, e.time, e.user[:MAX_USER_CHARS], e.snapshot[:SHORT_SNAPSHOT]]
-             for e in events]
+    items = [[e.version, e.time, e.author[:MAX_USER_CHARS], e.snapshot_id] for e in events]
     while True:
         text = json.dumps(items, separators=(",", ":"), ensure_ascii=False)
         if len(text) <= MAX_CHARS or not items:

@@ -262,11 +262,7 @@ def list_(
     st = _state(ctx)
     keep = st.keep()
     if name is None:
-        rows: list[dict[str, Any]] = []
-        for model in keep.models():
-            latest = keep.registry.latest(model)
-            rows.append({"name": model, "latest": latest.version if latest else None,
-                         "aliases": sorted(latest.aliases) if latest else []})
+        rows = keep.model_list()
         if not rows and not getattr(keep.registry, "exists", True):
             # A registry that can tell "absent" from "empty" (a SQLite file not created yet).
             raise NotFoundError(f"there is no registry at {keep.registry.uri}",
@@ -277,11 +273,12 @@ def list_(
             if not rows:
                 st.out.console.print("no models yet; register one with `modelkeep register`")
                 return
-            st.out.table(("model", "latest", "aliases on latest"),
-                         [(r["name"], str(r["latest"] or "-"), ", ".join(r["aliases"]))
-                          for r in rows])
+            st.out.table(("model", "latest", "aliases"),
+                         [(m.name, str(m.latest or "-"),
+                           ", ".join(f"{a}@{v}" for a, v in sorted(m.aliases.items())))
+                          for m in rows])
 
-        st.out.emit(rows, human_models)
+        st.out.emit([m.to_json() for m in rows], human_models)
         return
     versions = keep.versions(name)
 
@@ -391,12 +388,12 @@ def log(
             if isinstance(item, AliasEvent):
                 target = f"-> {name}@{item.version}" if item.version is not None else "deleted"
                 lines.append(f"[cyan]alias {item.alias}[/cyan] {target}  ({item.op})")
-                lines.append(f"  {item.time.replace('T', ' ').rstrip('Z')} UTC  {item.user}")
+                lines.append(f"  {item.time.replace('T', ' ').rstrip('Z')} UTC  {item.author}")
                 continue
             if isinstance(item, DeletionEvent):
-                snap = f"  {item.snapshot}" if item.snapshot else ""
+                snap = f"  {item.snapshot_id[:12]}" if item.snapshot_id else ""
                 lines.append(f"[red]deleted {name}@{item.version}[/red]{snap}")
-                lines.append(f"  {item.time.replace('T', ' ').rstrip('Z')} UTC  {item.user}")
+                lines.append(f"  {item.time.replace('T', ' ').rstrip('Z')} UTC  {item.author}")
                 continue
             v = item
             aliases = f" ({', '.join(v.aliases)})" if v.aliases else ""
@@ -410,7 +407,8 @@ def log(
         if lines:
             st.out.console.print("\n".join(lines), highlight=False)
 
-    st.out.emit({"name": name, "versions": [v.to_json() for v in versions],
+    st.out.emit({"name": name, "model": keep.model(name).to_json(),
+                 "versions": [v.to_json() for v in versions],
                  "alias_history": [e.to_json() for e in events],
                  "deletions": [d.to_json() for d in deleted]}, human)
 
@@ -479,7 +477,8 @@ def pull(
         out = keep.pull(mv.ref, dest, overwrite=force, progress=advance, link=link,
                         cache=not no_cache)
     st.out.emit(
-        {"ref": mv.ref, "dest": str(out), "files": len(mv.files), "size": mv.size},
+        {"name": mv.name, "version": mv.version, "ref": mv.ref, "snapshot_id": mv.snapshot_id,
+         "path": str(out), "files": len(mv.files), "size": mv.size},
         lambda: st.out.console.print(
             f"pulled {mv.ref} to {out} ({len(mv.files)} file(s), {human_bytes(mv.size)})",
             highlight=False),
@@ -574,7 +573,7 @@ def verify(
             try:
                 status = keep.signature_status(r, trusted).to_json()
             except (IntegrityError, NotFoundError) as exc:  # no snapshot to judge
-                status = {"snapshot": None, "state": "invalid", "key_id": None, "signers": [],
+                status = {"snapshot_id": None, "state": "invalid", "key_id": None, "signers": [],
                           "problems": [exc.message]}
             signatures.append({"ref": r, **status})
     total = keep.get(ref).size if ref else 0
@@ -763,6 +762,10 @@ def _command(plugins: PluginManager) -> Any:
     return command
 
 
+# Commands whose output is not a document: ``cat`` writes a file's bytes.
+NO_JSON = frozenset({"cat"})
+
+
 def _enable_json(ctx: Any, _param: Any, value: bool) -> None:
     if value:
         found = ctx.find_object(State)
@@ -782,7 +785,8 @@ def _json_everywhere(group: Any, flag: Any = None) -> None:
     for cmd in group.commands.values():
         if hasattr(cmd, "commands"):
             _json_everywhere(cmd, flag)
-        elif not any("--json" in getattr(p, "opts", ()) for p in cmd.params):
+        elif cmd.name not in NO_JSON and not any("--json" in getattr(p, "opts", ())
+                                                 for p in cmd.params):
             option = copy.copy(flag)
             option.name, option.expose_value, option.callback = "json", False, _enable_json
             cmd.params.append(option)

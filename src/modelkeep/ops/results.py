@@ -1,5 +1,6 @@
 """The values :class:`~modelkeep.keep.Keep` returns that belong to no lower layer: a registered
-version as the user sees it, a deletion, and a diff. Exported from :mod:`modelkeep`."""
+version and a model as the user sees them, a deletion, and a diff. Their ``to_json`` is what
+every ``--json`` prints for them (docs/json.md). Exported from :mod:`modelkeep`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from modelkeep.aliases import TIME_FORMAT
 from modelkeep.catalog.tags import TAG_PREFIX
 from modelkeep.store import FileEntry, Parent
 
@@ -59,9 +61,9 @@ class ModelVersion:
             "name": self.name,
             "version": self.version,
             "ref": self.ref,
-            "snapshot": self.snapshot_id,
+            "snapshot_id": self.snapshot_id,
             "uri": self.uri,
-            "created": self.created.isoformat(),
+            "created": self.created.strftime(TIME_FORMAT),
             "size": self.size,
             "bytes_added": self.bytes_added,
             "dedup_ratio": self.dedup_ratio,
@@ -72,12 +74,31 @@ class ModelVersion:
             "message": self.message,
             "aliases": list(self.aliases),
             "tags": dict(self.tags),
-            "parents": [p.to_json() for p in self.parents],
+            # Not Parent.to_json: that is the snapshot format's spelling (docs/format.md).
+            "parents": [{"name": p.name, "version": p.version, "snapshot_id": p.snapshot}
+                        for p in self.parents],
             "lineage": dict(self.lineage),
             "files": [{"path": f.path, "size": f.size, "digest": f.digest,
                        "chunks": len(f.chunks), "tensors": len(f.tensors)
                        if f.tensors is not None else None} for f in self.files],
         }
+
+
+@dataclass(frozen=True)
+class Model:
+    """A registered model: its newest version, where each alias points, its description and
+    user tags (the ``modelkeep.`` ones, its histories, are read through their own methods)."""
+
+    name: str
+    latest: int | None  # None: no versions (all deleted, or none registered yet)
+    aliases: Mapping[str, int] = field(default_factory=dict)
+    description: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "latest": self.latest,
+                "aliases": dict(sorted(self.aliases.items())),
+                "description": self.description, "tags": dict(self.tags)}
 
 
 @dataclass(frozen=True)

@@ -95,8 +95,9 @@ class Pointer:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {"pointer": str(self.file), "path": str(self.target), "model": self.model,
-                "version": self.version, "ref": self.ref, "snapshot": self.snapshot,
+        # The --json names (docs/json.md); the pointer file itself keeps its own (_KEYS).
+        return {"pointer": str(self.file), "path": str(self.target), "name": self.model,
+                "version": self.version, "ref": self.ref, "snapshot_id": self.snapshot,
                 "uri": self.uri, "kind": self.kind, "size": self.size, "files": self.files}
 
 

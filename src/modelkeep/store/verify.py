@@ -30,7 +30,7 @@ class Problem:
     cause: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"snapshot": self.snapshot, "path": self.path, "chunk": self.chunk_index,
+        return {"snapshot_id": self.snapshot, "path": self.path, "chunk": self.chunk_index,
                 "offset": self.offset, "object": self.object_id, "reason": self.reason,
                 "cause": self.cause}
 
