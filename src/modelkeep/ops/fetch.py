@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from modelkeep.errors import InvalidInputError
 from modelkeep.ops._common import load, resolve, version_of
 from modelkeep.store import FileEntry, Snapshot, Store
-from modelkeep.store.readcache import ReadCache, link_or_copy
+from modelkeep.store.readcache import ReadCache, clone_or_copy, link_or_copy
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
@@ -117,7 +117,7 @@ def _copier() -> Callable[[FileEntry, Path], bool]:
         if src is None:
             return False
         try:
-            shutil.copyfile(src, target)
+            clone_or_copy(src, target)  # a reflink where the filesystem has them
         except FileNotFoundError:
             return False  # pruned meanwhile: fetched from the store instead
         os.chmod(target, entry.mode)
