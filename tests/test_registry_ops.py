@@ -165,7 +165,7 @@ def test_promote_shares_bytes_and_carries_tags(keep: Keep, tmp_path: Path) -> No
     assert len(list(keep.store.snapshot_ids())) == snapshots + 1  # one small snapshot object
     assert p.files == v.files and p.bytes_added == 0
     assert p.user_tags == {"lr": "3e-4"} and p.message == "good run"
-    assert [(x.name, x.version, x.snapshot) for x in p.parents] == [
+    assert [(x.name, x.version, x.snapshot_id) for x in p.parents] == [
         (src_name, v.version, v.snapshot_id)]
     got = keep.get(f"{dst_name}@champion")
     assert got.tags["modelkeep.parents"] == v.ref and got.tags["lr"] == "3e-4"

@@ -75,7 +75,7 @@ class ModelVersion:
             "aliases": list(self.aliases),
             "tags": dict(self.tags),
             # Not Parent.to_json: that is the snapshot format's spelling (docs/format.md).
-            "parents": [{"name": p.name, "version": p.version, "snapshot_id": p.snapshot}
+            "parents": [{"name": p.name, "version": p.version, "snapshot_id": p.snapshot_id}
                         for p in self.parents],
             "lineage": dict(self.lineage),
             "files": [{"path": f.path, "size": f.size, "digest": f.digest,

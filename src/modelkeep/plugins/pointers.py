@@ -64,9 +64,9 @@ class Pointer:
     """One pointer file."""
 
     file: Path
-    model: str
+    name: str  # the model's (the file's own key is ``model``)
     version: int
-    snapshot: str
+    snapshot_id: str
     uri: str
     kind: str  # "folder" or "file"
     size: int
@@ -78,16 +78,16 @@ class Pointer:
 
     @property
     def ref(self) -> str:
-        return f"{self.model}@{self.version}"
+        return f"{self.name}@{self.version}"
 
     def text(self) -> str:
         name = self.target.name
         return (
             f"# modelkeep pointer: `modelkeep checkout` makes {name} match this version\n"
             f"format: {FORMAT}\n"
-            f"model: {self.model}\n"
+            f"model: {self.name}\n"
             f"version: {self.version}\n"
-            f"snapshot: {self.snapshot}\n"
+            f"snapshot: {self.snapshot_id}\n"
             f"uri: {self.uri}\n"
             f"kind: {self.kind}\n"
             f"size: {self.size}\n"
@@ -96,8 +96,8 @@ class Pointer:
 
     def to_json(self) -> dict[str, Any]:
         # The --json names (docs/json.md); the pointer file itself keeps its own (_KEYS).
-        return {"pointer": str(self.file), "path": str(self.target), "name": self.model,
-                "version": self.version, "ref": self.ref, "snapshot_id": self.snapshot,
+        return {"pointer": str(self.file), "path": str(self.target), "name": self.name,
+                "version": self.version, "ref": self.ref, "snapshot_id": self.snapshot_id,
                 "uri": self.uri, "kind": self.kind, "size": self.size, "files": self.files}
 
 
@@ -411,7 +411,7 @@ def _apply(store: Store, snap: Snapshot, pointer: Pointer, state: PointerState,
             if local.is_file() and not _stored(store, local, rel):
                 raise DirtyWorkspaceError(
                     f"{str(local)!r} has changes that are in no stored version",
-                    hint=f"register them (`modelkeep register {pointer.model} "
+                    hint=f"register them (`modelkeep register {pointer.name} "
                          f"{pointer.target}`) or pass --force to discard them")
     # The workspace exists and is the user's: a folder in it may be a link leading out. Every
     # path is checked before anything changes.
@@ -493,7 +493,7 @@ def modelkeep_after_register(version: ModelVersion, source: Path | str) -> None:
         current = read_pointer(file)
     except ModelkeepError:
         return  # a damaged pointer is reported by status/checkout, not by a registration
-    if current.model == version.name:
+    if current.name == version.name:
         write_pointer(source.absolute(), version, current.kind)
 
 
