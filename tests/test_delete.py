@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import modelkeep
 from modelkeep.cli.main import main
 from modelkeep.store import Store
 from tests.backends import unique_name
@@ -118,6 +119,13 @@ def test_delete_answers(project: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "--all takes a model name" in capsys.readouterr().err
     assert main(["delete", f"{name}@7"]) == 3
     assert main(["delete", unique_name("nope"), "--all"]) == 3
+    # A refused confirmation deletes nothing; the confirmation is asked with what would go.
+    keep = modelkeep.open()
+    asked: list[list[str]] = []
+    report = keep.delete(name, all_versions=True, confirm=lambda refs: asked.append(
+        list(refs)) is not None)
+    assert report.cancelled and report.versions == () and asked == [[f"{name}@1"]]
+    assert keep.get(f"{name}@1").version == 1
     assert main(["delete", f"{name}@1", "--yes"]) == 0
     out = capsys.readouterr().out
     assert f"deleted {name}@1" in out and "modelkeep gc` will reclaim" in out
