@@ -54,7 +54,9 @@ def test_full_cycle(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert again["reused"] is True and again["version"] == 2
 
     models = run_json(capsys, "list")
-    assert {"name": name, "latest": 2, "aliases": []} in models
+    [model] = [m for m in models if m["name"] == name]
+    # aliases: where each points, whichever version that is (candidate is on version 1)
+    assert model["latest"] == 2 and model["aliases"] == {"candidate": 1}
     versions = run_json(capsys, "list", name)
     assert [v["version"] for v in versions] == [1, 2]
     shown = run_json(capsys, "show", f"{name}@candidate")

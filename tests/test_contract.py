@@ -109,7 +109,7 @@ def test_dedup_across_versions(backend: Backend, tmp_path: Path) -> None:
     assert v2.bytes_added <= 0.11 * v1.size
     grown = keep.store.stored_bytes() - stored_v1
     assert grown <= v2.bytes_added + 64 * 16  # chunk headers are 16 bytes each
-    assert v2.parents[0].version == 1 and v2.parents[0].snapshot == v1.snapshot_id
+    assert v2.parents[0].version == 1 and v2.parents[0].snapshot_id == v1.snapshot_id
     assert float(v2.tags["modelkeep.dedup_ratio"]) > 0.89
 
 

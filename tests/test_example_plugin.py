@@ -24,7 +24,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Where the example plugin is installed for the subprocesses: nowhere extra when this
     environment already has it, else a pip --target folder of its own (it is an example, so the
     environment every user gets does not install it)."""
-    names = {ep.name for ep in metadata.entry_points(group="modelkeep")}
+    # Entry points of installed distributions only: once another test has put the example's
+    # src/ on sys.path, a build's egg-info there is visible to this process but not to the
+    # subprocesses.
+    examples = ROOT / "examples"
+    names = {ep.name for ep in metadata.entry_points(group="modelkeep")
+             if ep.dist is None or not Path(str(ep.dist.locate_file(""))).resolve()
+             .is_relative_to(examples)}
     if "approval" in names:
         return ""
     target = tmp_path_factory.mktemp("approval-plugin")

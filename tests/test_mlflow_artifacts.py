@@ -3,6 +3,7 @@ URIs in the client, and an ``mlflow server`` process serving a version's files."
 
 from __future__ import annotations
 
+import tempfile
 import textwrap
 import urllib.error
 import urllib.parse
@@ -17,6 +18,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 
 import modelkeep
 from modelkeep.store import Kind, Store
+from modelkeep.store.readcache import ReadCache
 from tests.backends import unique_name
 from tests.helpers import change_fraction, tensors, tree_digest, write_model
 
@@ -34,6 +36,16 @@ MODEL_CODE = textwrap.dedent(
     mlflow.models.set_model(Doubler())
     """
 )
+
+
+@pytest.fixture(autouse=True)
+def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A read cache and a temporary folder of the test's own, to see what lands in each."""
+    monkeypatch.setenv("MODELKEEP_CACHE_DIR", str(tmp_path / "cache"))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    return temp
 
 
 @pytest.fixture
@@ -57,6 +69,45 @@ def test_pyfunc_model_loads_by_alias_and_predicts(tmp_path: Path, registry_uri: 
     keep.register(name, _pyfunc_model(tmp_path / "pyfunc"), aliases=["champion"])
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert list(model.predict(pd.DataFrame({"x": [1, 2, 5]}))) == [2, 4, 10]
+
+
+def test_loading_a_version_twice_downloads_it_once(tmp_path: Path, registry_uri: str,
+                                                   private_dirs: Path) -> None:
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=registry_uri)
+    name = unique_name()
+    keep.register(name, _pyfunc_model(tmp_path / "pyfunc"), aliases=["champion"])
+    first = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    cached = ReadCache().entries()
+    assert len(cached) == 1
+    # Every chunk out of reach: a second load can only come from the cache.
+    chunks = tmp_path / "store" / "chunks"
+    chunks.rename(tmp_path / "store" / "chunks-away")
+    try:
+        second = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+        assert list(second.predict(pd.DataFrame({"x": [3]}))) == [6]
+        out = mlflow.artifacts.download_artifacts(f"models:/{name}@champion",
+                                                  dst_path=str(tmp_path / "o"))
+        assert (Path(out) / "MLmodel").stat().st_ino == (cached[0].path / "MLmodel").stat().st_ino
+    finally:
+        (tmp_path / "store" / "chunks-away").rename(chunks)
+    assert list(first.predict(pd.DataFrame({"x": [1]}))) == [2]
+    assert [e.path for e in ReadCache().entries()] == [cached[0].path]
+
+
+def test_plain_weights_folder_by_reference(tmp_path: Path, registry_uri: str,
+                                           private_dirs: Path) -> None:
+    """A folder of weights is not an MLflow model: download_artifacts gives its read-only
+    folder, and load_model says what is missing, leaving nothing in the temporary folder."""
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=registry_uri)
+    name = unique_name()
+    src = write_model(tmp_path / "m", tensors(n=3))
+    keep.register(name, src, aliases=["champion"])
+    out = mlflow.artifacts.download_artifacts(f"models:/{name}@champion")
+    assert Path(out) == keep.fetch(f"{name}@champion")
+    assert tree_digest(Path(out)) == tree_digest(src)
+    with pytest.raises(MlflowException, match="MLmodel"):
+        mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    assert list(private_dirs.iterdir()) == []
 
 
 def test_download_artifacts_of_a_version(tmp_path: Path, registry_uri: str) -> None:

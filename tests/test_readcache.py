@@ -142,7 +142,8 @@ def test_cli_fetch_prints_the_path_last_and_json(
     assert capsys.readouterr().out.strip() == last
     assert main(["fetch", v.ref, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data == {"name": v.name, "version": v.version, "path": last,
+    assert data == {"name": v.name, "version": v.version, "ref": v.ref,
+                    "snapshot_id": v.snapshot_id, "path": last,
                     "downloaded_bytes": 0, "linked_bytes": v.size}
     assert main(["pull", v.ref, str(tmp_path / "d"), "--link"]) == 0
     assert (tmp_path / "d" / "model.safetensors").stat().st_ino == \

@@ -130,7 +130,7 @@ def test_cli_registry_rebuild(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys.readouterr()
     assert main(["--json", "registry", "rebuild", "--registry", target, "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["dry_run"] is True and plan["created"] == 2 and plan["models"] == [name]
+    assert plan["dry_run"] is True and plan["versions_created"] == 2 and plan["models"] == [name]
     assert main(["registry", "rebuild", "--registry", target]) == 0
     assert f"created 2 version(s) of 1 model(s) in {target}" in capsys.readouterr().out
     assert main(["--json", "--registry", target, "list", name]) == 0

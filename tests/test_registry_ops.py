@@ -58,7 +58,7 @@ def test_rollback_after_two_alias_moves_walks_back(keep: Keep, tmp_path: Path) -
     events = keep.alias_history(name)
     assert [(e.version, e.op) for e in events] == [
         (1, "set"), (2, "set"), (3, "set"), (2, "rollback"), (1, "rollback"), (3, "rollback")]
-    assert all(e.alias == "champion" and e.user for e in events)
+    assert all(e.alias == "champion" and e.author for e in events)
     # Setting an alias where it already points records nothing.
     keep.set_alias(f"{name}@3", "champion")
     assert len(keep.alias_history(name)) == 6
@@ -166,7 +166,7 @@ def test_promote_shares_bytes_and_carries_tags(keep: Keep, tmp_path: Path) -> No
     assert len(list(keep.store.snapshot_ids())) == snapshots + 1  # one small snapshot object
     assert p.files == v.files and p.bytes_added == 0
     assert p.user_tags == {"lr": "3e-4"} and p.message == "good run"
-    assert [(x.name, x.version, x.snapshot) for x in p.parents] == [
+    assert [(x.name, x.version, x.snapshot_id) for x in p.parents] == [
         (src_name, v.version, v.snapshot_id)]
     got = keep.get(f"{dst_name}@champion")
     assert got.tags["modelkeep.parents"] == v.ref and got.tags["lr"] == "3e-4"
@@ -275,7 +275,7 @@ def test_history_is_truncated_oldest_first_within_mlflow_limits() -> None:
     kept = history.decode("a", text)
     assert kept[-1].version == 399 and 30 < len(kept) < 399
     assert [e.version for e in kept] == list(range(400 - len(kept), 400))  # the newest kept
-    assert len(kept[0].user) == history.MAX_USER_CHARS
+    assert len(kept[0].author) == history.MAX_USER_CHARS
 
 
 def test_history_tolerates_hand_edited_tags() -> None:

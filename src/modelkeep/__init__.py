@@ -49,6 +49,7 @@ from modelkeep.errors import (
 
 if TYPE_CHECKING:
     from modelkeep.aliases import AliasEvent
+    from modelkeep.catalog.deletions import DeletionEvent
     from modelkeep.hooks import Finding
     from modelkeep.keep import Keep
     from modelkeep.ops.fetch import FetchResult
@@ -56,8 +57,10 @@ if TYPE_CHECKING:
     from modelkeep.ops.repair import RepairResult
     from modelkeep.ops.results import (
         DeletedVersion,
+        DeleteReport,
         Diff,
         FileChange,
+        Model,
         ModelVersion,
         TensorChange,
         TensorChanges,
@@ -81,11 +84,14 @@ __version__ = "0.1.0"
 _LAZY = {
     "AliasEvent": "modelkeep.aliases",
     "DeletedVersion": "modelkeep.ops.results",
+    "DeleteReport": "modelkeep.ops.results",
+    "DeletionEvent": "modelkeep.catalog.deletions",
     "Diff": "modelkeep.ops.results",
     "FileChange": "modelkeep.ops.results",
     "Finding": "modelkeep.hooks",
     "GcReport": "modelkeep.store",
     "Keep": "modelkeep.keep",
+    "Model": "modelkeep.ops.results",
     "ModelVersion": "modelkeep.ops.results",
     "PendingCheckpoint": "modelkeep.training",
     "RebuildReport": "modelkeep.ops.rebuild",
@@ -123,7 +129,9 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "CredentialsError",
+    "DeleteReport",
     "DeletedVersion",
+    "DeletionEvent",
     "DestinationExistsError",
     "Diff",
     "DirtyWorkspaceError",
@@ -137,6 +145,7 @@ __all__ = [
     "InvalidRefError",
     "Keep",
     "MissingExtraError",
+    "Model",
     "ModelVersion",
     "ModelkeepError",
     "NotFoundError",

@@ -41,12 +41,12 @@ class AliasEvent:
     alias: str
     version: int | None  # None: the alias was deleted
     time: str  # UTC, TIME_FORMAT
-    user: str
+    author: str  # who made the change: $MODELKEEP_AUTHOR, else user@host
     op: str  # "set", "rollback" or "delete"
 
     def to_json(self) -> dict[str, Any]:
         return {"alias": self.alias, "version": self.version, "time": self.time,
-                "user": self.user, "op": self.op}
+                "author": self.author, "op": self.op}
 
 
 def now() -> str:
@@ -78,7 +78,7 @@ def decode(alias: str, value: str | None) -> list[AliasEvent]:
 
 def encode(events: Sequence[AliasEvent]) -> str:
     """The tag value for *events* (one alias, oldest first), the oldest dropped to fit."""
-    items = [[e.version, e.time, e.user[:MAX_USER_CHARS], e.op] for e in events]
+    items = [[e.version, e.time, e.author[:MAX_USER_CHARS], e.op] for e in events]
     while True:
         text = json.dumps(items, separators=(",", ":"), ensure_ascii=False)
         if len(text) <= MAX_HISTORY_CHARS or not items:

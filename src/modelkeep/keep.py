@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelkeep import aliases as aliases_mod
+from modelkeep.catalog.deletions import DeletionEvent
 from modelkeep.config import Config, StoreConfig
 from modelkeep.hooks import Finding
 from modelkeep.ops import aliases as _aliases
@@ -28,12 +29,13 @@ from modelkeep.ops import rebuild as _rebuild
 from modelkeep.ops import register as _register
 from modelkeep.ops import repair as _repair
 from modelkeep.ops import scan as _scan
+from modelkeep.ops import search as _search
 from modelkeep.ops import signatures as _signatures
 from modelkeep.ops import sync as _sync
 from modelkeep.ops import usage as _usage
 from modelkeep.ops.fetch import FetchResult
 from modelkeep.ops.rebuild import RebuildReport
-from modelkeep.ops.results import DeletedVersion, Diff, ModelVersion
+from modelkeep.ops.results import DeletedVersion, DeleteReport, Diff, Model, ModelVersion
 from modelkeep.policy.rules import Policies
 from modelkeep.registry import Registry
 from modelkeep.store import (
@@ -117,6 +119,15 @@ class Keep:
 
     def models(self) -> list[str]:
         return _read.models(self)
+
+    def model(self, name: str) -> Model:
+        """The registered model *name*: its newest version, where each alias points, its
+        description and user tags."""
+        return _read.model(self, name)
+
+    def model_list(self) -> list[Model]:
+        """Every registered model (as :meth:`model`), by name."""
+        return _read.all_models(self)
 
     def register(
         self,
@@ -275,6 +286,26 @@ class Keep:
         """
         return _delete.delete_version(self, ref)
 
+    def delete(
+        self,
+        target: str,
+        *,
+        all_versions: bool = False,
+        confirm: Callable[[Sequence[str]], bool] | None = None,
+    ) -> DeleteReport:
+        """Delete the version *target* names (``NAME@REF``), or with *all_versions* every
+        version of model *target*, by the rules of :meth:`delete_version`; every version is
+        checked before any is deleted. *confirm* is asked with the refs once the checks
+        passed (a false answer deletes nothing). The report says what a garbage collection
+        will reclaim; each deletion is recorded in the model's history (:meth:`deletions`).
+        The registered model stays, with its alias and deletion histories."""
+        return _delete.delete(self, target, all_versions=all_versions, confirm=confirm)
+
+    def deletions(self, name: str) -> list[DeletionEvent]:
+        """The deleted versions of model *name* (version, time, user, snapshot), oldest
+        first."""
+        return _delete.history(self, name)
+
     def rebuild_registry(self, *, dry_run: bool = False) -> RebuildReport:
         """Recreate in this Keep's registry the models and versions of every snapshot in its
         store, then the aliases, alias histories and descriptions its journal records (rules in
@@ -336,6 +367,23 @@ class Keep:
     ) -> FetchResult:
         """:meth:`fetch`, with what it cost: bytes downloaded and bytes already cached."""
         return _fetch.fetch(self, ref, cache=cache, progress=progress)
+
+    def search(
+        self,
+        name: str | None = None,
+        *,
+        tags: Mapping[str, str] | None = None,
+        metrics: Sequence[str] = (),
+        order_by: str | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> list[ModelVersion]:
+        """Versions of model *name* (of every model when None) whose tags include *tags* and
+        whose ``metric.*`` tags meet every condition in *metrics* (``"loss<0.5"``,
+        ``"acc>=0.9"``), ordered by *order_by* (``"tag.KEY"`` or ``"metric.NAME"``, *desc* for
+        descending; default: model name, then version), at most *limit*."""
+        return _search.search(self, name, tags=tags, metrics=metrics, order_by=order_by,
+                              desc=desc, limit=limit)
 
     def open_file(self, ref: str, path: str) -> SnapshotFile:
         """A seekable, read-only binary stream of one file that fetches only the chunks read."""

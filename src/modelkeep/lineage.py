@@ -25,7 +25,7 @@ class Node:
     """One version in the graph."""
 
     label: str  # NAME@VERSION, or the snapshot id's first 12 characters when unknown
-    snapshot: str
+    snapshot_id: str
     code: dict[str, Any] | None = None
     data: list[dict[str, Any]] = field(default_factory=list)
     parents: list[Node] = field(default_factory=list)
@@ -33,7 +33,7 @@ class Node:
     missing: bool = False  # a parent whose snapshot cannot be read here
 
     def to_json(self) -> dict[str, Any]:
-        return {"ref": self.label, "snapshot": self.snapshot, "code": self.code,
+        return {"ref": self.label, "snapshot_id": self.snapshot_id, "code": self.code,
                 "data": self.data, "missing": self.missing,
                 "parents": [p.to_json() for p in self.parents]}
 
@@ -93,7 +93,7 @@ def build(keep: Keep, ref: str, depth: int = 20) -> Node:
         seen[sid] = n
         if level < depth:
             for p in snap.parents:
-                n.parents.append(node(str(p), p.snapshot, _parent_snapshot(keep, p), level + 1))
+                n.parents.append(node(str(p), p.snapshot_id, _parent_snapshot(keep, p), level + 1))
         return n
 
     return node(mv.ref, mv.snapshot_id, keep.snapshot(mv.ref), 0)
@@ -103,9 +103,9 @@ def _parent_snapshot(keep: Keep, parent: Any) -> Snapshot | None:
     try:
         if parent.name and parent.version:
             mv = keep.get(f"{parent.name}@{parent.version}")
-            if mv.snapshot_id == parent.snapshot:
+            if mv.snapshot_id == parent.snapshot_id:
                 return keep.snapshot(mv.ref)
-        return keep.store.load_snapshot(parent.snapshot)
+        return keep.store.load_snapshot(parent.snapshot_id)
     except ModelkeepError:
         return None
 
@@ -132,7 +132,7 @@ def text(root: Node) -> str:
     def walk(n: Node, prefix: str, last: bool, top: bool) -> None:
         head = "" if top else prefix + ("└── " if last else "├── ")
         suffix = " (see above)" if n.seen_before else " (snapshot not found)" if n.missing else ""
-        lines.append(f"{head}{n.label}  {n.snapshot[:12]}{suffix}")
+        lines.append(f"{head}{n.label}  {n.snapshot_id[:12]}{suffix}")
         if n.seen_before or n.missing:
             return
         inner = "" if top else prefix + ("    " if last else "│   ")
@@ -156,7 +156,7 @@ def _edges(root: Node) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
     edges: list[tuple[str, str, str]] = []
 
     def vid(n: Node) -> str:
-        return f"v_{n.snapshot[:12]}"
+        return f"v_{n.snapshot_id[:12]}"
 
     def walk(n: Node) -> None:
         nodes.setdefault(vid(n), n.label)

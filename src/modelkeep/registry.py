@@ -42,13 +42,17 @@ class RegistryModel:
 class Registry(Protocol):
     """What modelkeep needs from a model catalogue.
 
-    Two methods are optional: ``models_tagged(key, value) -> set[str]``, the names of the models
-    with a version tagged *key* = *value*, in one search. Retention uses it to find the models a
-    training run expired without listing every model's versions (:mod:`modelkeep.policy.retention`);
-    a registry without it is asked model by model. And ``check_writable(name) -> None``, which
-    raises the registry's refusal (:class:`~modelkeep.errors.RegistryPermissionError`) when the
-    caller may not add versions to the existing model *name*: register asks it before uploading
-    anything, so a refused register stores nothing.
+    Three methods are optional. ``models_tagged(key, value) -> set[str]``: the names of the
+    models with a version tagged *key* = *value*, in one search. Retention uses it to find the
+    models a training run expired without listing every model's versions
+    (:mod:`modelkeep.policy.retention`); a registry without it is asked model by model.
+    ``search_versions(name, tags) -> list[RegistryVersion]``: the versions of model *name*
+    (every model when None) carrying every tag in *tags*, with their aliases, in as few requests
+    as the registry allows (``modelkeep search``, :mod:`modelkeep.ops.search`). And
+    ``check_writable(name) -> None``, which raises the registry's refusal
+    (:class:`~modelkeep.errors.RegistryPermissionError`) when the caller may not add versions to
+    the existing model *name*: register asks it before uploading anything, so a refused register
+    stores nothing.
     """
 
     uri: str

@@ -290,7 +290,7 @@ class SignatureStatus:
         return self.state == "valid"
 
     def to_json(self) -> dict[str, Any]:
-        return {"snapshot": self.snapshot_id, "state": self.state, "key_id": self.key_id,
+        return {"snapshot_id": self.snapshot_id, "state": self.state, "key_id": self.key_id,
                 "signers": list(self.signers), "problems": list(self.problems)}
 
 

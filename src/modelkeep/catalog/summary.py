@@ -212,7 +212,7 @@ def _stored_text(size: int, added: int, stored: int | None) -> str:
 def _parent(parent: Parent) -> str:
     if parent.name and parent.version:
         return version_link(parent.name, parent.version)
-    return f"snapshot {code(parent.snapshot[:12])}"
+    return f"snapshot {code(parent.snapshot_id[:12])}"
 
 
 def _aliases_text(name: str, version: int, aliases: Iterable[str],
@@ -333,5 +333,5 @@ def _history_rows(name: str, events: Sequence[AliasEvent]) -> list[tuple[str, st
         if before is not None and before != e.version:
             change += f" (was {before})"
         previous[e.alias] = e.version
-        rows.append((_when(e.time), code(e.alias), change, code(e.user) if e.user else ""))
+        rows.append((_when(e.time), code(e.alias), change, code(e.author) if e.author else ""))
     return rows[::-1]

@@ -144,9 +144,9 @@ def add_commands(app: typer.Typer) -> None:
             try:
                 keep.snapshot_at(p.uri)
                 mv = keep.get(p.ref)
-                if mv.snapshot_id != p.snapshot:
+                if mv.snapshot_id != p.snapshot_id:
                     problems.append((p, f"{p.ref} is snapshot {mv.snapshot_id[:12]} in the "
-                                        f"registry, not {p.snapshot[:12]}"))
+                                        f"registry, not {p.snapshot_id[:12]}"))
             except ModelkeepError as exc:
                 problems.append((p, exc.message))
         def human() -> None:

@@ -27,7 +27,7 @@ from modelkeep.cli import (
     store_cmds,
     usage_cmds,
 )
-from modelkeep.cli._errors import report
+from modelkeep.cli._errors import emit_json_error, report
 from modelkeep.cli._gitignore import add_to_gitignore, git_work_tree, ignore_entries
 from modelkeep.cli._help import apply as apply_help_style
 from modelkeep.cli._output import Output, human_bytes
@@ -292,11 +292,7 @@ def list_(
     st = _state(ctx)
     keep = st.keep()
     if name is None:
-        rows: list[dict[str, Any]] = []
-        for model in keep.models():
-            latest = keep.registry.latest(model)
-            rows.append({"name": model, "latest": latest.version if latest else None,
-                         "aliases": sorted(latest.aliases) if latest else []})
+        rows = keep.model_list()
         if not rows and not getattr(keep.registry, "exists", True):
             # A registry that can tell "absent" from "empty" (a SQLite file not created yet).
             raise NotFoundError(f"there is no registry at {keep.registry.uri}",
@@ -307,11 +303,12 @@ def list_(
             if not rows:
                 st.out.console.print("no models yet; register one with `modelkeep register`")
                 return
-            st.out.table(("model", "latest", "aliases on latest"),
-                         [(r["name"], str(r["latest"] or "-"), ", ".join(r["aliases"]))
-                          for r in rows])
+            st.out.table(("model", "latest", "aliases"),
+                         [(m.name, str(m.latest or "-"),
+                           ", ".join(f"{a}@{v}" for a, v in sorted(m.aliases.items())))
+                          for m in rows])
 
-        st.out.emit(rows, human_models)
+        st.out.emit([m.to_json() for m in rows], human_models)
         return
     versions = keep.versions(name)
 
@@ -397,17 +394,22 @@ def _lineage_lines(lineage: dict[str, Any] | Any) -> list[str]:
 def log(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="Model name.")]
 ) -> None:
-    """History of a model, newest first: its versions and every alias change."""
+    """History of a model, newest first: its versions, every alias change and every deleted
+    version."""
+    from modelkeep.catalog.deletions import DeletionEvent
+
     st = _state(ctx)
     keep = st.keep()
     versions = list(reversed(keep.versions(name)))
     events = list(reversed(keep.alias_history(name)))
+    deleted = list(reversed(keep.deletions(name)))
 
     def human() -> None:
         # One timeline: versions by creation time, alias changes by the time they were made.
         timeline: list[tuple[str, Any]] = [(f"{v.created:%Y-%m-%dT%H:%M:%SZ}", v)
                                            for v in versions]
         timeline += [(e.time, e) for e in events]
+        timeline += [(d.time, d) for d in deleted]
         timeline.sort(key=lambda item: item[0], reverse=True)
         # Printed at once: rich costs a fraction of a millisecond per print call, which a
         # model's thousand versions turn into a second.
@@ -416,7 +418,12 @@ def log(
             if isinstance(item, AliasEvent):
                 target = f"-> {name}@{item.version}" if item.version is not None else "deleted"
                 lines.append(f"[cyan]alias {item.alias}[/cyan] {target}  ({item.op})")
-                lines.append(f"  {item.time.replace('T', ' ').rstrip('Z')} UTC  {item.user}")
+                lines.append(f"  {item.time.replace('T', ' ').rstrip('Z')} UTC  {item.author}")
+                continue
+            if isinstance(item, DeletionEvent):
+                snap = f"  {item.snapshot_id[:12]}" if item.snapshot_id else ""
+                lines.append(f"[red]deleted {name}@{item.version}[/red]{snap}")
+                lines.append(f"  {item.time.replace('T', ' ').rstrip('Z')} UTC  {item.author}")
                 continue
             v = item
             aliases = f" ({', '.join(v.aliases)})" if v.aliases else ""
@@ -430,8 +437,50 @@ def log(
         if lines:
             st.out.console.print("\n".join(lines), highlight=False)
 
-    st.out.emit({"name": name, "versions": [v.to_json() for v in versions],
-                 "alias_history": [e.to_json() for e in events]}, human)
+    st.out.emit({"name": name, "model": keep.model(name).to_json(),
+                 "versions": [v.to_json() for v in versions],
+                 "alias_history": [e.to_json() for e in events],
+                 "deletions": [d.to_json() for d in deleted]}, human)
+
+
+@app.command()
+def search(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="Model name; omit to search every model.")]
+    = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE the version must "
+                                                  "carry; repeatable.")] = None,
+    metric: Annotated[list[str] | None, typer.Option(
+        "--metric", help="A threshold on a metric.* tag, e.g. 'loss<0.5' (<, <=, >, >=, ==, "
+        "!=); repeatable.")] = None,
+    order_by: Annotated[str | None, typer.Option(
+        "--order-by", help="tag.KEY or metric.NAME (default: model, then version).")] = None,
+    desc: Annotated[bool, typer.Option("--desc", help="Descending order.")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N versions.")]
+    = None,
+) -> None:
+    """Find versions by tag and metric, across models."""
+    st = _state(ctx)
+    found = st.keep().search(name, tags=_parse_tags(tag or []), metrics=metric or (),
+                             order_by=order_by, desc=desc, limit=limit)
+
+    def human() -> None:
+        if not found:
+            st.out.note("no version matches")
+            return
+        from modelkeep.ops.search import MetricCondition
+
+        # The metrics asked about (and ordered by) are columns of the table.
+        shown = [MetricCondition.parse(m).name for m in metric or ()]
+        if order_by and order_by.startswith("metric."):
+            shown.insert(0, order_by.removeprefix("metric."))
+        keys = list(dict.fromkeys(shown))
+        st.out.table(("version", "created", "size", "aliases", *keys),
+                     [(v.ref, v.created.strftime("%Y-%m-%d %H:%M"), human_bytes(v.size),
+                       ", ".join(v.aliases), *(v.tags.get(f"metric.{k}", "-") for k in keys))
+                      for v in found])
+
+    st.out.emit([v.to_json() for v in found], human)
 
 
 # -- pull / cat ---------------------------------------------------------------------------------
@@ -458,7 +507,8 @@ def pull(
         out = keep.pull(mv.ref, dest, overwrite=force, progress=advance, link=link,
                         cache=not no_cache)
     st.out.emit(
-        {"ref": mv.ref, "dest": str(out), "files": len(mv.files), "size": mv.size},
+        {"name": mv.name, "version": mv.version, "ref": mv.ref, "snapshot_id": mv.snapshot_id,
+         "path": str(out), "files": len(mv.files), "size": mv.size},
         lambda: st.out.console.print(
             f"pulled {mv.ref} to {out} ({len(mv.files)} file(s), {human_bytes(mv.size)})",
             highlight=False),
@@ -547,7 +597,7 @@ def verify(
             try:
                 status = keep.signature_status(r, trusted).to_json()
             except (IntegrityError, NotFoundError) as exc:  # no snapshot to judge
-                status = {"snapshot": None, "state": "invalid", "key_id": None, "signers": [],
+                status = {"snapshot_id": None, "state": "invalid", "key_id": None, "signers": [],
                           "problems": [exc.message]}
             signatures.append({"ref": r, **status})
     total = keep.get(ref).size if ref else 0
@@ -705,7 +755,8 @@ usage_cmds.add_to(app)
 
 def _command(plugins: PluginManager) -> Any:
     """The click group of the built-in commands and every plugin's (a fresh one each call, so
-    the module's ``app`` never accumulates plugin commands), all in the one help style."""
+    the module's ``app`` never accumulates plugin commands), all in the one help style, each
+    taking ``--json`` after its name as well as before it."""
     command: Any = typer.main.get_command(app)
     extra = typer.Typer()
     plugins.hook.modelkeep_cli_commands(app=extra)
@@ -713,11 +764,50 @@ def _command(plugins: PluginManager) -> Any:
         group = typer.main.get_group(extra)
         for name, cmd in group.commands.items():
             command.add_command(cmd, name)
+    _json_everywhere(command)
     return apply_help_style(command)
+
+
+# Commands whose output is not a document: ``cat`` writes a file's bytes.
+NO_JSON = frozenset({"cat"})
+
+
+def _enable_json(ctx: Any, _param: Any, value: bool) -> None:
+    if value:
+        found = ctx.find_object(State)
+        if found is not None:
+            found.out.json = True
+
+
+def _json_everywhere(group: Any, flag: Any = None) -> None:
+    """Give every subcommand that lacks one a ``--json`` flag meaning what the global one
+    means, so ``modelkeep show REF --json`` and ``modelkeep --json show REF`` are the same.
+    The flag is a copy of the global one (recent typer versions carry their own copy of click,
+    whose option class is typer's to build)."""
+    import copy
+
+    if flag is None:
+        [flag] = [p for p in group.params if "--json" in p.opts]
+    for cmd in group.commands.values():
+        if hasattr(cmd, "commands"):
+            _json_everywhere(cmd, flag)
+        elif cmd.name not in NO_JSON and not any("--json" in getattr(p, "opts", ())
+                                                 for p in cmd.params):
+            option = copy.copy(flag)
+            option.name, option.expose_value, option.callback = "json", False, _enable_json
+            cmd.params.append(option)
+
+
+def _wants_json(argv: list[str] | None) -> bool:
+    """Whether ``--json`` is among the options: errors are then JSON too, even the ones
+    found while parsing."""
+    args = sys.argv[1:] if argv is None else argv
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
 
 
 def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None) -> int:
     """Console-script entry point; *plugins* replaces the process-wide plugin manager."""
+    json_out = _wants_json(argv)
     try:
         if plugins is None:
             from modelkeep.hooks.manager import get_plugin_manager
@@ -725,7 +815,7 @@ def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None)
             plugins = get_plugin_manager()
         command = _command(plugins)
     except Exception as exc:
-        return report(exc)
+        return report(exc, json_out=json_out)
     try:
         result: Any = command.main(args=argv, prog_name="modelkeep", standalone_mode=False,
                                    obj=State(plugins=plugins))
@@ -733,23 +823,32 @@ def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None)
         return exc.exit_code
     except (click.exceptions.Abort, typer.Abort) as exc:
         if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
-            return report(KeyboardInterrupt())  # click turns Ctrl-C into Abort
-        print("error: aborted", file=sys.stderr)
+            # click turns Ctrl-C into Abort
+            return report(KeyboardInterrupt(), json_out=json_out)
+        if json_out:
+            emit_json_error("Abort", "aborted", "", 130)
+        else:
+            print("error: aborted", file=sys.stderr)
         return 130
     except (click.ClickException, typer.TyperException) as exc:
         # Recent typer versions carry their own copy of click: catch both kinds of usage error.
         if not hasattr(exc, "show"):
-            return report(exc)
-        exc.show()
-        return int(getattr(exc, "exit_code", 2))
+            return report(exc, json_out=json_out)
+        code = int(getattr(exc, "exit_code", 2))
+        if json_out:
+            emit_json_error(type(exc).__name__, exc.format_message(), "see modelkeep --help",
+                            code)
+        else:
+            exc.show()
+        return code
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
-        return report(exc)
+        return report(exc, json_out=json_out)
     if result == 130:
         # typer turns Ctrl-C into Exit(130), which standalone_mode=False hands back as the
         # result; no command returns 130 itself.
-        return report(KeyboardInterrupt())
+        return report(KeyboardInterrupt(), json_out=json_out)
     return result if isinstance(result, int) else 0
 
 

@@ -1,4 +1,5 @@
-"""Registry commands: ``alias``, ``rollback``, ``promote``, ``describe`` and ``registry rebuild``.
+"""Registry commands: ``alias``, ``rollback``, ``promote``, ``describe``, ``delete`` and
+``registry rebuild``.
 
 Presentation only, like :mod:`modelkeep.cli.main`: each command calls one
 :class:`~modelkeep.keep.Keep` method and prints the result for a person or, with ``--json``, as
@@ -7,10 +8,13 @@ JSON. :func:`add_to` adds them to the ``modelkeep`` app.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
 
+from modelkeep.cli._output import human_bytes
 from modelkeep.cli._state import state as _state
 from modelkeep.errors import InvalidInputError
 
@@ -115,6 +119,49 @@ def describe(
                                              markup=False))
 
 
+def delete(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(metavar="REF|NAME",
+                                          help="NAME@VERSION|ALIAS|latest; NAME with --all.")],
+    all_versions: Annotated[bool, typer.Option("--all", help="Delete every version of model "
+                                               "NAME.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (nor does a run "
+                                      "without a terminal).")] = False,
+) -> None:
+    """Delete a version (or every version of a model with --all); `gc` reclaims its bytes."""
+    import click
+
+    st = _state(ctx)
+    keep = st.keep()
+
+    def confirm(refs: Sequence[str]) -> bool:
+        if yes or not (sys.stdin.isatty() and sys.stderr.isatty()):
+            return True
+        shown = ", ".join(refs) if len(refs) <= 10 else f"{', '.join(refs[:10])}, ..."
+        return click.confirm(f"delete {len(refs)} version(s): {shown}?", default=False,
+                             err=True)
+
+    report = keep.delete(target, all_versions=all_versions, confirm=confirm)
+    if report.cancelled:
+        st.out.note("nothing was deleted")
+        raise typer.Exit(1)
+
+    def human() -> None:
+        c = st.out.console
+        for d in report.versions:
+            extra = f", aliases {', '.join(d.aliases_deleted)} removed" \
+                if d.aliases_deleted else ""
+            kept = f"; snapshot kept, used by {', '.join(d.shared_with)}" \
+                if d.shared_with else ""
+            c.print(f"deleted {d.ref} (snapshot {d.snapshot_id[:12]}{extra}){kept}",
+                    highlight=False)
+        c.print(f"`modelkeep gc` will reclaim {human_bytes(report.reclaimable_bytes)} "
+                f"({report.reclaimable_chunks} chunk(s) no other version uses)",
+                highlight=False)
+
+    st.out.emit(report.to_json(), human)
+
+
 @registry_app.command("rebuild")
 def rebuild(
     ctx: typer.Context,
@@ -167,4 +214,5 @@ def add_to(app: typer.Typer) -> None:
     app.command()(rollback)
     app.command()(promote)
     app.command()(describe)
+    app.command()(delete)
     app.add_typer(registry_app)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from modelkeep.errors import Hint, InvalidInputError, Option
 from modelkeep.ops._common import load, resolve, version_of
 from modelkeep.store import FileEntry, Snapshot, Store
-from modelkeep.store.readcache import ReadCache, link_or_copy
+from modelkeep.store.readcache import ReadCache, clone_or_copy, link_or_copy
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
@@ -37,9 +37,15 @@ class FetchResult:
     path: Path
     downloaded_bytes: int  # bytes read from the store by this fetch
     linked_bytes: int  # bytes the cache already held
+    snapshot_id: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "path": str(self.path),
+        return {"name": self.name, "version": self.version, "ref": self.ref,
+                "snapshot_id": self.snapshot_id, "path": str(self.path),
                 "downloaded_bytes": self.downloaded_bytes, "linked_bytes": self.linked_bytes}
 
 
@@ -53,7 +59,7 @@ def fetch(
     """The version *ref* names as a local folder: the cache's read-only folder (the same one on
     every call, built once), or without the cache a new private folder of its own."""
     rv = resolve(keep, ref)
-    store, snap, _sid = load(keep, rv)
+    store, snap, sid = load(keep, rv)
     if not _uses_cache(store, cache):
         dest = Path(tempfile.mkdtemp(prefix=f"modelkeep-{rv.name}-{rv.version}-"))
         try:
@@ -61,10 +67,10 @@ def fetch(
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise
-        return FetchResult(rv.name, rv.version, dest.resolve(), snap.size, 0)
+        return FetchResult(rv.name, rv.version, dest.resolve(), snap.size, 0, sid)
     got = store.fetch_cached(snap, progress=progress, ref=f"{rv.name}@{rv.version}")
     return FetchResult(rv.name, rv.version, got.path.resolve(), got.downloaded_bytes,
-                       got.linked_bytes)
+                       got.linked_bytes, sid)
 
 
 def pull(
@@ -113,7 +119,7 @@ def _copier() -> Callable[[FileEntry, Path], bool]:
         if src is None:
             return False
         try:
-            shutil.copyfile(src, target)
+            clone_or_copy(src, target)  # a reflink where the filesystem has them
         except FileNotFoundError:
             return False  # pruned meanwhile: fetched from the store instead
         os.chmod(target, entry.mode)

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from modelkeep.catalog.tags import TAG_PREFIX
 from modelkeep.errors import NotFoundError
 from modelkeep.ops._common import load, resolve, version_of
-from modelkeep.ops.results import ModelVersion
+from modelkeep.ops.results import Model, ModelVersion
 from modelkeep.refs import validate_name
 from modelkeep.registry import RegistryVersion
 from modelkeep.store import (
@@ -68,6 +69,29 @@ def versions(keep: Keep, name: str) -> list[ModelVersion]:
 
 def models(keep: Keep) -> list[str]:
     return keep.registry.models()
+
+
+def model(keep: Keep, name: str) -> Model:
+    """The registered model *name*: newest version, aliases, description and user tags."""
+    validate_name(name)
+    rm = keep.registry.get_model(name)
+    latest = keep.registry.latest(name)
+    return Model(name=rm.name, latest=latest.version if latest else None,
+                 aliases=dict(rm.aliases), description=rm.description,
+                 tags={k: v for k, v in rm.tags.items() if not k.startswith(TAG_PREFIX)})
+
+
+def all_models(keep: Keep) -> list[Model]:
+    """Every registered model, by name."""
+
+    def one(name: str) -> Model | None:
+        try:
+            return model(keep, name)
+        except NotFoundError:
+            return None  # deleted meanwhile
+
+    with ThreadPoolExecutor(8, thread_name_prefix="modelkeep-models") as pool:
+        return [m for m in pool.map(one, keep.registry.models()) if m is not None]
 
 
 def open_file(keep: Keep, ref: str, path: str) -> SnapshotFile:

@@ -75,8 +75,10 @@ class PlannedVersion:
     author: str = ""  # the snapshot's: the registry's "Created by" where it records one
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "snapshot": self.snapshot_id,
-                "uri": self.uri, "created": self.created, "exists": self.exists,
+        # The snapshot's time has microseconds; JSON times are to the second, like every other.
+        return {"name": self.name, "version": self.version, "ref": f"{self.name}@{self.version}",
+                "snapshot_id": self.snapshot_id, "uri": self.uri,
+                "created": self.created[:19] + "Z", "exists": self.exists,
                 "tags": dict(self.tags)}
 
 
@@ -178,9 +180,9 @@ class RebuildReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"registry": self.registry, "store": self.store, "dry_run": self.dry_run,
-                "models": self.models, "created": self.created,
+                "models": self.models, "versions_created": self.created,
                 "versions": [v.to_json() for v in self.versions],
-                "skipped": [{"snapshot": s, "reason": r} for s, r in self.skipped],
+                "skipped": [{"snapshot_id": s, "reason": r} for s, r in self.skipped],
                 "gaps": [{"name": n, "version": v} for n, v, _uri in self.gaps],
                 "journal": self.journal.to_json()}
 

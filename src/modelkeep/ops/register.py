@@ -132,7 +132,7 @@ def _delta_parent(keep: Keep, name: str, parents: Sequence[Parent]) -> Snapshot 
     """The snapshot whose chunks a new version's changed tensors are coded against: the first
     parent given, else the model's newest version (a checkpoint after the one before)."""
     if parents:
-        sid: str | None = parents[0].snapshot
+        sid: str | None = parents[0].snapshot_id
     else:
         latest = keep.registry.latest(name)
         sid = snapshot_of(latest) if latest is not None else None

@@ -72,8 +72,8 @@ def damaged_chunks(keep: Keep, report: VerifyReport) -> list[DamagedChunk]:
         uses: list[str] = []
         own = [p for p in problems if p.cause is None]
         # Its own uses first, then the versions that read it through a delta.
-        for p in sorted(problems, key=lambda p: (p.cause is not None, p.snapshot, p.path or "")):
-            refs = names.get(p.snapshot) or [f"snapshot {p.snapshot[:12]}"]
+        for p in sorted(problems, key=lambda p: (p.cause is not None, p.snapshot_id, p.path or "")):
+            refs = names.get(p.snapshot_id) or [f"snapshot {p.snapshot_id[:12]}"]
             how = " (through a delta)" if p.cause is not None else ""
             uses += [f"{ref} {p.path}{how}" for ref in refs if f"{ref} {p.path}{how}" not in uses]
         reason = own[0].reason if own else "damaged (found through the chunks read from it)"

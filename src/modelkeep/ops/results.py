@@ -1,5 +1,6 @@
 """The values :class:`~modelkeep.keep.Keep` returns that belong to no lower layer: a registered
-version as the user sees it, a deletion, and a diff. Exported from :mod:`modelkeep`."""
+version and a model as the user sees them, a deletion, and a diff. Their ``to_json`` is what
+every ``--json`` prints for them (docs/json.md). Exported from :mod:`modelkeep`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from modelkeep.aliases import TIME_FORMAT
 from modelkeep.catalog.tags import TAG_PREFIX
 from modelkeep.store import FileEntry, Parent
 
@@ -62,9 +64,9 @@ class ModelVersion:
             "name": self.name,
             "version": self.version,
             "ref": self.ref,
-            "snapshot": self.snapshot_id,
+            "snapshot_id": self.snapshot_id,
             "uri": self.uri,
-            "created": self.created.isoformat(),
+            "created": self.created.strftime(TIME_FORMAT),
             "size": self.size,
             "bytes_added": self.bytes_added,
             "dedup_ratio": self.dedup_ratio,
@@ -76,12 +78,31 @@ class ModelVersion:
             "message": self.message,
             "aliases": list(self.aliases),
             "tags": dict(self.tags),
-            "parents": [p.to_json() for p in self.parents],
+            # Not Parent.to_json: that is the snapshot format's spelling (docs/format.md).
+            "parents": [{"name": p.name, "version": p.version, "snapshot_id": p.snapshot_id}
+                        for p in self.parents],
             "lineage": dict(self.lineage),
             "files": [{"path": f.path, "size": f.size, "digest": f.digest,
                        "chunks": len(f.chunks), "tensors": len(f.tensors)
                        if f.tensors is not None else None} for f in self.files],
         }
+
+
+@dataclass(frozen=True)
+class Model:
+    """A registered model: its newest version, where each alias points, its description and
+    user tags (the ``modelkeep.`` ones, its histories, are read through their own methods)."""
+
+    name: str
+    latest: int | None  # None: no versions (all deleted, or none registered yet)
+    aliases: Mapping[str, int] = field(default_factory=dict)
+    description: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "latest": self.latest,
+                "aliases": dict(sorted(self.aliases.items())),
+                "description": self.description, "tags": dict(self.tags)}
 
 
 @dataclass(frozen=True)
@@ -94,6 +115,8 @@ class DeletedVersion:
     snapshot_deleted: bool  # False when other versions still use the snapshot
     shared_with: tuple[str, ...] = ()  # those versions (``NAME@N``)
     aliases_deleted: tuple[str, ...] = ()
+    author: str = ""  # who deleted it
+    time: str = ""  # when, UTC, ``YYYY-MM-DDTHH:MM:SSZ``
 
     @property
     def ref(self) -> str:
@@ -101,9 +124,27 @@ class DeletedVersion:
 
     def to_json(self) -> dict[str, Any]:
         return {"ref": self.ref, "name": self.name, "version": self.version,
-                "snapshot": self.snapshot_id, "snapshot_deleted": self.snapshot_deleted,
+                "snapshot_id": self.snapshot_id, "snapshot_deleted": self.snapshot_deleted,
                 "shared_with": list(self.shared_with),
-                "aliases_deleted": list(self.aliases_deleted)}
+                "aliases_deleted": list(self.aliases_deleted),
+                "author": self.author, "time": self.time}
+
+
+@dataclass(frozen=True)
+class DeleteReport:
+    """What :meth:`Keep.delete` removed, and what a garbage collection will reclaim."""
+
+    versions: tuple[DeletedVersion, ...]
+    # Chunks only the deleted snapshots used, and their stored bytes: what the next collections
+    # reclaim (None when not measured).
+    reclaimable_chunks: int | None = None
+    reclaimable_bytes: int | None = None
+    cancelled: bool = False  # the confirmation was refused; nothing was deleted
+
+    def to_json(self) -> dict[str, Any]:
+        return {"deleted": [v.to_json() for v in self.versions],
+                "reclaimable_chunks": self.reclaimable_chunks,
+                "reclaimable_bytes": self.reclaimable_bytes, "cancelled": self.cancelled}
 
 
 @dataclass(frozen=True)

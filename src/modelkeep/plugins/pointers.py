@@ -66,9 +66,9 @@ class Pointer:
     """One pointer file."""
 
     file: Path
-    model: str
+    name: str  # the model's (the file's own key is ``model``)
     version: int
-    snapshot: str
+    snapshot_id: str
     uri: str
     kind: str  # "folder" or "file"
     size: int
@@ -80,16 +80,16 @@ class Pointer:
 
     @property
     def ref(self) -> str:
-        return f"{self.model}@{self.version}"
+        return f"{self.name}@{self.version}"
 
     def text(self) -> str:
         name = self.target.name
         return (
             f"# modelkeep pointer: `modelkeep checkout` makes {name} match this version\n"
             f"format: {FORMAT}\n"
-            f"model: {self.model}\n"
+            f"model: {self.name}\n"
             f"version: {self.version}\n"
-            f"snapshot: {self.snapshot}\n"
+            f"snapshot: {self.snapshot_id}\n"
             f"uri: {self.uri}\n"
             f"kind: {self.kind}\n"
             f"size: {self.size}\n"
@@ -97,8 +97,9 @@ class Pointer:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {"pointer": str(self.file), "path": str(self.target), "model": self.model,
-                "version": self.version, "ref": self.ref, "snapshot": self.snapshot,
+        # The --json names (docs/json.md); the pointer file itself keeps its own (_KEYS).
+        return {"pointer": str(self.file), "path": str(self.target), "name": self.name,
+                "version": self.version, "ref": self.ref, "snapshot_id": self.snapshot_id,
                 "uri": self.uri, "kind": self.kind, "size": self.size, "files": self.files}
 
 
@@ -399,7 +400,7 @@ def _apply(store: Store, snap: Snapshot, pointer: Pointer, state: PointerState,
             if local.is_file() and not _stored(store, local, rel):
                 raise DirtyWorkspaceError(
                     f"{str(local)!r} has changes that are in no stored version",
-                    hint=Hint(f"register them (`modelkeep register {pointer.model} "
+                    hint=Hint(f"register them (`modelkeep register {pointer.name} "
                               f"{pointer.target}`) or pass {{force}} to discard them",
                               force=Option(api="force=True", cli="--force")))
     # The workspace exists and is the user's: a folder in it may be a link leading out. Every
@@ -482,7 +483,7 @@ def modelkeep_after_register(version: ModelVersion, source: Path | str) -> None:
         current = read_pointer(file)
     except ModelkeepError:
         return  # a damaged pointer is reported by status/checkout, not by a registration
-    if current.model == version.name:
+    if current.name == version.name:
         write_pointer(source.absolute(), version, current.kind)
 
 

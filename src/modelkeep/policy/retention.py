@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from modelkeep.aliases import TIME_FORMAT
 from modelkeep.errors import ModelkeepError
 from modelkeep.policy.rules import Policy
 
@@ -62,8 +63,8 @@ class RetentionItem:
     def to_json(self) -> dict[str, Any]:
         return {"ref": self.ref, "name": self.name, "version": self.version,
                 "action": self.action, "reasons": list(self.reasons),
-                "created": self.created.isoformat(), "size": self.size,
-                "snapshot": self.snapshot_id, "aliases": list(self.aliases)}
+                "created": self.created.strftime(TIME_FORMAT), "size": self.size,
+                "snapshot_id": self.snapshot_id, "aliases": list(self.aliases)}
 
 
 @dataclass

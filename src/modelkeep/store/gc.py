@@ -301,6 +301,22 @@ def _references(store: Store, report: GcReport, ignore: Collection[str]) -> dict
     return refs
 
 
+def reclaimable(store: Store, chunk_ids: Collection[str]) -> tuple[int, int]:
+    """``(chunks, bytes)`` of *chunk_ids* that a collection would reclaim now that nothing
+    references them: held in ``chunks/`` and used by no snapshot, no run manifest and no kept
+    delta (the chunks of deleted snapshots, counted right after their deletion). The bytes are
+    the stored objects' sizes, headers included, as a collection reports them."""
+    wanted = set(chunk_ids)
+    if not wanted:
+        return 0, 0
+    refs = _references(store, GcReport(store.url, True, timedelta(0)), ())
+    edges = {cid: base for cid, base, _when in store.db.delta_edges()}
+    kept = with_bases(set(refs), edges)
+    sizes = store.chunk_sizes()
+    free = [sizes[cid] for cid in wanted - kept if cid in sizes]
+    return len(free), sum(free)
+
+
 def collect(
     store: Store,
     grace: timedelta,

@@ -584,14 +584,36 @@ class ChunkIndex:
 
 
 def link_or_copy(src: Path, dest: Path) -> bool:
-    """Hard-link *src* at *dest*, or copy it where they are on different filesystems (the copy
-    keeps *src*'s read-only mode). True if linked."""
+    """Hard-link *src* at *dest*, or copy it where they are on different filesystems (the copy,
+    a reflink where it can be, keeps *src*'s read-only mode). True if linked."""
     try:
         os.link(src, dest)
         return True
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
-    shutil.copyfile(src, dest)
+    clone_or_copy(src, dest)
     os.chmod(dest, stat.S_IMODE(src.stat().st_mode))
+    return False
+
+
+def clone_or_copy(src: Path, dest: Path) -> bool:
+    """A file of its own at *dest* with *src*'s bytes: a reflink (a copy-on-write clone, made
+    in a fraction of a millisecond whatever the size, sharing the blocks until either is
+    written) where the filesystem offers them (btrfs, XFS, APFS, ReFS), else a byte copy. True
+    if cloned. ``reflink-copy`` does the cloning on each system (bench/clones.py measured it);
+    the mode is not copied."""
+    try:
+        from reflink_copy import reflink
+    except ImportError:  # an install without it: copies, as before
+        pass
+    else:
+        try:
+            reflink(src, dest)
+            return True
+        except OSError:
+            # Not offered here (ext4, tmpfs, across filesystems): a clone that failed may have
+            # left an empty file, which the copy replaces. A missing *src* fails the copy too.
+            pass
+    shutil.copyfile(src, dest)
     return False

@@ -105,17 +105,18 @@ class FileEntry:
 class Parent:
     """A parent version: the snapshot it is built on, and the registry name it had."""
 
-    snapshot: str
+    snapshot_id: str
     name: str | None = None
     version: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"snapshot": self.snapshot, "name": self.name, "version": self.version}
+        # The snapshot format's spelling (docs/format.md); --json output spells it snapshot_id.
+        return {"snapshot": self.snapshot_id, "name": self.name, "version": self.version}
 
     def __str__(self) -> str:
         if self.name and self.version:
             return f"{self.name}@{self.version}"
-        return self.snapshot[:12]
+        return self.snapshot_id[:12]
 
 
 @dataclass(frozen=True)

@@ -613,6 +613,11 @@ class Store:
         return gc_mod.collect(self, grace, dry_run=dry_run, progress=progress,
                               ignore_snapshots=ignore_snapshots)
 
+    def reclaimable(self, chunk_ids: Collection[str]) -> tuple[int, int]:
+        """``(chunks, bytes)`` of *chunk_ids* that no snapshot or run manifest uses any more:
+        what a garbage collection would reclaim of them (:func:`modelkeep.store.gc.reclaimable`)."""
+        return gc_mod.reclaimable(self, chunk_ids)
+
     def sync_to(
         self,
         dest: Store,

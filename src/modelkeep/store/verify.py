@@ -20,7 +20,7 @@ from modelkeep.store.snapshot import Snapshot
 class Problem:
     """One damaged or missing object, and where it is used."""
 
-    snapshot: str
+    snapshot_id: str
     path: str | None  # file inside the version; None for the snapshot object itself
     chunk_index: int | None
     offset: int | None
@@ -30,13 +30,13 @@ class Problem:
     cause: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"snapshot": self.snapshot, "path": self.path, "chunk": self.chunk_index,
+        return {"snapshot_id": self.snapshot_id, "path": self.path, "chunk": self.chunk_index,
                 "offset": self.offset, "object": self.object_id, "reason": self.reason,
                 "cause": self.cause}
 
     def __str__(self) -> str:
         if self.path is None:
-            return f"snapshot {self.snapshot[:12]}: {self.reason}"
+            return f"snapshot {self.snapshot_id[:12]}: {self.reason}"
         return (f"{self.path}: chunk {self.chunk_index} at offset {self.offset} "
                 f"({self.object_id[:12]}): {self.reason}")
 
@@ -109,5 +109,5 @@ def verify_snapshots(
             if reason is not None:
                 for sid, path, i, off in uses[cid]:
                     report.problems.append(Problem(sid, path, i, off, cid, reason, cause))
-    report.problems.sort(key=lambda p: (p.snapshot, p.path or "", p.chunk_index or 0))
+    report.problems.sort(key=lambda p: (p.snapshot_id, p.path or "", p.chunk_index or 0))
     return report

@@ -2,13 +2,14 @@
 
 MLflow's client, the REST adapter and the SQLite reader all end here, so a missing version, a
 refused login or an unreachable server gives the same one line and the same error class however
-the registry was reached.
+the registry was reached. It also holds the one search filter both MLflow adapters send.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 from modelkeep.errors import (
     ModelkeepError,
@@ -86,3 +87,16 @@ def active_run_id() -> str | None:
         return None
     run = mlflow.active_run()
     return run.info.run_id if run is not None else None
+
+
+def search_filter(name: str | None, tags: Mapping[str, str]) -> str:
+    """MLflow's ``search_model_versions`` filter for model *name* and exact *tags*; a term whose
+    key or value MLflow's filter cannot quote (a backtick, a quote) is left out, for the caller
+    to check itself (:func:`modelkeep.ops.search.candidates` checks every tag again)."""
+    terms = []
+    if name is not None and "'" not in name:
+        terms.append(f"name = '{name}'")
+    for key, value in sorted(tags.items()):
+        if "`" not in key and "'" not in value and "\\" not in value:
+            terms.append(f"tags.`{key}` = '{value}'")
+    return " AND ".join(terms)

@@ -6,8 +6,9 @@ Two kinds of URI reach it:
 * a **version** source, ``modelkeep://…/@SNAPSHOT[/PATH]``. MLflow resolves ``models:/NAME@ALIAS``
   and ``models:/NAME/3`` to it, so ``mlflow.pyfunc.load_model``,
   ``mlflow.artifacts.download_artifacts`` and an ``mlflow server`` serving the UI read through
-  here. Each chunk is fetched and verified, only the files asked for are fetched, and writes are
-  refused: a version never changes.
+  here. A whole version is read through the machine's shared read cache (downloaded once, then
+  linked: a second ``load_model`` downloads nothing); a single file fetches only its chunks.
+  Every chunk is verified, and writes are refused: a version never changes.
 * a **run artifact location**, ``modelkeep://…/@runs[/PREFIX]``, set as an experiment's artifact
   location or as ``mlflow server --artifacts-destination``. MLflow appends
   ``/<run id>/artifacts``; every ``log_artifact``/``log_model`` of a run is then stored
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from mlflow.entities import FileInfo
@@ -29,9 +32,11 @@ from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from modelkeep.errors import ModelkeepError
 from modelkeep.plugins.versions import VersionView, open_runs, open_version
 from modelkeep.store import RunArtifacts, SnapshotFile, parse_runs_uri
+from modelkeep.store.readcache import link_or_copy
 from modelkeep.store.snapshot import FileEntry
 
 _COPY_BUFFER = 4 << 20
+_MLMODEL = "MLmodel"  # the file that makes a folder an MLflow model
 
 
 def _mlflow_error(exc: ModelkeepError) -> MlflowException:
@@ -90,6 +95,38 @@ class VersionArtifactRepository(ModelkeepArtifactRepository):
 
     def _open(self, rel: str) -> SnapshotFile:
         return self._view.store.open_file(self._view.snapshot, rel)
+
+    def download_artifacts(self, artifact_path: str, dst_path: str | None = None) -> str:
+        """The whole version through the shared read cache (:mod:`modelkeep.store.readcache`):
+        downloaded once per machine, then only linked. Without *dst_path*, a version with no
+        ``MLmodel`` file is answered with the cache's read-only folder itself, as MLflow's
+        local repository answers with its own folder: nothing is written to a temporary folder,
+        so a load that then fails leaves nothing behind. An MLflow model gets a new folder of
+        links, since MLflow writes its ``registered_model_meta`` file into what it downloads.
+        A single file or subfolder, or a store whose option ``read_cache`` is false, is read
+        file by file as before (only the chunks those files use)."""
+        view = self._view
+        base: Any = super()  # MLflow's own, untyped
+        if self._rel(artifact_path) or not view.store.read_cache:
+            return str(base.download_artifacts(artifact_path, dst_path))
+        if dst_path is not None and not os.path.isdir(dst_path):
+            return str(base.download_artifacts(artifact_path, dst_path))  # MLflow's errors
+        try:
+            folder = view.store.fetch_cached(view.snapshot).path
+        except ModelkeepError as exc:
+            raise _mlflow_error(exc) from exc
+        if dst_path is None:
+            if view.snapshot.file(_MLMODEL) is None:
+                return str(folder)
+            dst_path = tempfile.mkdtemp()
+        dest = os.path.abspath(dst_path)
+        for entry in view.snapshot.files:
+            target = os.path.join(dest, *entry.path.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if os.path.lexists(target):
+                os.unlink(target)  # MLflow's download replaces what is there
+            link_or_copy(folder.joinpath(*entry.path.split("/")), Path(target))
+        return dest
 
     def list_artifacts(self, path: str | None = None) -> list[FileInfo]:
         folder = self._rel(path)

@@ -216,6 +216,25 @@ class MlflowRegistry:
                 if not token:
                     return names
 
+    def search_versions(self, name: str | None, tags: Mapping[str, str]) -> list[RegistryVersion]:
+        """Versions of *name* (every model when None) tagged with *tags*, in one filtered
+        search (paged), with their aliases."""
+        found: list[Any] = []
+        token = None
+        query = _errors.search_filter(name, tags)
+        with self._errors("searching versions"):
+            while True:
+                page = self._client.search_model_versions(query, max_results=1000,
+                                                          page_token=token)
+                found.extend(page)
+                token = page.token
+                if not token:
+                    break
+            # Search results carry no aliases; each model has its own in one call.
+            aliases = {m: self._aliases_by_version(m) for m in {mv.name for mv in found}}
+        return [replace(rv, aliases=aliases[rv.name].get(rv.version, ()))
+                for rv in map(self._convert, found)]
+
     def models(self) -> list[str]:
         names: list[str] = []
         token = None

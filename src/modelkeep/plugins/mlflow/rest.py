@@ -205,6 +205,26 @@ class RestRegistry:
                                       f"tags.`{key}` = '{value}'")
         return {str(mv["name"]) for mv in found}
 
+    def search_versions(self, name: str | None, tags: Mapping[str, str]) -> list[RegistryVersion]:
+        """Versions of *name* (every model when None) tagged with *tags*, in one filtered
+        search (paged), with their aliases."""
+        found = self._search_versions("searching versions", _errors.search_filter(name, tags))
+        by_model: dict[str, dict[int, list[str]]] = {}
+        for model in {str(mv.get("name", "")) for mv in found}:
+            raw = self._raw_model(model)
+            for a in raw.get("aliases") or ():
+                by_model.setdefault(model, {}).setdefault(int(a["version"]), []).append(
+                    a["alias"])
+        out = []
+        for mv in found:
+            rv = self._version(mv)
+            names = by_model.get(rv.name, {}).get(rv.version, ())
+            out.append(RegistryVersion(
+                name=rv.name, version=rv.version, source=rv.source, tags=rv.tags,
+                aliases=tuple(sorted(names)), created_ms=rv.created_ms,
+                description=rv.description, run_id=rv.run_id))
+        return out
+
     def models(self) -> list[str]:
         names: list[str] = []
         token = None

@@ -292,6 +292,29 @@ class SqliteRegistry:
                 (_DEFAULT_WORKSPACE, key, value, _DELETED)).fetchall()
         return {str(r[0]) for r in rows}
 
+    def search_versions(self, name: str | None, tags: Mapping[str, str]) -> list[RegistryVersion]:
+        """Versions of *name* (every model when None) tagged with *tags*, read in one
+        transaction: the models holding a matching version found by SQL, their versions read
+        as :meth:`versions` reads them."""
+        if self._missing():
+            return []
+        if not self._fast():
+            return self._mlflow().search_versions(name, tags)
+        with self._reading() as conn:
+            if tags:
+                key, value = next(iter(sorted(tags.items())))
+                models = {str(r[0]) for r in conn.execute(
+                    "SELECT DISTINCT name FROM model_version_tags WHERE workspace = ? "
+                    "AND key = ? AND value = ?", (_DEFAULT_WORKSPACE, key, value))}
+            else:
+                models = {str(r[0]) for r in conn.execute(
+                    "SELECT name FROM registered_models WHERE workspace = ?",
+                    (_DEFAULT_WORKSPACE,))}
+            if name is not None:
+                models &= {name}
+            found = [rv for m in sorted(models) for rv in self._versions(conn, m)]
+        return [rv for rv in found if all(rv.tags.get(k) == v for k, v in tags.items())]
+
     def get_model(self, name: str) -> RegistryModel:
         if not self._fast():
             return self._mlflow().get_model(name)
