@@ -111,7 +111,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 # Work buffers, one of each per thread, reused from chunk to chunk. A fresh 4 MiB buffer per
 # chunk costs its page faults and zero-filling: profiled on the store phase of a bf16 model,
-# more than the zstd coding of the exponent planes. Sized once for the largest chunk.
+# more than the zstd coding of the exponent planes. Sized once: a piece, or the largest chunk.
 _BUFFER_SIZE = MAX_CHUNK + 64
 # Planes are split and put back together this many bytes of elements at a time: small enough
 # for the intermediate to stay in a core's cache between the numpy operations (and, on a
@@ -120,12 +120,14 @@ _BUFFER_SIZE = MAX_CHUNK + 64
 PIECE = 256 << 10
 
 
-def _buffer(name: str, size: int) -> bytearray:
-    buf: bytearray | None = getattr(_local, name, None)
+def _buffer(name: str, size: int) -> memoryview:
+    """*size* bytes of this thread's buffer *name* (contents undefined)."""
+    buf: np.ndarray | None = getattr(_local, name, None)
     if buf is None or len(buf) < size:
-        buf = bytearray(max(size, _BUFFER_SIZE))
+        # numpy leaves the memory as it comes (bytearray would zero it first).
+        buf = np.empty(PIECE if size <= PIECE else max(size, _BUFFER_SIZE), dtype=np.uint8)
         setattr(_local, name, buf)
-    return buf
+    return buf.data[:size]
 
 
 def _array(name: str, count: int, dtype: np.dtype[Any]) -> np.ndarray:
@@ -204,7 +206,7 @@ def _planes_payload(values: np.ndarray, prefix: bytes, *, rotate: bool,
     bits = 8 * width
     count = len(values)
     size = len(prefix) + 1 + width * (_PLANE_RECORD.size + count)
-    out = _buffer(into, size) if into is not None else bytearray(size)
+    out: bytearray | memoryview = _buffer(into, size) if into is not None else bytearray(size)
     out[: len(prefix)] = prefix
     out[len(prefix)] = width
     pos = len(prefix) + 1
