@@ -9,6 +9,9 @@ measurement runs in a fresh process with that folder first on ``sys.path``::
     cp -r src /tmp/before-src            # then edit src/ (or the copy)
     .venv/bin/python bench/ab.py --model-mib 1024 --rounds 5 /tmp/before-src src
 
+``--weights`` uses the bf16 model of weight-like values instead of random float16 bits, so that
+the default codec does its full work (byte planes on every chunk).
+
 It prints every sample, then per variant and operation the median seconds and the median of the
 paired ratios to ``cp``. Nothing is written outside ``--workdir``.
 """
@@ -65,14 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ops", default="store,pull", help="store, pull or both")
     parser.add_argument("--model-mib", type=int, default=1024)
+    parser.add_argument("--weights", action="store_true",
+                        help="a bf16 model of weight-like values (the codecs at full work) "
+                             "instead of float16 random bits")
     parser.add_argument("--workdir", type=Path, default=HERE / "work-ab")
     args = parser.parse_args(argv)
     ops = args.ops.split(",")
     work: Path = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    model = work / "model"
+    model = work / ("weights" if args.weights else "model")
     if not model.exists():
-        _model.write_single(work, "model", args.model_mib)
+        write = _model.write_weights if args.weights else _model.write_single
+        write(work, model.name, args.model_mib)
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
     sids: dict[str, str] = {}
     for r in range(args.rounds):
