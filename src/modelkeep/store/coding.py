@@ -38,7 +38,8 @@ and joined with contiguous whole-element numpy operations (shift, then a truncat
 payload (no per-plane copies, no join), in buffers each thread reuses from chunk to chunk (a
 fresh 4 MiB buffer per chunk cost more in page faults than the zstd coding). A pull decodes a
 chunk a block at a time and hashes and writes each block while it is in cache. Together:
-store-phase CPU per GiB from 4.2 to 2.8 s and pull from 2.6 to 1.8 s, same bytes on disk.
+store-phase CPU from 3.7 to 2.5 s per GiB and pull from 2.9 to 1.8 s (bench/ab.py
+``--weights``, bench/RESULTS-codec-speed.md), same bytes on disk.
 zipnn (0.7 GB/s to code, 1.35 GB/s to decode on one core) and blosc2 (0.86 / 1.57 GB/s, and
 0.69x where planes reach 0.665x) do the same work no faster, so the format keeps its codecs.
 
