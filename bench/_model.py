@@ -7,7 +7,14 @@ for the requested size, so ``--size-mib 1024`` gives the 1.03 GiB model the stor
 
 Tensor contents are pseudo-random float16 bits (finite values, ``|x| < 2``) from a counter-based
 generator keyed by ``(tensor name, variant)``: the same tensor is bit-identical in every version
-that keeps it, a changed tensor differs everywhere, and no two tensors share a chunk.
+that keeps it, a changed tensor differs everywhere, and no two tensors share a chunk. Random bits
+do not compress, so these models measure chunking and dedup, not the codecs.
+
+:func:`write_weights` writes the same shapes as bfloat16 *weight-like* values instead: normally
+distributed, with the spread of trained weights (standard deviation ``1/sqrt(fan in)`` for
+matrices and embeddings, norms near 1, biases near 0), rounded to bf16 as torch does. Their
+exponent bytes compress as real weights' do (about a third), so the default codec does its full
+work on them: the model the codec speed targets are measured on.
 
 The versions written by :func:`write_versions`:
 
@@ -51,6 +58,8 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     variant: int = 0  # contents are a function of (name, variant)
+
+    dtype: str = DTYPE  # F16 (random bits) or BF16 (weight-like values)
 
     @property
     def nbytes(self) -> int:
@@ -130,13 +139,37 @@ def _tensor_pieces(spec: TensorSpec) -> Iterable[np.ndarray]:
         yield np.frombuffer(gen.random_raw(1).tobytes()[:tail], dtype=np.uint8)
 
 
+def _weight_pieces(spec: TensorSpec) -> Iterable[np.ndarray]:
+    """bf16 bits of normally distributed values shaped like trained weights."""
+    gen = np.random.Generator(np.random.Philox(key=_key(spec)))
+    count = math.prod(spec.shape)
+    leaf = spec.name.rsplit(".", 2)[-2:]
+    if len(spec.shape) > 1:
+        mean, std = 0.0, 1.0 / math.sqrt(spec.shape[-1])
+    elif "norm" in spec.name and leaf[-1] == "weight":
+        mean, std = 1.0, 0.05
+    else:
+        mean, std = 0.0, 0.02
+    done = 0
+    while done < count:
+        n = min(count - done, _PIECE_WORDS)
+        x = gen.standard_normal(n, dtype=np.float32)
+        x *= std
+        x += mean
+        bits = x.view(np.uint32)
+        # Round to nearest even, as torch's float32 -> bfloat16 conversion does.
+        bits += np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+        yield (bits >> np.uint32(16)).astype(np.uint16)
+        done += n
+
+
 def write_safetensors(path: Path, specs: list[TensorSpec], metadata: dict[str, str]) -> int:
     """Write *specs* in the given order (the format allows any order); returns the file size."""
     header: dict[str, object] = {"__metadata__": metadata}
     offset = 0
     for spec in specs:
         header[spec.name] = {
-            "dtype": DTYPE,
+            "dtype": spec.dtype,
             "shape": list(spec.shape),
             "data_offsets": [offset, offset + spec.nbytes],
         }
@@ -147,7 +180,8 @@ def write_safetensors(path: Path, specs: list[TensorSpec], metadata: dict[str, s
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for spec in specs:
-            for piece in _tensor_pieces(spec):
+            pieces = _weight_pieces(spec) if spec.dtype == "BF16" else _tensor_pieces(spec)
+            for piece in pieces:
                 f.write(memoryview(piece).cast("B"))
     return 8 + len(raw) + offset
 
@@ -223,6 +257,12 @@ def write_versions(root: Path, size_mib: int) -> dict[str, VersionInfo]:
 def write_single(root: Path, name: str, size_mib: int) -> VersionInfo:
     """Write one model of about *size_mib* MiB (used for the large-model memory measurement)."""
     specs = model_specs(size_mib)
+    return _write_version(root, name, specs, {})
+
+
+def write_weights(root: Path, name: str, size_mib: int) -> VersionInfo:
+    """Write one bf16 model of about *size_mib* MiB with weight-like values (see above)."""
+    specs = [TensorSpec(s.name, s.shape, dtype="BF16") for s in model_specs(size_mib)]
     return _write_version(root, name, specs, {})
 
 

@@ -9,8 +9,13 @@ measurement runs in a fresh process with that folder first on ``sys.path``::
     cp -r src /tmp/before-src            # then edit src/ (or the copy)
     .venv/bin/python bench/ab.py --model-mib 1024 --rounds 5 /tmp/before-src src
 
-It prints every sample, then per variant and operation the median seconds and the median of the
-paired ratios to ``cp``. Nothing is written outside ``--workdir``.
+``--weights`` uses the bf16 model of weight-like values instead of random float16 bits, so that
+the default codec does its full work (byte planes on every chunk).
+
+It prints every sample, then per variant and operation the median seconds, the median of the
+paired ratios to ``cp`` and the median CPU seconds (user + system, all threads): on a loaded
+machine the wall time follows the load, the CPU time much less. Nothing is written outside
+``--workdir``.
 """
 
 from __future__ import annotations
@@ -29,22 +34,29 @@ import _model
 HERE = Path(__file__).resolve().parent
 
 _CHILD = r"""
-import json, sys, time
+import json, resource, sys, time
 from modelkeep.store import Snapshot, Store, scan_local, utc_now
+
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 spec = json.loads(sys.argv[1])
 store = Store.open(spec["store"])
 if spec["op"] == "store":
     store.ensure_initialized()
-    start = time.perf_counter()
+    import modelkeep.store.coding  # imports before the timing, as bench/_tasks.py does
+    start, cpu0 = time.perf_counter(), cpu()
     files, _stats = store.ingest(scan_local(spec["src"]))
     sid = store.save_snapshot(Snapshot(name="ab", files=files, created=utc_now()))
 else:
     snap = store.load_snapshot(spec["sid"])
-    start = time.perf_counter()
+    import modelkeep.store.coding
+    start, cpu0 = time.perf_counter(), cpu()
     store.materialize(snap, spec["dest"])
     sid = spec["sid"]
-print("AB-RESULT", json.dumps({"seconds": time.perf_counter() - start, "sid": sid}))
+print("AB-RESULT", json.dumps({"seconds": time.perf_counter() - start, "cpu": cpu() - cpu0,
+                               "sid": sid}))
 """
 
 
@@ -65,15 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ops", default="store,pull", help="store, pull or both")
     parser.add_argument("--model-mib", type=int, default=1024)
+    parser.add_argument("--weights", action="store_true",
+                        help="a bf16 model of weight-like values (the codecs at full work) "
+                             "instead of float16 random bits")
     parser.add_argument("--workdir", type=Path, default=HERE / "work-ab")
     args = parser.parse_args(argv)
     ops = args.ops.split(",")
     work: Path = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    model = work / "model"
+    model = work / ("weights" if args.weights else "model")
     if not model.exists():
-        _model.write_single(work, "model", args.model_mib)
+        write = _model.write_weights if args.weights else _model.write_single
+        write(work, model.name, args.model_mib)
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    cpus: dict[tuple[str, str], list[float]] = {}
     sids: dict[str, str] = {}
     for r in range(args.rounds):
         shift = r % len(args.variants)  # rotate, so no variant always runs first
@@ -98,13 +115,16 @@ def main(argv: list[str] | None = None) -> int:
                     sids[key] = str(res["sid"])
                 seconds = float(res["seconds"])
                 samples.setdefault((key, op), []).append((seconds, cp))
-                print(f"round {r} {op:5} {key}: {seconds:.2f} s (cp {cp:.2f} s)", flush=True)
+                cpus.setdefault((key, op), []).append(float(res["cpu"]))
+                print(f"round {r} {op:5} {key}: {seconds:.2f} s, {float(res['cpu']):.2f} "
+                      f"CPU-s (cp {cp:.2f} s)", flush=True)
     print()
     for (key, op), pairs in samples.items():
         med = statistics.median(s for s, _ in pairs)
         ratio = statistics.median(s / c for s, c in pairs)
         print(f"{op:5} {key}: median {med:.2f} s, paired median {ratio:.2f}x cp "
-              f"(pairs {', '.join(f'{s / c:.2f}' for s, c in pairs)})")
+              f"(pairs {', '.join(f'{s / c:.2f}' for s, c in pairs)}); median "
+              f"{statistics.median(cpus[key, op]):.2f} CPU-s (user + system)")
     shutil.rmtree(work / "pull-out", ignore_errors=True)
     return 0
 

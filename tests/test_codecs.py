@@ -18,7 +18,15 @@ from hypothesis import strategies as st
 from modelkeep.errors import IntegrityError
 from modelkeep.store import Kind, Store, scan_local
 from modelkeep.store import codec as framing
-from modelkeep.store.coding import Codec, decode, encode
+from modelkeep.store.coding import (
+    PIECE,
+    Codec,
+    decode,
+    decode_pieces,
+    delta_width,
+    encode,
+    encode_delta,
+)
 from tests.backends import Backend, make_backend, unique_name
 
 BACKENDS = ["memory", "local", "s3", "azure"]
@@ -309,8 +317,44 @@ def test_decoders_refuse_hostile_payloads(codec: int, payload: bytes, raw_length
     try:
         out = decode(codec, payload, raw_length, "chunk", base)
     except IntegrityError:
+        out = None
+    try:  # the piece-by-piece decoder of a pull checks the same, before its first piece
+        pieces = [len(p) for p in decode_pieces(codec, payload, raw_length, "chunk", base)]
+    except IntegrityError:
+        assert out is None
         return
-    assert len(out) == raw_length
+    assert out is not None and len(out) == raw_length
+    assert sum(pieces) == raw_length and max(pieces) <= max(PIECE, raw_length)
+
+
+def _weights(dtype: str, size: int, seed: int) -> bytes:
+    """*size* bytes (a whole number of elements) of weight-like values of *dtype*."""
+    return _values(dtype, size // DTYPES[dtype], np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32", "F64", "I32", "U8"])
+def test_pieces_reused_buffers_and_whole_decode_agree(dtype: str) -> None:
+    # Several pieces and a short last one: 1 MiB plus a few elements.
+    width = DTYPES[dtype]
+    raw = _weights(dtype, (1 << 20) + 24 * width, 0)
+    parent = _weights(dtype, len(raw), 1)
+    coded = [c for c in [encode(raw, dtype)] if c is not None]
+    coded.append((Codec.DELTA, bytes(encode_delta(raw, parent, "ab" * 32, 1,
+                                                  delta_width(dtype, len(raw))))))
+    for codec, payload in coded:
+        base = parent if codec == Codec.DELTA else None
+        assert bytes(decode(codec, payload, len(raw), "chunk", base)) == raw
+        pieces = [bytes(p) for p in decode_pieces(codec, payload, len(raw), "chunk", base)]
+        assert b"".join(pieces) == raw
+        assert len(pieces) == 1 or len(pieces) == -(-len(raw) // PIECE)
+    # A payload in a reused buffer is the same as a fresh one, until the next reusing call.
+    if dtype in ("BF16", "F16", "F32", "F64"):
+        fresh = encode(raw, dtype)
+        again = encode(raw, dtype, reuse=True)
+        assert fresh is not None and again is not None and bytes(fresh[1]) == bytes(again[1])
+        delta = encode_delta(raw, parent, "ab" * 32, 1, width, reuse=True)
+        assert bytes(delta) == bytes(coded[-1][1])
+        assert bytes(again[1]) == bytes(fresh[1])  # the delta has a buffer of its own
 
 
 @HOSTILE

@@ -128,6 +128,14 @@ def _piece_view() -> memoryview:
     return view
 
 
+def _payload_view(size: int) -> memoryview:
+    """*size* bytes of this thread's buffer for reading a coded chunk's payload."""
+    buf: bytearray | None = getattr(_piece_buffer, "payload", None)
+    if buf is None or len(buf) < size:
+        buf = _piece_buffer.payload = bytearray(max(size, MAX_OBJECT[Kind.CHUNK]))
+    return memoryview(buf)[:size]
+
+
 class BaseDamagedError(IntegrityError):
     """A delta chunk is intact but its base (``base_id``, the deepest damaged one) is not."""
 
@@ -272,17 +280,19 @@ class ObjectDB:
         return size if self._create_remote(path, b"".join((header, body))) else 0
 
     def _code(self, raw: bytes | memoryview, dtype: str | None,
-              base: tuple[str, memoryview, int] | None) -> tuple[int, bytes] | None:
+              base: tuple[str, memoryview, int] | None) -> tuple[int, bytes | memoryview] | None:
         from modelkeep.store.coding import delta_width, encode, encode_delta
 
         delta = None
         if (base is not None and self.codec == "auto" and base[2] < codec.MAX_DELTA_DEPTH
                 and len(base[1]) == len(raw)):
+            # In buffers of this thread (a delta's and the planes' apart, as both are
+            # compared): the caller writes the payload out before this thread codes again.
             delta = encode_delta(raw, base[1], base[0], base[2] + 1,
-                                 delta_width(dtype, len(raw)))
+                                 delta_width(dtype, len(raw)), reuse=True)
             if len(delta) < len(raw) // 2:  # clearly better than any whole-chunk codec
                 return codec.CODEC_DELTA, delta
-        coded = encode(raw, dtype, self.codec)
+        coded = encode(raw, dtype, self.codec, reuse=True)
         if delta is not None and len(delta) < len(raw) and (
                 coded is None or len(delta) < len(coded[1])):
             return codec.CODEC_DELTA, delta
@@ -496,10 +506,19 @@ class ObjectDB:
                       chain: int) -> tuple[memoryview, int]:
         """The raw bytes of a coded chunk and its delta depth; a delta's base is read (and
         checked) first, following at most :data:`codec.MAX_DELTA_DEPTH` links in all."""
-        from modelkeep.store.coding import decode, delta_base
+        from modelkeep.store.coding import decode
+
+        base, depth = self._base_of(header, payload, what, chain)
+        return decode(header.codec, payload, header.raw_length, what, base), depth
+
+    def _base_of(self, header: codec.Header, payload: bytes | memoryview, what: str,
+                 chain: int) -> tuple[memoryview | None, int]:
+        """The raw bytes of the base of a coded chunk (None unless it is a delta) and the
+        chunk's depth in its chain."""
+        from modelkeep.store.coding import delta_base
 
         if header.codec != codec.CODEC_DELTA:
-            return decode(header.codec, payload, header.raw_length, what), 0
+            return None, 0
         base_id, depth = delta_base(payload, what)
         if chain + depth > codec.MAX_DELTA_DEPTH:
             raise IntegrityError(f"{what} is corrupt: its delta chain is longer than "
@@ -515,7 +534,7 @@ class ObjectDB:
         if base_depth != depth - 1:
             raise IntegrityError(f"{what} is corrupt: it says it is delta {depth} of a chain, "
                                  f"its base is delta {base_depth}")
-        return decode(header.codec, payload, header.raw_length, what, base), depth
+        return base, depth
 
     def delta_edges(self) -> Iterator[tuple[str, str, datetime]]:
         """``(chunk id, base id, written)`` of every chunk stored as a delta: the records under
@@ -537,14 +556,17 @@ class ObjectDB:
         """Write chunk *oid*'s *size* bytes at *offset* of file *fd*, checked against the id on
         the way; False (nothing written) when the store cannot do this: not local, or encrypted.
 
-        Each piece is read into this thread's buffer, hashed there and written from there, so
-        what is checked is exactly what lands in the file, and each byte crosses memory once
-        each way while it is still in the processor's cache (no allocation per chunk, no
-        mapping, no second pass over the written file). A mismatch raises
-        :class:`IntegrityError` after the last piece; the caller discards the file.
+        Each piece is read into this thread's buffer (a coded chunk: decoded into it), hashed
+        there and written from there, so what is checked is exactly what lands in the file,
+        and each byte crosses memory once each way while it is still in the processor's cache
+        (no allocation per chunk, no mapping, no second pass over the written file). A
+        mismatch raises :class:`IntegrityError` after the last piece; the caller discards the
+        file.
         """
         if not self._local or self.cipher is not None:
             return False
+        from modelkeep.store.coding import decode_pieces
+
         try:
             src = os.open(self.path(Kind.CHUNK, oid), os.O_RDONLY)
         except FileNotFoundError:
@@ -561,25 +583,30 @@ class ObjectDB:
             if header.raw_length != size:
                 raise IntegrityError(
                     f"{what} has {header.raw_length} bytes, its snapshot says {size}")
-            if header.coded:
-                payload = os.pread(src, stored - codec.HEADER_SIZE, codec.HEADER_SIZE)
-                raw, _depth = self._decode_chunk(header, payload, what, 0)
-                if content_id(raw) != oid:
-                    raise IntegrityError(
-                        f"{what} is corrupt: its content does not match its id {oid}")
-                pwrite_all(fd, raw, offset)
-                return True
-            view = _piece_view()
             hasher = new_hasher()
-            done = 0
-            while done < size:
-                n = os.preadv(src, [view[: min(len(view), size - done)]],
-                              codec.HEADER_SIZE + done)
-                if n == 0:
+            if header.coded:
+                # Read into a buffer of this thread, then decoded a piece at a time: each
+                # piece is hashed and written while it is still in the processor's cache.
+                payload = _payload_view(stored - codec.HEADER_SIZE)
+                if os.preadv(src, [payload], codec.HEADER_SIZE) != len(payload):
                     raise IntegrityError(f"{what} is truncated")
-                hasher.update(view[:n])
-                pwrite_all(fd, view[:n], offset + done)
-                done += n
+                base, _depth = self._base_of(header, payload, what, 0)
+                done = 0
+                for piece in decode_pieces(header.codec, payload, size, what, base):
+                    hasher.update(piece)
+                    pwrite_all(fd, piece, offset + done)
+                    done += len(piece)
+            else:
+                view = _piece_view()
+                done = 0
+                while done < size:
+                    n = os.preadv(src, [view[: min(len(view), size - done)]],
+                                  codec.HEADER_SIZE + done)
+                    if n == 0:
+                        raise IntegrityError(f"{what} is truncated")
+                    hasher.update(view[:n])
+                    pwrite_all(fd, view[:n], offset + done)
+                    done += n
         finally:
             os.close(src)
         if hasher.hexdigest() != oid:
