@@ -116,7 +116,7 @@ def test_delete_answers(project: Path, capsys: pytest.CaptureFixture[str]) -> No
     run(capsys, "register", name, str(src))
     capsys.readouterr()
     assert main(["delete", f"{name}@1", "--all"]) == 2
-    assert "--all takes a model name" in capsys.readouterr().err
+    assert "takes a model name" in capsys.readouterr().err
     assert main(["delete", f"{name}@7"]) == 3
     assert main(["delete", unique_name("nope"), "--all"]) == 3
     # A refused confirmation deletes nothing; the confirmation is asked with what would go.

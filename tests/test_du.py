@@ -146,7 +146,7 @@ def test_cli_du_human_and_json(shared: tuple[Keep, dict[str, str]], monkeypatch:
     [a] = [m for m in data["models"] if m["name"] == names["a"]]
     assert a["version_count"] == 2 and [v["ref"] for v in a["versions"]] == [
         f"{names['a']}@1", f"{names['a']}@2"]
-    assert set(a["versions"][0]) >= {"name", "version", "ref", "snapshot", "size"}
+    assert set(a["versions"][0]) >= {"name", "version", "ref", "snapshot_id", "size"}
 
     assert main([*args, "du", names["a"]]) == 0
     out = capsys.readouterr().out

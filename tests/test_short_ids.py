@@ -59,7 +59,7 @@ def test_cli_show_and_log_print_prefixes_that_resolve(
     for seed in (0, 1):
         write_model(project / "m", tensors(seed=seed, n=2), extra=False)
         assert main(["-q", "register", name, str(project / "m")]) == 0
-    sids = [str(_json(capsys, "show", f"{name}@{n}")["snapshot"]) for n in (1, 2)]
+    sids = [str(_json(capsys, "show", f"{name}@{n}")["snapshot_id"]) for n in (1, 2)]
 
     capsys.readouterr()
     assert main(["log", name]) == 0

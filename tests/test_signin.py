@@ -34,6 +34,7 @@ from tests.conftest import OIDC_ADMIN, OIDC_CLI, OIDC_JOB, OIDC_OTHER_JOB, OIDC_
 from tests.faultproxy import FaultProxy
 from tests.helpers import tensors, write_model
 from tests.servers import REPO_ROOT, confirm_device_code
+from tests.test_json_schema import SCHEMA_FILE, validator
 
 pytestmark = pytest.mark.xdist_group("signin")
 
@@ -328,6 +329,9 @@ def test_a_person_signs_in_with_the_device_flow(  # type: ignore[no-untyped-def]
     assert me["subject"] == "alice" and me["name"] == "alice"  # the provider's sub
     assert me["issuer"] == oidc_provider.issuer and me["flow"] == "device"
     assert oidc_provider.scope in me["scopes"] and me["expires_at"]
+    schema = json.loads(SCHEMA_FILE.read_text())
+    errors = list(validator(schema, "whoami").iter_errors(me))
+    assert not errors, errors
 
     # The person reads once the model's owner (here the registry's admin) grants READ.
     keep = modelkeep.open(store=store, registry=url, plugins=PLUGINS)
@@ -359,6 +363,10 @@ def test_a_person_signs_in_with_the_device_flow(  # type: ignore[no-untyped-def]
     assert main(["logout"]) == 0
     assert f"signed out of {oidc_provider.issuer}" in captured(capsys).out
     assert not signed_out.exists()
+    assert main(["logout", "--json"]) == 0  # once more: nothing left to forget
+    gone = json.loads(captured(capsys).out)
+    assert gone["signed_out"] is False
+    assert not list(validator(json.loads(SCHEMA_FILE.read_text()), "logout").iter_errors(gone))
     assert main(["--store", store, "--registry", url, "show", f"{name}@champion"]) == 6
     err_line = captured(capsys).err
     assert "not signed in" in err_line and "modelkeep login" in err_line
@@ -491,7 +499,10 @@ def test_no_secret_in_any_output(  # type: ignore[no-untyped-def]
     for args in (["--json", "config"], ["config"], ["whoami", "--json"], ["whoami"],
                  ["login", "--json"], ["list"]):
         assert main(args) == 0, args
-        captured(capsys)
+        out = captured(capsys).out
+        if args[0] == "login":
+            check = validator(json.loads(SCHEMA_FILE.read_text()), "login")
+            assert not list(check.iter_errors(json.loads(out)))
     from modelkeep.auth.settings import resolve
 
     settings = resolve({})

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
         ModelVersion,
         TensorChange,
         TensorChanges,
+        VersionRef,
     )
     from modelkeep.ops.usage import StoreUsage
     from modelkeep.signing import SignatureStatus, Signer
@@ -104,6 +105,7 @@ _LAZY = {
     "SyncReport": "modelkeep.store",
     "StoreUsage": "modelkeep.ops.usage",
     "TensorChange": "modelkeep.ops.results",
+    "VersionRef": "modelkeep.ops.results",
     "TensorChanges": "modelkeep.ops.results",
     "Tracker": "modelkeep.training",
     "VerifyReport": "modelkeep.store",
@@ -175,6 +177,7 @@ __all__ = [
     "Tracker",
     "UnsafePathError",
     "VerifyReport",
+    "VersionRef",
     "VetoError",
     "__version__",
     "fetch",

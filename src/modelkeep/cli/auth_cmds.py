@@ -39,7 +39,7 @@ def _settings() -> AuthSettings:
 def _when(epoch: float | None) -> str | None:
     if not epoch:
         return None
-    return datetime.fromtimestamp(float(epoch), UTC).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(float(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _identity(settings: AuthSettings, token: dict[str, Any]) -> dict[str, Any]:

@@ -55,8 +55,11 @@ def plan(keep: Keep, target: str, *, all_versions: bool = False) -> list[Registr
     it; raises on the first refusal, having deleted nothing."""
     if all_versions:
         if "@" in target:
-            raise InvalidInputError(f"--all takes a model name, not {target!r}",
-                                    hint=f"modelkeep delete {target.split('@', 1)[0]} --all")
+            model = target.split("@", 1)[0]
+            raise InvalidInputError(
+                f"deleting every version takes a model name, not {target!r}",
+                hint=Hint("{every}", every=Option(api=f"delete({model!r}, all_versions=True)",
+                                                  cli=f"modelkeep delete {model} --all")))
         name = validate_name(target)
         found = keep.registry.versions(name)
         if not found:

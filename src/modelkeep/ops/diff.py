@@ -24,7 +24,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from modelkeep.ops._common import load, resolve
-from modelkeep.ops.results import Diff, FileChange, TensorChange, TensorChanges
+from modelkeep.ops.results import Diff, FileChange, TensorChange, TensorChanges, VersionRef
 from modelkeep.store import FileEntry, Store, Tensor
 
 if TYPE_CHECKING:
@@ -44,8 +44,9 @@ def diff(keep: Keep, ref_a: str, ref_b: str, *, content: bool = True) -> Diff:
     """Files added, removed and changed from *ref_a* to *ref_b*; for safetensors files the
     tensors added, removed and changed (by content, dtype or shape); with *content*, unified
     diffs of small text files and the largest absolute difference of each changed tensor."""
-    store_a, a, _sid_a = load(keep, resolve(keep, ref_a))
-    store_b, b, _sid_b = load(keep, resolve(keep, ref_b))
+    rv_a, rv_b = resolve(keep, ref_a), resolve(keep, ref_b)
+    store_a, a, sid_a = load(keep, rv_a)
+    store_b, b, sid_b = load(keep, rv_b)
     fa = {f.path: f for f in a.files}
     fb = {f.path: f for f in b.files}
     changes = []
@@ -67,7 +68,9 @@ def diff(keep: Keep, ref_a: str, ref_b: str, *, content: bool = True) -> Diff:
         changes.append(FileChange(
             path, status, ea.size if ea else None, eb.size if eb else None, tensors,
             mode_a=ea.mode if ea else None, mode_b=eb.mode if eb else None, text_diff=text))
-    return Diff(str(ref_a), str(ref_b), tuple(changes), unchanged, content=content)
+    return Diff(VersionRef(rv_a.name, rv_a.version, sid_a),
+                VersionRef(rv_b.name, rv_b.version, sid_b), tuple(changes), unchanged,
+                content=content)
 
 
 # -- text --------------------------------------------------------------------------------------

@@ -207,9 +207,30 @@ class FileChange:
 
 
 @dataclass(frozen=True)
+class VersionRef:
+    """A version named in a report about something else: the names the version object uses
+    (docs/json.md, ``version_ref``); its string is its ``NAME@N``."""
+
+    name: str
+    version: int
+    snapshot_id: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def __str__(self) -> str:
+        return self.ref
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "ref": self.ref,
+                "snapshot_id": self.snapshot_id}
+
+
+@dataclass(frozen=True)
 class Diff:
-    a: str
-    b: str
+    a: VersionRef
+    b: VersionRef
     files: tuple[FileChange, ...] = field(default_factory=tuple)
     unchanged_files: int = 0
     content: bool = False  # text diffs and tensor differences were read
@@ -227,5 +248,6 @@ class Diff:
         return [f.path for f in self.files if f.status == "changed"]
 
     def to_json(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "unchanged_files": self.unchanged_files,
+        return {"a": self.a.to_json(), "b": self.b.to_json(),
+                "unchanged_files": self.unchanged_files,
                 "content": self.content, "files": [f.to_json() for f in self.files]}

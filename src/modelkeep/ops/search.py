@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from modelkeep.errors import InvalidInputError, NotFoundError
+from modelkeep.errors import Hint, InvalidInputError, NotFoundError, Option
 from modelkeep.ops._common import load, version_of
 from modelkeep.ops.results import ModelVersion
 from modelkeep.refs import validate_name
@@ -35,6 +35,8 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 _CONDITION = re.compile(r"^\s*([^<>=!\s][^<>=!]*?)\s*(<=|>=|==|!=|<|>|=)\s*(\S.*?)\s*$")
 
+_METRIC_EXAMPLE = Option(api="metrics=['loss<0.5']", cli="--metric 'loss<0.5'")
+
 
 @dataclass(frozen=True)
 class MetricCondition:
@@ -50,13 +52,14 @@ class MetricCondition:
         match = _CONDITION.match(text)
         if match is None:
             raise InvalidInputError(f"invalid metric condition {text!r}",
-                                    hint="e.g. --metric 'loss<0.5' (<, <=, >, >=, ==, !=)")
+                                    hint=Hint("e.g. {metric} (<, <=, >, >=, ==, !=)",
+                                              metric=_METRIC_EXAMPLE))
         name, op, raw = match.groups()
         try:
             value = float(raw)
         except ValueError:
             raise InvalidInputError(f"invalid metric condition {text!r}: {raw!r} is not a number",
-                                    hint="e.g. --metric 'loss<0.5'") from None
+                                    hint=Hint("e.g. {metric}", metric=_METRIC_EXAMPLE)) from None
         return cls(name.removeprefix(METRIC_PREFIX), op, value)
 
     def holds(self, tags: Mapping[str, str]) -> bool:
@@ -79,7 +82,10 @@ class Order:
         if text.startswith(TAG_ORDER_PREFIX) and len(text) > len(TAG_ORDER_PREFIX):
             return cls(text[len(TAG_ORDER_PREFIX):], False, desc)
         raise InvalidInputError(f"invalid ordering {text!r}",
-                                hint="use --order-by tag.KEY or --order-by metric.NAME")
+                                hint=Hint("use {tag} or {metric}", tag=Option(
+                                    api="order_by='tag.KEY'", cli="--order-by tag.KEY"),
+                                    metric=Option(api="order_by='metric.NAME'",
+                                                  cli="--order-by metric.NAME")))
 
 
 def _number(text: str | None) -> float | None:
@@ -126,7 +132,8 @@ def search(
     if name is not None:
         validate_name(name)
     if limit is not None and limit < 1:
-        raise InvalidInputError(f"invalid limit {limit}", hint="use --limit 1 or more")
+        raise InvalidInputError(f"invalid limit {limit}", hint=Hint(
+            "use {limit} or more", limit=Option(api="limit=1", cli="--limit 1")))
     conditions = [m if isinstance(m, MetricCondition) else MetricCondition.parse(m)
                   for m in metrics]
     order = Order.parse(order_by, desc) if order_by is not None else None

@@ -67,7 +67,7 @@ class VersionUsage:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "ref": self.ref,
-                "snapshot": self.snapshot_id, "size": self.size, "bytes_held": self.bytes_held,
+                "snapshot_id": self.snapshot_id, "size": self.size, "bytes_held": self.bytes_held,
                 "bytes_unique": self.bytes_unique,
                 "stored_ratio": _ratio(self.bytes_held, self.size)}
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import random
 import threading
 import time
@@ -262,6 +263,17 @@ class _Hedger:
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
+
+
+def _forget_pool() -> None:
+    # A forked child has the parent's pool object but none of its threads: work submitted to
+    # it would never run. The child makes a pool of its own (fsspec resets its loop alike).
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _executor() -> ThreadPoolExecutor:
