@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -34,10 +35,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> str:
     if "approval" in names:
         return ""
     target = tmp_path_factory.mktemp("approval-plugin")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--target", str(target),
-                    str(ROOT / "examples/plugins/approval")],
-                   check=True, capture_output=True, text=True, timeout=300)
+    # Built from a copy: an in-tree build writes build/ and an egg-info into the example's
+    # folder, which other tests in other workers import from at the same time.
+    source = tmp_path_factory.mktemp("approval-source") / "approval"
+    shutil.copytree(ROOT / "examples/plugins/approval", source,
+                    ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                           "--no-build-isolation", "--target", str(target), str(source)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     return str(target)
 
 
