@@ -55,19 +55,8 @@ def now() -> str:
 
 def decode(alias: str, value: str | None) -> list[AliasEvent]:
     """The events stored in one history tag value, oldest first; malformed entries skipped."""
-    if not value:
-        return []
-    try:
-        raw = json.loads(value)
-    except ValueError:
-        return []
-    if not isinstance(raw, list):
-        return []
     out = []
-    for entry in raw:
-        if not (isinstance(entry, list) and len(entry) == 4):
-            continue
-        version, time, user, op = entry
+    for version, time, user, op in rows(value, 4):
         if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
             continue
         if not (isinstance(time, str) and isinstance(user, str) and op in OPS):
@@ -78,13 +67,32 @@ def decode(alias: str, value: str | None) -> list[AliasEvent]:
 
 def encode(events: Sequence[AliasEvent]) -> str:
     """The tag value for *events* (one alias, oldest first), the oldest dropped to fit."""
-    items = [[e.version, e.time, e.author[:MAX_USER_CHARS], e.op] for e in events]
+    return encode_rows([[e.version, e.time, e.author[:MAX_USER_CHARS], e.op] for e in events],
+                       MAX_HISTORY_CHARS)
+
+
+def rows(value: str | None, width: int) -> list[list[Any]]:
+    """The rows of a history tag value (a JSON list of lists of *width* members); anything
+    malformed is skipped, so a hand-edited tag never breaks a read."""
+    if not value:
+        return []
+    try:
+        raw = json.loads(value)
+    except ValueError:
+        return []
+    if not isinstance(raw, list):
+        return []
+    return [entry for entry in raw if isinstance(entry, list) and len(entry) == width]
+
+
+def encode_rows(items: list[list[Any]], limit: int) -> str:
+    """A history tag value of *items* (oldest first), the oldest dropped to fit *limit*."""
     while True:
         text = json.dumps(items, separators=(",", ":"), ensure_ascii=False)
-        if len(text) <= MAX_HISTORY_CHARS or not items:
+        if len(text) <= limit or not items:
             return text
         # Drop enough at once that a long history is not re-serialised once per entry.
-        items = items[max(1, len(items) * (len(text) - MAX_HISTORY_CHARS) // len(text)):]
+        items = items[max(1, len(items) * (len(text) - limit) // len(text)):]
 
 
 def history(model_tags: Mapping[str, str]) -> list[AliasEvent]:

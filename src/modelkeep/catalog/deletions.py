@@ -14,12 +14,11 @@ since a person may have edited the tag in the MLflow UI. Pure functions, no I/O.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelkeep.aliases import TIME_FORMAT
+from modelkeep.aliases import TIME_FORMAT, encode_rows, rows
 
 TAG = "modelkeep.deletions"
 MAX_CHARS = 5000
@@ -44,19 +43,8 @@ class DeletionEvent:
 
 def decode(value: str | None) -> list[DeletionEvent]:
     """The events stored in the tag value, oldest first; malformed entries skipped."""
-    if not value:
-        return []
-    try:
-        raw = json.loads(value)
-    except ValueError:
-        return []
-    if not isinstance(raw, list):
-        return []
     out = []
-    for entry in raw:
-        if not (isinstance(entry, list) and len(entry) == 4):
-            continue
-        version, time, who, snapshot_id = entry
+    for version, time, who, snapshot_id in rows(value, 4):
         if not isinstance(version, int) or isinstance(version, bool):
             continue
         if not all(isinstance(x, str) for x in (time, who, snapshot_id)):
@@ -67,9 +55,6 @@ def decode(value: str | None) -> list[DeletionEvent]:
 
 def encode(events: Sequence[DeletionEvent]) -> str:
     """The tag value for *events* (oldest first), the oldest dropped to fit :data:`MAX_CHARS`."""
-    items = [[e.version, e.time, e.author[:MAX_USER_CHARS], e.snapshot_id] for e in events]
-    while True:
-        text = json.dumps(items, separators=(",", ":"), ensure_ascii=False)
-        if len(text) <= MAX_CHARS or not items:
-            return text
-        items = items[max(1, len(items) * (len(text) - MAX_CHARS) // len(text)):]
+    return encode_rows(
+        [[e.version, e.time, e.author[:MAX_USER_CHARS], e.snapshot_id] for e in events],
+        MAX_CHARS)
