@@ -25,8 +25,9 @@ AWS's S3 performance guidelines recommend for latency-sensitive clients. Both ar
 twice: a read changes nothing, and a create of a write-once object named by its hash that meets
 its own twin is told "exists", which the object layer treats as stored. Other writes (overwrites,
 deletes) are never hedged. At most one call in ten is hedged, so a store that is slow everywhere
-is not sent twice the load. A stalled answer then costs about ``hedge_after`` seconds instead of
-``read_timeout``.
+is not sent twice the load; a copy that stalls too gets a third after the same delay. A stalled
+answer then costs about ``hedge_after`` seconds instead of ``read_timeout``
+(bench/RESULTS-faults.md).
 
 What is measured against real servers behind a fault-injecting proxy is in tests/test_faults.py
 and bench/faults.py. A give-up is one :class:`~modelkeep.errors.StoreBusyError` line naming the
@@ -74,7 +75,7 @@ class RetryPolicy:
     max_retry_after: float = 30.0  # a longer Retry-After is not waited for
     connect_timeout: float = 5.0
     read_timeout: float = 10.0  # a response idle this long is abandoned and retried
-    hedge_after: float = 1.0  # a slow read or create is sent again after at least this; 0: never
+    hedge_after: float = 0.3  # a slow read or create is sent again after at least this; 0: never
 
     @classmethod
     def from_options(cls, value: object) -> RetryPolicy:
@@ -222,8 +223,10 @@ _OPERATIONS = {
 
 
 _HEDGED = frozenset({"GET", "HEAD", "LIST"})  # and PUT with mode="create"
-_HEDGE_SHARE = 0.1  # at most this share of calls is sent twice (plus a few at the start)
+_HEDGE_SHARE = 0.1  # at most this share of calls is sent twice, plus _HEDGE_BURST
+_HEDGE_BURST = 8  # for the start, when few calls were made and connections are new
 _HEDGE_FACTOR = 4.0  # a call is slow at this many times the recent 90th percentile
+_HEDGE_COPIES = 3  # requests of one call at most: a copy can stall as its original did
 
 
 class _Hedger:
@@ -255,7 +258,7 @@ class _Hedger:
 
     def allow(self) -> bool:
         with self._lock:
-            if self._hedges >= _HEDGE_SHARE * self._calls + 2:
+            if self._hedges >= _HEDGE_SHARE * self._calls + _HEDGE_BURST:
                 return False
             self._hedges += 1
             return True
@@ -350,14 +353,24 @@ class RetryingFileSystem:
 
         pool = _executor()
         pending: set[Future[Any]] = {pool.submit(timed)}
-        done, _ = wait(pending, timeout=delay)
-        if not done and self._hedger.allow():
-            self.hedged += 1
-            pending.add(pool.submit(timed))
+        sent = 1
         failure: BaseException | None = None
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            # Another copy after each *delay* without an answer (the copy can stall too), up to
+            # _HEDGE_COPIES in all and within the budget; then wait for whichever answers.
+            more = sent < _HEDGE_COPIES
+            done, _ = wait(pending, timeout=delay if more else None,
+                           return_when=FIRST_COMPLETED)
+            if not done:
+                # Out of budget: asked again after the next delay, when other calls have
+                # added to it.
+                if self._hedger.allow():
+                    self.hedged += 1
+                    sent += 1
+                    pending.add(pool.submit(timed))
+                continue
             for future in done:
+                pending.discard(future)
                 exc = future.exception()
                 if exc is None:
                     return future.result()
