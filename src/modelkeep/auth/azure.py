@@ -50,6 +50,18 @@ _SIGN_IN_KEYS = ("kind", "audience", "scopes")
 _OTHER_CREDENTIALS = ("account_key", "connection_string", "sas_token", "credential",
                       "client_secret")
 _WHERE = "store option 'identity'"
+# The keyword arguments of azure.identity.aio.DefaultAzureCredential an identity may set, by type.
+_DEFAULT_KEYS: dict[str, type] = {
+    **{k: str for k in ("authority", "managed_identity_client_id", "workload_identity_client_id",
+                        "workload_identity_tenant_id", "shared_cache_username",
+                        "shared_cache_tenant_id", "visual_studio_code_tenant_id")},
+    **{f"exclude_{k}_credential": bool for k in (
+        "workload_identity", "developer_cli", "cli", "environment", "powershell",
+        "visual_studio_code", "managed_identity", "shared_token_cache")},
+    "process_timeout": int,
+    "require_envvar": bool,
+}
+_TYPE_WORDS = {str: "a string", bool: "true or false", int: "a whole number"}
 
 
 class SignInCredential:
@@ -167,18 +179,20 @@ def default_credential(kwargs: Mapping[str, Any]) -> DefaultCredential:
         from azure.identity.aio import DefaultAzureCredential
     except ImportError as exc:
         raise MissingExtraError("azure-identity", "azure") from exc
+    for name, value in kwargs.items():
+        wanted = _DEFAULT_KEYS.get(name)
+        if wanted is None:
+            raise ConfigError(f"unknown key {name!r} in {_WHERE} of kind {AZURE_DEFAULT!r}",
+                              hint="its keys are DefaultAzureCredential's: "
+                              f"{', '.join(sorted(_DEFAULT_KEYS))}")
+        if type(value) is not wanted:
+            raise ConfigError(f"{name!r} in {_WHERE} of kind {AZURE_DEFAULT!r} must be "
+                              f"{_TYPE_WORDS[wanted]}")
     key = (os.getpid(), tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
     with _defaults_lock:
         found = _defaults.get(key)
         if found is None:
-            try:
-                inner = DefaultAzureCredential(**kwargs)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{_WHERE} of kind {AZURE_DEFAULT!r}: {exc}",
-                                  hint="its keys are DefaultAzureCredential's keyword "
-                                  "arguments (managed_identity_client_id, tenant_id, "
-                                  "exclude_*_credential ...)") from None
-            found = _defaults[key] = DefaultCredential(inner, kwargs)
+            found = _defaults[key] = DefaultCredential(DefaultAzureCredential(**kwargs), kwargs)
         return found
 
 
