@@ -31,6 +31,7 @@ from tests.backends import unique_name
 from tests.helpers import tensors, write_model
 from tests.servers import (
     AZURITE_ACCOUNT,
+    DEVICE_GRANT,
     REPO_ROOT,
     Azurite,
     OidcClient,
@@ -48,6 +49,7 @@ STORAGE = "https://storage.azure.com"
 REGISTRY_AUDIENCE = "urn:modelkeep:registry"
 JOB = "mk-storage-job"
 SHORT_JOB = "mk-storage-short"  # 20-second access tokens
+PERSON = "mk-storage-cli"  # public client: the device flow, refresh tokens
 # Entra's v1 way of asking for a storage token: the resource, no scope.
 IDENTITY = {"kind": "sign-in", "audience": STORAGE, "scopes": []}
 
@@ -60,10 +62,11 @@ def entra(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
     """An OpenID provider whose tokens look like Entra ID's v1 tokens for Azure Storage."""
     cc = ("client_credentials",)
     clients = [OidcClient(JOB, f"cs-{os.urandom(12).hex()}", cc),
-               OidcClient(SHORT_JOB, f"cs-{os.urandom(12).hex()}", cc, access_token_ttl=20)]
+               OidcClient(SHORT_JOB, f"cs-{os.urandom(12).hex()}", cc, access_token_ttl=20),
+               OidcClient(PERSON, None, (DEVICE_GRANT, "refresh_token"), access_token_ttl=20)]
     try:
         provider = start_oidc_provider(
-            tmp_path_factory.mktemp("entra"), clients, {}, audience=REGISTRY_AUDIENCE,
+            tmp_path_factory.mktemp("entra"), clients, {"alice": ()}, audience=REGISTRY_AUDIENCE,
             issuer=ENTRA_ISSUER, resources={STORAGE: ""}, not_before=True)
     except ServerStartError as exc:
         pytest.fail(f"could not start the OpenID provider:\n{exc}", pytrace=False)
@@ -219,6 +222,47 @@ def test_refusals_are_one_line(  # type: ignore[no-untyped-def]
     assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
     assert f"the OpenID provider {ENTRA_ISSUER.rstrip('/')} refused" in done.stderr
     assert not blobs(azurite_oauth, container)
+
+
+def test_a_person_signed_in_with_modelkeep_login(  # type: ignore[no-untyped-def]
+    entra, azurite_oauth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A person's storage tokens are asked with their login's refresh token (the login keeps
+    the registry's); a refresh token rotated on the way is written back to the login."""
+    from tests.test_signin import login_as
+
+    for var in list(os.environ):
+        if var.startswith(("MODELKEEP_AUTH_", "AZURE_")):
+            monkeypatch.delenv(var)
+    token_file = tmp_path / "tokens.json"
+    monkeypatch.setenv("MODELKEEP_TOKEN_FILE", str(token_file))
+    container = azurite_oauth.make_container()
+    write_settings(tmp_path, entra, azurite_oauth, container, IDENTITY, client_id=PERSON)
+    out, err = login_as(entra, "alice", tmp_path)
+    OUTPUTS.extend((out, err))
+    login = json.loads(token_file.read_text())
+    (entry,) = login.values()
+    SECRETS.update((entry["access_token"], entry["refresh_token"]))
+
+    env = {**cli_env(entra, azurite_oauth), "MODELKEEP_TOKEN_FILE": str(token_file)}
+    del env["MODELKEEP_AUTH_CLIENT_SECRET"]
+    model = write_model(tmp_path / "m", tensors(n=2), extra=False)
+    name = unique_name()
+    done = run(["register", name, str(model)], tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    done = run(["pull", f"{name}@1", str(tmp_path / "pulled")], tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "pulled").iterdir()) == \
+        sorted(p.name for p in model.iterdir())
+    (after,) = json.loads(token_file.read_text()).values()
+    SECRETS.add(after["refresh_token"])
+    # The login still holds the registry's token; its refresh token is the current one.
+    assert after["access_token"] == entry["access_token"]
+    answer = requests.post(requests.get(entra.metadata_url, timeout=10).json()["token_endpoint"],
+                           data={"grant_type": "refresh_token", "client_id": PERSON,
+                                 "refresh_token": after["refresh_token"]}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    SECRETS.update(str(v) for k, v in answer.json().items() if k.endswith("token"))
 
 
 def test_options_that_cannot_work_are_refused(  # type: ignore[no-untyped-def]

@@ -91,7 +91,13 @@ const provider = new Provider(issuer, {
     introspection: { enabled: true },
     resourceIndicators: {
       enabled: true,
-      defaultResource: () => config.audience,
+      // With more resources, a grant covers them all (as Entra's refresh tokens do) and a token
+      // is for the registry unless another resource is asked for.
+      defaultResource: (ctx, client, oneOf) => {
+        if (oneOf) return oneOf.includes(config.audience) ? config.audience : oneOf[0];
+        const others = Object.keys(resources);
+        return others.length ? [config.audience, ...others] : config.audience;
+      },
       useGrantedResource: () => true,
       getResourceServerInfo: (ctx, indicator) => {
         const known = indicator === config.audience || Object.hasOwn(resources, indicator);

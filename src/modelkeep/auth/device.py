@@ -145,7 +145,8 @@ def identity(settings: AuthSettings, id_token: str) -> dict[str, Any]:
     try:
         token = jwt.decode(id_token, KeySet.import_key_set(keys))  # type: ignore[arg-type]
         jwt.JWTClaimsRegistry(
-            iss={"essential": True, "value": settings.issuer},
+            # The issuer is kept without a trailing slash; Entra v1's and Auth0's have one.
+            iss={"essential": True, "values": [settings.issuer, settings.issuer + "/"]},
             aud={"essential": True, "value": settings.client_id},
             sub={"essential": True},
             exp={"essential": True},
