@@ -42,12 +42,16 @@ def merge_options(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str,
 def plugin_options(
     pm: PluginManager, protocol: str, url: str, name: str | None, explicit: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Storage options from plugins under the explicit ones; the first plugin answering wins."""
+    """Storage options from plugins under the explicit ones (the first plugin answering wins),
+    with a sign-in ``identity`` turned into the filesystem's credential
+    (:mod:`modelkeep.auth.stores`)."""
+    from modelkeep.auth.stores import storage_options
+
     merged: dict[str, Any] = {}
     for answer in reversed(pm.hook.modelkeep_storage_options(
             protocol=protocol, url=url, store_name=name)):
         merged = merge_options(merged, answer)
-    return merge_options(merged, explicit)
+    return storage_options(protocol, merge_options(merged, explicit))
 
 
 def open_locator(
