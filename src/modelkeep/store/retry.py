@@ -6,8 +6,9 @@ Two layers handle them, both configured from one :class:`RetryPolicy`:
 
 1. The SDK's own retries, where they are right: botocore's ``standard`` mode (500, 502, 503,
    504, ``SlowDown`` and other throttling codes, connection errors, read timeouts) and
-   azure-storage's ``ExponentialRetry`` (5xx, 408, connection errors), each limited to
-   ``sdk_attempts`` tries and given the policy's connect and read timeouts, so a stalled answer
+   azure-storage's ``ExponentialRetry`` (5xx, 408, connection errors; waiting as this module's
+   loop does, not azure-storage's 2.5 s, then 4.5 s), each limited to ``sdk_attempts`` tries and
+   given the policy's connect and read timeouts, so a stalled answer
    is abandoned after ``read_timeout`` seconds and tried again.
 2. This module's loop around each call modelkeep makes on the filesystem, for what the SDKs do not
    retry: 429 (neither SDK retries it; ``Retry-After`` is honoured), a reset while a body is read
@@ -24,10 +25,13 @@ second request is sent and the first answer wins, as "The Tail at Scale" (Dean a
 AWS's S3 performance guidelines recommend for latency-sensitive clients. Both are safe to send
 twice: a read changes nothing, and a create of a write-once object named by its hash that meets
 its own twin is told "exists", which the object layer treats as stored. Other writes (overwrites,
-deletes) are never hedged. At most one call in ten is hedged, so a store that is slow everywhere
-is not sent twice the load; a copy that stalls too gets a third after the same delay. A stalled
-answer then costs about ``hedge_after`` seconds instead of ``read_timeout``
-(bench/RESULTS-faults.md).
+deletes) are never hedged. The copies still out when one answers are cancelled (on s3fs and
+adlfs, whose calls are coroutines), which closes their connections: a stalled request left to
+the read timeout would hold a connection of the client's pool and then be sent again by the SDK.
+The budget is a tenth of the calls made, plus eight for the start (few calls made yet, new
+connections), so a store that is slow everywhere is not sent twice the load; a copy that stalls
+too gets another after the same delay, up to four requests in all. A stalled answer then costs
+about ``hedge_after`` seconds instead of ``read_timeout`` (bench/RESULTS-faults.md).
 
 What is measured against real servers behind a fault-injecting proxy is in tests/test_faults.py
 and bench/faults.py. A give-up is one :class:`~modelkeep.errors.StoreBusyError` line naming the
@@ -227,7 +231,11 @@ _HEDGED = frozenset({"GET", "HEAD", "LIST"})  # and PUT with mode="create"
 _HEDGE_SHARE = 0.1  # at most this share of calls is sent twice, plus _HEDGE_BURST
 _HEDGE_BURST = 8  # for the start, when few calls were made and connections are new
 _HEDGE_FACTOR = 4.0  # a call is slow at this many times the recent 90th percentile
-_HEDGE_COPIES = 3  # requests of one call at most: a copy can stall as its original did
+# Requests of one call at most: a copy can stall as its original did. With 5% of answers
+# stalled, three copies all stall once in 8000 calls, in one 100 MB register and pull out of
+# eight, which then waits out the read timeout; four, once in 160 000 calls. Copies that lose are
+# cancelled, so a fourth costs a request, not a connection held until the read timeout.
+_HEDGE_COPIES = 4
 
 
 class _Hedger:
