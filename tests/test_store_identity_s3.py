@@ -29,10 +29,11 @@ from modelkeep.auth import tokens
 from modelkeep.auth.stores import storage_options
 from modelkeep.errors import ConfigError, CredentialsError
 from tests.backends import unique_name
-from tests.conftest import OIDC_JOB, OIDC_SHORT_JOB
+from tests.conftest import OIDC_CLI, OIDC_JOB, OIDC_SHORT_JOB
 from tests.helpers import tensors, tree_digest, write_model
 from tests.moto_iam import MotoIam, start_moto_iam
 from tests.servers import REPO_ROOT, ServerStartError
+from tests.test_signin import login_as
 
 pytestmark = pytest.mark.xdist_group("signin")
 
@@ -202,6 +203,30 @@ def test_register_and_pull_as_the_sign_in(  # type: ignore[no-untyped-def]
     assert f"reached as role {role}" in done.stderr and "no sign-in is configured" in done.stderr
     assert "MODELKEEP_AUTH_ISSUER" in done.stderr
     assert not (tmp_path / "unsigned").exists()
+
+
+def test_a_person_signed_in_with_modelkeep_login(  # type: ignore[no-untyped-def]
+    oidc_provider, moto_iam: MotoIam, no_aws: None, tmp_path: Path,
+) -> None:
+    """The token STS gets is the login's: the role session is the person's (``sub``)."""
+    bucket = make_bucket(moto_iam)
+    role = make_role(moto_iam, oidc_provider.issuer, oidc_provider.audience, bucket)
+    options = store_options(moto_iam, role)
+    (tmp_path / "modelkeep.toml").write_text(
+        f'registry = "sqlite:///{tmp_path / "mlflow.db"}"\nstore = "s3://{bucket}/keep"\n'
+        f'store_options = {toml_value(options)}\n\n'
+        f'[auth]\nissuer = "{oidc_provider.issuer}"\nclient_id = "{OIDC_CLI}"\n'
+        f'scopes = "profile email {oidc_provider.scope}"\n'
+        f'audience = "{oidc_provider.audience}"\n')
+    out, err = login_as(oidc_provider, "alice", tmp_path)
+    OUTPUTS.extend((out, err))
+    for entry in json.loads((tmp_path / "tokens.json").read_text()).values():
+        SECRETS.update(str(entry[k]) for k in ("access_token", "refresh_token") if entry.get(k))
+    before = len(moto_iam.exchanges())
+    model = write_model(tmp_path / "model", tensors(n=2), extra=False)
+    done = run(tmp_path, command_env(tmp_path), "register", unique_name(), str(model))
+    assert done.returncode == 0, done.stderr
+    assert [e["sub"] for e in moto_iam.exchanges()[before:]] == ["alice"]
 
 
 def test_credentials_and_tokens_are_renewed(  # type: ignore[no-untyped-def]

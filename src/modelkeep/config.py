@@ -40,7 +40,8 @@ Environment: ``MODELKEEP_CONFIG`` (the file), ``MODELKEEP_STORE`` (a store name 
 :mod:`modelkeep.auth.settings`. Credentials
 belong in the environment the backend already reads (``AWS_*``, ``AZURE_STORAGE_*``) or a plugin
 that provides storage options, not in a committed file; :func:`redact` hides them when settings are
-shown.
+shown. A store's ``identity`` option instead reaches it with the sign-in's identity
+(:mod:`modelkeep.auth.stores`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Sign-in to a registry behind an OpenID provider (OAuth 2): who modelkeep is, and the access
-tokens that say so.
+"""Sign-in to a registry, and to the stores that accept the same identity, behind an OpenID
+provider (OAuth 2): who modelkeep is, and the access tokens that say so.
 
 - :mod:`~modelkeep.auth.settings`: the ``[auth]`` table of ``modelkeep.toml`` and the
   ``MODELKEEP_AUTH_*`` variables (issuer, client id, client secret from the environment or a
@@ -14,6 +14,9 @@ tokens that say so.
   ``modelkeep login``.
 - :mod:`~modelkeep.auth.tokenfile`: the file a login is kept in (mode 0600 under the user's config
   folder; a file others can read is refused).
+- :mod:`~modelkeep.auth.stores`: stores reached with the same identity (the store option
+  ``identity``), by backend: :mod:`~modelkeep.auth.s3` assumes an IAM role with the sign-in's
+  token (STS ``AssumeRoleWithWebIdentity``, over aiobotocore's refreshable credentials).
 
 The OAuth exchanges are authlib's (``pip install "modelkeep[auth]"``) and ID tokens are checked
 with joserfc (authlib's own JOSE library); nothing here parses or signs a JWT by hand. No token or
