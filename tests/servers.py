@@ -226,16 +226,23 @@ class Azurite:
     process: ManagedProcess
     account_name: str = AZURITE_ACCOUNT
     account_key: str = AZURITE_KEY
+    ca_file: Path | None = None  # HTTPS (OAuth mode): the certificate to trust
     _service: Any = field(default=None, repr=False)
 
     @property
     def connection_string(self) -> str:
+        scheme = "https" if self.ca_file else "http"
         return (
-            "DefaultEndpointsProtocol=http;"
+            f"DefaultEndpointsProtocol={scheme};"
             f"AccountName={self.account_name};"
             f"AccountKey={self.account_key};"
             f"BlobEndpoint={self.blob_endpoint};"
         )
+
+    @property
+    def account_host(self) -> str:
+        """adlfs's ``account_host``: the endpoint without its scheme."""
+        return self.blob_endpoint.split("://", 1)[1]
 
     @property
     def storage_options(self) -> dict[str, Any]:
@@ -246,7 +253,10 @@ class Azurite:
         if self._service is None:
             from azure.storage.blob import BlobServiceClient
 
-            self._service = BlobServiceClient.from_connection_string(self.connection_string)
+            verify: dict[str, Any] = {"connection_verify": str(self.ca_file)} \
+                if self.ca_file else {}
+            self._service = BlobServiceClient.from_connection_string(self.connection_string,
+                                                                     **verify)
         return self._service
 
     def make_container(self) -> str:
@@ -255,13 +265,68 @@ class Azurite:
         return name
 
 
-def start_azurite(workdir: Path) -> Azurite:
+def self_signed_certificate(workdir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key (its own CA), as (cert, key) PEM files
+    in *workdir*: a test server's HTTPS certificate, and the bundle a client trusts it with."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = workdir / "cert.pem", workdir / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    return cert_file, key_file
+
+
+def _https_answers(url: str, ca_file: Path) -> bool:
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(ca_file))
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context):
+            return True
+    except urllib.error.HTTPError:
+        return True
+
+
+def start_azurite(workdir: Path, *, oauth: bool = False) -> Azurite:
+    """Azurite's blob service on loopback; with *oauth*, over HTTPS (a certificate made here,
+    ``ca_file`` of the result) and taking bearer tokens (``--oauth basic``: issuer, audience
+    and lifetime are checked, not the signature) as well as the account key."""
     exe = azurite_bin()
     if not exe.exists():
         raise FileNotFoundError(
             f"{exe} is missing. The Azure tests need the Azurite emulator: "
             "run `make node_modules` at the repository root."
         )
+
+    cert, key = self_signed_certificate(workdir) if oauth else (None, None)
+    tls = ["--oauth", "basic", "--cert", str(cert), "--key", str(key)] if oauth else []
+    scheme = "https" if oauth else "http"
 
     def start(port: int) -> ManagedProcess:
         location = workdir / f"azurite-{port}"
@@ -279,16 +344,17 @@ def start_azurite(workdir: Path) -> Azurite:
                 "--loose",
                 "--skipApiVersionCheck",
                 "--disableTelemetry",
+                *tls,
             ],
             workdir / f"azurite-{port}.log",
         )
-        proc.wait_ready(
-            lambda: _http_answers(f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list")
-        )
+        probe = f"{scheme}://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list"
+        proc.wait_ready(lambda: _https_answers(probe, cert) if cert else _http_answers(probe))
         return proc
 
     port, proc = _start_with_retries(start)
-    return Azurite(blob_endpoint=f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}", process=proc)
+    return Azurite(blob_endpoint=f"{scheme}://127.0.0.1:{port}/{AZURITE_ACCOUNT}", process=proc,
+                   ca_file=cert)
 
 
 # ------------------------------------------------------------------------- MLflow server
@@ -452,6 +518,11 @@ class OidcProvider:
     scope: str
     clients: dict[str, OidcClient]
     users: dict[str, tuple[str, ...]]  # login -> groups
+    url: str = ""  # where it listens (the issuer, unless another issuer was given)
+
+    @property
+    def metadata_url(self) -> str:
+        return f"{self.url or self.issuer}/.well-known/openid-configuration"
 
     def client_secret(self, client_id: str) -> str:
         secret = self.clients[client_id].secret
@@ -465,10 +536,13 @@ DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 def start_oidc_provider(
     workdir: Path, clients: Sequence[OidcClient], users: dict[str, tuple[str, ...]],
     *, audience: str = "urn:modelkeep:registry", scope: str = "mlflow",
+    issuer: str | None = None, resources: dict[str, str] | None = None,
+    not_before: bool = False,
 ) -> OidcProvider:
     """The npm ``oidc-provider`` (a certified OpenID provider) on loopback, run by
     ``tests/oidc/provider.mjs`` with *clients* and *users*; its access tokens are JWTs for
-    *audience*."""
+    *audience*, and for each of *resources* (indicator: scope). *issuer* replaces the loopback
+    URL as the issuer it announces; *not_before* adds ``nbf`` to its access tokens."""
     script = oidc_provider_script()
     if not (REPO_ROOT / "node_modules" / "oidc-provider").is_dir():
         raise ServerStartError(
@@ -483,6 +557,7 @@ def start_oidc_provider(
                          "groups": list(c.groups), "access_token_ttl": c.access_token_ttl}
                         for c in clients],
             "users": {login: {"groups": list(groups)} for login, groups in users.items()},
+            "issuer": issuer, "resources": resources or {}, "not_before": not_before,
         }))
         config.chmod(0o600)  # it holds the clients' secrets
         proc = ManagedProcess("oidc-provider", ["node", str(script), str(config)],
@@ -493,8 +568,10 @@ def start_oidc_provider(
         return proc
 
     port, proc = _start_with_retries(start)
-    return OidcProvider(issuer=f"http://127.0.0.1:{port}", process=proc, audience=audience,
-                        scope=scope, clients={c.client_id: c for c in clients}, users=users)
+    url = f"http://127.0.0.1:{port}"
+    return OidcProvider(issuer=(issuer or url).rstrip("/"), process=proc, audience=audience,
+                        scope=scope, clients={c.client_id: c for c in clients}, users=users,
+                        url=url)
 
 
 def oidc_auth_env(workdir: Path, provider: OidcProvider) -> dict[str, str]:

@@ -327,3 +327,33 @@ def test_journal_entries_never_collide_and_keep_each_writers_order(tmp_path: Pat
     with pytest.raises(InvalidInputError, match="reserved"):
         store.journal_append("m", "description", {"time": "now"}, author="")
     assert len(store.journal()[0]) == 160  # nothing written
+
+
+def test_rebuild_keeps_deleted_versions_deleted_and_their_history(
+    tmp_path: Path, mlflow_sqlite_uri: str, pm: PluginManager,
+) -> None:
+    store = str(tmp_path / "store")
+    keep = modelkeep.open(store=store, registry=mlflow_sqlite_uri, plugins=pm)
+    name, other = unique_name(), unique_name("other")
+    for i in range(3):
+        keep.register(name, write_model(tmp_path / f"m{i}", tensors(seed=i, n=2), extra=False))
+    # Another model's version names version 2's snapshot, so deleting version 2 keeps it in
+    # the store: a rebuild must not bring version 2 back from it.
+    uri2 = keep.registry.get_version(name, 2).source
+    keep.registry.create_version(other, uri2, tags={})
+    deleted = keep.delete_version(f"{name}@2")
+    assert not deleted.snapshot_deleted
+    keep.delete_version(f"{name}@3")  # its snapshot goes with it
+    history = keep.registry.get_model(name).tags["modelkeep.deletions"]
+
+    fresh = modelkeep.open(store=store, registry=_fresh_registry(tmp_path), plugins=pm)
+    report = fresh.rebuild_registry()
+    assert [v.version for v in fresh.registry.versions(name)] == [1]
+    assert any(f"{name}@2 was deleted" in reason for _sid, reason in report.skipped)
+    assert fresh.registry.get_model(name).tags["modelkeep.deletions"] == history
+    wanted = [(2, deleted.author), (3, deleted.author)]
+    assert [(e.version, e.author) for e in keep.deletions(name)] == wanted
+    assert fresh.deletions(name) == keep.deletions(name)
+    # A second rebuild changes nothing.
+    again = fresh.rebuild_registry()
+    assert again.created == 0 and again.journal.changes == 0

@@ -268,17 +268,23 @@ def test_credentials_and_tokens_are_renewed(  # type: ignore[no-untyped-def]
     OUTPUTS.extend((repr(session), str(session), repr(keep.stores.home.location)))
 
 
-def test_identity_options_are_checked(tmp_path: Path, no_aws: None) -> None:
+def test_identity_options_are_checked(
+    tmp_path: Path, no_aws: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     role = "arn:aws:iam::123456789012:role/modelkeep"
     never = pytest.fail  # no sign-in is asked for before the options are found good
 
     def options(protocol: str, given: dict[str, Any]) -> dict[str, Any]:
-        return storage_options(protocol, given, sign_in=lambda: never("asked for a sign-in"))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(auth_settings, "configured", lambda: never("asked for a sign-in"))
+            return storage_options(protocol, given)
 
     assert options("s3", {"anon": False, "x": 1}) == {"anon": False, "x": 1}
     for protocol, given, message in (
         ("s3", {"identity": "role"}, "'identity' must be a table"),
         ("s3", {"identity": {"role": role}}, "unknown key 'identity.role'"),
+        ("s3", {"identity": {"kind": "azure-default", "role_arn": role}},
+         "has kind 'azure-default'"),
         ("s3", {"identity": {"role_arn": "modelkeep"}}, "must be an IAM role's ARN"),
         ("s3", {"identity": {"role_arn": role}, "key": "AKIA", "secret": "x"},
          "both 'identity' and 'key'"),
@@ -286,7 +292,6 @@ def test_identity_options_are_checked(tmp_path: Path, no_aws: None) -> None:
         ("s3", {"identity": {"role_arn": role, "session_name": "a b"}}, "2 to 64 letters"),
         ("s3", {"identity": {"role_arn": role, "sts_endpoint_url": "sts.local"}},
          "must be an http(s) URL"),
-        ("az", {"identity": {"role_arn": role}}, "not supported for az:// stores"),
         ("file", {"identity": {}}, "not supported for file:// stores"),
     ):
         with pytest.raises(ConfigError, match=re.escape(message)) as refused:
@@ -295,11 +300,13 @@ def test_identity_options_are_checked(tmp_path: Path, no_aws: None) -> None:
         assert "\n" not in str(refused.value)
 
     # Defaults: the store's endpoint is STS's, its region the role's; the repr names the role.
+    monkeypatch.setenv("MODELKEEP_AUTH_ISSUER", "http://127.0.0.1:9")
+    monkeypatch.setenv("MODELKEEP_AUTH_CLIENT_ID", "job")
+    monkeypatch.setenv("MODELKEEP_AUTH_CLIENT_SECRET", "s3cret-of-the-job")
+    SECRETS.add("s3cret-of-the-job")
     got = storage_options("s3", {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9",
                                                    "region_name": "eu-west-3"},
-                                 "identity": {"role_arn": role}},
-                          sign_in=lambda: auth_settings.AuthSettings(
-                              "http://127.0.0.1:9", "job", client_secret="s3cret"))
+                                 "identity": {"kind": "sign-in", "role_arn": role}})
     assert "identity" not in got
     session = got["session"]
     identity = session.identity
@@ -308,8 +315,11 @@ def test_identity_options_are_checked(tmp_path: Path, no_aws: None) -> None:
     assert repr(session) == str(session) == (
         f"WebIdentitySession(role_arn={role!r}, session_name='modelkeep', "
         "sts='http://127.0.0.1:9')")
+    OUTPUTS.append(repr(got))
+    for var in ("MODELKEEP_AUTH_ISSUER", "MODELKEEP_AUTH_CLIENT_ID"):
+        monkeypatch.delenv(var)
     with pytest.raises(CredentialsError, match="no sign-in is configured"):
-        storage_options("s3", {"identity": {"role_arn": role}}, sign_in=lambda: None)
+        storage_options("s3", {"identity": {"role_arn": role}})
 
 
 def test_no_secret_in_any_output(oidc_provider) -> None:  # type: ignore[no-untyped-def]

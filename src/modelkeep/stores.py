@@ -16,14 +16,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from modelkeep.config import StoreConfig, load_config
+from modelkeep.config import StoreConfig
 from modelkeep.errors import PluginError, StoreError
 from modelkeep.signing import SIGNING_KEY_OPTION
 from modelkeep.store import Snapshot, Store
 from modelkeep.store.location import location_from_locator, parse_location
 
 if TYPE_CHECKING:
-    from modelkeep.auth.settings import AuthSettings
     from modelkeep.hooks.manager import PluginManager
 
 SNAPSHOTS_KEPT = 256  # parsed snapshots kept per cache; one is a few KB to a few MB
@@ -43,8 +42,8 @@ def merge_options(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str,
 def plugin_options(
     pm: PluginManager, protocol: str, url: str, name: str | None, explicit: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Storage options from plugins under the explicit ones; the first plugin answering wins.
-    A store's ``identity`` is replaced by the credentials it names
+    """Storage options from plugins under the explicit ones (the first plugin answering wins),
+    with a sign-in ``identity`` turned into the filesystem's credential
     (:mod:`modelkeep.auth.stores`)."""
     from modelkeep.auth.stores import storage_options
 
@@ -52,15 +51,7 @@ def plugin_options(
     for answer in reversed(pm.hook.modelkeep_storage_options(
             protocol=protocol, url=url, store_name=name)):
         merged = merge_options(merged, answer)
-    return storage_options(protocol, merge_options(merged, explicit), sign_in=sign_in_settings)
-
-
-def sign_in_settings() -> AuthSettings | None:
-    """The sign-in settings in force (``[auth]`` and ``MODELKEEP_AUTH_*``; None: none)."""
-    from modelkeep.auth.settings import resolve
-
-    config = load_config()
-    return resolve(config.auth, file=config.file, root=config.root)
+    return storage_options(protocol, merge_options(merged, explicit))
 
 
 def open_locator(

@@ -6,7 +6,9 @@
 //   { "port": 1234, "audience": "...", "scope": "mlflow",
 //     "clients": [ { "client_id", "client_secret"?, "grant_types", "username"?, "groups"?,
 //                    "access_token_ttl"? } ],
-//     "users": { "alice": { "groups": ["mlflow"] } } }
+//     "users": { "alice": { "groups": ["mlflow"] } },
+//     "issuer"?: "https://sts.windows.net/TENANT/", "resources"?: { "https://storage.azure.com": "" },
+//     "not_before"?: true }
 //
 // Access tokens are JWTs for one resource server (the registry, `audience`), signed with a key
 // made at start-up and published at the provider's JWKS endpoint, which is how a registry that
@@ -14,13 +16,19 @@
 // client's from its entry in `clients`, a person's from `users`. The development interactions
 // (a login form that takes any password for a configured user, and a consent page) are enabled:
 // the device flow is completed by posting to those pages.
+//
+// `issuer` replaces the loopback URL as the issuer the provider announces and signs into tokens
+// (the endpoints stay on loopback); with `resources`, more resource servers (indicator -> scope)
+// get JWT access tokens; `not_before` adds an `nbf` claim. Together they make tokens shaped like
+// Entra ID's v1 tokens for Azure Storage, which Azurite's OAuth mode takes.
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 
 import Provider from 'oidc-provider';
 
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
-const issuer = `http://127.0.0.1:${config.port}`;
+const issuer = config.issuer ?? `http://127.0.0.1:${config.port}`;
+const resources = config.resources ?? {};
 const clientsById = new Map(config.clients.map((c) => [c.client_id, c]));
 const users = config.users ?? {};
 
@@ -51,6 +59,13 @@ const provider = new Provider(issuer, {
   },
   scopes: ['openid', 'offline_access', 'email', 'profile', 'groups', config.scope],
   conformIdTokenClaims: false,
+  formats: {
+    customizers: {
+      async jwt(ctx, token, jwt) {
+        if (config.not_before) jwt.payload.nbf = jwt.payload.iat;
+      },
+    },
+  },
   async findAccount(ctx, id) {
     const user = users[id];
     if (!user) return undefined;
@@ -76,13 +91,20 @@ const provider = new Provider(issuer, {
     introspection: { enabled: true },
     resourceIndicators: {
       enabled: true,
-      defaultResource: () => config.audience,
+      // With more resources, a grant covers them all (as Entra's refresh tokens do) and a token
+      // is for the registry unless another resource is asked for.
+      defaultResource: (ctx, client, oneOf) => {
+        if (oneOf) return oneOf.includes(config.audience) ? config.audience : oneOf[0];
+        const others = Object.keys(resources);
+        return others.length ? [config.audience, ...others] : config.audience;
+      },
       useGrantedResource: () => true,
       getResourceServerInfo: (ctx, indicator) => {
-        if (indicator !== config.audience) throw new Provider.errors.InvalidTarget();
+        const known = indicator === config.audience || Object.hasOwn(resources, indicator);
+        if (!known) throw new Provider.errors.InvalidTarget();
         return {
-          scope: config.scope,
-          audience: config.audience,
+          scope: indicator === config.audience ? config.scope : resources[indicator],
+          audience: indicator,
           accessTokenFormat: 'jwt',
           jwt: { sign: { alg: 'RS256' } },
         };
@@ -121,5 +143,5 @@ const provider = new Provider(issuer, {
 
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 provider.listen(config.port, '127.0.0.1', () => {
-  console.log(`oidc-provider listening on ${issuer}`);
+  console.log(`oidc-provider for ${issuer} listening on 127.0.0.1:${config.port}`);
 });

@@ -1,5 +1,5 @@
-"""Sign-in to a registry, and to the stores that accept the same identity, behind an OpenID
-provider (OAuth 2): who modelkeep is, and the access tokens that say so.
+"""Sign-in to a registry behind an OpenID provider (OAuth 2), and to the stores that take the
+same identity: who modelkeep is, and the access tokens that say so.
 
 - :mod:`~modelkeep.auth.settings`: the ``[auth]`` table of ``modelkeep.toml`` and the
   ``MODELKEEP_AUTH_*`` variables (issuer, client id, client secret from the environment or a
@@ -14,13 +14,16 @@ provider (OAuth 2): who modelkeep is, and the access tokens that say so.
   ``modelkeep login``.
 - :mod:`~modelkeep.auth.tokenfile`: the file a login is kept in (mode 0600 under the user's config
   folder; a file others can read is refused).
-- :mod:`~modelkeep.auth.stores`: stores reached with the same identity (the store option
-  ``identity``), by backend: :mod:`~modelkeep.auth.s3` assumes an IAM role with the sign-in's
-  token (STS ``AssumeRoleWithWebIdentity``, over aiobotocore's refreshable credentials).
+- :mod:`~modelkeep.auth.stores`: the store option ``identity``, turned into the credential the
+  store's filesystem takes; :mod:`~modelkeep.auth.azure` makes Azure Blob's (an azure-core token
+  credential over the same tokens, or azure-identity's ``DefaultAzureCredential``),
+  :mod:`~modelkeep.auth.s3` S3's (an IAM role assumed with the sign-in's token, STS
+  ``AssumeRoleWithWebIdentity``, over aiobotocore's refreshable credentials).
 
 The OAuth exchanges are authlib's (``pip install "modelkeep[auth]"``) and ID tokens are checked
 with joserfc (authlib's own JOSE library); nothing here parses or signs a JWT by hand. No token or
 secret is ever part of a message, a ``repr`` or a listing. This package imports nothing of
-modelkeep but the errors leaf and the redaction helpers, so every layer that talks to a server
-(the registry adapter, the CLI) can use it.
+modelkeep but the errors leaf, the redaction helpers and the settings file reader
+(:mod:`modelkeep.config`, for ``[auth]``), so every layer that talks to a server (the registry
+adapter, the store options, the CLI) can use it.
 """

@@ -50,7 +50,7 @@ def scopes(settings: AuthSettings) -> str:
 
 def start(settings: AuthSettings) -> DeviceCode:
     """Ask the provider for a device code and a user code."""
-    meta = provider.metadata(settings.issuer)
+    meta = provider.metadata(settings.issuer, settings.metadata_url)
     if not meta.device_authorization_endpoint:
         raise SignInError(f"the OpenID provider {settings.issuer} does not offer the device "
                           "flow (no device_authorization_endpoint)",
@@ -90,7 +90,7 @@ def start(settings: AuthSettings) -> DeviceCode:
 def wait(settings: AuthSettings, code: DeviceCode, *,
          sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Poll until the person has signed in; the token response."""
-    meta = provider.metadata(settings.issuer)
+    meta = provider.metadata(settings.issuer, settings.metadata_url)
     session = oauth_session(settings)
     interval = code.interval
     deadline = time.monotonic() + code.expires_in
@@ -137,7 +137,7 @@ def identity(settings: AuthSettings, id_token: str) -> dict[str, Any]:
     from joserfc.errors import JoseError
     from joserfc.jwk import KeySet
 
-    meta = provider.metadata(settings.issuer)
+    meta = provider.metadata(settings.issuer, settings.metadata_url)
     if not meta.jwks_uri:
         raise SignInError(f"the OpenID provider {settings.issuer} publishes no signing keys "
                           "(no jwks_uri)")
@@ -145,7 +145,8 @@ def identity(settings: AuthSettings, id_token: str) -> dict[str, Any]:
     try:
         token = jwt.decode(id_token, KeySet.import_key_set(keys))  # type: ignore[arg-type]
         jwt.JWTClaimsRegistry(
-            iss={"essential": True, "value": settings.issuer},
+            # The issuer is kept without a trailing slash; Entra v1's and Auth0's have one.
+            iss={"essential": True, "values": [settings.issuer, settings.issuer + "/"]},
             aud={"essential": True, "value": settings.client_id},
             sub={"essential": True},
             exp={"essential": True},

@@ -1,5 +1,7 @@
 """An OpenID provider's metadata, found by OpenID Connect Discovery
-(``ISSUER/.well-known/openid-configuration``) and kept for the life of the process.
+(``ISSUER/.well-known/openid-configuration``, or the ``[auth] metadata_url`` a provider such as
+Entra ID's v1 endpoint needs) and kept for the life of the process. The document must name the
+configured issuer exactly (RFC 8414), wherever it was read from.
 
 Every exchange with the provider goes through :func:`http_session` (bounded time, requests' TLS
 settings: ``REQUESTS_CA_BUNDLE`` names a CA bundle). A provider that cannot be reached, or that
@@ -68,16 +70,18 @@ def get_json(session: requests.Session, url: str, issuer: str) -> dict[str, Any]
     return data
 
 
-def metadata(issuer: str) -> ProviderMetadata:
-    """The provider's endpoints (fetched once per process and issuer)."""
+def metadata(issuer: str, url: str | None = None) -> ProviderMetadata:
+    """The provider's endpoints, from *url* (default: the issuer's discovery document), fetched
+    once per process and document."""
+    url = url or f"{issuer}/.well-known/openid-configuration"
     with _lock:
-        found = _cache.get(issuer)
-    if found is not None:
+        found = _cache.get(url)
+    if found is not None and found.issuer == issuer:
         return found
-    data = get_json(http_session(), f"{issuer}/.well-known/openid-configuration", issuer)
+    data = get_json(http_session(), url, issuer)
     if str(data.get("issuer", "")).rstrip("/") != issuer:
-        raise SignInError(f"the OpenID provider at {issuer} calls itself "
-                          f"{data.get('issuer')!r}",
+        raise SignInError(f"the OpenID provider at {url} calls itself "
+                          f"{data.get('issuer')!r}, not {issuer!r}",
                           hint="set [auth] issuer to exactly the issuer the provider announces")
     if not isinstance(data.get("token_endpoint"), str):
         raise SignInError(f"the OpenID provider {issuer} announces no token endpoint")
@@ -89,5 +93,5 @@ def metadata(issuer: str) -> ProviderMetadata:
         revocation_endpoint=data.get("revocation_endpoint"),
     )
     with _lock:
-        _cache[issuer] = found
+        _cache[url] = found
     return found

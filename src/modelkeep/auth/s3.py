@@ -6,9 +6,11 @@ role, and the sign-in's access token is exchanged for the role's temporary crede
     url = "s3://ml-models/keep"
     options = { identity = { role_arn = "arn:aws:iam::123456789012:role/modelkeep" } }
 
-Keys of ``identity``: ``role_arn`` (required), ``session_name`` (default ``modelkeep``; STS puts
-it in the assumed role's ARN, so CloudTrail names the caller), ``duration`` (seconds the
-credentials last, default 3600; STS accepts 900 up to the role's maximum session duration),
+Keys of ``identity``: ``kind`` (``sign-in``, the default and the one kind: the identity of
+``[auth]``, as for Azure stores), ``role_arn`` (required), ``session_name`` (default
+``modelkeep``; STS puts it in the assumed role's ARN, so CloudTrail names the caller),
+``duration`` (seconds the credentials last, default 3600; STS accepts 900 up to the role's
+maximum session duration),
 ``sts_endpoint_url`` (default: the store's ``endpoint_url`` when it has one, as MinIO serves STS
 on its S3 port, else AWS's STS of the region) and ``region`` (default: the store's
 ``client_kwargs.region_name``, else ``AWS_REGION``/``AWS_DEFAULT_REGION``).
@@ -34,9 +36,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.credentials import (
@@ -51,10 +53,9 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from modelkeep.auth.tokens import TokenSource, source_for
 from modelkeep.errors import ConfigError, CredentialsError, ModelkeepError, StoreUnreachableError
 
-if TYPE_CHECKING:
-    from modelkeep.auth.settings import AuthSettings
-
-KEYS = ("role_arn", "session_name", "duration", "sts_endpoint_url", "region")
+KEYS = ("kind", "role_arn", "session_name", "duration", "sts_endpoint_url", "region")
+# The one kind an S3 store takes: the identity of [auth] (as an Azure store's ``sign-in``).
+SIGN_IN = "sign-in"
 DEFAULT_SESSION_NAME = "modelkeep"
 DEFAULT_DURATION = 3600
 METHOD = "modelkeep-web-identity"
@@ -100,6 +101,10 @@ def parse_identity(table: Mapping[str, Any], options: Mapping[str, Any]) -> WebI
     if unknown:
         raise ConfigError(f"unknown key 'identity.{unknown[0]}' in an s3:// store's options",
                           hint=f"known keys: {', '.join(KEYS)}")
+    if table.get("kind", SIGN_IN) != SIGN_IN:
+        raise ConfigError(f"an s3:// store's identity has kind {table['kind']!r}",
+                          hint=f"s3:// stores take kind {SIGN_IN!r} (the default): an IAM role "
+                               "assumed with the sign-in's token")
     own = [k for k in _OWN_CREDENTIALS if options.get(k)]
     if own:
         raise ConfigError(f"an s3:// store's options give both 'identity' and '{own[0]}'",
@@ -139,12 +144,16 @@ def no_sign_in(identity: WebIdentity) -> CredentialsError:
              "MODELKEEP_AUTH_CLIENT_ID), with a client secret for a job or `modelkeep login`")
 
 
-def storage_options(options: Mapping[str, Any], table: Mapping[str, Any],
-                    sign_in: Callable[[], AuthSettings | None]) -> dict[str, Any]:
+def storage_options(options: Mapping[str, Any], table: Any) -> dict[str, Any]:
     """*options* (without ``identity``) with an aiobotocore session whose only credentials are
-    the role's, for s3fs's ``session=``; the sign-in is asked for once the table is good."""
+    the role's, for s3fs's ``session=``; the sign-in is looked up once the table is good."""
+    from modelkeep.auth.settings import configured
+
+    if not isinstance(table, Mapping):
+        raise ConfigError("the store option 'identity' must be a table",
+                          hint='e.g. identity = { role_arn = "arn:aws:iam::…:role/…" }')
     identity = parse_identity(table, options)
-    settings = sign_in()
+    settings = configured()
     if settings is None:
         raise no_sign_in(identity)
     return {**options, "session": WebIdentitySession(identity, source_for(settings))}
@@ -215,12 +224,16 @@ class WebIdentityFetcher(AioAssumeRoleWithWebIdentityCredentialFetcher):  # type
         return f"{type(self).__name__}({self._identity.role_arn!r}, {self._source!r})"
 
     async def _get_credentials(self) -> dict[str, Any]:
-        try:
-            self._token = await asyncio.to_thread(self._source.access_token)
-        except RuntimeError:
-            # The loop's executor is shut down: the process is exiting with calls still in
-            # flight, and the token, fetched moments ago, needs no exchange with the provider.
-            self._token = self._source.access_token()
+        fresh = self._source.fresh()
+        if fresh is not None:
+            self._token = str(fresh["access_token"])
+        else:
+            try:
+                self._token = await asyncio.to_thread(self._source.access_token)
+            except RuntimeError:
+                # The loop's executor is shut down: the process is exiting with calls still in
+                # flight; they get their answer, whatever it is, without the executor.
+                self._token = self._source.access_token()
         try:
             response: dict[str, Any] = await super()._get_credentials()
         except ModelkeepError:

@@ -9,10 +9,17 @@
     audience = "https://mlflow.example.com"         # the registry, as the provider names it
     audience_parameter = "resource"                # RFC 8707; "audience" for Auth0
     client_secret_file = "/run/secrets/mk-client"   # jobs only; or MODELKEEP_AUTH_CLIENT_SECRET
+    # metadata_url = "https://login.microsoftonline.com/TENANT/.well-known/openid-configuration"
 
 Environment: ``MODELKEEP_AUTH_ISSUER``, ``MODELKEEP_AUTH_CLIENT_ID``, ``MODELKEEP_AUTH_SCOPES``,
 ``MODELKEEP_AUTH_AUDIENCE``, ``MODELKEEP_AUTH_AUDIENCE_PARAMETER``,
-``MODELKEEP_AUTH_CLIENT_SECRET``, ``MODELKEEP_AUTH_CLIENT_SECRET_FILE``.
+``MODELKEEP_AUTH_CLIENT_SECRET``, ``MODELKEEP_AUTH_CLIENT_SECRET_FILE``,
+``MODELKEEP_AUTH_METADATA_URL``.
+
+``metadata_url`` is for a provider whose metadata is not at ``ISSUER/.well-known/...``: Entra
+ID's v1 tokens (the ones Azure Storage takes) name ``https://sts.windows.net/TENANT/`` as their
+issuer while its metadata is served under ``https://login.microsoftonline.com/TENANT/``. The
+metadata's ``issuer`` must still be the configured issuer (RFC 8414).
 
 With a client secret, modelkeep is a job: it gets its own tokens by the client-credentials grant.
 Without one, it is a person: tokens come from ``modelkeep login`` (the device flow). A secret is
@@ -29,14 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The table's keys and its checks are the settings file's (modelkeep.config): every command
+# refuses a bad [auth] table when the file is read, and this package may read the file without
+# the file's reader importing it back.
+from modelkeep.config import AUDIENCE_PARAMETERS as AUDIENCE_PARAMETERS
+from modelkeep.config import AUTH_KEYS as KEYS
+from modelkeep.config import AUTH_SECRET_ENV as SECRET_ENV
+from modelkeep.config import auth_scopes as _scopes
+from modelkeep.config import check_auth_table as check_table
 from modelkeep.errors import ConfigError
 
-KEYS = ("issuer", "client_id", "scopes", "audience", "audience_parameter", "client_secret_file")
-# How the audience is asked for: RFC 8707's ``resource`` (oidc-provider, Entra v1, PingFederate),
-# or ``audience`` (Auth0, Okta's custom authorization servers ignore it).
-AUDIENCE_PARAMETERS = ("resource", "audience")
 ENV_PREFIX = "MODELKEEP_AUTH_"
-SECRET_ENV = "MODELKEEP_AUTH_CLIENT_SECRET"
 SECRET_FILE_ENV = "MODELKEEP_AUTH_CLIENT_SECRET_FILE"
 CLIENT_CREDENTIALS = "client_credentials"
 DEVICE = "device"
@@ -55,6 +65,7 @@ class AuthSettings:
     client_secret: str | None = field(default=None, repr=False, compare=False)
     secret_from: str | None = None  # the variable or file the secret was read from
     source: str = "environment"  # where the settings came from, for messages
+    metadata_url: str | None = None  # None: ISSUER/.well-known/openid-configuration
 
     @property
     def flow(self) -> str:
@@ -72,43 +83,8 @@ class AuthSettings:
         return {"issuer": self.issuer, "client_id": self.client_id, "flow": self.flow,
                 "scopes": list(self.scopes), "audience": self.audience,
                 "audience_parameter": self.audience_parameter,
-                "client_secret_from": self.secret_from, "settings_from": self.source}
-
-
-def _scopes(value: Any, where: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(value.split())
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(s for v in value for s in v.split())
-    raise ConfigError(f"{where} must be a list of strings or one space-separated string")
-
-
-def check_table(table: Any, *, file: Path | None, prefix: str = "") -> None:
-    """Refuse an ``[auth]`` table that cannot be used, naming the key and the file."""
-    where = f" in {file}" if file else ""
-    if not isinstance(table, dict):
-        raise ConfigError(f"'{prefix}auth'{where} must be a table")
-    if "client_secret" in table:
-        raise ConfigError(
-            f"'{prefix}auth.client_secret'{where}: a client secret does not belong in a settings "
-            "file (it would be committed with the project)",
-            hint=f"set {SECRET_ENV}, or name a file with client_secret_file")
-    unknown = sorted(set(table) - set(KEYS))
-    if unknown:
-        raise ConfigError(f"unknown key '{prefix}auth.{unknown[0]}'{where}",
-                          hint=f"known keys: {', '.join(KEYS)}")
-    for key in ("issuer", "client_id", "audience", "audience_parameter", "client_secret_file"):
-        if key in table and (not isinstance(table[key], str) or not table[key]):
-            raise ConfigError(f"'{prefix}auth.{key}'{where} must be a non-empty string")
-    if table.get("audience_parameter", "resource") not in AUDIENCE_PARAMETERS:
-        raise ConfigError(f"'{prefix}auth.audience_parameter'{where} must be one of "
-                          f"{', '.join(AUDIENCE_PARAMETERS)}")
-    if "scopes" in table:
-        _scopes(table["scopes"], f"'{prefix}auth.scopes'{where}")
-    issuer = table.get("issuer")
-    if isinstance(issuer, str) and not issuer.startswith(("https://", "http://")):
-        raise ConfigError(f"'{prefix}auth.issuer'{where} must be an http(s) URL",
-                          hint="the provider's issuer, e.g. https://login.example.com/realms/ml")
+                "client_secret_from": self.secret_from, "settings_from": self.source,
+                "metadata_url": self.metadata_url}
 
 
 def _read_secret_file(path: Path, named_by: str) -> str:
@@ -170,4 +146,24 @@ def resolve(table: Mapping[str, Any] | None, *, file: Path | None = None,
         client_secret=secret,
         secret_from=secret_from,
         source=source,
+        metadata_url=_metadata_url(values.get("metadata_url")),
     )
+
+
+def _metadata_url(value: Any) -> str | None:
+    if not value:
+        return None
+    if not str(value).startswith(("https://", "http://")):
+        raise ConfigError(f"the provider metadata URL {value!r} is not an http(s) URL",
+                          hint=f"set {ENV_PREFIX}METADATA_URL or [auth] metadata_url to the "
+                          "provider's /.well-known/openid-configuration")
+    return str(value)
+
+
+def configured() -> AuthSettings | None:
+    """The sign-in in force for this process: ``[auth]`` of the settings file found from the
+    working folder, with the environment over it (None: no sign-in configured)."""
+    from modelkeep.config import load_config
+
+    config = load_config()
+    return resolve(config.auth, file=config.file, root=config.root)

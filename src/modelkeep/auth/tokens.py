@@ -6,9 +6,14 @@ quarter of its lifetime (at most a minute) is left: a job asks the provider agai
 client-credentials grant, a person's login is renewed with its refresh token and written back to
 the token file. Renewal happens on the request that needs it, so a register that takes an hour or
 a training run that checkpoints for days never sends an expired token, and nothing runs in the
-background. One source per identity and process (:func:`source_for`), and one renewal in flight
-per source: threads that find the token expiring wait for the one renewal under way and take its
-result.
+background. One source per identity, :class:`Resource` and process (:func:`source_for`), and one
+renewal in flight per source: threads that find the token expiring wait for the one renewal under
+way and take its result.
+
+A :class:`Resource` is what a token is for when it is not the registry: a store, whose tokens
+are asked for another audience or scopes (Azure Storage's ``https://storage.azure.com``). A job
+asks for them by the same grant; a person's are asked with the login's refresh token and kept in
+memory only, the login's own tokens staying the registry's.
 
 :class:`BearerAuth` answers a 401 with one renewal and one retry of the same request: a token the
 registry refuses before its time (a rotated signing key, a revoked session) is replaced once; a
@@ -18,8 +23,10 @@ a message or a ``repr``.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from requests.auth import AuthBase
@@ -144,6 +151,11 @@ class TokenSource:
     def access_token(self) -> str:
         return str(self.current()["access_token"])
 
+    def fresh(self) -> dict[str, Any] | None:
+        """The current token if it needs no renewal, else None (never asks the provider)."""
+        token = self._token
+        return token if self._fresh(token) else None
+
     def renew_refused(self, refused_token: str) -> str:
         """A new token after the registry refused *refused_token* (unless another thread has
         already replaced it)."""
@@ -170,7 +182,7 @@ class ClientCredentials(TokenSource):
 
     def _obtain(self, refused: str | None) -> dict[str, Any]:
         settings = self.settings
-        meta = provider.metadata(settings.issuer)
+        meta = provider.metadata(settings.issuer, settings.metadata_url)
         scope = " ".join(s for s in settings.scopes if s not in _PERSON_SCOPES)
         extra: dict[str, Any] = {"scope": scope} if scope else {}
         extra.update(audience_params(settings))
@@ -205,7 +217,7 @@ class Login(TokenSource):
         if not refresh:
             raise SignInError(f"the sign-in to {settings.issuer} has expired",
                               hint="run `modelkeep login` again")
-        meta = provider.metadata(settings.issuer)
+        meta = provider.metadata(settings.issuer, settings.metadata_url)
         session = oauth_session(settings)
         try:
             token = exchange(settings, "renewing the sign-in", lambda: session.refresh_token(
@@ -224,28 +236,97 @@ class Login(TokenSource):
         return renewed
 
 
+class LoginResource(TokenSource):
+    """A person's tokens for a :class:`Resource`, asked with the refresh token of their
+    ``modelkeep login`` and kept in this process's memory; a refresh token the provider rotated
+    on the way is written back to the login, so that its next renewal uses the current one."""
+
+    @property
+    def who(self) -> str:
+        return f"this sign-in to {self.settings.issuer}"
+
+    def _ask(self, refresh: str) -> dict[str, Any]:
+        settings = self.settings
+        meta = provider.metadata(settings.issuer, settings.metadata_url)
+        session = oauth_session(settings)
+        extra: dict[str, Any] = audience_params(settings)
+        if settings.scopes:
+            extra["scope"] = " ".join(settings.scopes)
+        return exchange(settings, f"a token for {settings.audience or 'a store'}",
+                        lambda: session.refresh_token(meta.token_endpoint, refresh_token=refresh,
+                                                      timeout=provider.TIMEOUT, **extra))
+
+    def _obtain(self, refused: str | None) -> dict[str, Any]:
+        settings = self.settings
+        entry = tokenfile.load(settings.issuer, settings.client_id)
+        if entry is None or not entry.get("refresh_token"):
+            raise SignInError(f"not signed in to {settings.issuer}", hint="run `modelkeep login`")
+        refresh = str(entry["refresh_token"])
+        try:
+            token = self._ask(refresh)
+        except RefusedError:
+            # Another process may have rotated the refresh token at the same moment: use its.
+            again = tokenfile.load(settings.issuer, settings.client_id) or {}
+            if again.get("refresh_token") in (None, refresh):
+                raise SignInError(f"the sign-in to {settings.issuer} has expired, was revoked "
+                                  f"or does not cover {settings.audience or 'this store'}",
+                                  hint="run `modelkeep login` again") from None
+            entry, refresh = again, str(again["refresh_token"])
+            token = self._ask(refresh)
+        rotated = token.pop("refresh_token", None)
+        if rotated and rotated != refresh:
+            current = tokenfile.load(settings.issuer, settings.client_id) or entry
+            tokenfile.save(settings.issuer, settings.client_id,
+                           {**current, "refresh_token": rotated})
+        return stamp(token)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What a token is for when it is not the registry: the *audience* asked for (as
+    ``[auth] audience_parameter`` says; None: none) and the *scopes* (replacing ``[auth]``'s)."""
+
+    audience: str | None
+    scopes: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return ("resource", self.audience or "", " ".join(self.scopes))
+
+
 _sources: dict[tuple[str, ...], TokenSource] = {}
 _sources_lock = threading.Lock()
 
 
-def source_for(settings: AuthSettings) -> TokenSource:
-    """The one token source of this identity in this process."""
+def source_for(settings: AuthSettings, resource: Resource | None = None) -> TokenSource:
+    """The one token source of this identity (for *resource*, default the registry) in this
+    process."""
+    key = settings.key + (resource.key if resource is not None else ())
     with _sources_lock:
-        found = _sources.get(settings.key)
+        found = _sources.get(key)
         if found is None:
-            kind = ClientCredentials if settings.flow == CLIENT_CREDENTIALS else Login
-            found = _sources[settings.key] = kind(settings)
+            if resource is None:
+                kind: type[TokenSource] = (ClientCredentials if settings.flow == CLIENT_CREDENTIALS
+                                           else Login)
+            else:
+                settings = dataclasses.replace(settings, audience=resource.audience,
+                                               scopes=resource.scopes)
+                kind = ClientCredentials if settings.flow == CLIENT_CREDENTIALS else LoginResource
+            found = _sources[key] = kind(settings)
         return found
 
 
 def forget(settings: AuthSettings | None = None) -> None:
-    """Drop the tokens this process holds (of *settings*' identity, or all): the next use
-    reads the token file or asks the provider again. ``modelkeep logout`` calls it."""
+    """Drop the tokens this process holds (of *settings*' identity, for every resource, or
+    all): the next use reads the token file or asks the provider again. ``modelkeep logout``
+    calls it."""
     with _sources_lock:
         if settings is None:
             _sources.clear()
         else:
-            _sources.pop(settings.key, None)
+            prefix = settings.key
+            for key in [k for k in _sources if k[:len(prefix)] == prefix]:
+                del _sources[key]
 
 
 class BearerAuth(AuthBase):
@@ -291,7 +372,7 @@ def revoke(settings: AuthSettings, entry: dict[str, Any]) -> bool:
     if not refresh:
         return False
     try:
-        meta = provider.metadata(settings.issuer)
+        meta = provider.metadata(settings.issuer, settings.metadata_url)
         if not meta.revocation_endpoint:
             return False
         response = oauth_session(settings).revoke_token(

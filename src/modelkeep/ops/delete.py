@@ -3,9 +3,11 @@
 Every version is checked before anything is deleted (immutability, the alias hooks), so a
 refusal leaves all of them in place. Then, for each: the registry entry first, then its snapshot
 when no other version uses it. The chunks stay until garbage collection (:mod:`modelkeep.ops.gc`)
-sweeps them; :func:`delete` says how many bytes that will reclaim. Each deletion is recorded in
-the model's deletion history (:mod:`modelkeep.catalog.deletions`), which ``modelkeep log`` shows
-beside the alias changes; the registered model itself stays, holding both histories.
+sweeps them; :func:`delete` says how many bytes that will reclaim. Each deletion is journaled in
+the store first (a ``delete`` entry, docs/format.md §10.4), so a registry rebuilt from the store
+neither brings the version back nor forgets it was deleted, and recorded in the model's deletion
+history (:mod:`modelkeep.catalog.deletions`), which ``modelkeep log`` shows beside the alias
+changes; the registered model itself stays, holding both histories.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
-from modelkeep.aliases import now
 from modelkeep.catalog import deletions
 from modelkeep.errors import (
     Hint,
@@ -27,6 +28,7 @@ from modelkeep.errors import (
 )
 from modelkeep.ops._common import author, resolve
 from modelkeep.ops.aliases import check_alias, record_alias
+from modelkeep.ops.journal import OP_DELETE, journal, journaled
 from modelkeep.ops.results import DeletedVersion, DeleteReport
 from modelkeep.refs import validate_name
 from modelkeep.registry import RegistryVersion
@@ -113,7 +115,7 @@ def delete(
     users = snapshot_index(keep) if found else {}
     freed: dict[str, set[str]] = {}  # store locator -> chunk ids of deleted snapshots
     done: list[DeletedVersion] = []
-    who, when = author(), now()
+    who = author()
     try:
         for rv in found:
             parsed = parse_uri(rv.source)
@@ -130,7 +132,12 @@ def delete(
             # for every reader in one step, and a crash between the two leaves an unreferenced
             # snapshot, the same debris a crash during register leaves and garbage collection
             # sweeps. The other order would leave a visible version nobody can pull.
-            keep.registry.delete_version(rv.name, rv.version)
+            entry = journal(keep, rv.name, OP_DELETE,
+                            {"version": rv.version, "snapshot": parsed.snapshot_id}, who)
+            with journaled(keep, entry):
+                keep.registry.delete_version(rv.name, rv.version)
+            # One time for the journal and the history, so a rebuild reproduces the history.
+            when = entry.time[:19] + "Z"
             for alias in aliases:
                 record_alias(keep, rv.name, alias, None, rv.version, "delete")
             if not shared:

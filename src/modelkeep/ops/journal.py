@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 OP_ALIAS = "alias"
 OP_DESCRIPTION = "description"
 OP_TAG = "tag"  # a user tag set on an existing version (a register of identical content)
+OP_DELETE = "delete"  # a version deleted from the registry
 OP_CANCEL = "cancel"
 OP_COMMIT = "commit"
 

@@ -10,8 +10,8 @@ once the journal is replayed, every version's and model's generated summary is w
 register and alias changes write it (:mod:`modelkeep.ops.summary`).
 
 What happened to the catalogue after registering (aliases set, moved, rolled back and deleted,
-descriptions edited, tags set by a register of identical content) comes back from the store's
-journal (:mod:`modelkeep.store.journal`):
+descriptions edited, tags set by a register of identical content, versions deleted) comes back
+from the store's journal (:mod:`modelkeep.store.journal`):
 :func:`replay` runs its entries in order over the rebuilt versions. Entries name versions by
 snapshot id as well as number, so an alias lands on the same content even where the rebuilt
 numbering differs; an entry whose version the store no longer holds is reported and left out,
@@ -31,12 +31,13 @@ one tag schema (:func:`modelkeep.catalog.tags.version_tags`), as register's do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from modelkeep import aliases as aliases_mod
+from modelkeep.catalog import deletions as deletions_mod
 from modelkeep.catalog.tags import version_tags
 from modelkeep.errors import (
     REGISTRY,
@@ -46,7 +47,14 @@ from modelkeep.errors import (
     NotFoundError,
     RegistryError,
 )
-from modelkeep.ops.journal import OP_ALIAS, OP_CANCEL, OP_COMMIT, OP_DESCRIPTION, OP_TAG
+from modelkeep.ops.journal import (
+    OP_ALIAS,
+    OP_CANCEL,
+    OP_COMMIT,
+    OP_DELETE,
+    OP_DESCRIPTION,
+    OP_TAG,
+)
 from modelkeep.ops.register import enter_version
 from modelkeep.ops.summary import refresh_model, refresh_version, user_description
 from modelkeep.refs import validate_alias, validate_name
@@ -132,6 +140,20 @@ class PlannedTags:
                 "changed": self.changed}
 
 
+@dataclass(frozen=True)
+class PlannedDeletions:
+    """A model's deletion history (the model tag ``modelkeep.deletions``) as the journal's
+    ``delete`` entries rebuild it."""
+
+    name: str
+    history: str
+    events: int
+    changed: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "events": self.events, "changed": self.changed}
+
+
 @dataclass
 class JournalReplay:
     """What the journal says about the catalogue beyond the snapshots."""
@@ -142,18 +164,21 @@ class JournalReplay:
     descriptions: list[PlannedDescription] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (entry id or "", reason)
     tags: list[PlannedTags] = field(default_factory=list)
+    deletions: list[PlannedDeletions] = field(default_factory=list)
 
     @property
     def changes(self) -> int:
         return (sum(1 for a in self.aliases if a.changed)
                 + sum(1 for d in self.descriptions if d.changed)
-                + sum(1 for t in self.tags if t.changed))
+                + sum(1 for t in self.tags if t.changed)
+                + sum(1 for d in self.deletions if d.changed))
 
     def to_json(self) -> dict[str, Any]:
         return {"entries": self.entries, "cancelled": self.cancelled, "changes": self.changes,
                 "aliases": [a.to_json() for a in self.aliases],
                 "descriptions": [d.to_json() for d in self.descriptions],
                 "tags": [t.to_json() for t in self.tags],
+                "deletions": [d.to_json() for d in self.deletions],
                 "problems": [{"entry": e, "reason": r} for e, r in self.problems]}
 
 
@@ -227,11 +252,28 @@ def committed(entries: Sequence[JournalEntry]) -> tuple[dict[str, tuple[str, int
     return out, since
 
 
+def deleted(entries: Sequence[JournalEntry]) -> set[tuple[str, int | str]]:
+    """The versions the journal's ``delete`` entries removed (those no ``cancel`` names): each
+    as ``(name, number)`` and as ``(name, snapshot id)``."""
+    cancelled = {e.data.get("cancels") for e in entries if e.op == OP_CANCEL}
+    out: set[tuple[str, int | str]] = set()
+    for entry in entries:
+        if entry.op != OP_DELETE or entry.id in cancelled:
+            continue
+        number, sid = entry.data.get("version"), entry.data.get("snapshot")
+        if isinstance(number, int) and not isinstance(number, bool):
+            out.add((entry.name, number))
+        if isinstance(sid, str) and is_id(sid):
+            out.add((entry.name, sid))
+    return out
+
+
 def number(
     ordered: Sequence[tuple[str, Snapshot]],
     commits: Mapping[str, tuple[str, int]],
     since: str | None,
     skipped: list[tuple[str, str]],
+    removed: Collection[tuple[str, int | str]] = (),
 ) -> tuple[list[tuple[int, str, Snapshot]], dict[str, list[tuple[int, str]]]]:
     """The version number of each snapshot (*ordered* by creation), and per model the numbers
     of deleted versions, ``(number, snapshot id or "")``.
@@ -243,6 +285,8 @@ def number(
     (it died between its snapshot and its registry entry, or the registry refused it): not a
     version, and reported in *skipped*. Numbers recorded for snapshots the store no longer
     holds are deleted versions: the rebuild takes and releases them, as the lost registry did.
+    So are the versions in *removed* (:func:`deleted`) whose snapshot another version still
+    uses: reported in *skipped*, their numbers taken and released the same way.
     """
     by_name: dict[str, list[tuple[str, Snapshot]]] = {}
     for sid, snap in ordered:
@@ -258,7 +302,11 @@ def number(
         older: list[tuple[str, Snapshot]] = []
         for sid, snap in by_name.get(name, []):
             found = commits.get(sid)
-            if found is not None and found[0] == name and found[1] not in taken:
+            if ((found is not None and found[0] == name and (name, found[1]) in removed)
+                    or (found is None and (name, sid) in removed)):
+                was = f"{name}@{found[1]}" if found is not None else name
+                skipped.append((sid, f"{was} was deleted (modelkeep delete); not a version"))
+            elif found is not None and found[0] == name and found[1] not in taken:
                 taken[found[1]] = (sid, snap)
             elif since is None or snap.created < since:
                 older.append((sid, snap))
@@ -325,6 +373,7 @@ def replay(entries: Sequence[JournalEntry],
     alias_state: dict[tuple[str, str], list[Any]] = {}
     descriptions: dict[tuple[str, int | None], str] = {}
     tags: dict[tuple[str, int], dict[str, str]] = {}
+    removed: dict[str, list[deletions_mod.DeletionEvent]] = {}
     for entry in entries:
         if entry.op in (OP_CANCEL, OP_COMMIT):
             continue
@@ -347,6 +396,13 @@ def replay(entries: Sequence[JournalEntry],
             elif entry.op == OP_TAG:
                 key, value = _member(entry, "key", (str,)), _member(entry, "value", (str,))
                 tags.setdefault((entry.name, _target(entry, versions)), {})[key] = value
+            elif entry.op == OP_DELETE:
+                # The history names the number people knew; the version itself is never rebuilt.
+                number = _member(entry, "version", (int,))
+                sid = entry.data.get("snapshot")
+                removed.setdefault(entry.name, []).append(deletions_mod.DeletionEvent(
+                    number, _time(entry), entry.author,
+                    sid if isinstance(sid, str) and is_id(sid) else ""))
             else:
                 raise _Unusable(f"unknown operation {entry.op!r} (written by a newer modelkeep?)")
         except _Unusable as exc:
@@ -360,6 +416,8 @@ def replay(entries: Sequence[JournalEntry],
                         in sorted(descriptions.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))]
     out.tags = [PlannedTags(name, version, given)
                 for (name, version), given in sorted(tags.items())]
+    out.deletions = [PlannedDeletions(name, deletions_mod.encode(events), len(events))
+                     for name, events in sorted(removed.items())]
     return out
 
 
@@ -416,7 +474,7 @@ def plan(keep: Keep, *, dry_run: bool = False) -> RebuildReport:
     entries, unreadable = keep.store.journal()
     commits, since = committed(entries)
     ordered = order(good)
-    numbered, gaps = number(ordered, commits, since, report.skipped)
+    numbered, gaps = number(ordered, commits, since, report.skipped, deleted(entries))
     # Over every snapshot, committed or not: a register that died after storing its chunks
     # left them for the next one to find, as the live figures saw.
     added = bytes_added(ordered)
@@ -498,7 +556,8 @@ def execute(keep: Keep, report: RebuildReport) -> None:
         refresh_version(keep, planned.name, planned.version)
     for name in sorted({v.name for v in report.versions}
                        | {a.name for a in report.journal.aliases}
-                       | {d.name for d in report.journal.descriptions}):
+                       | {d.name for d in report.journal.descriptions}
+                       | {d.name for d in report.journal.deletions}):
         try:
             refresh_model(keep, name)
         except NotFoundError:
@@ -566,15 +625,25 @@ def journal_changes(keep: Keep, replay: JournalReplay,
     planned_tags = [replace(pt, changed=any(held.get((pt.name, pt.version), {}).get(k) != v
                                             for k, v in pt.tags.items()))
                     for pt in replay.tags]
-    return replace(replay, aliases=aliases, descriptions=texts, tags=planned_tags)
+    removed = []
+    for pdel in replay.deletions:
+        m = model(pdel.name)
+        removed.append(replace(pdel, changed=(m.tags.get(deletions_mod.TAG) if m else None)
+                               != pdel.history))
+    return replace(replay, aliases=aliases, descriptions=texts, tags=planned_tags,
+                   deletions=removed)
 
 
 def apply_journal(keep: Keep, replay: JournalReplay) -> None:
     """Write the changes :meth:`_journal_changes` marked, without hooks or new journal
     entries: they restore changes the plugins already accepted and the journal holds."""
     for name in sorted({a.name for a in replay.aliases if a.changed}
-                       | {d.name for d in replay.descriptions if d.changed}):
+                       | {d.name for d in replay.descriptions if d.changed}
+                       | {d.name for d in replay.deletions if d.changed}):
         keep.registry.create_model(name)  # a model whose versions are all gone
+    for pdel in replay.deletions:
+        if pdel.changed:
+            keep.registry.set_model_tag(pdel.name, deletions_mod.TAG, pdel.history)
     for pa in replay.aliases:
         if pa.set_history:
             keep.registry.set_model_tag(pa.name, aliases_mod.HISTORY_TAG + pa.alias,

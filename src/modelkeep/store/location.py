@@ -13,7 +13,9 @@ store's retry policy (:mod:`modelkeep.store.retry`; the ``retry`` table of the s
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,6 +76,8 @@ class Location:
         configure_sdk(self.protocol, options, policy)
         if self.protocol == "memory":
             options.pop("skip_instance_cache", None)
+        if self.protocol == "az":
+            quiet_azure_identity()
         with translate_errors(self):
             try:
                 fs = fsspec.filesystem(self.protocol, **options)
@@ -92,6 +96,16 @@ class Location:
                         hint="use a local path, memory://, s3:// or az://",
                     ) from exc
                 raise
+
+
+def quiet_azure_identity() -> None:
+    """adlfs falls back to azure-identity's DefaultAzureCredential for a store without keys,
+    and a failed one logs a dozen-line WARNING before raising the error that says the same (and
+    that a refused store reports in one line): that logger is set to ERROR unless the
+    application chose its level."""
+    logger = logging.getLogger("azure.identity")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)
 
 
 def parse_location(url: str, options: Mapping[str, Any] | None = None) -> Location:
@@ -171,12 +185,33 @@ def classify(exc: BaseException, location: Location) -> ModelkeepError | None:
     if isinstance(exc, OSError) and exc.errno in _WRITE_REFUSED:
         return StoreFullError(f"store {where}: {_WRITE_REFUSED[exc.errno]} while writing to it")
     if isinstance(exc, PermissionError) or any(m in text for m in _CREDENTIAL_MARKERS):
-        return CredentialsError(f"access to store {where} was refused or has no credentials")
+        return _refused(exc, location)
     if isinstance(exc, (ConnectionError, TimeoutError)) or any(
         m in text for m in _UNREACHABLE_MARKERS
     ):
         return StoreUnreachableError(f"store {where} is unreachable")
     return None
+
+
+# Azure's one-line reason for a refused request ("Invalid token audience.", "Signature did not
+# match ..." is cut at its first sentence: the rest quotes the string it signed).
+_AZURE_DETAIL = re.compile(r"authenticationerrordetail:\s*([^\n]{1,200}?\.)(?:\s|$)", re.IGNORECASE)
+
+
+def _refused(exc: BaseException, location: Location) -> CredentialsError:
+    """The credentials error: with the server's reason when it gave one, and, for a store
+    signed in with an identity (a credential object that says ``who`` it is), who was refused
+    and what that identity needs."""
+    found = _AZURE_DETAIL.search(str(exc))
+    detail = f" ({found.group(1)})" if found else ""
+    credential = location.options.get("credential")
+    who = getattr(credential, "who", None)
+    if isinstance(who, str):
+        return CredentialsError(
+            f"access to store {location.url} was refused for {who}{detail}",
+            hint=str(getattr(credential, "refusal_hint", "") or "") or None)
+    return CredentialsError(f"access to store {location.url} was refused or has no "
+                            f"credentials{detail}")
 
 
 @contextmanager

@@ -61,11 +61,9 @@ class Credentials:
 
 def sign_in_settings() -> AuthSettings | None:
     """The ``[auth]`` settings in force (None: no sign-in configured)."""
-    from modelkeep.auth.settings import resolve
-    from modelkeep.config import load_config
+    from modelkeep.auth.settings import configured
 
-    config = load_config()
-    return resolve(config.auth, file=config.file, root=config.root)
+    return configured()
 
 
 def credentials() -> Credentials:
