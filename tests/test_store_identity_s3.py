@@ -176,7 +176,8 @@ def test_register_and_pull_as_the_sign_in(  # type: ignore[no-untyped-def]
     (tmp_path / "modelkeep.toml").write_text(config.replace(store, f"s3://{other}/keep") + auth)
     done = run(tmp_path, env, "register", unique_name(), str(model))
     assert done.returncode == 5 and done.stderr.count("\n") == 1, done.stderr
-    assert f"s3://{other}/keep" in done.stderr
+    assert f"access to store s3://{other}/keep was refused for role {role} (assumed as " \
+        f"client {OIDC_JOB!r}" in done.stderr and "the role's policy must allow" in done.stderr
 
     # A role that trusts another provider: STS's refusal, in one line.
     strangers = make_role(moto_iam, "http://127.0.0.1:9", "urn:elsewhere", bucket)

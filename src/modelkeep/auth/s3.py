@@ -267,6 +267,7 @@ class WebIdentitySession(AioSession):  # type: ignore[misc]
     def __init__(self, identity: WebIdentity, source: TokenSource) -> None:
         super().__init__()
         self.identity = identity
+        self.source = source
         fetcher = WebIdentityFetcher(identity, source, self._sts_client)
         credentials = AioDeferredRefreshableCredentials(
             refresh_using=fetcher.fetch_credentials, method=METHOD)
@@ -282,6 +283,16 @@ class WebIdentitySession(AioSession):  # type: ignore[misc]
                 f"session_name={i.session_name!r}, sts={sts!r})")
 
     __str__ = __repr__
+
+    @property
+    def who(self) -> str:
+        """Who the store's requests are made as, for a refusal."""
+        return f"role {self.identity.role_arn} (assumed as {self.source.who})"
+
+    @property
+    def refusal_hint(self) -> str:
+        return ("the role's policy must allow the bucket and its objects (s3:ListBucket, "
+                "s3:GetObject, s3:PutObject; s3:DeleteObject for gc)")
 
     def _sts_client(self, service_name: str, **kwargs: Any) -> Any:
         # STS, not botocore, judges the duration: botocore's check of the documented minimum
