@@ -26,9 +26,10 @@ and each exchange asks the sign-in's :class:`~modelkeep.auth.tokens.TokenSource`
 token, which is renewed first when it is close to expiry. Nothing runs in the background; the
 token is asked for off the event loop, as renewing it is an HTTP exchange with the provider.
 
-Only these credentials sign the store's requests: ``AWS_*`` variables and the AWS config files
-are not read for a store with an identity, and the options ``key``/``secret``/``token`` are
-refused next to it. Neither the token nor the credentials appear in a message or a ``repr``.
+Only these credentials sign the store's requests: the session's one credential provider is the
+role's, so ``AWS_*`` variables, the AWS config files and instance metadata give it none, and the
+options ``key``, ``secret``, ``token``, ``anon``, ``profile`` and ``session`` are refused next
+to an identity. Neither the token nor the credentials appear in a message or a ``repr``.
 """
 
 from __future__ import annotations
@@ -157,8 +158,6 @@ def storage_options(options: Mapping[str, Any], table: Any) -> dict[str, Any]:
     if settings is None:
         raise no_sign_in(identity)
     return {**options, "session": WebIdentitySession(identity, source_for(settings))}
-
-
 
 
 def sts_refused(identity: WebIdentity, source: TokenSource, exc: Exception,
