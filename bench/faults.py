@@ -13,6 +13,7 @@ bench/RESULTS-faults.md (``--out`` to change).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import statistics
@@ -50,6 +51,7 @@ def _port(url: str) -> int:
 
 
 def run(args: argparse.Namespace) -> str:
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="mk-faults-"))
     rows: list[str] = []
     try:
@@ -138,7 +140,8 @@ def run(args: argparse.Namespace) -> str:
         f"Command: `{command}`",
         f"Model: {size / 1e6:.0f} MB (safetensors, 512 KiB tensors, a config and a 300 kB "
         f"vocabulary), {args.runs} run(s) per mode, default retry policy, one process on a "
-        "shared 2-core machine. Times are medians; the ratio is to the no-fault row.",
+        "shared 2-core machine. Times are medians; the ratio is to the no-fault row. Load "
+        f"average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.",
         "",
         "| backend | fault | failed | register | pull | errors |",
         "|---|---|---|---|---|---|",

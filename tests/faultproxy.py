@@ -10,12 +10,15 @@ a fault instead, the way real object stores misbehave under load:
   retried conditional create then meets its own object);
 - ``reset_upload``: read half the request body, then reset the connection (no answer);
 - ``reset_download``: forward, send the answer's head and half its body, then reset;
-- ``stall``: forward, then hold the answer for ``stall`` seconds before sending it;
+- ``stall``: forward, then hold the answer for ``stall`` seconds before sending it (or until the
+  client closes the connection, giving up on it);
 - ``latency``: every request waits ``latency`` seconds before it is forwarded;
 - ``dead``: the listening socket is closed: connections are refused.
 
 It runs an asyncio loop in a daemon thread; settings are plain attributes, changed between
-operations by the test. Counts of what was injected are kept in ``injected``.
+operations by the test. Counts of what was injected are kept in ``injected``, and every request
+of the current setting in ``log`` (method, target, fault, start and end on the monotonic clock),
+so a test can count what a client sent and a bench can see what an operation waited on.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import random
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -56,6 +60,17 @@ class Fault:
 
 
 @dataclass
+class Request:
+    """One request as the proxy saw it; *end* stays None until its answer is sent (or it fails)."""
+
+    method: str
+    target: str
+    fault: str
+    start: float
+    end: float | None = None
+
+
+@dataclass
 class FaultProxy:
     upstream_host: str
     upstream_port: int
@@ -66,6 +81,7 @@ class FaultProxy:
     requests: int = 0
     matched: int = 0
     port: int = 0
+    log: list[Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -87,6 +103,7 @@ class FaultProxy:
         self.latency = latency
         self.injected.clear()
         self.requests = self.matched = 0
+        self.log = []
         self._held = [0]  # answers held by this setting (earlier settings' stalls not counted)
 
     @property
@@ -153,50 +170,64 @@ class FaultProxy:
                 if head is None:
                     return
                 method, headers = _parse(head)
-                kind = self._pick(method, head.split(b" ", 2)[1].decode("latin-1"))
+                target = head.split(b" ", 2)[1].decode("latin-1")
+                kind = self._pick(method, target)
                 if kind != "none":
                     self.injected[kind] += 1
-                if headers.get("expect", "").lower() == "100-continue":
-                    # Answered here; upstream gets the request with its body, no Expect.
-                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    await writer.drain()
-                    head = _drop_header(head, b"expect:")
-                if kind == "reset_upload":
-                    length = int(headers.get("content-length", "0") or 0)
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(reader.readexactly(length // 2), 5)
-                    _reset(writer)
-                    return
-                body = await _read_body(reader, headers)
-                if self.latency:
-                    await asyncio.sleep(self.latency)
-                if kind == "status":
-                    await self._answer_fault(writer, method)
-                    continue
-                rhead, rbody = await self._forward(method, head, body)
-                if kind == "status_after":
-                    await self._answer_fault(writer, method)
-                    continue
-                if kind == "reset_download" and len(rbody) > 1:
-                    writer.write(rhead + rbody[: len(rbody) // 2])
-                    await writer.drain()
-                    _reset(writer)
-                    return
-                if kind == "stall":
-                    held = self._held
-                    held[0] += 1
-                    try:
-                        await asyncio.sleep(self.fault.stall)
-                    finally:
-                        held[0] -= 1
-                writer.write(rhead + rbody)
-                await writer.drain()
+                request = Request(method, target, kind, time.monotonic())
+                self.log.append(request)
+                try:
+                    if not await self._serve(reader, writer, head, method, headers, kind):
+                        return
+                finally:
+                    request.end = time.monotonic()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError,
                 asyncio.CancelledError):
             pass  # the client went away, or the proxy is stopping
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     head: bytes, method: str, headers: dict[str, str], kind: str) -> bool:
+        """Answer one request (or inject its fault); False when the connection is gone."""
+        if headers.get("expect", "").lower() == "100-continue":
+            # Answered here; upstream gets the request with its body, no Expect.
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
+            head = _drop_header(head, b"expect:")
+        if kind == "reset_upload":
+            length = int(headers.get("content-length", "0") or 0)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reader.readexactly(length // 2), 5)
+            _reset(writer)
+            return False
+        body = await _read_body(reader, headers)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        if kind == "status":
+            await self._answer_fault(writer, method)
+            return True
+        rhead, rbody = await self._forward(method, head, body)
+        if kind == "status_after":
+            await self._answer_fault(writer, method)
+            return True
+        if kind == "reset_download" and len(rbody) > 1:
+            writer.write(rhead + rbody[: len(rbody) // 2])
+            await writer.drain()
+            _reset(writer)
+            return False
+        if kind == "stall":
+            held = self._held
+            held[0] += 1
+            try:
+                if not await _hold(reader, self.fault.stall):
+                    return False  # the client gave up on this answer and closed the connection
+            finally:
+                held[0] -= 1
+        writer.write(rhead + rbody)
+        await writer.drain()
+        return True
 
     async def _answer_fault(self, writer: asyncio.StreamWriter, method: str) -> None:
         f = self.fault
@@ -243,6 +274,17 @@ class FaultProxy:
             return _drop_header(rhead, b"connection:"), rbody
         finally:
             uwriter.close()
+
+
+async def _hold(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Wait *seconds*, or until the client closes its connection (False). An HTTP/1.1 client
+    sends nothing while it waits for an answer, so the reader sees only its going away."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if reader.at_eof() or reader.exception() is not None:
+            return False
+        await asyncio.sleep(min(0.05, max(0.0, deadline - asyncio.get_running_loop().time())))
+    return True
 
 
 async def _read_head(reader: asyncio.StreamReader) -> bytes | None:

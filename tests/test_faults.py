@@ -27,7 +27,7 @@ from modelkeep.store import Store
 from modelkeep.store.codec import Kind
 from modelkeep.store.location import parse_location
 from tests.backends import unique_name
-from tests.faultproxy import Fault, FaultProxy
+from tests.faultproxy import Fault, FaultProxy, Request
 from tests.helpers import tensors, tree_digest, write_model
 
 
@@ -178,13 +178,54 @@ def test_slow_answers_are_hedged(faulty: Faulty, tmp_path: Path, mlflow_sqlite_u
     faulty.proxy.set(Fault("stall", 1.0, stall=300, methods=("PUT",), path="/chunks/", limit=1))
     version = keep.register(model.name, model)
     assert faulty.proxy.injected["stall"] == 1
-    assert faulty.proxy.holding == 1  # the register did not wait for the stalled create
     faulty.proxy.set(Fault("stall", 1.0, stall=300, methods=("GET",), path="/chunks/", limit=1))
     out = tmp_path / "out"
     keep.pull(version.ref, out)
     assert faulty.proxy.injected["stall"] == 1
-    assert faulty.proxy.holding >= 1  # nor the pull for its stalled read
     assert tree_digest(out) == tree_digest(model)
+
+
+def _closed_soon(requests: list[Request], within: float = 3.0) -> bool:
+    deadline = time.monotonic() + within
+    while any(r.end is None for r in requests):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_copy_that_lost_is_cancelled(faulty: Faulty) -> None:
+    # A stalled request whose twin answered is abandoned at once, closing its connection: left
+    # to the read timeout it would hold a connection of the client's pool (and a thread), then
+    # be sent again by the SDK, and a few such stalls would queue the calls that follow.
+    url = faulty.make_url()
+    fs = parse_location(url, faulty.store_options(hedge_after=0.2, read_timeout=60)).filesystem()
+    path = f"{url.split('://', 1)[1]}/obj"
+    calls = {
+        # The stalled create lands; its twin is told "exists": stored.
+        "PUT": lambda: fs.pipe_file(path, b"x" * 1000, mode="create"),
+        "GET": lambda: fs.cat_file(path) == b"x" * 1000,
+        "HEAD": lambda: fs.exists(path),
+    }
+    for method, call in calls.items():
+        faulty.proxy.set(Fault("stall", 1.0, stall=60, methods=(method,), limit=1))
+        assert call() is not False
+        stalled = [r for r in faulty.proxy.log if r.fault == "stall"]
+        assert len(stalled) == 1
+        assert _closed_soon(stalled), method  # closed by the client, long before 60 s
+        assert faulty.proxy.holding == 0
+
+
+def test_asking_whether_an_object_exists_is_one_request(faulty: Faulty) -> None:
+    # A register asks before uploading a large chunk; each request is one more that can stall.
+    store = Store.open(faulty.make_url(), faulty.store_options())
+    store.ensure_initialized()
+    present = store.db.object_id(b"present")
+    store.db.put(Kind.CHUNK, present, b"present")
+    for oid, expected in ((present, True), (store.db.object_id(b"missing"), False)):
+        faulty.proxy.set()
+        assert store.db.exists(Kind.CHUNK, oid) is expected
+        assert len(faulty.proxy.log) == 1, [(r.method, r.target) for r in faulty.proxy.log]
 
 
 def test_only_reads_and_creates_are_sent_twice(faulty: Faulty) -> None:

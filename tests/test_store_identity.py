@@ -4,10 +4,10 @@ lifetime) and the npm ``oidc-provider`` announcing an Entra-shaped issuer
 (``https://sts.windows.net/TENANT/``) and issuing JWT access tokens for Azure Storage's
 audience, found through ``[auth] metadata_url``.
 
-Covered: register and pull through the command line with the identity only (no account key),
-a job's (client credentials) and a person's (``modelkeep login``); the refusals (no credential
-at all, a token for another audience, options that cannot work), each in one line; tokens
-renewed in a process that outlasts their 20-second lifetime; no token in any output.
+Covered: register and pull through the command line with the identity only (no account key), a
+job's (client credentials) and a person's (``modelkeep login``); the refusals (no credential at
+all, a token for another audience, options that cannot work), each in one line; tokens renewed in a
+process that outlasts their 20-second lifetime; no token in any output.
 """
 
 from __future__ import annotations

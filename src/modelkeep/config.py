@@ -40,8 +40,7 @@ Environment: ``MODELKEEP_CONFIG`` (the file), ``MODELKEEP_STORE`` (a store name 
 :mod:`modelkeep.auth.settings`. Credentials
 belong in the environment the backend already reads (``AWS_*``, ``AZURE_STORAGE_*``) or a plugin
 that provides storage options, not in a committed file; :func:`redact` hides them when settings are
-shown. A store's ``identity`` option instead reaches it with the sign-in's identity
-(:mod:`modelkeep.auth.stores`).
+shown.
 """
 
 from __future__ import annotations
@@ -71,13 +70,6 @@ DEFAULT_STORE = ".modelkeep/store"
 _KNOWN_KEYS = {"store", "registry", "store_options", "default_store", "stores", "policies",
                "auth"}
 _STORE_KEYS = {"url", "options"}
-# The [auth] table (the sign-in, resolved with MODELKEEP_AUTH_* by modelkeep.auth.settings).
-AUTH_KEYS = ("issuer", "client_id", "scopes", "audience", "audience_parameter",
-             "client_secret_file", "metadata_url")
-# How the audience is asked for: RFC 8707's ``resource`` (oidc-provider, Entra v1, PingFederate),
-# or ``audience`` (Auth0, Okta's custom authorization servers ignore it).
-AUDIENCE_PARAMETERS = ("resource", "audience")
-AUTH_SECRET_ENV = "MODELKEEP_AUTH_CLIENT_SECRET"
 _STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -260,50 +252,6 @@ def _validate(data: dict[str, Any], file: Path, prefix: str) -> None:
                           f"a configured store", hint=f"named stores: {known}")
 
 
-def auth_scopes(value: Any, where: str) -> tuple[str, ...]:
-    """The scopes of ``[auth] scopes``: a list of strings or one space-separated string."""
-    if isinstance(value, str):
-        return tuple(value.split())
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(s for v in value for s in v.split())
-    raise ConfigError(f"{where} must be a list of strings or one space-separated string")
-
-
-def check_auth_table(table: Any, *, file: Path | None, prefix: str = "") -> None:
-    """Refuse an ``[auth]`` table that cannot be used, naming the key and the file (the table
-    is resolved with the environment by :mod:`modelkeep.auth.settings`)."""
-    where = f" in {file}" if file else ""
-    if not isinstance(table, dict):
-        raise ConfigError(f"'{prefix}auth'{where} must be a table")
-    if "client_secret" in table:
-        raise ConfigError(
-            f"'{prefix}auth.client_secret'{where}: a client secret does not belong in a settings "
-            "file (it would be committed with the project)",
-            hint=f"set {AUTH_SECRET_ENV}, or name a file with client_secret_file")
-    unknown = sorted(set(table) - set(AUTH_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown key '{prefix}auth.{unknown[0]}'{where}",
-                          hint=f"known keys: {', '.join(AUTH_KEYS)}")
-    for key in ("issuer", "client_id", "audience", "audience_parameter", "client_secret_file",
-                "metadata_url"):
-        if key in table and (not isinstance(table[key], str) or not table[key]):
-            raise ConfigError(f"'{prefix}auth.{key}'{where} must be a non-empty string")
-    if table.get("audience_parameter", "resource") not in AUDIENCE_PARAMETERS:
-        raise ConfigError(f"'{prefix}auth.audience_parameter'{where} must be one of "
-                          f"{', '.join(AUDIENCE_PARAMETERS)}")
-    if "scopes" in table:
-        auth_scopes(table["scopes"], f"'{prefix}auth.scopes'{where}")
-    issuer = table.get("issuer")
-    if isinstance(issuer, str) and not issuer.startswith(("https://", "http://")):
-        raise ConfigError(f"'{prefix}auth.issuer'{where} must be an http(s) URL",
-                          hint="the provider's issuer, e.g. https://login.example.com/realms/ml")
-    metadata_url = table.get("metadata_url")
-    if isinstance(metadata_url, str) and not metadata_url.startswith(("https://", "http://")):
-        raise ConfigError(f"'{prefix}auth.metadata_url'{where} must be an http(s) URL",
-                          hint="the provider's metadata document, ending in "
-                          "/.well-known/openid-configuration")
-
-
 def load_config(start: Path | None = None) -> Config:
     file = find_config(start)
     root = file.parent if file else (start or Path.cwd()).resolve()
@@ -324,7 +272,6 @@ def load_config(start: Path | None = None) -> Config:
 
         parse_policies(data.get("policies", {}), file=file, prefix=prefix,
                        stores=data.get("stores", {}).keys())
-        # Likewise the [auth] table.
         check_auth_table(data.get("auth", {}), file=file, prefix=prefix)
     sources: dict[str, str] = {}
 
@@ -387,3 +334,53 @@ def write_config(
     return path
 
 
+# The [auth] table (sign-in): its keys and checks. modelkeep.auth.settings resolves it, with
+# the MODELKEEP_AUTH_* variables over it, into the identity modelkeep signs in as.
+AUTH_KEYS = ("issuer", "client_id", "scopes", "audience", "audience_parameter",
+             "client_secret_file", "metadata_url")
+# How the audience is asked for: RFC 8707's ``resource`` (oidc-provider, Entra v1, PingFederate),
+# or ``audience`` (Auth0, Okta's custom authorization servers ignore it).
+AUDIENCE_PARAMETERS = ("resource", "audience")
+SECRET_ENV = "MODELKEEP_AUTH_CLIENT_SECRET"
+
+
+def auth_scopes(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(s for v in value for s in v.split())
+    raise ConfigError(f"{where} must be a list of strings or one space-separated string")
+
+
+def check_auth_table(table: Any, *, file: Path | None, prefix: str = "") -> None:
+    """Refuse an ``[auth]`` table that cannot be used, naming the key and the file."""
+    where = f" in {file}" if file else ""
+    if not isinstance(table, dict):
+        raise ConfigError(f"'{prefix}auth'{where} must be a table")
+    if "client_secret" in table:
+        raise ConfigError(
+            f"'{prefix}auth.client_secret'{where}: a client secret does not belong in a settings "
+            "file (it would be committed with the project)",
+            hint=f"set {SECRET_ENV}, or name a file with client_secret_file")
+    unknown = sorted(set(table) - set(AUTH_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key '{prefix}auth.{unknown[0]}'{where}",
+                          hint=f"known keys: {', '.join(AUTH_KEYS)}")
+    for key in ("issuer", "client_id", "audience", "audience_parameter", "client_secret_file",
+                "metadata_url"):
+        if key in table and (not isinstance(table[key], str) or not table[key]):
+            raise ConfigError(f"'{prefix}auth.{key}'{where} must be a non-empty string")
+    if table.get("audience_parameter", "resource") not in AUDIENCE_PARAMETERS:
+        raise ConfigError(f"'{prefix}auth.audience_parameter'{where} must be one of "
+                          f"{', '.join(AUDIENCE_PARAMETERS)}")
+    if "scopes" in table:
+        auth_scopes(table["scopes"], f"'{prefix}auth.scopes'{where}")
+    issuer = table.get("issuer")
+    if isinstance(issuer, str) and not issuer.startswith(("https://", "http://")):
+        raise ConfigError(f"'{prefix}auth.issuer'{where} must be an http(s) URL",
+                          hint="the provider's issuer, e.g. https://login.example.com/realms/ml")
+    metadata_url = table.get("metadata_url")
+    if isinstance(metadata_url, str) and not metadata_url.startswith(("https://", "http://")):
+        raise ConfigError(f"'{prefix}auth.metadata_url'{where} must be an http(s) URL",
+                          hint="the provider's metadata document, ending in "
+                          "/.well-known/openid-configuration")

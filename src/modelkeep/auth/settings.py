@@ -36,15 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The table's keys and its checks are the settings file's (modelkeep.config): every command
-# refuses a bad [auth] table when the file is read, and this package may read the file without
-# the file's reader importing it back.
-from modelkeep.config import AUDIENCE_PARAMETERS as AUDIENCE_PARAMETERS
-from modelkeep.config import AUTH_KEYS as KEYS
-from modelkeep.config import AUTH_SECRET_ENV as SECRET_ENV
-from modelkeep.config import auth_scopes as _scopes
+# The table's keys and their checks live with the settings file's other rules (config.py,
+# which checks every table when the file is read); resolving them into settings is here.
+from modelkeep.config import AUDIENCE_PARAMETERS, AUTH_KEYS, SECRET_ENV, auth_scopes
 from modelkeep.config import check_auth_table as check_table
 from modelkeep.errors import ConfigError
+
+KEYS = AUTH_KEYS
+_scopes = auth_scopes
 
 ENV_PREFIX = "MODELKEEP_AUTH_"
 SECRET_FILE_ENV = "MODELKEEP_AUTH_CLIENT_SECRET_FILE"

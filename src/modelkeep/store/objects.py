@@ -427,8 +427,16 @@ class ObjectDB:
         path = self.path(kind, oid)
         if self._local:
             return os.path.exists(path)
+        # A ranged read of one byte, not fsspec's exists(): s3fs and adlfs follow a missing
+        # object's HEAD with a listing (a "directory" of that name?), two requests where one
+        # will do, each of which can stall, and an S3 LIST costs ten GETs. An object always
+        # has a header, so the range is never empty.
         with translate_errors(self.location):
-            return bool(self.fs.exists(path))
+            try:
+                self.fs.cat_file(path, start=0, end=1)
+            except FileNotFoundError:
+                return False
+            return True
 
     def read_blob(self, path: str, what: str, limit: int | None = None) -> bytes | mmap.mmap:
         """The stored bytes at *path*, refused when longer than *limit*. Large local objects are

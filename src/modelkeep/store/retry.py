@@ -6,8 +6,9 @@ Two layers handle them, both configured from one :class:`RetryPolicy`:
 
 1. The SDK's own retries, where they are right: botocore's ``standard`` mode (500, 502, 503,
    504, ``SlowDown`` and other throttling codes, connection errors, read timeouts) and
-   azure-storage's ``ExponentialRetry`` (5xx, 408, connection errors), each limited to
-   ``sdk_attempts`` tries and given the policy's connect and read timeouts, so a stalled answer
+   azure-storage's ``ExponentialRetry`` (5xx, 408, connection errors; waiting as this module's
+   loop does, not azure-storage's 2.5 s, then 4.5 s), each limited to ``sdk_attempts`` tries and
+   given the policy's connect and read timeouts, so a stalled answer
    is abandoned after ``read_timeout`` seconds and tried again.
 2. This module's loop around each call modelkeep makes on the filesystem, for what the SDKs do not
    retry: 429 (neither SDK retries it; ``Retry-After`` is honoured), a reset while a body is read
@@ -24,10 +25,13 @@ second request is sent and the first answer wins, as "The Tail at Scale" (Dean a
 AWS's S3 performance guidelines recommend for latency-sensitive clients. Both are safe to send
 twice: a read changes nothing, and a create of a write-once object named by its hash that meets
 its own twin is told "exists", which the object layer treats as stored. Other writes (overwrites,
-deletes) are never hedged. At most one call in ten is hedged, so a store that is slow everywhere
-is not sent twice the load; a copy that stalls too gets a third after the same delay. A stalled
-answer then costs about ``hedge_after`` seconds instead of ``read_timeout``
-(bench/RESULTS-faults.md).
+deletes) are never hedged. The copies still out when one answers are cancelled (on s3fs and
+adlfs, whose calls are coroutines), which closes their connections: a stalled request left to
+the read timeout would hold a connection of the client's pool and then be sent again by the SDK.
+The budget is a tenth of the calls made, plus eight for the start (few calls made yet, new
+connections), so a store that is slow everywhere is not sent twice the load; a copy that stalls
+too gets another after the same delay, up to four requests in all. A stalled answer then costs
+about ``hedge_after`` seconds instead of ``read_timeout`` (bench/RESULTS-faults.md).
 
 What is measured against real servers behind a fault-injecting proxy is in tests/test_faults.py
 and bench/faults.py. A give-up is one :class:`~modelkeep.errors.StoreBusyError` line naming the
@@ -47,6 +51,7 @@ Configured per store, in the store's options (``modelkeep.toml``)::
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import os
@@ -226,7 +231,11 @@ _HEDGED = frozenset({"GET", "HEAD", "LIST"})  # and PUT with mode="create"
 _HEDGE_SHARE = 0.1  # at most this share of calls is sent twice, plus _HEDGE_BURST
 _HEDGE_BURST = 8  # for the start, when few calls were made and connections are new
 _HEDGE_FACTOR = 4.0  # a call is slow at this many times the recent 90th percentile
-_HEDGE_COPIES = 3  # requests of one call at most: a copy can stall as its original did
+# Requests of one call at most: a copy can stall as its original did. With 5% of answers
+# stalled, three copies all stall once in 8000 calls, in one 100 MB register and pull out of
+# eight, which then waits out the read timeout; four, once in 160 000 calls. Copies that lose are
+# cancelled, so a fourth costs a request, not a connection held until the read timeout.
+_HEDGE_COPIES = 4
 
 
 class _Hedger:
@@ -309,10 +318,11 @@ class RetryingFileSystem:
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._fs, name)
         if name in _OPERATIONS and callable(attr):
-            return functools.partial(self._call, _OPERATIONS[name], attr)
+            return functools.partial(self._call, _OPERATIONS[name], attr, name)
         return attr
 
-    def _call(self, operation: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _call(self, operation: str, fn: Callable[..., Any], name: str, *args: Any,
+              **kwargs: Any) -> Any:
         policy = self._policy
         start = time.monotonic()
         attempt = 0
@@ -320,7 +330,7 @@ class RetryingFileSystem:
         while True:
             attempt += 1
             try:
-                return self._attempt(operation, fn, args, kwargs)
+                return self._attempt(operation, fn, name, args, kwargs)
             except Exception as exc:
                 fault = transient(exc)
                 if fault is None:
@@ -337,54 +347,86 @@ class RetryingFileSystem:
                               elapsed) from exc
 
 
-    def _attempt(self, operation: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> Any:
+    def _attempt(self, operation: str, fn: Callable[..., Any], name: str,
+                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """One attempt: the call, and a duplicate of it if it is slow and may be sent twice."""
         hedgeable = operation in _HEDGED or (operation == "PUT" and kwargs.get("mode") == "create")
         delay = self._hedger.delay(operation) if hedgeable else None
         if delay is None:
             return fn(*args, **kwargs)
+        send = self._sender(operation, fn, name, args, kwargs)
+        pending: set[Future[Any]] = {send()}
+        sent = 1
+        failure: BaseException | None = None
+        try:
+            while pending:
+                # Another copy after each *delay* without an answer (the copy can stall too), up
+                # to _HEDGE_COPIES in all and within the budget; then wait for whichever answers.
+                more = sent < _HEDGE_COPIES
+                done, _ = wait(pending, timeout=delay if more else None,
+                               return_when=FIRST_COMPLETED)
+                if not done:
+                    # Out of budget: asked again after the next delay, when other calls have
+                    # added to it.
+                    if self._hedger.allow():
+                        self.hedged += 1
+                        sent += 1
+                        pending.add(send())
+                    continue
+                for future in done:
+                    pending.discard(future)
+                    exc = future.exception()
+                    if exc is None:
+                        return future.result()
+                    if isinstance(exc, FileExistsError) and operation == "PUT" and pending:
+                        # A create told "exists" while its twin is still out: the twin's bytes
+                        # landed (the stalled answer is theirs), so this create stored the
+                        # object.
+                        return None
+                    # A definite answer ("exists", "not found", refused) is the answer; a
+                    # transient one waits for the twin still in flight.
+                    if transient(exc) is None:
+                        raise exc
+                    failure = failure or exc
+        finally:
+            # The copies still out are not waited for. On an async filesystem they are
+            # cancelled, which closes their connections: left alone, each would hold a
+            # connection of the client's pool until the read timeout, then be retried by the
+            # SDK, and a few stalls would leave the next calls queued behind them.
+            for future in pending:
+                future.cancel()
+        assert failure is not None
+        raise failure
+
+    def _sender(self, operation: str, fn: Callable[..., Any], name: str,
+                args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], Future[Any]]:
+        """What sends one copy of the call and returns its future: the filesystem's coroutine
+        on its event loop where it has one (s3fs, adlfs), so that a copy can be cancelled;
+        else the blocking call in a thread of the shared pool."""
+        record = self._hedger.record
+        coroutine = getattr(self._fs, f"_{name}", None) if getattr(
+            self._fs, "async_impl", False) else None
+        loop = getattr(self._fs, "loop", None) if coroutine is not None else None
+        if coroutine is not None and isinstance(loop, asyncio.AbstractEventLoop) \
+                and loop.is_running():
+            running = loop
+
+            async def timed_async() -> Any:
+                start = time.monotonic()
+                result = await coroutine(*args, **kwargs)
+                record(operation, time.monotonic() - start)
+                return result
+
+            return lambda: asyncio.run_coroutine_threadsafe(timed_async(), running)
 
         def timed() -> Any:
             start = time.monotonic()
             result = fn(*args, **kwargs)
-            self._hedger.record(operation, time.monotonic() - start)
+            record(operation, time.monotonic() - start)
             return result
 
         pool = _executor()
-        pending: set[Future[Any]] = {pool.submit(timed)}
-        sent = 1
-        failure: BaseException | None = None
-        while pending:
-            # Another copy after each *delay* without an answer (the copy can stall too), up to
-            # _HEDGE_COPIES in all and within the budget; then wait for whichever answers.
-            more = sent < _HEDGE_COPIES
-            done, _ = wait(pending, timeout=delay if more else None,
-                           return_when=FIRST_COMPLETED)
-            if not done:
-                # Out of budget: asked again after the next delay, when other calls have
-                # added to it.
-                if self._hedger.allow():
-                    self.hedged += 1
-                    sent += 1
-                    pending.add(pool.submit(timed))
-                continue
-            for future in done:
-                pending.discard(future)
-                exc = future.exception()
-                if exc is None:
-                    return future.result()
-                if isinstance(exc, FileExistsError) and operation == "PUT" and pending:
-                    # A create told "exists" while its twin is still out: the twin's bytes
-                    # landed (the stalled answer is theirs), so this create stored the object.
-                    return None
-                # A definite answer ("exists", "not found", refused) is the answer; a
-                # transient one waits for the twin still in flight.
-                if transient(exc) is None:
-                    raise exc
-                failure = failure or exc
-        assert failure is not None
-        raise failure
+        return lambda: pool.submit(timed)
 
 
 def give_up(where: str, operation: str, fault: Transient, attempts: int, answers: int,
@@ -420,14 +462,19 @@ def configure_sdk(protocol: str, options: dict[str, Any], policy: RetryPolicy) -
         options["config_kwargs"] = config
 
 
+def _sdk_backoff(policy: RetryPolicy, rng: random.Random, settings: Mapping[str, Any]) -> float:
+    """The wait before the SDK's retry number ``settings["count"]`` (1 for the first)."""
+    return policy.wait(max(1, int(settings.get("count") or 1)), None, rng)
+
+
 def configure_filesystem(protocol: str, fs: Any, policy: RetryPolicy) -> None:
     """Set what cannot be passed as an option on a made filesystem.
 
     s3fs retries some failures five times itself, on top of botocore's tries and with its own
     waits: that loop is reduced to one try, leaving one count and one clock (this module's).
     adlfs builds its Azure client without retry or timeout settings, so the client's retry
-    policy (azure-storage's ``ExponentialRetry``: 15 s before the first retry by default) and
-    its transport's timeouts are set in place.
+    policy (azure-storage's ``ExponentialRetry``: 15 s before the first retry by default, its
+    tries and its waits) and its transport's timeouts are set in place.
     """
     if protocol == "s3" and hasattr(fs, "retries"):
         fs.retries = 1
@@ -439,9 +486,11 @@ def configure_filesystem(protocol: str, fs: Any, policy: RetryPolicy) -> None:
             retry.total_retries = policy.sdk_attempts - 1
             retry.connect_retries = retry.read_retries = retry.status_retries = (
                 policy.sdk_attempts - 1)
-            retry.initial_backoff = policy.backoff
-            retry.increment_base = 4 * policy.backoff  # waits: b, b + 4b, b + 16b²…
-            retry.random_jitter_range = policy.backoff / 2
+            # azure-storage's own formula waits initial_backoff + increment_base ** n, from the
+            # first retry on (n = 1), with a small jitter: 2.5 s, then 4.5 s, for a 503 that
+            # botocore retries after 0-1 s, then 0-2 s. Its waits are the policy's full jitter
+            # instead, as modelkeep's own loop waits.
+            retry.get_backoff_time = functools.partial(_sdk_backoff, policy, random.Random())
         pipeline = getattr(client, "_pipeline", None)
         transport = getattr(pipeline, "_transport", None)
         connection = getattr(transport, "connection_config", None)
