@@ -275,7 +275,7 @@ def test_options_that_cannot_work_are_refused(  # type: ignore[no-untyped-def]
     base = store_options(azurite_oauth, None)
     assert storage_options("az", base) == base  # no identity: untouched
     cases = [
-        ("s3", {**base, "identity": IDENTITY}, "not supported for s3:// stores"),
+        ("memory", {**base, "identity": IDENTITY}, "not supported for memory:// stores"),
         ("az", {**base, "identity": "sign-in"}, "must be a table"),
         ("az", {**base, "identity": {"kind": "ad"}}, "has kind 'ad'"),
         ("az", {**base, "identity": {**IDENTITY, "tenant": "x"}}, "unknown key 'tenant'"),

@@ -16,7 +16,9 @@ same identity: who modelkeep is, and the access tokens that say so.
   folder; a file others can read is refused).
 - :mod:`~modelkeep.auth.stores`: the store option ``identity``, turned into the credential the
   store's filesystem takes; :mod:`~modelkeep.auth.azure` makes Azure Blob's (an azure-core token
-  credential over the same tokens, or azure-identity's ``DefaultAzureCredential``).
+  credential over the same tokens, or azure-identity's ``DefaultAzureCredential``),
+  :mod:`~modelkeep.auth.s3` S3's (an IAM role assumed with the sign-in's token, STS
+  ``AssumeRoleWithWebIdentity``, over aiobotocore's refreshable credentials).
 
 The OAuth exchanges are authlib's (``pip install "modelkeep[auth]"``) and ID tokens are checked
 with joserfc (authlib's own JOSE library); nothing here parses or signs a JWT by hand. No token or

@@ -2,7 +2,8 @@
 (a table), read here and replaced by what the store's filesystem takes before fsspec sees it.
 
 :func:`storage_options` is the one place that knows which protocol takes which kind of identity;
-the protocols' own modules (:mod:`modelkeep.auth.azure`) make the credentials. Options without
+the protocols' own modules (:mod:`modelkeep.auth.azure`, :mod:`modelkeep.auth.s3`) make the
+credentials. Options without
 ``identity`` pass through unchanged, so stores with keys (or none) cost nothing here.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from modelkeep.errors import ConfigError
+from modelkeep.errors import ConfigError, MissingExtraError
 
 IDENTITY_OPTION = "identity"
 
@@ -27,6 +28,12 @@ def storage_options(protocol: str, options: Mapping[str, Any]) -> dict[str, Any]
         from modelkeep.auth import azure
 
         return azure.storage_options(rest, identity)
+    if protocol == "s3":
+        try:
+            from modelkeep.auth import s3
+        except ImportError as exc:
+            raise MissingExtraError("s3fs", "s3") from exc
+        return s3.storage_options(rest, identity)
     raise ConfigError(f"the store option '{IDENTITY_OPTION}' is not supported for {protocol}:// "
-                      "stores", hint="sign-in identities are for Azure Blob stores (az://); "
-                      "give this store its own credentials")
+                      "stores", hint="sign-in identities are for Azure Blob (az://) and S3 "
+                      "(s3://) stores; give this store its own credentials")

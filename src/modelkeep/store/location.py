@@ -204,7 +204,8 @@ def _refused(exc: BaseException, location: Location) -> CredentialsError:
     and what that identity needs."""
     found = _AZURE_DETAIL.search(str(exc))
     detail = f" ({found.group(1)})" if found else ""
-    credential = location.options.get("credential")
+    # adlfs's credential=, or s3fs's session= of a web identity (modelkeep.auth.s3).
+    credential = location.options.get("credential") or location.options.get("session")
     who = getattr(credential, "who", None)
     if isinstance(who, str):
         return CredentialsError(
