@@ -196,7 +196,9 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["s3", "az"], choices=["s3", "az"])
     parser.add_argument("--modes", nargs="+", default=[], metavar="MODE",
                         help="only these modes (and the no-fault baseline): "
-                        + ", ".join(f"'{m}'" for m in [*MODES, "dead endpoint"][1:]).replace("%", "%%"))
+                        # argparse formats help with %: the modes' percent signs doubled
+                        + ", ".join(f"'{m}'" for m in [*MODES, "dead endpoint"][1:])
+                        .replace("%", "%%"))
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).resolve().parent / "RESULTS-faults.md")
     args = parser.parse_args()
