@@ -27,7 +27,7 @@ import modelkeep
 from modelkeep.auth import settings as auth_settings
 from modelkeep.auth import tokens
 from modelkeep.auth.stores import storage_options
-from modelkeep.errors import ConfigError, CredentialsError
+from modelkeep.errors import ConfigError
 from tests.backends import unique_name
 from tests.conftest import OIDC_CLI, OIDC_JOB, OIDC_SHORT_JOB
 from tests.helpers import tensors, tree_digest, write_model
@@ -196,11 +196,11 @@ def test_register_and_pull_as_the_sign_in(  # type: ignore[no-untyped-def]
     assert done.returncode == 5 and done.stderr.count("\n") == 1, done.stderr
     assert "refused or has no credentials" in done.stderr
 
-    # With the identity and no sign-in configured: the store's one-line credentials error.
+    # With the identity and no sign-in configured: a one-line settings error, as on Azure.
     (tmp_path / "modelkeep.toml").write_text(config)
     done = run(tmp_path, command_env(tmp_path), "pull", f"{name}@champion",
                str(tmp_path / "unsigned"))
-    assert done.returncode == 5 and done.stderr.count("\n") == 1, done.stderr
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"reached as role {role}" in done.stderr and "no sign-in is configured" in done.stderr
     assert "MODELKEEP_AUTH_ISSUER" in done.stderr
     assert not (tmp_path / "unsigned").exists()
@@ -319,7 +319,7 @@ def test_identity_options_are_checked(
     OUTPUTS.append(repr(got))
     for var in ("MODELKEEP_AUTH_ISSUER", "MODELKEEP_AUTH_CLIENT_ID"):
         monkeypatch.delenv(var)
-    with pytest.raises(CredentialsError, match="no sign-in is configured"):
+    with pytest.raises(ConfigError, match="no sign-in is configured"):
         storage_options("s3", {"identity": {"role_arn": role}})
 
 

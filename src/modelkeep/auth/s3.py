@@ -137,8 +137,9 @@ def parse_identity(table: Mapping[str, Any], options: Mapping[str, Any]) -> WebI
     return WebIdentity(role_arn, session_name, duration, endpoint, region)
 
 
-def no_sign_in(identity: WebIdentity) -> CredentialsError:
-    return CredentialsError(
+def no_sign_in(identity: WebIdentity) -> ConfigError:
+    # A settings problem, as for an Azure store's sign-in identity: exit 2, not the store's.
+    return ConfigError(
         f"the s3:// store is reached as role {identity.role_arn} with the sign-in's identity, "
         "and no sign-in is configured",
         hint="set [auth] issuer and client_id in modelkeep.toml (or MODELKEEP_AUTH_ISSUER and "
