@@ -102,7 +102,7 @@ def test_version_list_is_the_newest_of_every_version(world: dict[str, Any],
                                                      adapter: str) -> None:
     base: Keep = world["keep"]
     keep = (base if adapter == "own"
-            else Keep(base.store, PlainRegistry(base.registry),  # type: ignore[arg-type]
+            else Keep(base.store, PlainRegistry(base.registry),
                       plugins=base.plugins))
     name = world["name"]
     every = keep.version_list(name)
