@@ -57,8 +57,8 @@ def test_full_cycle(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     [model] = [m for m in models if m["name"] == name]
     # aliases: where each points, whichever version that is (candidate is on version 1)
     assert model["latest"] == 2 and model["aliases"] == {"candidate": 1}
-    versions = run_json(capsys, "list", name)
-    assert [v["version"] for v in versions] == [1, 2]
+    listed = run_json(capsys, "list", name)
+    assert [v["version"] for v in listed["versions"]] == [1, 2] and not listed["truncated"]
     shown = run_json(capsys, "show", f"{name}@candidate")
     assert shown["version"] == 1 and shown["message"] == "first run"
     log = run_json(capsys, "log", name)

@@ -74,14 +74,14 @@ def test_delete_a_version_then_a_model(project: Path,
     # An aliased version of an immutable model is refused, and --all deletes nothing then.
     run(capsys, "delete", f"{name}@champion", "--yes", code=9)
     run(capsys, "delete", name, "--all", "--yes", code=9)
-    assert [v["version"] for v in run(capsys, "list", name)] == [1, 2, 3]
+    assert [v["version"] for v in run(capsys, "list", name)["versions"]] == [1, 2, 3]
 
     # No terminal: no question asked.
     gone = run(capsys, "delete", f"{name}@2")
     [d] = gone["deleted"]
     assert (d["ref"], d["snapshot_deleted"], d["author"]) == (f"{name}@2", True, "ana@lab")
     assert gone["reclaimable_bytes"] > 0
-    assert [v["version"] for v in run(capsys, "list", name)] == [1, 3]
+    assert [v["version"] for v in run(capsys, "list", name)["versions"]] == [1, 3]
     assert collect(capsys) == gone["reclaimable_bytes"]
     assert stored(project) == before - gone["reclaimable_bytes"]
     log = run(capsys, "log", name)
@@ -94,7 +94,7 @@ def test_delete_a_version_then_a_model(project: Path,
     # name@3's chunks are name@1's chunks too where other@1 shares them: only the rest goes.
     assert 0 < whole["reclaimable_bytes"] < stored(project)
     assert collect(capsys) == whole["reclaimable_bytes"]
-    assert run(capsys, "list", name) == []
+    assert run(capsys, "list", name)["versions"] == []
     log = run(capsys, "log", name)
     assert [e["version"] for e in log["deletions"]] == [3, 1, 2]  # newest first
     assert log["versions"] == []

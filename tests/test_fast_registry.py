@@ -300,8 +300,8 @@ def test_sql_writes_refuse_what_mlflow_refuses(tmp_path: Path) -> None:
 
 
 def test_a_model_with_many_versions_lists_as_plain_columns(tmp_path: Path) -> None:
-    """Past RICH_TABLE_ROWS rows, `list NAME` prints aligned columns (rich renders about a
-    millisecond per row); `log` prints every version."""
+    """Past RICH_TABLE_ROWS rows, `list NAME --all` prints aligned columns (rich renders about a
+    millisecond per row); `log --all` prints every version."""
     from modelkeep.cli._output import RICH_TABLE_ROWS
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -314,14 +314,14 @@ def test_a_model_with_many_versions_lists_as_plain_columns(tmp_path: Path) -> No
     for _ in range(RICH_TABLE_ROWS + 4):
         keep.registry.create_version(name, rv.source, tags=dict(rv.tags), run_id="")
     base = ["--store", str(tmp_path / "store"), "--registry", uri]
-    proc, imported = _run([*base, "list", name], tmp_path)
+    proc, imported = _run([*base, "list", name, "--all"], tmp_path)
     assert proc.returncode == 0 and imported == "clean", proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["version", "created", "size", "added", "aliases", "message"]
     assert len(lines) == RICH_TABLE_ROWS + 6
     assert lines[1].split()[0] == "1" and lines[1].endswith("first line")
     assert lines[-1].split()[0] == str(RICH_TABLE_ROWS + 5)
-    proc, imported = _run([*base, "log", name], tmp_path)
+    proc, imported = _run([*base, "log", name, "--all"], tmp_path)
     assert proc.returncode == 0 and imported == "clean", proc.stderr
     refs = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith(name)]
     assert refs == [f"{name}@{v}" for v in range(RICH_TABLE_ROWS + 5, 0, -1)]

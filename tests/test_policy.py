@@ -620,6 +620,6 @@ def test_cli_prune(cli_env: Path, pm: PluginManager, capsys: pytest.CaptureFixtu
     assert [d["ref"] for d in data["deleted"]] == [f"{name}@1", f"{name}@2"]
     assert all(d["snapshot_deleted"] for d in data["deleted"])
     code, out, _err = run(capsys, pm, "--json", "list", name)
-    assert [v["version"] for v in json.loads(out)] == [3, 4]
+    assert [v["version"] for v in json.loads(out)["versions"]] == [3, 4]
     code, out, _err = run(capsys, pm, "prune", name)
     assert code == 0 and "deleted 0 of 2 version(s)" in out

@@ -135,7 +135,8 @@ def test_cli_registry_rebuild(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert f"created 2 version(s) of 1 model(s) in {target}" in capsys.readouterr().out
     assert main(["--json", "--registry", target, "list", name]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [(v["version"], v["message"]) for v in listed] == [(1, "run 0"), (2, "run 1")]
+    assert [(v["version"], v["message"]) for v in listed["versions"]] == [(1, "run 0"),
+                                                                          (2, "run 1")]
 
 
 # -- the journal: aliases, their history and descriptions come back too ----------------------

@@ -50,6 +50,7 @@ class Hint:
 STORE = Option(api="modelkeep.open(store=...)", cli="--store")
 REGISTRY = Option(api="modelkeep.open(registry=...)", cli="--registry URI")
 TO_STORE = Option(api="to=STORE", cli="--to STORE")
+ALL_VERSIONS = Option(api="limit=None", cli="--all")
 
 
 class ModelkeepError(Exception):

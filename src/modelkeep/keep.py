@@ -35,7 +35,15 @@ from modelkeep.ops import sync as _sync
 from modelkeep.ops import usage as _usage
 from modelkeep.ops.fetch import FetchResult
 from modelkeep.ops.rebuild import RebuildReport
-from modelkeep.ops.results import DeletedVersion, DeleteReport, Diff, Model, ModelVersion
+from modelkeep.ops.results import (
+    DeletedVersion,
+    DeleteReport,
+    Diff,
+    Model,
+    ModelLog,
+    ModelVersion,
+    VersionList,
+)
 from modelkeep.policy.rules import Policies
 from modelkeep.registry import Registry
 from modelkeep.store import (
@@ -116,6 +124,16 @@ class Keep:
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of *name*, oldest first."""
         return _read.versions(self, name)
+
+    def version_list(self, name: str, *, limit: int | None = None) -> VersionList:
+        """The *limit* newest versions of *name* (every one when None), oldest first, and
+        whether older ones were left out; what ``modelkeep list NAME`` and ``log`` show."""
+        return _read.version_list(self, name, limit)
+
+    def log(self, name: str, *, limit: int | None = None) -> ModelLog:
+        """The model *name*, its *limit* newest versions (every one when None), and every
+        alias change and deleted version; what ``modelkeep log`` shows."""
+        return _read.history(self, name, limit)
 
     def models(self) -> list[str]:
         return _read.models(self)

@@ -42,10 +42,16 @@ class RegistryModel:
 class Registry(Protocol):
     """What modelkeep needs from a model catalogue.
 
-    Three methods are optional. ``models_tagged(key, value) -> set[str]``: the names of the
-    models with a version tagged *key* = *value*, in one search. Retention uses it to find the
-    models a training run expired without listing every model's versions
-    (:mod:`modelkeep.policy.retention`); a registry without it is asked model by model.
+    Four methods are optional. ``newest_versions(name, limit) -> tuple[list[RegistryVersion],
+    bool]``: the *limit* highest-numbered versions of *name*, oldest first, with their aliases,
+    and whether older ones exist; NotFoundError for an unknown model. ``list NAME`` and ``log``
+    show a model's newest versions by default; a registry that pages from the newest answers
+    without reading every version (an MLflow server spends about 1.5 ms on each version it
+    returns), and without the method every version is read and cut.
+    ``models_tagged(key, value) -> set[str]``: the names of the models with a version tagged
+    *key* = *value*, in one search. Retention uses it to find the models a training run expired
+    without listing every model's versions (:mod:`modelkeep.policy.retention`); a registry
+    without it is asked model by model.
     ``search_versions(name, tags) -> list[RegistryVersion]``: the versions of model *name*
     (every model when None) carrying every tag in *tags*, with their aliases, in as few requests
     as the registry allows (``modelkeep search``, :mod:`modelkeep.ops.search`). And

@@ -283,15 +283,45 @@ def _reused_line(mv: Any) -> str:
 # -- list / show / log --------------------------------------------------------------------------
 
 
+# `list NAME` and `log` show a model's newest versions, as many as fit a screen: against an MLflow
+# server each version read costs the server about 1.5 ms, so a long history read whole is seconds
+# (docs/mlflow.md, "Long histories").
+DEFAULT_VERSIONS = 20
+
+LimitOption = Annotated[int | None, typer.Option(
+    "--limit", "-n", min=1, metavar="N",
+    help=f"Show the newest N versions (default {DEFAULT_VERSIONS}).")]
+AllOption = Annotated[bool, typer.Option("--all", help="Show every version.")]
+
+
+def _version_limit(limit: int | None, every: bool) -> int | None:
+    """The number of newest versions to show (None: all of them)."""
+    if every and limit is not None:
+        raise InvalidInputError("--all and --limit contradict each other",
+                                hint="pass one of them")
+    return None if every else (limit or DEFAULT_VERSIONS)
+
+
+def _truncation_note(st: State, listing: Any) -> None:
+    if listing.truncated:
+        st.out.note(f"the newest {listing.limit} versions of {listing.name}; older ones with "
+                    "--all, or --limit N for the newest N")
+
+
 @app.command("list")
 def list_(
     ctx: typer.Context,
     name: Annotated[str | None, typer.Argument(help="Model name; omit for all models.")] = None,
+    limit: LimitOption = None,
+    every: AllOption = False,
 ) -> None:
-    """List models, or the versions of one model."""
+    """List models, or the newest versions of one model (--all: every version)."""
     st = _state(ctx)
     keep = st.keep()
     if name is None:
+        if limit is not None or every:
+            raise InvalidInputError("--limit and --all choose among one model's versions",
+                                    hint="name the model: modelkeep list NAME")
         rows = keep.model_list()
         if not rows and not getattr(keep.registry, "exists", True):
             # A registry that can tell "absent" from "empty" (a SQLite file not created yet).
@@ -310,15 +340,17 @@ def list_(
 
         st.out.emit([m.to_json() for m in rows], human_models)
         return
-    versions = keep.versions(name)
+    listing = keep.version_list(name, limit=_version_limit(limit, every))
 
     def human_versions() -> None:
         st.out.table(("version", "created", "size", "added", "aliases", "message"),
                      [(str(v.version), v.created.strftime("%Y-%m-%d %H:%M"), human_bytes(v.size),
                        human_bytes(v.bytes_added), ", ".join(v.aliases),
-                       v.message.splitlines()[0] if v.message else "") for v in versions])
+                       v.message.splitlines()[0] if v.message else "")
+                      for v in listing.versions])
+        _truncation_note(st, listing)
 
-    st.out.emit([v.to_json() for v in versions], human_versions)
+    st.out.emit(listing.to_json(), human_versions)
 
 
 @app.command()
@@ -392,17 +424,20 @@ def _lineage_lines(lineage: dict[str, Any] | Any) -> list[str]:
 
 @app.command()
 def log(
-    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Model name.")]
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Model name.")],
+    limit: LimitOption = None,
+    every: AllOption = False,
 ) -> None:
-    """History of a model, newest first: its versions, every alias change and every deleted
-    version."""
+    """History of a model, newest first: its newest versions (--all: every one), the alias
+    changes and the deleted versions since."""
     from modelkeep.catalog.deletions import DeletionEvent
 
     st = _state(ctx)
-    keep = st.keep()
-    versions = list(reversed(keep.versions(name)))
-    events = list(reversed(keep.alias_history(name)))
-    deleted = list(reversed(keep.deletions(name)))
+    history = st.keep().log(name, limit=_version_limit(limit, every))
+    listing = history.versions
+    versions = list(reversed(listing.versions))
+    events = list(reversed(history.alias_history))
+    deleted = list(reversed(history.deletions))
 
     def human() -> None:
         # One timeline: versions by creation time, alias changes by the time they were made.
@@ -411,6 +446,10 @@ def log(
         timeline += [(e.time, e) for e in events]
         timeline += [(d.time, d) for d in deleted]
         timeline.sort(key=lambda item: item[0], reverse=True)
+        if listing.truncated and versions:
+            # Older versions are not shown, so neither is what happened among them.
+            since = f"{versions[-1].created:%Y-%m-%dT%H:%M:%SZ}"
+            timeline = [item for item in timeline if item[0] >= since]
         # Printed at once: rich costs a fraction of a millisecond per print call, which a
         # model's thousand versions turn into a second.
         lines: list[str] = []
@@ -436,11 +475,11 @@ def log(
                 lines.append(f"  {v.message}")
         if lines:
             st.out.console.print("\n".join(lines), highlight=False)
+        if listing.truncated:
+            st.out.note(f"the newest {listing.limit} versions of {name} and what happened "
+                        "since; the whole history with --all, or --limit N for more versions")
 
-    st.out.emit({"name": name, "model": keep.model(name).to_json(),
-                 "versions": [v.to_json() for v in versions],
-                 "alias_history": [e.to_json() for e in events],
-                 "deletions": [d.to_json() for d in deleted]}, human)
+    st.out.emit(history.to_json(), human)
 
 
 @app.command()

@@ -1,6 +1,8 @@
 """The values :class:`~modelkeep.keep.Keep` returns that belong to no lower layer: a registered
-version and a model as the user sees them, a deletion, and a diff. Their ``to_json`` is what
-every ``--json`` prints for them (docs/json.md). Exported from :mod:`modelkeep`."""
+version, a model, its newest versions and its history as the user sees them, a deletion, and a
+diff.
+Their ``to_json`` is what every ``--json`` prints for them (docs/json.md). Exported from
+:mod:`modelkeep`."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from modelkeep.aliases import TIME_FORMAT
+from modelkeep.aliases import TIME_FORMAT, AliasEvent
+from modelkeep.catalog.deletions import DeletionEvent
 from modelkeep.catalog.tags import TAG_PREFIX
 from modelkeep.store import FileEntry, Parent
 
@@ -103,6 +106,40 @@ class Model:
         return {"name": self.name, "latest": self.latest,
                 "aliases": dict(sorted(self.aliases.items())),
                 "description": self.description, "tags": dict(self.tags)}
+
+
+@dataclass(frozen=True)
+class VersionList:
+    """The newest versions of one model, oldest first: all of them when *limit* is None, else
+    at most *limit*, with *truncated* saying that older ones exist."""
+
+    name: str
+    versions: tuple[ModelVersion, ...]
+    truncated: bool = False
+    limit: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "versions": [v.to_json() for v in self.versions],
+                "truncated": self.truncated, "limit": self.limit}
+
+
+@dataclass(frozen=True)
+class ModelLog:
+    """A model's history as ``modelkeep log`` shows it: the model, its newest versions (all of
+    them when ``versions.limit`` is None), and every alias change and deleted version, each
+    oldest first. ``to_json`` lists them newest first."""
+
+    model: Model
+    versions: VersionList
+    alias_history: tuple[AliasEvent, ...] = ()
+    deletions: tuple[DeletionEvent, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.model.name, "model": self.model.to_json(),
+                "versions": [v.to_json() for v in reversed(self.versions.versions)],
+                "truncated": self.versions.truncated, "limit": self.versions.limit,
+                "alias_history": [e.to_json() for e in reversed(self.alias_history)],
+                "deletions": [d.to_json() for d in reversed(self.deletions)]}
 
 
 @dataclass(frozen=True)

@@ -202,6 +202,16 @@ class MlflowRegistry:
         out = [replace(rv, aliases=aliases.get(rv.version, ())) for rv in map(self._convert, found)]
         return sorted(out, key=lambda v: v.version)
 
+    def newest_versions(self, name: str, limit: int) -> tuple[list[RegistryVersion], bool]:
+        """The *limit* highest-numbered versions of *name*, oldest first, in one search page
+        from the newest, and whether older ones exist (the page's token)."""
+        with self._errors(f"model {name!r}"):
+            aliases = self._aliases_by_version(name)
+            page = self._client.search_model_versions(
+                f"name = '{name}'", max_results=limit, order_by=["version_number DESC"])
+        out = [replace(rv, aliases=aliases.get(rv.version, ())) for rv in map(self._convert, page)]
+        return sorted(out, key=lambda v: v.version), bool(page.token)
+
     def models_tagged(self, key: str, value: str) -> set[str]:
         """Names of the models that have a version tagged *key* = *value*, in one search
         (retention asks this of the whole registry)."""

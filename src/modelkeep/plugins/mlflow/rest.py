@@ -184,12 +184,13 @@ class RestRegistry:
         # Search results carry no aliases; the version itself does.
         return self.get_version(name, int(found[0]["version"]))
 
-    def versions(self, name: str) -> list[RegistryVersion]:
-        model = self._raw_model(name)
+    def _with_aliases(self, model: Mapping[str, Any],
+                      found: list[dict[str, Any]]) -> list[RegistryVersion]:
+        """*found* (search results, which carry no aliases) with the aliases *model* (the
+        registered model) has for each, oldest first."""
         by_version: dict[int, list[str]] = {}
         for a in model.get("aliases") or ():
             by_version.setdefault(int(a["version"]), []).append(a["alias"])
-        found = self._search_versions(f"model {name!r}", f"name = '{name}'", name)
         out = []
         for mv in found:
             rv = self._version(mv)
@@ -198,6 +199,30 @@ class RestRegistry:
                 aliases=tuple(sorted(by_version.get(rv.version, ()))), created_ms=rv.created_ms,
                 description=rv.description, run_id=rv.run_id))
         return sorted(out, key=lambda v: v.version)
+
+    def versions(self, name: str) -> list[RegistryVersion]:
+        model = self._raw_model(name)
+        found = self._search_versions(f"model {name!r}", f"name = '{name}'", name)
+        return self._with_aliases(model, found)
+
+    def newest_versions(self, name: str, limit: int) -> tuple[list[RegistryVersion], bool]:
+        """The *limit* highest-numbered versions of *name* in one search page from the newest,
+        and whether older ones exist (the server's next-page token). The server's cost is per
+        version returned, so this is what keeps ``list NAME`` and ``log`` fast on a long
+        history (docs/mlflow.md)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        # The two requests are independent: asked together they cost one round trip. The
+        # session (and its credentials) is opened first, once, not by both threads.
+        _ = self._session
+        with ThreadPoolExecutor(1, thread_name_prefix="modelkeep-rest") as pool:
+            asked = pool.submit(self._raw_model, name)
+            page = self._do(f"model {name!r}", "GET", "model-versions/search",
+                            {"filter": f"name = '{name}'", "max_results": limit,
+                             "order_by": ["version_number DESC"]}, model=name)
+            model = asked.result()
+        found = list(page.get("model_versions") or ())
+        return self._with_aliases(model, found), bool(page.get("next_page_token"))
 
     def models_tagged(self, key: str, value: str) -> set[str]:
         """Names of the models that have a version tagged *key* = *value*, in one search."""

@@ -190,17 +190,19 @@ class SqliteRegistry:
             (_DEFAULT_WORKSPACE, name, _DELETED, *args)).fetchall()
         if not rows:
             return []
+        # *where* names only `version`, which the tag and alias tables have too: one version's
+        # look-up reads its own tags, not the model's thousands.
         tags: dict[int, dict[str, str]] = {}
         for version, key, value in conn.execute(
                 "SELECT version, key, value FROM model_version_tags "
-                "WHERE workspace = ? AND name = ?",
-                (_DEFAULT_WORKSPACE, name)):
+                f"WHERE workspace = ? AND name = ? {where}",
+                (_DEFAULT_WORKSPACE, name, *args)):
             tags.setdefault(int(version), {})[key] = value if value is not None else ""
         aliases: dict[int, list[str]] = {}
         for version, alias in conn.execute(
                 "SELECT version, alias FROM registered_model_aliases "
-                "WHERE workspace = ? AND name = ?",
-                (_DEFAULT_WORKSPACE, name)):
+                f"WHERE workspace = ? AND name = ? {where}",
+                (_DEFAULT_WORKSPACE, name, *args)):
             aliases.setdefault(int(version), []).append(alias)
         return [
             RegistryVersion(
@@ -262,6 +264,24 @@ class SqliteRegistry:
             if not self._model_exists(conn, name):
                 raise not_found(self.uri, f"model {name!r}")
             return self._versions(conn, name)
+
+    def newest_versions(self, name: str, limit: int) -> tuple[list[RegistryVersion], bool]:
+        """The *limit* highest-numbered versions of *name*, oldest first, and whether older
+        ones exist: the first version left out is found on the primary key, and only the
+        versions above it (with their tags and aliases) are read."""
+        if not self._fast():
+            return self._mlflow().newest_versions(name, limit)
+        with self._reading() as conn:
+            if not self._model_exists(conn, name):
+                raise not_found(self.uri, f"model {name!r}")
+            cut = conn.execute(
+                "SELECT version FROM model_versions WHERE workspace = ? AND name = ? "
+                "AND (current_stage IS NULL OR current_stage != ?) "
+                "ORDER BY version DESC LIMIT 1 OFFSET ?",
+                (_DEFAULT_WORKSPACE, name, _DELETED, int(limit))).fetchone()
+            if cut is None:
+                return self._versions(conn, name), False
+            return self._versions(conn, name, "AND version > ?", (int(cut[0]),)), True
 
     @property
     def exists(self) -> bool:
