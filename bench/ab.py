@@ -1,4 +1,4 @@
-"""A/B loop for the store's speed: `cp`, store phase and pull of one model, per code variant.
+"""A/B loop for speed: `cp`, store phase, pull, register and `list` of one model, per code variant.
 
 ``make bench`` answers "does modelkeep meet its targets against its peers"; this answers "is
 this change to ``store/`` faster than the code before it", which on a shared two-core machine
@@ -8,6 +8,12 @@ measurement runs in a fresh process with that folder first on ``sys.path``::
 
     cp -r src /tmp/before-src            # then edit src/ (or the copy)
     .venv/bin/python bench/ab.py --model-mib 1024 --rounds 5 /tmp/before-src src
+
+``--ops`` picks what is measured: ``store`` and ``pull`` (the store alone, as above);
+``register`` (a new version through ``modelkeep.open(...).register`` into a fresh store and
+SQLite registry, after imports and the registry's creation), ``unchanged`` (registering the same
+folder again), ``keep-pull`` (``Keep.pull`` of that version) and ``list`` (the whole
+``modelkeep list`` process, CPU of the child): the code above the store, for changes there.
 
 ``--weights`` uses the bf16 model of weight-like values instead of random float16 bits, so that
 the default codec does its full work (byte planes on every chunk).
@@ -27,6 +33,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import _model
@@ -42,6 +49,21 @@ def cpu():
     return usage.ru_utime + usage.ru_stime
 
 spec = json.loads(sys.argv[1])
+if spec["op"] in ("register", "unchanged", "keep-pull"):
+    import modelkeep
+    keep = modelkeep.open(store=spec["store"], registry=spec["registry"])
+    import modelkeep.store.coding
+    if spec["op"] == "register":
+        keep.register("warm", spec["tiny"])  # the registry's one-time creation, not timed
+    start, cpu0 = time.perf_counter(), cpu()
+    if spec["op"] == "keep-pull":
+        keep.pull("ab@1", spec["dest"])
+        sid = ""
+    else:
+        sid = keep.register("ab", spec["src"]).snapshot_id
+    print("AB-RESULT", json.dumps({"seconds": time.perf_counter() - start,
+                                   "cpu": cpu() - cpu0, "sid": sid}))
+    raise SystemExit(0)
 store = Store.open(spec["store"])
 if spec["op"] == "store":
     store.ensure_initialized()
@@ -58,6 +80,22 @@ else:
 print("AB-RESULT", json.dumps({"seconds": time.perf_counter() - start, "cpu": cpu() - cpu0,
                                "sid": sid}))
 """
+
+
+def _cli(variant: Path, args: list[str], cache: Path) -> dict[str, float | str]:
+    """A whole ``modelkeep`` process: wall seconds and its CPU seconds."""
+    env = dict(os.environ, PYTHONPATH=str(variant), MODELKEEP_CACHE_DIR=str(cache))
+    before = os.times()
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "modelkeep", *args], env=env,
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    after = os.times()
+    if proc.returncode:
+        raise SystemExit(f"{variant}: modelkeep {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system)
+    return {"seconds": seconds, "cpu": cpu, "sid": ""}
 
 
 def _child(variant: Path, spec: dict[str, str], cache: Path) -> dict[str, float | str]:
@@ -89,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     if not model.exists():
         write = _model.write_weights if args.weights else _model.write_single
         write(work, model.name, args.model_mib)
+    tiny = work / "tiny"
+    tiny.mkdir(exist_ok=True)
+    (tiny / "config.json").write_text('{"tiny": true}\n')
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
     cpus: dict[tuple[str, str], list[float]] = {}
     sids: dict[str, str] = {}
@@ -100,9 +141,22 @@ def main(argv: list[str] | None = None) -> int:
             for op in ops:
                 cp = _model.cp_seconds(model, work / "cp-out")
                 os.sync()
+                registry = f"sqlite:///{store}.db"
                 if op == "store":
                     shutil.rmtree(store, ignore_errors=True)
                     spec = {"op": "store", "store": str(store), "src": str(model)}
+                elif op == "register":
+                    shutil.rmtree(store, ignore_errors=True)
+                    Path(f"{store}.db").unlink(missing_ok=True)
+                    spec = {"op": op, "store": str(store), "registry": registry,
+                            "src": str(model), "tiny": str(tiny)}
+                elif op in ("unchanged", "keep-pull", "list"):
+                    if not Path(f"{store}.db").exists():
+                        raise SystemExit(f"{op} needs a version: put 'register' before it")
+                    dest = work / "pull-out"
+                    shutil.rmtree(dest, ignore_errors=True)
+                    spec = {"op": op, "store": str(store), "registry": registry,
+                            "src": str(model), "dest": str(dest)}
                 else:
                     if key not in sids:
                         raise SystemExit("pull needs a store: put 'store' before 'pull' in --ops")
@@ -110,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(dest, ignore_errors=True)
                     spec = {"op": "pull", "store": str(store), "sid": sids[key],
                             "dest": str(dest)}
-                res = _child(variant, spec, work / "cache")
+                if op == "list":
+                    res = _cli(variant, ["--store", str(store), "--registry", registry, "list"],
+                               work / "cache")
+                else:
+                    res = _child(variant, spec, work / "cache")
                 if op == "store":
                     sids[key] = str(res["sid"])
                 seconds = float(res["seconds"])
