@@ -108,6 +108,12 @@ def test_delete_a_version_then_a_model(project: Path,
     assert main(["log", name]) == 0
     text = capsys.readouterr().out
     assert f"deleted {name}@2" in text and "ana@lab" in text
+    # A model with no versions left is said in words, not shown as an empty table.
+    assert main(["list", name]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"model {name!r} has no versions (3 deleted: `modelkeep log {name}`)")
+    assert main(["list"]) == 0
+    assert any(name in line and "none" in line for line in capsys.readouterr().out.splitlines())
 
 
 def test_delete_answers(project: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -334,7 +334,7 @@ def list_(
                 st.out.console.print("no models yet; register one with `modelkeep register`")
                 return
             st.out.table(("model", "latest", "aliases"),
-                         [(m.name, str(m.latest or "-"),
+                         [(m.name, str(m.latest or "none"),
                            ", ".join(f"{a}@{v}" for a, v in sorted(m.aliases.items())))
                           for m in rows])
 
@@ -343,6 +343,15 @@ def list_(
     listing = keep.version_list(name, limit=_version_limit(limit, every))
 
     def human_versions() -> None:
+        if not listing.versions and not listing.truncated:
+            # A model whose versions were all deleted, or whose first register was interrupted
+            # after the registry made the model: say so rather than print an empty table.
+            gone = len(keep.deletions(name))
+            st.out.console.print(
+                f"model {name!r} has no versions"
+                + (f" ({gone} deleted: `modelkeep log {name}`)" if gone else
+                   "; register one with `modelkeep register`"), highlight=False)
+            return
         st.out.table(("version", "created", "size", "added", "aliases", "message"),
                      [(str(v.version), v.created.strftime("%Y-%m-%d %H:%M"), human_bytes(v.size),
                        human_bytes(v.bytes_added), ", ".join(v.aliases),
