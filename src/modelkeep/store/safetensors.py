@@ -9,19 +9,23 @@ a malformed file is still stored byte for byte.
 
 from __future__ import annotations
 
-import itertools
+import gc
 import json
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 # The reference implementation refuses headers over 100 MB; so do we, so that a hostile length
 # cannot make us allocate gigabytes.
 MAX_HEADER = 100_000_000
 
 
-@dataclass(frozen=True)
-class Tensor:
+class Tensor(NamedTuple):
+    """One tensor of a file. A named tuple rather than a dataclass: a file may hold 100,000 of
+    them, and a tuple is made in half the time."""
+
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -59,19 +63,58 @@ def read_layout(f: BinaryIO, size: int) -> Layout | None:
     raw = f.read(n)
     if len(raw) != n:
         return None
+    return _parse(raw, size)
+
+
+def layout_of(head: bytes | memoryview, size: int) -> Layout | None:
+    """Parse a header already read: *head* holds (at least) the file's first ``8 + N`` bytes,
+    *size* is the file's length; None if it is not a well-formed safetensors file."""
+    if len(head) < 8:
+        return None
+    (n,) = struct.unpack_from("<Q", head)
+    if n < 2 or n > MAX_HEADER or 8 + n > min(size, len(head)):
+        return None
+    return _parse(bytes(head[8 : 8 + n]), size)
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """A header of 100,000 tensors makes some 500,000 containers, none of them in a cycle; the
+    cyclic collector would walk the growing heap again and again while they are made (a third
+    of the parse's time)."""
+    was = gc.isenabled()
+    gc.disable()
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        # RecursionError: JSON nested deeper than the parser's stack (a header of 1,000 nested
-        # arrays); it does not parse, so the file is cut as opaque bytes like any other.
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _parse(raw: bytes, size: int) -> Layout | None:
+    with _no_cycle_collection():
+        try:
+            header = json.loads(raw)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            # RecursionError: JSON nested deeper than the parser's stack (a header of 1,000
+            # nested arrays); it does not parse, so the file is cut as opaque bytes like any
+            # other.
+            return None
+        if not isinstance(header, dict):
+            return None
+        data_start = 8 + len(raw)
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            return None
+        tensors = _tensors(header, data_start, size)
+    if tensors is None:
         return None
-    if not isinstance(header, dict):
-        return None
-    data_start = 8 + n
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        return None
+    return Layout(data_start, tuple(tensors), {str(k): str(v) for k, v in metadata.items()})
+
+
+def _tensors(header: dict[str, object], data_start: int, size: int) -> list[Tensor] | None:
     tensors: list[Tensor] = []
+    append = tensors.append
     for name, info in header.items():
         if not isinstance(info, dict):
             return None
@@ -79,18 +122,26 @@ def read_layout(f: BinaryIO, size: int) -> Layout | None:
         if (
             not isinstance(dtype, str)
             or not isinstance(shape, list)
-            or not all(isinstance(d, int) and d >= 0 for d in shape)
             or not isinstance(offsets, list)
             or len(offsets) != 2
-            or not all(isinstance(o, int) for o in offsets)
         ):
             return None
+        for d in shape:
+            if not isinstance(d, int) or d < 0:
+                return None
         begin, end = offsets
-        if not 0 <= begin <= end or data_start + end > size:
+        if not isinstance(begin, int) or not isinstance(end, int) or not 0 <= begin <= end \
+                or data_start + end > size:
             return None
-        tensors.append(Tensor(name, dtype, tuple(shape), data_start + begin, data_start + end))
-    tensors.sort(key=lambda t: (t.start, t.end))
-    for a, b in itertools.pairwise(tensors):
-        if b.start < a.end:  # overlapping tensors: not something we can cut cleanly
+        append(Tensor(name, dtype, tuple(shape), data_start + begin, data_start + end))
+    tensors.sort(key=_by_offsets)
+    prev_end = 0
+    for t in tensors:
+        if t.start < prev_end:  # overlapping tensors: not something we can cut cleanly
             return None
-    return Layout(data_start, tuple(tensors), {str(k): str(v) for k, v in metadata.items()})
+        prev_end = t.end
+    return tensors
+
+
+def _by_offsets(t: Tensor) -> tuple[int, int]:
+    return t.start, t.end
