@@ -15,6 +15,7 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import BinaryIO, NamedTuple
 
 # The reference implementation refuses headers over 100 MB; so do we, so that a hostile length
@@ -113,18 +114,16 @@ def _parse(raw: bytes, size: int) -> Layout | None:
 
 
 def _tensors(header: dict[str, object], data_start: int, size: int) -> list[Tensor] | None:
+    # json.loads makes exact dicts, lists and strs, so ``type() is`` tests what isinstance would;
+    # integers keep isinstance (the parser's true/false pass as 1/0, docs/format.md §4.1.1).
     tensors: list[Tensor] = []
     append = tensors.append
     for name, info in header.items():
-        if not isinstance(info, dict):
+        if type(info) is not dict:
             return None
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if (
-            not isinstance(dtype, str)
-            or not isinstance(shape, list)
-            or not isinstance(offsets, list)
-            or len(offsets) != 2
-        ):
+        if type(dtype) is not str or type(shape) is not list or type(offsets) is not list \
+                or len(offsets) != 2:
             return None
         for d in shape:
             if not isinstance(d, int) or d < 0:
@@ -134,7 +133,7 @@ def _tensors(header: dict[str, object], data_start: int, size: int) -> list[Tens
                 or data_start + end > size:
             return None
         append(Tensor(name, dtype, tuple(shape), data_start + begin, data_start + end))
-    tensors.sort(key=_by_offsets)
+    tensors.sort(key=_OFFSETS)  # stable: ties keep header order
     prev_end = 0
     for t in tensors:
         if t.start < prev_end:  # overlapping tensors: not something we can cut cleanly
@@ -143,5 +142,4 @@ def _tensors(header: dict[str, object], data_start: int, size: int) -> list[Tens
     return tensors
 
 
-def _by_offsets(t: Tensor) -> tuple[int, int]:
-    return t.start, t.end
+_OFFSETS = itemgetter(3, 4)  # (start, end) of a Tensor
