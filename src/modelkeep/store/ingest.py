@@ -36,7 +36,7 @@ from modelkeep.store.chunking import (
 )
 from modelkeep.store.codec import Kind
 from modelkeep.store.objects import ObjectDB
-from modelkeep.store.safetensors import Layout
+from modelkeep.store.safetensors import Layout, paused_collection
 from modelkeep.store.snapshot import INLINE_TENSORS, FileEntry, Snapshot, file_digest
 from modelkeep.store.tensormap import layout as stored_layout
 
@@ -203,9 +203,10 @@ class Ingestor:
             return cid, len(data), 0
         # On an object store, ask before uploading a large chunk that may be there already; a
         # small one is cheaper to send with the conditional create than to ask about first.
+        # Locally asking is a stat, and spares a stored chunk its base (the parent's chunk
+        # read and decoded, and the parent's tensor map, which may be a header to parse).
         if (
-            not self.db.location.is_local
-            and len(data) >= _ASK_FIRST_MIN
+            (self.db.location.is_local or len(data) >= _ASK_FIRST_MIN)
             and self.db.exists(Kind.CHUNK, cid)
         ):
             created = 0
@@ -322,11 +323,15 @@ _Chunk = tuple[bytearray, memoryview, _Tag]  # buffer, the chunk's bytes, what t
 def _chunks(f: BinaryIO, src: SourceFile, take: Take) -> tuple[Layout | None, Iterator[_Chunk]]:
     """The layout (safetensors only) and the chunks of *src*, read sequentially from *f*, each
     with the dtype and key of the tensor data it holds (None for anything else)."""
-    plan = plan_safetensors(f, src.size) if src.relpath.endswith(".safetensors") else None
-    if plan is None:
+    if not src.relpath.endswith(".safetensors"):
         return None, _renamed(cdc_chunks(f, take), src, itertools.repeat((None, None)))
-    layout, cuts = plan
-    return layout, _renamed(read_cuts(f, cuts, take), src, iter(chunk_tags(layout, cuts)))
+    with paused_collection():  # a header may make 100,000 tensors and their chunk keys
+        plan = plan_safetensors(f, src.size)
+        if plan is None:
+            return None, _renamed(cdc_chunks(f, take), src, itertools.repeat((None, None)))
+        layout, cuts = plan
+        tags = chunk_tags(layout, cuts)
+    return layout, _renamed(read_cuts(f, cuts, take), src, iter(tags))
 
 
 def _entry_tags(entry: FileEntry, db: ObjectDB) -> list[tuple[str, _Tag]]:
