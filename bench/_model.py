@@ -266,6 +266,34 @@ def write_weights(root: Path, name: str, size_mib: int) -> VersionInfo:
     return _write_version(root, name, specs, {})
 
 
+def write_tiny(root: Path, name: str, count: int = 100_000) -> VersionInfo:
+    """A file of *count* float32 tensors of shape (1,) named ``layers.{i}.w`` (value ``i``), as
+    ``safetensors`` writes it: a header of some 75 bytes per tensor before 4 bytes of data."""
+    from safetensors.numpy import save_file
+
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    values = np.arange(count, dtype=np.float32)
+    path = folder / "model.safetensors"
+    save_file({f"layers.{i}.w": values[i : i + 1] for i in range(count)}, str(path))
+    size = path.stat().st_size
+    return VersionInfo(name, folder, ("model.safetensors",), size, count, size)
+
+
+def write_one_tensor(root: Path, name: str, size: int) -> VersionInfo:
+    """A file of one float32 tensor of normally distributed values, *size* bytes long to within
+    a header's length: the same bytes as :func:`write_tiny`'s file, in one tensor."""
+    from safetensors.numpy import save_file
+
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    values = np.random.default_rng(0).standard_normal((size - 128) // 4, dtype=np.float32)
+    path = folder / "model.safetensors"
+    save_file({"w": values}, str(path))
+    size = path.stat().st_size
+    return VersionInfo(name, folder, ("model.safetensors",), size, 1, size)
+
+
 def tree_size(path: str | os.PathLike[str]) -> int:
     """Apparent size of every regular file under *path* (0 if it does not exist)."""
     total = 0

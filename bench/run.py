@@ -88,6 +88,12 @@ TARGET_PULL_X = 2.0
 TARGET_PULL_CODED_X = 1.3
 # The column of the bf16 weight-like model (bench/_model.py write_weights).
 WEIGHTS = "bf16"
+# A file of 100,000 four-byte tensors (column TINY) against a file of one tensor of the same
+# size (column ONE): the first stores in under 1,000 objects, no more bytes than the file, and
+# at most 3x the time of the second (each run paired with the ONE run just before or after it).
+TINY, ONE = "tiny", "one"
+TARGET_TINY_X = 3.0
+TARGET_TINY_OBJECTS = 1000
 TARGET_RSS_MIB = 300.0
 TARGET_S3_X = 1.0
 # The `cp` a row is compared with, where it is not the CP row.
@@ -106,6 +112,7 @@ class Sample:
     rss_mib: float | None  # None where it cannot be told apart from another process's
     stored: int | None = None  # bytes the tool's storage grew by
     cp_seconds: float | None = None  # the `cp` of the same files this sample is paired with
+    objects: int | None = None  # objects in the store afterwards, where counted
 
 
 @dataclass
@@ -308,13 +315,14 @@ class Bench:
         res: dict[str, Any],
         stored: int | None = None,
         baseline: float | None = None,
+        objects: int | None = None,
     ) -> None:
         """Keep one sample; *baseline* (default: the latest `cp` of *col*) is what it is paired
-        with."""
+        with; *objects* what the store holds afterwards, where counted."""
         paired = baseline
         if paired is None and row not in (CP, CP_PULL):
             paired = self.last_cp.get(col)
-        sample = Sample(res["seconds"], res["process"], res["rss_mib"], stored, paired)
+        sample = Sample(res["seconds"], res["process"], res["rss_mib"], stored, paired, objects)
         self.results.add(row, col, sample)
         extra = f", +{fmt_bytes(stored)}" if stored is not None else ""
         rss = "-" if sample.rss_mib is None else f"{sample.rss_mib:.0f}"
@@ -355,6 +363,9 @@ class Bench:
             self.versions[WEIGHTS] = info
             log(f"  bf16 weight-like model: {fmt_bytes(info.size)} in "
                 f"{time.perf_counter() - start:.1f} s")
+            self.versions[TINY] = _model.write_tiny(self.work / "versions", TINY)
+            self.versions[ONE] = _model.write_one_tensor(self.work / "versions", ONE,
+                                                         self.versions[TINY].size)
 
     # -- baseline ----------------------------------------------------------------------------
 
@@ -480,6 +491,29 @@ class Bench:
         for path in (*outs.values(), store, registry):
             rmtree(path)
 
+    def run_tiny(self, r: int) -> None:
+        """Store phase, then register, of the 100,000-tensor file and of the one-tensor file,
+        each into a fresh store (and registry, warmed by a first untimed version of another
+        model), the two back to back, which first alternating by repeat; each 100,000-tensor
+        run is paired with the one-tensor run beside it."""
+        for row, task in ((MK_STORE, "mk_store"), (MK_REGISTER, "mk_register")):
+            got: dict[str, dict[str, Any]] = {}
+            stored: dict[str, int] = {}
+            objects: dict[str, int] = {}
+            for col in (ONE, TINY) if r % 2 == 0 else (TINY, ONE):
+                info = self.versions[col]
+                store, registry = self.work / f"{col}-store", self.work / f"{col}.db"
+                spec = {"task": task, "store": str(store), "registry": f"sqlite:///{registry}",
+                        "src": str(info.path), "name": col, "warm": str(self.work / "warm")}
+                got[col] = self.measure(spec, [info.path])
+                stored[col] = _model.tree_size(store)
+                objects[col] = sum(len(files) for _d, _s, files in os.walk(store)) - 1
+                rmtree(store)
+                rmtree(registry)
+            self.record(row, ONE, got[ONE], stored[ONE])
+            self.record(row, TINY, got[TINY], stored[TINY], baseline=got[ONE]["seconds"],
+                        objects=objects[TINY])
+
     # -- large model -------------------------------------------------------------------------
 
     def run_large(self) -> None:
@@ -548,6 +582,8 @@ class Bench:
                     peer.finish()
                 if WEIGHTS in self.versions:
                     self.run_weights(r)
+                if TINY in self.versions:
+                    self.run_tiny(r)
                 if "s3" in self.peers:
                     self.run_s3(r)
         if self.args.rss_large:
@@ -834,6 +870,24 @@ def report(res: Results, versions: dict[str, _model.VersionInfo], repeat: int) -
                     verdict(x <= TARGET_PULL_CODED_X),
                 ]
             )
+    for row in (MK_STORE, MK_REGISTER):
+        x = res.paired_median(row, TINY)
+        stored = res.median(row, TINY, "stored")
+        if x is None or stored is None or TINY not in versions:
+            continue
+        size = versions[TINY].size
+        objects = max(s.objects or 0 for s in res.samples[(row, TINY)])
+        pairs = ", ".join(f"{p:.2f}" for p in res.paired(row, TINY))
+        rows.append(
+            [
+                f"{row}: a file of {versions[TINY].tensors:,} four-byte tensors "
+                f"({fmt_bytes(size)}) vs a file of one tensor of the same size",
+                f"**{fmt_x(x)}** (pairs {pairs}; {both(row, TINY)} vs {both(row, ONE)}); "
+                f"stored {fmt_bytes(stored)} in {objects} objects",
+                f"<= {TARGET_TINY_X:g}x, <= {fmt_bytes(size)}, < {TARGET_TINY_OBJECTS:,} objects",
+                verdict(x <= TARGET_TINY_X and stored <= size and objects < TARGET_TINY_OBJECTS),
+            ]
+        )
     rss = res.peak_rss(MK_REGISTER, ["large"])
     if "large" in versions and rss is not None:
         store_rss = res.peak_rss(MK_STORE, ["large"]) or 0.0
@@ -1080,7 +1134,7 @@ def load_raw(path: Path) -> tuple[Results, dict[str, _model.VersionInfo], int, s
     res = Results(skipped=list(data.get("skipped", [])))
     for s in data["samples"]:
         res.add(s["row"], s["col"], Sample(s["seconds"], s["process"], s["rss_mib"], s["stored"],
-                                           s.get("cp_seconds")))
+                                           s.get("cp_seconds"), s.get("objects")))
     versions = {
         k: _model.VersionInfo(**{**v, "path": Path(v["path"]), "files": tuple(v["files"])})
         for k, v in data["versions"].items()

@@ -13,7 +13,9 @@ also read:
   numpy types JAX and safetensors use. Where both sides of a tensor are cut into chunks at the
   same places, only the chunks whose ids differ are read: equal ids are equal bytes.
 
-Without *content* (``--stat``) nothing but the snapshots is read.
+Without *content* (``--stat``) nothing but the snapshots is read, except for a safetensors file
+of so many tensors that its snapshot entry leaves the tensor map in its header: its header chunks,
+and the chunks its small tensors share, are read for their names and ids.
 """
 
 from __future__ import annotations
@@ -58,9 +60,9 @@ def diff(keep: Keep, ref_a: str, ref_b: str, *, content: bool = True) -> Diff:
             continue
         status = "added" if ea is None else "removed" if eb is None else "changed"
         tensors = None
-        if ea is not None and eb is not None and ea.tensors is not None and \
-                eb.tensors is not None:
-            tensors = tensor_changes(ea, eb, (store_a, store_b) if content else None)
+        if ea is not None and eb is not None and ea.is_safetensors and eb.is_safetensors:
+            maps = (store_a.tensor_map(ea, digests=True), store_b.tensor_map(eb, digests=True))
+            tensors = tensor_changes(ea, eb, (store_a, store_b) if content else None, maps)
         text = None
         mode_only = ea is not None and eb is not None and ea.digest == eb.digest
         if content and tensors is None and not mode_only:
@@ -80,7 +82,7 @@ def _text(store: Store, entry: FileEntry | None) -> list[str] | None:
     """The lines of a small UTF-8 text file (``[]`` for no file), None if it is not one."""
     if entry is None:
         return []
-    if entry.size > TEXT_LIMIT or entry.tensors is not None:
+    if entry.size > TEXT_LIMIT or entry.is_safetensors:
         return None
     with store.open_entry(entry) as f:
         data = f.read()
@@ -135,13 +137,15 @@ def _tensor_key(entry: FileEntry, t: Tensor) -> str | tuple[str, ...]:
     return ids
 
 
-def tensor_changes(a: FileEntry, b: FileEntry,
-                   stores: tuple[Store, Store] | None = None) -> TensorChanges:
+def tensor_changes(a: FileEntry, b: FileEntry, stores: tuple[Store, Store] | None = None,
+                   maps: tuple[tuple[Tensor, ...] | None, tuple[Tensor, ...] | None] | None = None,
+                   ) -> TensorChanges:
     """The tensors added, removed and changed from file *a* to *b*; with *stores* (the stores
     *a* and *b* are read from), each changed tensor of unchanged dtype and shape is read for its
-    largest absolute difference."""
-    ta = {t.name: t for t in a.tensors or ()}
-    tb = {t.name: t for t in b.tensors or ()}
+    largest absolute difference. *maps* are the two files' tensors (``Store.tensor_map`` with
+    digests), for a file whose snapshot entry leaves its map in its header."""
+    ta = {t.name: t for t in (maps[0] if maps else a.tensors) or ()}
+    tb = {t.name: t for t in (maps[1] if maps else b.tensors) or ()}
     changed, unchanged = [], 0
     details: list[TensorChange] = []
     for name in sorted(ta.keys() & tb.keys()):

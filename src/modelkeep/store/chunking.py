@@ -20,6 +20,7 @@ dedup), so changing these constants is a format change; see docs/format.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from operator import itemgetter
 from typing import BinaryIO
 
 from pyfastcdc.cy import FastCDC
@@ -63,20 +64,27 @@ def _units(layout: Layout) -> list[_Unit]:
 
 
 def _make_units(layout: Layout) -> list[_Unit]:
+    # One pass, the open unit in locals: a file may hold 100,000 tensors.
     units: list[_Unit] = []
-    packing = False
+    members: list[Tensor] = []
+    u_start = u_end = 0
+    u_dtype = ""
+    packing = False  # the open unit was started by a small tensor
     for t in layout.tensors:
-        if t.end == t.start:
+        start, end = t.start, t.end
+        if end == start:
             continue
-        small = t.end - t.start < SMALL_TENSOR
-        if packing and small:
-            start, end, dtype, members = units[-1]
-            if t.dtype == dtype and t.start == end and t.end - start <= PACK_MAX:
-                members.append(t)
-                units[-1] = (start, t.end, dtype, members)
-                continue
-        units.append((t.start, t.end, t.dtype, [t]))
-        packing = small
+        small = end - start < SMALL_TENSOR
+        if packing and small and t.dtype == u_dtype and start == u_end \
+                and end - u_start <= PACK_MAX:
+            members.append(t)
+            u_end = end
+            continue
+        if members:
+            units.append((u_start, u_end, u_dtype, members))
+        u_start, u_end, u_dtype, members, packing = start, end, t.dtype, [t], small
+    if members:
+        units.append((u_start, u_end, u_dtype, members))
     return units
 
 
@@ -110,6 +118,7 @@ def tensor_cuts(layout: Layout, size: int) -> list[int]:
 # What makes a chunk "the same part of the same tensor" in two versions, for parent deltas: the
 # dtype, the names and shapes of the tensors it holds, where it starts in them and its length.
 ChunkKey = tuple[str, tuple[tuple[str, tuple[int, ...]], ...], int, int]
+_NAME_SHAPE = itemgetter(0, 2)  # (name, shape) of a Tensor, in C: a pack may hold 100,000
 
 
 def chunk_tags(layout: Layout, cuts: list[int]) -> list[tuple[str | None, ChunkKey | None]]:
@@ -123,7 +132,7 @@ def chunk_tags(layout: Layout, cuts: list[int]) -> list[tuple[str | None, ChunkK
             i += 1
         if i < len(units) and units[i][0] <= prev and c <= units[i][1]:
             start, _end, dtype, members = units[i]
-            names = tuple((t.name, t.shape) for t in members)
+            names = tuple(map(_NAME_SHAPE, members))
             out.append((dtype, (dtype, names, prev - start, c - prev)))
         else:
             out.append((None, None))

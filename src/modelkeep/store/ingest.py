@@ -15,7 +15,7 @@ import itertools
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +36,9 @@ from modelkeep.store.chunking import (
 )
 from modelkeep.store.codec import Kind
 from modelkeep.store.objects import ObjectDB
-from modelkeep.store.safetensors import Layout, Tensor
-from modelkeep.store.snapshot import FileEntry, Snapshot, file_digest
+from modelkeep.store.safetensors import Layout, paused_collection
+from modelkeep.store.snapshot import INLINE_TENSORS, FileEntry, Snapshot, file_digest
+from modelkeep.store.tensormap import layout as stored_layout
 
 if TYPE_CHECKING:
     from modelkeep.store.gc import GcMark
@@ -166,14 +167,14 @@ class Ingestor:
         known: KnownChunks | None = None,
         workers: int | None = None,
         max_inflight: int | None = None,
-        bases: dict[ChunkKey, str] | None = None,
+        bases: Mapping[ChunkKey, str] | None = None,
         damaged: set[str] | None = None,
     ) -> None:
         self.db = db
         self.known = known
         self.damaged = damaged or set()  # chunks a verify found damaged: rewritten, not reused
         self.rewritten: list[str] = []
-        self.bases = bases or {}
+        self.bases = bases if bases is not None else {}  # not bool(): ParentBases is lazy
         self.workers = workers or (4 if db.location.is_local else 16)
         # Locally two chunks read ahead keep every worker busy (hashing and writing a chunk takes
         # several times as long as reading it); object stores need more requests in flight.
@@ -202,9 +203,10 @@ class Ingestor:
             return cid, len(data), 0
         # On an object store, ask before uploading a large chunk that may be there already; a
         # small one is cheaper to send with the conditional create than to ask about first.
+        # Locally asking is a stat, and spares a stored chunk its base (the parent's chunk
+        # read and decoded, and the parent's tensor map, which may be a header to parse).
         if (
-            not self.db.location.is_local
-            and len(data) >= _ASK_FIRST_MIN
+            (self.db.location.is_local or len(data) >= _ASK_FIRST_MIN)
             and self.db.exists(Kind.CHUNK, cid)
         ):
             created = 0
@@ -243,7 +245,7 @@ class Ingestor:
 
             return done
 
-        pending: list[tuple[SourceFile, Layout | None, list[Future[_Stored]]]] = []
+        pending: list[tuple[SourceFile, Layout | None, bool, list[Future[_Stored]]]] = []
         with ThreadPoolExecutor(self.workers, thread_name_prefix="modelkeep-put") as pool:
             try:
                 for src in sources:
@@ -251,7 +253,9 @@ class Ingestor:
                     digests: dict[str, str] = {}
                     with src.open() as f:
                         layout, chunks = _chunks(f, src, buffers.take)
-                        shared = packs(layout) if layout is not None else {}
+                        # A map that stays in the header has no ids of packed tensors either.
+                        inline = layout is not None and len(layout.tensors) <= INLINE_TENSORS
+                        shared = packs(layout) if layout is not None and inline else {}
                         offset = 0
                         for buf, data, (dtype, key) in chunks:
                             if failed:  # stop reading as soon as a write has failed
@@ -268,11 +272,11 @@ class Ingestor:
                                 progress(len(data))
                     if layout is not None and digests:
                         layout = dataclasses.replace(layout, tensors=tuple(
-                            Tensor(t.name, t.dtype, t.shape, t.start, t.end, digests[t.name])
-                            if t.name in digests else t for t in layout.tensors))
-                    pending.append((src, layout, futures))
+                            t._replace(digest=digests[t.name]) if t.name in digests else t
+                            for t in layout.tensors))
+                    pending.append((src, layout, inline, futures))
                 entries = []
-                for src, layout, futures in pending:
+                for src, layout, inline, futures in pending:
                     chunk_list = []
                     for fut in futures:
                         cid, n, stored = fut.result()
@@ -295,7 +299,7 @@ class Ingestor:
                             mode=src.mode,
                             digest=file_digest(chunk_list),
                             chunks=tuple(chunk_list),
-                            tensors=layout.tensors if layout is not None else None,
+                            tensors=layout.tensors if layout is not None and inline else None,
                             header_end=layout.header_end if layout is not None else None,
                         )
                     )
@@ -319,18 +323,23 @@ _Chunk = tuple[bytearray, memoryview, _Tag]  # buffer, the chunk's bytes, what t
 def _chunks(f: BinaryIO, src: SourceFile, take: Take) -> tuple[Layout | None, Iterator[_Chunk]]:
     """The layout (safetensors only) and the chunks of *src*, read sequentially from *f*, each
     with the dtype and key of the tensor data it holds (None for anything else)."""
-    plan = plan_safetensors(f, src.size) if src.relpath.endswith(".safetensors") else None
-    if plan is None:
+    if not src.relpath.endswith(".safetensors"):
         return None, _renamed(cdc_chunks(f, take), src, itertools.repeat((None, None)))
-    layout, cuts = plan
-    return layout, _renamed(read_cuts(f, cuts, take), src, iter(chunk_tags(layout, cuts)))
+    with paused_collection():  # a header may make 100,000 tensors and their chunk keys
+        plan = plan_safetensors(f, src.size)
+        if plan is None:
+            return None, _renamed(cdc_chunks(f, take), src, itertools.repeat((None, None)))
+        layout, cuts = plan
+        tags = chunk_tags(layout, cuts)
+    return layout, _renamed(read_cuts(f, cuts, take), src, iter(tags))
 
 
-def _entry_tags(entry: FileEntry) -> list[tuple[str, _Tag]]:
-    """``(chunk id, (dtype, key))`` of each chunk of a stored safetensors file."""
-    if entry.tensors is None or entry.header_end is None:
+def _entry_tags(entry: FileEntry, db: ObjectDB) -> list[tuple[str, _Tag]]:
+    """``(chunk id, (dtype, key))`` of each chunk of a stored safetensors file (whose map *db*
+    holds, when it is the file's header)."""
+    layout = stored_layout(db, entry)
+    if layout is None:
         return []
-    layout = Layout(entry.header_end, entry.tensors, {})
     ends = [off + n for off, (_cid, n) in zip(entry.chunk_offsets(), entry.chunks, strict=True)]
     return [(cid, tag) for (cid, _n), tag in zip(entry.chunks, chunk_tags(layout, ends),
                                                  strict=True)]
@@ -376,20 +385,47 @@ def rewrite_chunks(db: ObjectDB, sources: list[SourceFile], wanted: set[str]) ->
     return done
 
 
-def parent_bases(parent: Snapshot | None) -> dict[ChunkKey, str]:
-    """{chunk key: chunk id} of the tensor chunks of *parent*: what a new version's chunks of
-    the same parts of the same tensors may be stored as deltas of."""
-    out: dict[ChunkKey, str] = {}
-    for entry in parent.files if parent is not None else ():
-        for cid, (_dtype, key) in _entry_tags(entry):
-            if key is not None:
-                out.setdefault(key, cid)
-    return out
+class ParentBases(Mapping[ChunkKey, str]):
+    """{chunk key: chunk id} of the tensor chunks of a parent version: what a new version's
+    chunks of the same parts of the same tensors may be stored as deltas of.
+
+    Worked out on first use, by whichever worker first stores a new tensor chunk: a version
+    whose chunks are all stored already never needs it, and a parent whose tensor map is its
+    header would have that header fetched and parsed for nothing.
+    """
+
+    def __init__(self, parent: Snapshot | None, db: ObjectDB) -> None:
+        self._parent = parent
+        self._db = db
+        self._map: dict[ChunkKey, str] | None = None if parent is not None else {}
+        self._lock = threading.Lock()
+
+    def _bases(self) -> dict[ChunkKey, str]:
+        with self._lock:
+            if self._map is None:
+                out: dict[ChunkKey, str] = {}
+                assert self._parent is not None
+                for entry in self._parent.files:
+                    for cid, (_dtype, key) in _entry_tags(entry, self._db):
+                        if key is not None:
+                            out.setdefault(key, cid)
+                self._map = out
+            return self._map
+
+    def __getitem__(self, key: ChunkKey) -> str:
+        return self._bases()[key]
+
+    def __iter__(self) -> Iterator[ChunkKey]:
+        return iter(self._bases())
+
+    def __len__(self) -> int:
+        return len(self._bases())
 
 
-def chunk_dtypes(entry: FileEntry) -> dict[str, str]:
-    """{chunk id: dtype} of the chunks of *entry* that hold tensor data of one dtype."""
-    return {cid: dtype for cid, (dtype, _key) in _entry_tags(entry) if dtype is not None}
+def chunk_dtypes(entry: FileEntry, db: ObjectDB) -> dict[str, str]:
+    """{chunk id: dtype} of the chunks of *entry* that hold tensor data of one dtype (*db*
+    holds the file's map when it is the file's header)."""
+    return {cid: dtype for cid, (dtype, _key) in _entry_tags(entry, db) if dtype is not None}
 
 
 def _renamed(

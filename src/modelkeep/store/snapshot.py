@@ -35,6 +35,11 @@ MAX_CHUNK_LENGTH = 4 << 20
 MAX_FILES = 1_000_000
 MAX_DIMS = 64
 MAX_DEPTH = 64
+# A safetensors file with more tensors than this has no tensor map in its snapshot entry: the map
+# is its own header, already stored as its first chunks (docs/format.md §5.4). Copied, 100,000
+# four-byte tensors made a 16 MB snapshot of an 8 MB file; a model's files hold hundreds to a few
+# thousand tensors each, and keep the map (and the ids of packed tensors) in the snapshot.
+INLINE_TENSORS = 4096
 
 
 def check_relpath(path: str) -> str:
@@ -70,12 +75,14 @@ class FileEntry:
     mode: int  # 0o644 or 0o755: only the executable bit is kept
     digest: str  # file digest: BLAKE3 of the chunk list (file_digest)
     chunks: tuple[tuple[str, int], ...]  # (chunk id, raw length), in file order
-    tensors: tuple[Tensor, ...] | None = None  # safetensors tensor map, None for other files
-    header_end: int | None = None
+    # The safetensors tensor map; None for other files, and for a safetensors file whose map is
+    # its header (more than INLINE_TENSORS tensors: header_end is set, see store.tensormap).
+    tensors: tuple[Tensor, ...] | None = None
+    header_end: int | None = None  # set for every file cut by the safetensors rule
 
     @property
     def is_safetensors(self) -> bool:
-        return self.tensors is not None
+        return self.header_end is not None
 
     def chunk_offsets(self) -> list[int]:
         """Start offset of each chunk in the file."""
@@ -93,11 +100,11 @@ class FileEntry:
             "digest": self.digest,
             "chunks": [[cid, n] for cid, n in self.chunks],
         }
-        if self.tensors is not None:
-            data["safetensors"] = {
-                "header_end": self.header_end,
-                "tensors": [t.to_json() for t in self.tensors],
-            }
+        if self.header_end is not None:
+            st: dict[str, Any] = {"header_end": self.header_end}
+            if self.tensors is not None:
+                st["tensors"] = [t.to_json() for t in self.tensors]
+            data["safetensors"] = st
         return data
 
 
@@ -355,6 +362,11 @@ def parse_file_entry(raw: Mapping[str, Any], what: str) -> FileEntry:
         if not isinstance(st, dict):
             raise _fail(what, f"safetensors map of {path!r} is malformed")
         header_end = _req(st, "header_end", int, what)
+        if "tensors" not in st:
+            # The map is the file's header: bytes [0, header_end), a u64 and at least "{}".
+            if not 10 <= header_end <= size:
+                raise _fail(what, f"header of {path!r} is out of range")
+            return FileEntry(path, size, mode, digest, tuple(chunks), None, header_end)
         parsed = []
         for t in _req(st, "tensors", list, what):
             if not isinstance(t, dict):

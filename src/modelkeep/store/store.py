@@ -44,6 +44,7 @@ from modelkeep.errors import (
 )
 from modelkeep.store import gc as gc_mod
 from modelkeep.store import journal as journal_mod
+from modelkeep.store import tensormap
 from modelkeep.store.cache import KnownChunks
 from modelkeep.store.codec import Kind
 from modelkeep.store.gc import ChunksCollectedError, GcMark, GcReport
@@ -51,8 +52,8 @@ from modelkeep.store.hashing import content_id, is_id
 from modelkeep.store.ingest import (
     Ingestor,
     IngestStats,
+    ParentBases,
     SourceFile,
-    parent_bases,
     rewrite_chunks,
 )
 from modelkeep.store.journal import JournalEntry
@@ -64,6 +65,7 @@ from modelkeep.store.location import (
 from modelkeep.store.materialize import Place, SnapshotFile, materialize
 from modelkeep.store.objects import MAX_DESCRIPTOR, ObjectDB
 from modelkeep.store.runs import RunArtifacts
+from modelkeep.store.safetensors import Tensor
 from modelkeep.store.snapshot import CREATED_FORMAT, FileEntry, Snapshot, parse
 from modelkeep.store.sync import SyncReport
 from modelkeep.store.verify import Problem, VerifyReport, verify_snapshots
@@ -537,7 +539,7 @@ class Store:
         self.ensure_initialized()
         # Read before any chunk is looked at: see the commit check in save_snapshot.
         mark = self.gc_mark()
-        ingestor = Ingestor(self.db, known=self.known_for(mark), bases=parent_bases(parent),
+        ingestor = Ingestor(self.db, known=self.known_for(mark), bases=ParentBases(parent, self.db),
                             damaged=self.db.damaged_ids())
         entries, stats = ingestor.ingest(sources, progress)
         stats.gc_mark = mark
@@ -705,6 +707,12 @@ class Store:
     def open_entry(self, entry: FileEntry) -> SnapshotFile:
         """A seekable, read-only stream of one file of a snapshot, fetching only what is read."""
         return SnapshotFile(self.db, entry)
+
+    def tensor_map(self, entry: FileEntry, *, digests: bool = False) -> tuple[Tensor, ...] | None:
+        """The tensors of a safetensors file of a snapshot (None for any other file), read from
+        its stored header when the snapshot does not list them; with *digests*, each tensor that
+        shares its chunk carries the id of its own bytes (see :mod:`.tensormap`)."""
+        return tensormap.tensors(self.db, entry, digests=digests)
 
     # -- signatures (their format and trust are modelkeep.signing's) ------------------------
 

@@ -121,7 +121,7 @@ def sync(
         for entry in snap.files:
             for cid, n in entry.chunks:
                 sizes[cid] = n
-            dtypes.update(chunk_dtypes(entry))
+            dtypes.update(chunk_dtypes(entry, src.db))
     present = _present(dst, sorted(sizes), mark, workers)
     for cid in present:
         report.chunks_present += 1
