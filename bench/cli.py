@@ -26,6 +26,7 @@ import argparse
 import datetime
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -143,17 +144,24 @@ def _models(root: Path, size_mib: int) -> dict[str, Path]:
     }
 
 
-def _timed(cmds: Sequence[Sequence[str]], cwd: Path, env: dict[str, str]) -> float:
-    """Wall time of *cmds* run one after another, after a ``sync`` so that the writes of
-    whatever ran before are not flushed inside the measurement."""
+def _cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _timed(cmds: Sequence[Sequence[str]], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + system, every thread and child) of *cmds* run one after
+    another, after a ``sync`` so that the writes of whatever ran before are not flushed inside
+    the measurement. On a shared machine the CPU time is the steadier of the two."""
     os.sync()
+    cpu = _cpu()
     started = time.perf_counter()
     for cmd in cmds:
         proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-500:]}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _cpu() - cpu
 
 
 def _dvc_repo(repo: Path, remote: Path, model: Path, env: dict[str, str]) -> None:
@@ -177,13 +185,14 @@ def _measure_register(project: Path, registry: str, models: dict[str, Path], rep
     rows: list[dict[str, object]] = []
     for kind, model in models.items():
         walls: dict[str, list[float]] = {"modelkeep": [], "dvc": [], "cp": []}
+        cpus: dict[str, list[float]] = {"modelkeep": [], "dvc": [], "cp": []}
         vs_dvc, vs_cp = [], []
         tools = ["modelkeep", "dvc", "cp"] if with_peers else ["modelkeep"]
         for r in range(repeat):
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir()
             _dvc_repo(scratch / "dvc", scratch / "dvc-remote", model, env)
-            got = {}
+            got: dict[str, tuple[float, float]] = {}
             for tool in tools[r % len(tools):] + tools[:r % len(tools)]:
                 if tool == "modelkeep":
                     got[tool] = _timed([[*mk, "--store", str(scratch / "store"), "register",
@@ -196,14 +205,17 @@ def _measure_register(project: Path, registry: str, models: dict[str, Path], rep
                 else:
                     got[tool] = _timed([["cp", "-r", str(model), str(scratch / "cp")]],
                                        project, env)
-            for tool, wall in got.items():
+            for tool, (wall, cpu) in got.items():
                 walls[tool].append(wall)
+                cpus[tool].append(cpu)
             if with_peers:
-                vs_dvc.append(got["modelkeep"] / got["dvc"])
-                vs_cp.append(got["modelkeep"] / (got["cp"] + CP_ALLOWANCE))
+                vs_dvc.append(got["modelkeep"][0] / got["dvc"][0])
+                vs_cp.append(got["modelkeep"][0] / (got["cp"][0] + CP_ALLOWANCE))
         shutil.rmtree(scratch, ignore_errors=True)
         row: dict[str, object] = {"model": kind,
-                                  **{t: statistics.median(w) for t, w in walls.items() if w}}
+                                  **{t: statistics.median(w) for t, w in walls.items() if w},
+                                  **{f"{t}_cpu": statistics.median(c)
+                                     for t, c in cpus.items() if c}}
         if with_peers:
             row["vs_dvc"] = statistics.median(vs_dvc)
             row["vs_cp"] = statistics.median(vs_cp)
@@ -298,13 +310,17 @@ def _write(out: Path, tables: dict[str, list[dict[str, object]]], versions: int,
             "Into an empty store; `dvc add` + `dvc push` to a local remote and `cp -r` of the same "
             "folder in the same rounds, interleaved. Targets: <= 0.3x DVC, <= 1.5x "
             f"(`cp` + {CP_ALLOWANCE} s).", "",
+            "Wall time, then CPU time (user + system) in brackets.", "",
             "| model | modelkeep register | dvc add + push | cp -r | x DVC (paired) "
             "| x (`cp` + 0.3 s) (paired) |",
             "|---|---|---|---|---|---|",
         ]
         for row in rows:
-            lines.append(f"| {row['model']} | {row['modelkeep']:.2f} s | {row['dvc']:.2f} s "
-                         f"| {row['cp']:.2f} s | {row['vs_dvc']:.2f}x | {row['vs_cp']:.2f}x |")
+            lines.append(
+                f"| {row['model']} | {row['modelkeep']:.2f} s ({row['modelkeep_cpu']:.2f} s) "
+                f"| {row['dvc']:.2f} s ({row['dvc_cpu']:.2f} s) "
+                f"| {row['cp']:.2f} s ({row['cp_cpu']:.2f} s) "
+                f"| {row['vs_dvc']:.2f}x | {row['vs_cp']:.2f}x |")
         lines.append("")
     out.write_text("\n".join(lines))
 
