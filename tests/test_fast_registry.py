@@ -133,6 +133,14 @@ def test_an_untested_schema_revision_reads_through_mlflow(tmp_path: Path) -> Non
         assert isinstance(other, SqliteRegistry) and not other._fast()
         assert other.versions(name)[0].tags == {"a": "1"}
         assert other._writer is not None  # the answer came from MLflow's client
+        # Deletes on an untested revision are MLflow's client's too.
+        other.create_version(name, "modelkeep://file/tmp/s/@" + "1" * 64, tags={}, run_id="")
+        other.set_alias(name, "prod", 2)
+        other.delete_alias(name, "prod")
+        with pytest.raises(NotFoundError):
+            other.delete_alias(name, "prod")
+        other.delete_version(name, 2)
+        assert [v.version for v in other.versions(name)] == [1]
     finally:
         with sqlite3.connect(tmp_path / "mlflow.db") as conn:
             conn.execute("UPDATE alembic_version SET version_num = ?", (real,))
