@@ -1,4 +1,4 @@
-"""Whole-process time of modelkeep's read commands, beside the commands people compare them with.
+"""Whole-process time of modelkeep's commands, beside the commands people compare them with.
 
 Each command is run as its own process, as a person or a git hook runs it, on a registry holding
 ``--versions`` versions of one model: the SQLite default, and (unless ``--no-server``) an
@@ -10,10 +10,16 @@ the same state of a shared machine; the median of those paired ratios is the fig
 targets are judged on (<= 2x ``--help``). Beside them: ``git status``, ``dvc status`` and the
 MLflow CLI's nearest read (``mlflow experiments search``).
 
+Then ``modelkeep register`` of a new ``--register-mib`` model (bf16 weight-like values, and
+random float16 bits that do not compress; bench/_model.py) into an empty store, beside
+``dvc add`` + ``dvc push`` of the same folder to a local remote and ``cp -r`` of it, interleaved
+round by round (the order rotates) so the three see the same machine; the figures are the median
+of the paired ratios per round. Targets: register <= 0.3x DVC and <= 1.5x ``cp`` + 0.3 s.
+
 Writes ``bench/RESULTS-cli.md``. Usage::
 
     .venv/bin/python bench/cli.py [--versions 1000] [--repeat 5] [--no-server] [--no-sqlite]
-                                  [--only 'modelkeep log NAME' ...]
+        [--only 'modelkeep log NAME' ...] [--register-mib 1024] [--register-only]
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import datetime
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -131,6 +138,99 @@ def _measure(project: Path, registry: str, repeat: int, with_peers: bool,
     return rows
 
 
+REGISTER_KINDS = ("bf16 weight-like", "f16 random bits")
+CP_ALLOWANCE = 0.3  # seconds: the start-up a whole process may add to cp (the target's "+ 0.3 s")
+
+
+def _models(root: Path, size_mib: int) -> dict[str, Path]:
+    """The models a new-version register is measured on, written once."""
+    import _model
+
+    return {
+        REGISTER_KINDS[0]: _model.write_weights(root, "bf16", size_mib).path,
+        REGISTER_KINDS[1]: _model.write_single(root, "f16", size_mib).path,
+    }
+
+
+def _cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _timed(cmds: Sequence[Sequence[str]], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + system, every thread and child) of *cmds* run one after
+    another, after a ``sync`` so that the writes of whatever ran before are not flushed inside
+    the measurement. On a shared machine the CPU time is the steadier of the two."""
+    os.sync()
+    cpu = _cpu()
+    started = time.perf_counter()
+    for cmd in cmds:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-500:]}")
+    return time.perf_counter() - started, _cpu() - cpu
+
+
+def _dvc_repo(repo: Path, remote: Path, model: Path, env: dict[str, str]) -> None:
+    dvc = str(BIN / "dvc")
+    repo.mkdir(parents=True)
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"],
+                [dvc, "config", "core.analytics", "false"],
+                [dvc, "remote", "add", "-q", "-d", "local", str(remote)]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL)
+    shutil.copytree(model, repo / "model")
+
+
+def _measure_register(project: Path, registry: str, models: dict[str, Path], repeat: int,
+                      with_peers: bool) -> list[dict[str, object]]:
+    """``modelkeep register`` of each model as a new version into an empty store, whole
+    process; with *with_peers*, ``dvc add`` + ``dvc push`` and ``cp -r`` of the same folder in
+    the same rounds."""
+    env = _env({"MLFLOW_TRACKING_URI": registry, "DVC_NO_ANALYTICS": "1"})
+    mk = [str(BIN / "modelkeep"), "--registry", registry]
+    scratch = project.parent / "register-scratch"
+    rows: list[dict[str, object]] = []
+    for kind, model in models.items():
+        walls: dict[str, list[float]] = {"modelkeep": [], "dvc": [], "cp": []}
+        cpus: dict[str, list[float]] = {"modelkeep": [], "dvc": [], "cp": []}
+        vs_dvc, vs_cp = [], []
+        tools = ["modelkeep", "dvc", "cp"] if with_peers else ["modelkeep"]
+        for r in range(repeat):
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+            _dvc_repo(scratch / "dvc", scratch / "dvc-remote", model, env)
+            got: dict[str, tuple[float, float]] = {}
+            for tool in tools[r % len(tools):] + tools[:r % len(tools)]:
+                if tool == "modelkeep":
+                    got[tool] = _timed([[*mk, "--store", str(scratch / "store"), "register",
+                                         f"new-{kind.split()[0]}-{r}-{time.time_ns()}",
+                                         str(model)]], project, env)
+                elif tool == "dvc":
+                    dvc = str(BIN / "dvc")
+                    got[tool] = _timed([[dvc, "add", "-q", "model"], [dvc, "push", "-q"]],
+                                       scratch / "dvc", env)
+                else:
+                    got[tool] = _timed([["cp", "-r", str(model), str(scratch / "cp")]],
+                                       project, env)
+            for tool, (wall, cpu) in got.items():
+                walls[tool].append(wall)
+                cpus[tool].append(cpu)
+            if with_peers:
+                vs_dvc.append(got["modelkeep"][0] / got["dvc"][0])
+                vs_cp.append(got["modelkeep"][0] / (got["cp"][0] + CP_ALLOWANCE))
+        shutil.rmtree(scratch, ignore_errors=True)
+        row: dict[str, object] = {"model": kind,
+                                  **{t: statistics.median(w) for t, w in walls.items() if w},
+                                  **{f"{t}_cpu": statistics.median(c)
+                                     for t, c in cpus.items() if c}}
+        if with_peers:
+            row["vs_dvc"] = statistics.median(vs_dvc)
+            row["vs_cp"] = statistics.median(vs_cp)
+        rows.append(row)
+    return rows
+
+
 def _project(root: Path, registry: str, versions: int) -> Path:
     project = root / "project"
     project.mkdir(parents=True)
@@ -167,20 +267,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite default")
     parser.add_argument("--only", action="append", default=[], metavar="LABEL",
                         help="measure only this command (its label in the table); repeatable")
+    parser.add_argument("--register-mib", type=int, default=1024,
+                        help="size of the models a new-version register is measured on "
+                        "(0: skip)")
+    parser.add_argument("--register-only", action="store_true",
+                        help="measure only the new-version register (no read commands)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS-cli.md")
     args = parser.parse_args(argv)
 
     tables: dict[str, list[dict[str, object]]] = {}
+    registers: dict[str, list[dict[str, object]]] = {}
     with tempfile.TemporaryDirectory(prefix="mk-bench-cli-") as tmp:
         root = Path(tmp)
+        models = _models(root / "models", args.register_mib) if args.register_mib else {}
         if not args.no_sqlite:
             started = time.perf_counter()
             db_file = root / "sqlite" / "project" / "mlflow.db"
             project = _project(root / "sqlite", f"sqlite:///{db_file}", args.versions)
             print(f"SQLite registry with {args.versions} versions ready "
                   f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
-            tables["SQLite default"] = _measure(project, f"sqlite:///{db_file}", args.repeat,
-                                                True, args.only)
+            if not args.register_only:
+                tables["SQLite default"] = _measure(project, f"sqlite:///{db_file}",
+                                                    args.repeat, True, args.only)
+            if models:
+                registers["SQLite default"] = _measure_register(
+                    project, f"sqlite:///{db_file}", models, args.repeat, True)
         if not args.no_server:
             from tests.servers import create_database, start_mlflow_server
 
@@ -190,18 +301,23 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 project = _project(root / "pg", server.url, args.versions)
                 _analyze(database.name)
-                tables["mlflow server on PostgreSQL"] = _measure(project, server.url,
-                                                                 args.repeat, False, args.only)
+                if not args.register_only:
+                    tables["mlflow server on PostgreSQL"] = _measure(
+                        project, server.url, args.repeat, False, args.only)
+                if models:
+                    registers["mlflow server on PostgreSQL"] = _measure_register(
+                        project, server.url, models, args.repeat, True)
             finally:
                 server.process.stop()
                 database.drop()
-    _write(args.out, tables, args.versions, args.repeat)
+    _write(args.out, tables, args.versions, args.repeat, registers, args.register_mib)
     print(args.out.read_text())
     return 0
 
 
 def _write(out: Path, tables: dict[str, list[dict[str, object]]], versions: int,
-           repeat: int) -> None:
+           repeat: int, registers: dict[str, list[dict[str, object]]] | None = None,
+           register_mib: int = 0) -> None:
     lines = [
         "# Read commands, whole process (bench/cli.py)",
         "",
@@ -216,6 +332,25 @@ def _write(out: Path, tables: dict[str, list[dict[str, object]]], versions: int,
         lines += [f"## {title}", "", "| command | median | x `--help` (paired) |", "|---|---|---|"]
         for row in rows:
             lines.append(f"| `{row['command']}` | {row['median']:.2f} s | {row['ratio']:.2f}x |")
+        lines.append("")
+    for title, rows in (registers or {}).items():
+        lines += [
+            f"## `modelkeep register` of a new {register_mib} MiB version, whole process: "
+            f"{title}", "",
+            "Into an empty store; `dvc add` + `dvc push` to a local remote and `cp -r` of the same "
+            "folder in the same rounds, interleaved. Targets: <= 0.3x DVC, <= 1.5x "
+            f"(`cp` + {CP_ALLOWANCE} s).", "",
+            "Wall time, then CPU time (user + system) in brackets.", "",
+            "| model | modelkeep register | dvc add + push | cp -r | x DVC (paired) "
+            "| x (`cp` + 0.3 s) (paired) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            lines.append(
+                f"| {row['model']} | {row['modelkeep']:.2f} s ({row['modelkeep_cpu']:.2f} s) "
+                f"| {row['dvc']:.2f} s ({row['dvc_cpu']:.2f} s) "
+                f"| {row['cp']:.2f} s ({row['cp_cpu']:.2f} s) "
+                f"| {row['vs_dvc']:.2f}x | {row['vs_cp']:.2f}x |")
         lines.append("")
     out.write_text("\n".join(lines))
 

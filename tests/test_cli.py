@@ -186,3 +186,25 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"modelkeep {modelkeep.__version__}"
+
+
+def test_the_process_command_line_leaves_its_objects_to_the_exit(tmp_path: Path) -> None:
+    """``main()`` run as the process's command line freezes the collector's generations before
+    returning (the shutdown then skips walking every object); called with arguments, as a
+    library or a test calls it, it leaves the collector alone."""
+    import gc
+
+    probe = ("import atexit, gc, sys\n"
+             "atexit.register(lambda: print('frozen', gc.get_freeze_count()))\n"
+             "from modelkeep.cli.main import main\n"
+             "sys.argv = ['modelkeep', '--version']\n"
+             "sys.exit(main())\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("modelkeep ")
+    assert int(out.stdout.split("frozen ")[1]) > 10_000
+    before = gc.get_freeze_count()
+    assert main(["--version"]) == 0
+    assert gc.get_freeze_count() == before

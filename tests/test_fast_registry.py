@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -132,6 +133,14 @@ def test_an_untested_schema_revision_reads_through_mlflow(tmp_path: Path) -> Non
         assert isinstance(other, SqliteRegistry) and not other._fast()
         assert other.versions(name)[0].tags == {"a": "1"}
         assert other._writer is not None  # the answer came from MLflow's client
+        # Deletes on an untested revision are MLflow's client's too.
+        other.create_version(name, "modelkeep://file/tmp/s/@" + "1" * 64, tags={}, run_id="")
+        other.set_alias(name, "prod", 2)
+        other.delete_alias(name, "prod")
+        with pytest.raises(NotFoundError):
+            other.delete_alias(name, "prod")
+        other.delete_version(name, 2)
+        assert [v.version for v in other.versions(name)] == [1]
     finally:
         with sqlite3.connect(tmp_path / "mlflow.db") as conn:
             conn.execute("UPDATE alembic_version SET version_num = ?", (real,))
@@ -281,6 +290,145 @@ def test_register_on_an_existing_sqlite_registry_does_not_import_mlflow(
     assert int(mv.version) == made["version"] and mv.tags["team"] == "nlp"
     assert mv.status == "READY" and mv.current_stage == "None"
     assert mv.source == made["uri"]
+
+
+def test_sqlite_writes_do_not_import_mlflow_and_mlflow_reads_them_back(tmp_path: Path) -> None:
+    """Every writing command on an existing SQLite registry, each in a fresh interpreter that
+    must not import mlflow; then MLflow's own client reads back what they left."""
+    root = tmp_path
+    (root / "modelkeep.toml").write_text('store = "./store"\nregistry = "sqlite:///mlflow.db"\n')
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    name = unique_name()
+    keep = modelkeep.open(store=str(root / "store"), registry=uri,
+                          plugins=make_plugin_manager(entry_points=False))
+    folder = write_model(root / "model", tensors(seed=1, n=3, rows=16, cols=16))
+    keep.register(name, folder, message="first")  # creates the file (MLflow's schema)
+    steps = [
+        # a new version, with alias, tag and message
+        (["register", name, "{folder}", "--alias", "prod", "--tag", "team=nlp", "-m", "second"],
+         "new"),
+        # the same content again: nothing new, the alias moved, the tag and message applied
+        (["register", name, "{folder}", "--alias", "canary", "--tag", "team=cv", "-m", "again"],
+         None),
+        (["alias", f"{name}@1", "old"], None),
+        (["alias", f"{name}@2", "gone"], None),
+        (["alias", name, "gone", "--delete"], None),
+        (["describe", f"{name}@1", "-m", "the first"], None),
+        (["describe", name, "-m", "the model"], None),
+        (["register", name, "{folder}", "--alias", "stale"], "new"),  # version 3
+        (["alias", f"{name}@3", "prod"], None),
+        (["rollback", name, "prod"], None),  # back to 2
+        (["alias", name, "stale", "--delete"], None),
+        (["delete", f"{name}@3", "-y"], None),
+    ]
+    for i, (args, change) in enumerate(steps):
+        if change == "new":
+            write_model(folder, tensors(seed=20 + i, n=3, rows=16, cols=16))
+        proc, imported = _run([a.format(folder=folder) for a in args], root)
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert imported == "clean", f"{args} imported mlflow"
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    model = client.get_registered_model(name)
+    assert model.description.startswith("the model\n")  # then modelkeep's generated summary
+    assert {a: int(v) for a, v in model.aliases.items()} == {"prod": 2, "canary": 2, "old": 1}
+    found = {int(mv.version): client.get_model_version(name, mv.version)
+             for mv in client.search_model_versions(f"name = '{name}'")}
+    assert sorted(found) == [1, 2]  # 3 deleted
+    assert found[2].tags["team"] == "cv" and "team" not in found[1].tags
+    assert sorted(found[2].aliases) == ["canary", "prod"] and found[1].aliases == ["old"]
+    ours = {rv.version: rv for rv in registry_for(uri).versions(name)}
+    for number, mv in found.items():
+        assert mv.source == ours[number].source and mv.tags == dict(ours[number].tags)
+        assert mv.description == ours[number].description
+        assert mv.current_stage == "None" and mv.status == "READY"
+    assert (found[1].description or "").startswith("the first")
+    assert (found[2].description or "").startswith("again")
+    with pytest.raises(Exception, match="not found"):
+        client.get_model_version(name, "3")
+    with pytest.raises(Exception, match="not found"):
+        client.get_model_version_by_alias(name, "stale")
+    assert int(client.get_model_version_by_alias(name, "prod").version) == 2
+
+
+def _rows(db: Path, name: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every registry row of model *name*, its name and times left out (to compare models)."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        for table, skip in (("registered_models", {"name", "creation_time", "last_updated_time"}),
+                            ("model_versions", {"name", "creation_time", "last_updated_time"}),
+                            ("model_version_tags", {"name"}),
+                            ("registered_model_aliases", {"name"}),
+                            ("registered_model_tags", {"name"})):
+            columns = [c[1] for c in conn.execute(f"PRAGMA table_info({table})")
+                       if c[1] not in skip]
+            out[table] = sorted(conn.execute(
+                f"SELECT {', '.join(columns)} FROM {table} WHERE name = ?", (name,)).fetchall(),
+                key=repr)
+    return out
+
+
+def test_sql_deletes_leave_the_rows_mlflow_leaves(tmp_path: Path) -> None:
+    """The same versions, aliases and tags in two models; the same deletions made through the
+    SQL path on one and through MLflow's client on the other: every row left is the same."""
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    fast = registry_for(uri)
+    assert isinstance(fast, SqliteRegistry)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    sql_name, mlflow_name = unique_name(), unique_name()
+    for name in (sql_name, mlflow_name):
+        for i in range(1, 5):
+            fast.create_version(name, f"modelkeep://file/tmp/s/@{i:064x}", tags={"i": str(i)},
+                                description=f"v{i}", run_id="", user_id="ana@lab")
+        for alias, version in (("a", 2), ("b", 2), ("c", 3), ("d", 4)):
+            fast.set_alias(name, alias, version)
+    before = {n: fast.get_model(n) for n in (sql_name, mlflow_name)}
+    started = int(time.time() * 1000)
+    fast.delete_version(sql_name, 2)
+    fast.delete_alias(sql_name, "c")
+    fast.delete_version(sql_name, 4)
+    client.delete_model_version(mlflow_name, "2")
+    client.delete_registered_model_alias(mlflow_name, "c")
+    client.delete_model_version(mlflow_name, "4")
+    assert _rows(db, sql_name) == _rows(db, mlflow_name)
+    rows = _rows(db, sql_name)
+    assert [r[0] for r in rows["registered_model_aliases"]] == []  # c deleted, a b d with theirs
+    assert len(rows["model_version_tags"]) == 4  # a deleted version keeps its tags
+    for name in (sql_name, mlflow_name):
+        store = client._get_registry_client().store  # type: ignore[no-untyped-call]
+        deleted = store._get_sql_model_version_including_deleted(name, 2)
+        assert deleted.current_stage == "Deleted_Internal"
+        assert deleted.source == "REDACTED-SOURCE-PATH" and deleted.description is None
+        assert deleted.last_updated_timestamp >= started
+        assert fast.get_model(name).aliases == {}
+        assert before[name].aliases == {"a": 2, "b": 2, "c": 3, "d": 4}
+        assert client.get_registered_model(name).last_updated_timestamp >= started
+    with pytest.raises(NotFoundError):
+        fast.delete_version(sql_name, 2)
+    with pytest.raises(NotFoundError):
+        fast.delete_alias(sql_name, "c")
+    # A version number freed by a deletion is not given again (MLflow counts deleted rows).
+    assert fast.create_version(sql_name, "modelkeep://file/tmp/s/@" + "5" * 64, tags={},
+                               run_id="").version == 5
+
+
+def test_sql_deletes_refuse_a_prompt_as_mlflow_does(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fast = registry_for(uri)
+    name = unique_name()
+    fast.create_version(name, "modelkeep://file/tmp/s/@" + "0" * 64, tags={}, run_id="")
+    fast.set_alias(name, "prod", 1)
+    fast.set_model_tag(name, "mlflow.prompt.is_prompt", "true")
+    slow = MlflowRegistry(uri)
+    for reg in (fast, slow):
+        with pytest.raises(NotFoundError):
+            reg.delete_version(name, 1)
+        with pytest.raises(NotFoundError):
+            reg.delete_alias(name, "prod")
+    assert fast.get_by_alias(name, "prod").version == 1
 
 
 def test_sql_writes_refuse_what_mlflow_refuses(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ person, or as JSON on stdout with ``--json``. Errors are turned into one line an
 
 from __future__ import annotations
 
+import gc
 import shutil
 import sys
 from pathlib import Path
@@ -855,6 +856,17 @@ def _wants_json(argv: list[str] | None) -> bool:
 
 def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None) -> int:
     """Console-script entry point; *plugins* replaces the process-wide plugin manager."""
+    code = _main(argv, plugins)
+    if argv is None:
+        # The command line of this process, which ends when main returns. Every object moves to
+        # the permanent generation, so the interpreter's shutdown does not walk them all again
+        # in its final cyclic collections: 60 ms of CPU of a read command, 0.1-0.3 s of wall
+        # time on a busy machine (docs/mlflow.md). Their memory goes back with the process.
+        gc.freeze()
+    return code
+
+
+def _main(argv: list[str] | None, plugins: PluginManager | None) -> int:
     json_out = _wants_json(argv)
     try:
         if plugins is None:

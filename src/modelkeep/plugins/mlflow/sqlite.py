@@ -8,16 +8,16 @@ filtered exactly as MLflow's store filters them (the default workspace; versions
 (``alembic_version``, :data:`TESTED_REVISIONS`); on any other revision, or with an MLflow
 workspace selected, reads go through MLflow's client as before.
 
-Writes on the register path (``create_version``, ``create_model``, ``set_alias``, ``set_tag``,
-``set_model_tag``, ``set_description``) are the rows MLflow's ``SqlAlchemyStore`` writes, checked
-by MLflow's rules first, in one ``BEGIN IMMEDIATE`` transaction: the write lock is taken before
-the next version number is read, so concurrent registers queue instead of racing. A new version's
-``user_id`` (MLflow's "Created by") is its author, which MLflow's own store never fills. Deleting
-a version or an alias goes through MLflow's client
-(:class:`~modelkeep.plugins.mlflow.registry.MlflowRegistry`), as does every write on an untested
-revision. A file that does not exist yet is created by MLflow's client (its schema, its
-migrations) under an exclusive lock on the folder, so concurrent first registers do not race
-inside MLflow's schema set-up.
+Every write of the protocol (``create_version``, ``create_model``, ``set_alias``, ``set_tag``,
+``set_model_tag``, ``set_description``, ``delete_version``, ``delete_alias``) is the rows MLflow's
+``SqlAlchemyStore`` writes, checked by MLflow's rules first, in one ``BEGIN IMMEDIATE``
+transaction: the write lock is taken before the next version number is read, so concurrent
+registers queue instead of racing. A new version's ``user_id`` (MLflow's "Created by") is its
+author, which MLflow's own store never fills. A deleted version is marked and redacted as MLflow
+marks it, and the aliases on it go with it. Every write on an untested revision goes through
+MLflow's client (:class:`~modelkeep.plugins.mlflow.registry.MlflowRegistry`). A file that does
+not exist yet is created by MLflow's client (its schema, its migrations) under an exclusive lock
+on the folder, so concurrent first registers do not race inside MLflow's schema set-up.
 
 A read never creates a registry: on a missing file, lookups say there is no registry there,
 ``models()`` is empty and ``latest()`` None (what a register asks before it creates the first
@@ -59,6 +59,11 @@ TESTED_REVISIONS = frozenset({
 })
 _DEFAULT_WORKSPACE = "default"
 _DELETED = "Deleted_Internal"  # MLflow's mark on a deleted version (model_version_stages.py)
+# What SqlAlchemyStore.delete_model_version writes over a deleted version's fields.
+_REDACTED_SOURCE = "REDACTED-SOURCE-PATH"
+_REDACTED_RUN_ID = "REDACTED-RUN-ID"
+_REDACTED_RUN_LINK = "REDACTED-RUN-LINK"
+_PROMPT_TAG = "mlflow.prompt.is_prompt"  # mlflow/prompt/constants.py IS_PROMPT_TAG_KEY
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -538,14 +543,57 @@ class SqliteRegistry:
             if done.rowcount == 0:
                 raise not_found(self.uri, what)
 
-    # Rare and with more of MLflow's rules to them (a deleted version's redacted fields, the
-    # aliases it loses): through MLflow's client.
-
     def delete_version(self, name: str, version: int) -> None:
-        self._mlflow().delete_version(name, version)
+        # What SqlAlchemyStore.delete_model_version does: the row stays, marked Deleted_Internal
+        # with its source, run and description redacted (its tags and storage_location kept,
+        # its number never reused); the aliases on it are deleted; the model's
+        # last_updated_time moves.
+        what = f"version {name}@{version}"
+        _check_name(what, name)
+        with self._writing() as conn:
+            if conn is None:
+                self._mlflow().delete_version(name, version)
+                return
+            self._check_not_prompt(conn, name, what)
+            if not self._live_version(conn, name, version):
+                raise not_found(self.uri, what)
+            now = _now_ms()
+            conn.execute("UPDATE registered_models SET last_updated_time = ? "
+                         "WHERE workspace = ? AND name = ?", (now, _DEFAULT_WORKSPACE, name))
+            conn.execute("DELETE FROM registered_model_aliases WHERE workspace = ? AND name = ? "
+                         "AND version = ?", (_DEFAULT_WORKSPACE, name, int(version)))
+            conn.execute(
+                "UPDATE model_versions SET current_stage = ?, last_updated_time = ?, "
+                "description = NULL, user_id = NULL, source = ?, run_id = ?, run_link = ?, "
+                "status_message = NULL WHERE workspace = ? AND name = ? AND version = ?",
+                (_DELETED, now, _REDACTED_SOURCE, _REDACTED_RUN_ID, _REDACTED_RUN_LINK,
+                 _DEFAULT_WORKSPACE, name, int(version)))
 
     def delete_alias(self, name: str, alias: str) -> None:
-        self._mlflow().delete_alias(name, alias)
+        # What SqlAlchemyStore.delete_registered_model_alias does: the alias row goes, nothing
+        # else changes. MLflow deletes a missing alias silently; the protocol promises
+        # NotFoundError, worded as MlflowRegistry words it.
+        what = f"alias {name}@{alias}"
+        _check_name(what, name)
+        if not alias or not _ALIAS.match(alias):
+            raise RegistryError(f"registry error on {what}: invalid alias name {alias!r}")
+        with self._writing() as conn:
+            if conn is None:
+                self._mlflow().delete_alias(name, alias)
+                return
+            self._check_not_prompt(conn, name, what)
+            done = conn.execute(
+                "DELETE FROM registered_model_aliases WHERE workspace = ? AND name = ? "
+                "AND alias = ?", (_DEFAULT_WORKSPACE, name, alias))
+            if done.rowcount == 0:
+                raise not_found(self.uri, what)
+
+    def _check_not_prompt(self, conn: sqlite3.Connection, name: str, what: str) -> None:
+        """MlflowClient refuses to delete from a prompt (a registered model tagged
+        ``mlflow.prompt.is_prompt``) as if the model did not exist: so does this."""
+        if conn.execute("SELECT 1 FROM registered_model_tags WHERE workspace = ? AND name = ? "
+                        "AND key = ?", (_DEFAULT_WORKSPACE, name, _PROMPT_TAG)).fetchone():
+            raise not_found(self.uri, what)
 
 
 # MLflow's rules for what it stores (mlflow/utils/validation.py), checked before writing so the
