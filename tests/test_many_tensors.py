@@ -108,6 +108,26 @@ def test_diff_finds_the_one_changed_tensor_among_many(tmp_path: Path,
     assert stat.files[0].tensors.changed == ("layers.1234.w",)
 
 
+def test_show_counts_the_tensors_of_a_map_left_in_the_header(
+        tmp_path: Path, mlflow_sqlite_uri: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from modelkeep.cli.main import main
+
+    store = str(tmp_path / "store")
+    name = unique_name()
+    count = INLINE_TENSORS + 10
+    modelkeep.open(store=store, registry=mlflow_sqlite_uri).register(
+        name, _tiny(tmp_path / "v1", count))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["--store", store, "--registry", mlflow_sqlite_uri, "--json", "show",
+                 f"{name}@1"]) == 0
+    [entry] = json.loads(capsys.readouterr().out)["files"]
+    assert entry["tensors"] == count
+    assert main(["--store", store, "--registry", mlflow_sqlite_uri, "show", f"{name}@1"]) == 0
+    assert str(count) in capsys.readouterr().out
+
+
 def test_sync_codes_the_packed_chunk_by_its_dtype(tmp_path: Path) -> None:
     src = Store.open(str(tmp_path / "a"))
     files, _ = src.ingest(scan_local(_tiny(tmp_path / "m", INLINE_TENSORS + 1)))

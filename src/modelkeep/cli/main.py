@@ -368,8 +368,12 @@ def show(
     ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME@VERSION|ALIAS|latest")]
 ) -> None:
     """Show one version: files, tags, aliases, parents."""
+    from modelkeep.ops.read import tensor_counts
+
     st = _state(ctx)
-    mv = st.keep().get(ref)
+    keep = st.keep()
+    mv = keep.get(ref)
+    counts = tensor_counts(keep, mv)  # files whose tensor map is their stored header
 
     def human() -> None:
         c = st.out.console
@@ -394,11 +398,16 @@ def show(
             c.print(line, highlight=False, markup=False)
         table = Table("file", "size", "chunks", "tensors")
         for f in mv.files:
+            n = len(f.tensors) if f.tensors is not None else counts.get(f.path)
             table.add_row(f.path, human_bytes(f.size), str(len(f.chunks)),
-                          str(len(f.tensors)) if f.tensors is not None else "")
+                          str(n) if n is not None else "")
         c.print(table)
 
-    st.out.emit(mv.to_json(), human)
+    data = mv.to_json()
+    for item in data["files"]:
+        if item["path"] in counts:
+            item["tensors"] = counts[item["path"]]
+    st.out.emit(data, human)
 
 
 def _lineage_lines(lineage: dict[str, Any] | Any) -> list[str]:

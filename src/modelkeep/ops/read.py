@@ -33,6 +33,17 @@ if TYPE_CHECKING:
 Progress = Callable[[int], None]
 
 
+def tensor_counts(keep: Keep, mv: ModelVersion) -> dict[str, int]:
+    """How many tensors each safetensors file of *mv* holds whose snapshot entry leaves its map
+    in the file's header (docs/format.md §5.4: files of more than 4,096 tensors): read from
+    the stored header, since the version's own listing has no count for them."""
+    missing = [f for f in mv.files if f.tensors is None and f.header_end is not None]
+    if not missing:
+        return {}
+    store = keep.stores.store_for(parse_uri(mv.uri).locator)
+    return {f.path: len(store.tensor_map(f) or ()) for f in missing}
+
+
 def get(keep: Keep, ref: str) -> ModelVersion:
     """The version *ref* names (``NAME@3``, ``NAME@alias``, ``NAME@latest`` or ``NAME``)."""
     rv = resolve(keep, ref)
