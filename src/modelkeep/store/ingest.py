@@ -15,13 +15,21 @@ import itertools
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from modelkeep.errors import IntegrityError, NotFoundError, SourceError, UnsafePathError
+from modelkeep.errors import (
+    IntegrityError,
+    ModelkeepError,
+    NotFoundError,
+    SourceError,
+    UnsafePathError,
+)
+from modelkeep.store import filestate
 from modelkeep.store.buffers import BufferPool
 from modelkeep.store.cache import KnownChunks
 from modelkeep.store.chunking import (
@@ -35,9 +43,16 @@ from modelkeep.store.chunking import (
     read_cuts,
 )
 from modelkeep.store.codec import Kind
+from modelkeep.store.filestate import FileStates
 from modelkeep.store.objects import ObjectDB
 from modelkeep.store.safetensors import Layout, paused_collection
-from modelkeep.store.snapshot import INLINE_TENSORS, FileEntry, Snapshot, file_digest
+from modelkeep.store.snapshot import (
+    INLINE_TENSORS,
+    FileEntry,
+    Snapshot,
+    file_digest,
+    parse_file_entry,
+)
 from modelkeep.store.tensormap import layout as stored_layout
 
 if TYPE_CHECKING:
@@ -56,6 +71,10 @@ class SourceFile:
     size: int
     mode: int
     open: Callable[[], BinaryIO]
+    # A file on local disk: its real path and what stat said when it was listed, so an
+    # unchanged one need not be read again (:mod:`.filestate`).
+    local_path: str | None = None
+    stat: os.stat_result | None = None
 
 
 @dataclass
@@ -66,6 +85,7 @@ class IngestStats:
     bytes_stored: int = 0  # what those chunks take in the store (coded, headers included)
     chunks_total: int = 0
     chunks_added: int = 0
+    files_unread: int = 0  # unchanged since this store last stored them (:mod:`.filestate`)
     # The garbage-collection state read before any chunk was looked at; the commit check
     # compares it with the state when the snapshot or manifest is written.
     gc_mark: GcMark | None = None
@@ -148,7 +168,7 @@ def _local_file(rel: str, full: Path, st: os.stat_result) -> SourceFile:
         except PermissionError as exc:
             raise SourceError(f"cannot read {rel!r}: permission denied") from exc
 
-    return SourceFile(rel, st.st_size, mode, opener)
+    return SourceFile(rel, st.st_size, mode, opener, os.path.realpath(full), st)
 
 
 class Ingestor:
@@ -169,9 +189,11 @@ class Ingestor:
         max_inflight: int | None = None,
         bases: Mapping[ChunkKey, str] | None = None,
         damaged: set[str] | None = None,
+        file_states: FileStates | None = None,
     ) -> None:
         self.db = db
         self.known = known
+        self.file_states = file_states
         self.damaged = damaged or set()  # chunks a verify found damaged: rewritten, not reused
         self.rewritten: list[str] = []
         self.bases = bases if bases is not None else {}  # not bool(): ParentBases is lazy
@@ -229,6 +251,44 @@ class Ingestor:
             return None  # a damaged or collected base: the chunk is stored whole instead
         return base_id, raw, depth
 
+    def _unchanged(self, src: SourceFile) -> FileEntry | None:
+        """The entry *src* had when this store last stored it, if the file has not changed
+        since and the store still holds each of its chunks, none known damaged."""
+        if self.file_states is None or src.local_path is None or src.stat is None:
+            return None
+        raw = self.file_states.lookup(src.local_path, src.stat)
+        if raw is None:
+            return None
+        try:
+            entry = parse_file_entry({**raw, "path": src.relpath, "mode": src.mode},
+                                     "remembered file")
+        except ModelkeepError:
+            return None
+        if entry.size != src.size or entry.digest != file_digest(list(entry.chunks)):
+            return None
+        for cid, _n in entry.chunks:
+            if cid in self.damaged:
+                return None
+            if (self.known is None or not self.known.contains(cid)) and not self.db.exists(
+                    Kind.CHUNK, cid):
+                return None
+        with self._seen_lock:
+            self._seen.update(cid for cid, _n in entry.chunks)
+        return entry
+
+    def _remember(self, src: SourceFile, entry: FileEntry, started_ns: int) -> None:
+        """Record *src* as stored as *entry*, unless a write may have landed while it was read."""
+        if self.file_states is None or src.local_path is None or src.stat is None:
+            return
+        if not filestate.settled(src.stat, started_ns):
+            return
+        try:
+            now = os.stat(src.local_path)
+        except OSError:
+            return
+        if filestate.identity(now) == filestate.identity(src.stat):
+            self.file_states.record(src.local_path, src.stat, entry.to_json())
+
     def ingest(
         self, sources: list[SourceFile], progress: Progress | None = None
     ) -> tuple[tuple[FileEntry, ...], IngestStats]:
@@ -245,10 +305,19 @@ class Ingestor:
 
             return done
 
-        pending: list[tuple[SourceFile, Layout | None, bool, list[Future[_Stored]]]] = []
+        pending: list[tuple[SourceFile, Layout | None, bool, list[Future[_Stored]], int]] = []
+        unread: dict[str, FileEntry] = {}
         with ThreadPoolExecutor(self.workers, thread_name_prefix="modelkeep-put") as pool:
             try:
                 for src in sources:
+                    found = self._unchanged(src)
+                    if found is not None:
+                        unread[src.relpath] = found
+                        pending.append((src, None, False, [], 0))
+                        if progress is not None:
+                            progress(src.size)
+                        continue
+                    started_ns = time.time_ns()
                     futures: list[Future[_Stored]] = []
                     digests: dict[str, str] = {}
                     with src.open() as f:
@@ -274,9 +343,17 @@ class Ingestor:
                         layout = dataclasses.replace(layout, tensors=tuple(
                             t._replace(digest=digests[t.name]) if t.name in digests else t
                             for t in layout.tensors))
-                    pending.append((src, layout, inline, futures))
+                    pending.append((src, layout, inline, futures, started_ns))
                 entries = []
-                for src, layout, inline, futures in pending:
+                for src, layout, inline, futures, started_ns in pending:
+                    if src.relpath in unread:
+                        known_entry = unread[src.relpath]
+                        entries.append(known_entry)
+                        stats.files += 1
+                        stats.files_unread += 1
+                        stats.bytes_total += src.size
+                        stats.chunks_total += len(known_entry.chunks)
+                        continue
                     chunk_list = []
                     for fut in futures:
                         cid, n, stored = fut.result()
@@ -303,6 +380,7 @@ class Ingestor:
                             header_end=layout.header_end if layout is not None else None,
                         )
                     )
+                    self._remember(src, entries[-1], started_ns)
                     stats.files += 1
                     stats.bytes_total += src.size
             except BaseException:

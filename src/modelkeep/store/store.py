@@ -42,11 +42,12 @@ from modelkeep.errors import (
     StoreError,
     StoreKeyError,
 )
+from modelkeep.store import filestate, tensormap
 from modelkeep.store import gc as gc_mod
 from modelkeep.store import journal as journal_mod
-from modelkeep.store import tensormap
 from modelkeep.store.cache import KnownChunks
 from modelkeep.store.codec import Kind
+from modelkeep.store.filestate import FileStates
 from modelkeep.store.gc import ChunksCollectedError, GcMark, GcReport
 from modelkeep.store.hashing import content_id, is_id
 from modelkeep.store.ingest import (
@@ -540,7 +541,7 @@ class Store:
         # Read before any chunk is looked at: see the commit check in save_snapshot.
         mark = self.gc_mark()
         ingestor = Ingestor(self.db, known=self.known_for(mark), bases=ParentBases(parent, self.db),
-                            damaged=self.db.damaged_ids())
+                            damaged=self.db.damaged_ids(), file_states=self.file_states(mark))
         entries, stats = ingestor.ingest(sources, progress)
         stats.gc_mark = mark
         return entries, stats
@@ -594,6 +595,14 @@ class Store:
             known.retire_others(self._cache_key())
             self._known_by_run = {mark.run: known}
         return known
+
+    def file_states(self, mark: GcMark) -> FileStates | None:
+        """The cache of files this store holds unchanged (:mod:`.filestate`); none while a
+        collection runs, or when ``MODELKEEP_FILE_STATES=off``."""
+        if not mark.settled or not filestate.enabled():
+            return None
+        # The id of no bytes tells the id scheme apart (an encrypted store's ids are keyed).
+        return FileStates(f"{self._cache_key()}#{self.db.object_id(b'')[:16]}")
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         """Remove a snapshot object; one already gone is not an error. Its chunks stay until a
