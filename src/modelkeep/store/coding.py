@@ -208,11 +208,11 @@ def _planes_payload(values: np.ndarray, prefix: bytes, *, rotate: bool,
     """*prefix*, the element width, then each byte plane of *values* (rotated left by one bit
     first when *rotate*) as ``method, length, bytes``.
 
-    Every plane is computed straight into its place in the payload, with contiguous numpy
-    operations on whole elements (a shift, then a truncating copy to bytes), a block of
-    :data:`PIECE` bytes at a time so that the intermediate stays in the processor's cache:
-    strided byte access, whole-chunk temporaries and joining the pieces afterwards each cost
-    more than the split itself. The top plane holds the exponent (or, in a delta, the rarely
+    Every plane is computed straight into its place in the payload by contiguous numpy
+    operations on whole elements: one shift per plane, truncated to bytes as numpy stores
+    it (plane 0 of a rotation adds the sign bit, a block of :data:`PIECE` bytes at a time so
+    its byte temporary stays in the processor's cache). Strided byte access, element-wide
+    temporaries and joining the pieces afterwards each cost more than the split itself. The top plane holds the exponent (or, in a delta, the rarely
     set high bits): always worth coding. Lower planes are mantissa bits, near random in
     trained weights; a sample tells cheaply whether to try. A plane that codes smaller is
     replaced in place by its frame. The payload is written into this thread's buffer *into*
@@ -226,26 +226,27 @@ def _planes_payload(values: np.ndarray, prefix: bytes, *, rotate: bool,
     out[len(prefix)] = width
     pos = len(prefix) + 1
     step = PIECE // width
-    scratch = _array("split", min(step, count), values.dtype)
+    sign = _array("split", min(step, count), np.dtype(np.uint8)) if rotate else None
     for j in range(width):
         body = pos + _PLANE_RECORD.size
         plane = np.frombuffer(out, dtype=np.uint8, count=count, offset=body)
-        # Byte j of the element rotated left by one bit: bits 8j-1 .. 8j+6 of the element,
-        # and for plane 0 its low 7 bits above the sign bit.
-        shift = 8 * j - 1 if rotate else 8 * j
-        for start in range(0, count, step):
-            v = values[start : start + step]
-            dst, tmp = plane[start : start + step], scratch[: len(v)]
-            if j == 0 and rotate:
-                np.left_shift(v, 1, out=tmp)
-                np.copyto(dst, tmp, casting="unsafe")
-                np.right_shift(v, bits - 1, out=tmp)
-                np.bitwise_or(dst, tmp, out=dst, casting="unsafe")
-            elif shift == 0:
-                np.copyto(dst, v, casting="unsafe")
-            else:
-                np.right_shift(v, shift, out=tmp)
-                np.copyto(dst, tmp, casting="unsafe")
+        # Byte j of the element rotated left by one bit is bits 8j-1 .. 8j+6 of the element
+        # (unrotated: 8j .. 8j+7), and for plane 0 its low 7 bits above the sign bit. One
+        # shift whose result numpy truncates to bytes as it stores it, in its own small
+        # buffers: no element-wide intermediate crosses memory.
+        if j == 0 and rotate:
+            assert sign is not None
+            for start in range(0, count, step):
+                v, dst = values[start : start + step], plane[start : start + step]
+                s = sign[: len(v)]
+                np.left_shift(v, 1, out=dst, casting="unsafe")
+                np.right_shift(v, bits - 1, out=s, casting="unsafe")
+                np.bitwise_or(dst, s, out=dst)
+        elif j == 0:
+            np.copyto(plane, values, casting="unsafe")
+        else:
+            np.right_shift(values, 8 * j - 1 if rotate else 8 * j, out=plane,
+                           casting="unsafe")
         view = memoryview(out)[body : body + count]
         if (code_top and j == width - 1) or _shrinks(view[:_SAMPLE], "literal"):
             frame = _compressor("literal").compress(view)
@@ -337,8 +338,9 @@ def decode_pieces(codec: int, payload: bytes | memoryview, raw_length: int, what
 
 class _Planes:
     """A checked plane payload, ready to be put back together a block of elements at a time:
-    the planes interleaved with whole-element operations (top plane first: plane j shifted
-    into byte j of each element and ORed in; a strided byte copy per plane measured slower),
+    the planes interleaved with whole-element operations (top plane first: plane j widened,
+    shifted into byte j of each element and ORed in; a strided byte copy per plane measured
+    slower),
     then rotated right by one bit (byte planes) or combined with the base (a delta)."""
 
     def __init__(self, planes: list[np.ndarray], width: int, *, rotate: bool,
@@ -357,12 +359,16 @@ class _Planes:
         width, utype = self.width, self.utype
         planes = [p[start:stop] for p in self.planes]
         tmp = _array("assemble", len(dst), utype)
-        np.left_shift(planes[-1], 8 * (width - 1), out=dst, dtype=utype)
-        for j in range(width - 2, 0, -1):
-            np.left_shift(planes[j], 8 * j, out=tmp, dtype=utype)
-            np.bitwise_or(dst, tmp, out=dst)
+        # Each plane widened by a plain copy, then shifted and ORed element by element:
+        # faster than ufuncs that widen their byte input on the fly (numpy buffers those).
+        np.copyto(dst, planes[-1])
         if width > 1:
-            np.bitwise_or(dst, planes[0], out=dst, dtype=utype)
+            np.left_shift(dst, 8 * (width - 1), out=dst)
+        for j in range(width - 2, -1, -1):
+            np.copyto(tmp, planes[j])
+            if j:
+                np.left_shift(tmp, 8 * j, out=tmp)
+            np.bitwise_or(dst, tmp, out=dst)
         if self.rotate:
             np.right_shift(dst, 1, out=tmp)
             np.left_shift(dst, 8 * width - 1, out=dst)
