@@ -212,11 +212,11 @@ def _planes_payload(values: np.ndarray, prefix: bytes, *, rotate: bool,
     operations on whole elements: one shift per plane, truncated to bytes as numpy stores
     it (plane 0 of a rotation adds the sign bit, a block of :data:`PIECE` bytes at a time so
     its byte temporary stays in the processor's cache). Strided byte access, element-wide
-    temporaries and joining the pieces afterwards each cost more than the split itself. The top plane holds the exponent (or, in a delta, the rarely
-    set high bits): always worth coding. Lower planes are mantissa bits, near random in
-    trained weights; a sample tells cheaply whether to try. A plane that codes smaller is
-    replaced in place by its frame. The payload is written into this thread's buffer *into*
-    when given, else a new one."""
+    temporaries and joining the pieces afterwards each cost more than the split itself. The
+    top plane holds the exponent (or, in a delta, the rarely set high bits): always worth
+    coding. Lower planes are mantissa bits, near random in trained weights; a sample tells
+    cheaply whether to try. A plane that codes smaller is replaced in place by its frame. The
+    payload is written into this thread's buffer *into* when given, else a new one."""
     width = values.dtype.itemsize
     bits = 8 * width
     count = len(values)
