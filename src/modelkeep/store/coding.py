@@ -29,17 +29,24 @@ shuffle + zstd 0.69x / 0.83x. The exponent plane is coded by zstd with a small h
 level 1 (0.364 of the plane) and matches level 19 (0.331) at several times level 1's speed.
 zstd itself comes from the maintained ``zstandard`` package; numpy does the plane split.
 
-Speed (profiled with py-spy on the store phase and pull of a 1 GiB bf16 model of weight-like
-values, bench/ab.py ``--weights``): the Huffman coding of the exponent plane is the one cost
-that stays (about 1.3 ns a byte of plane: no zstd setting tried codes it faster at this size,
-and negative levels turn literal coding off); everything around it was cut. Planes are split
-and joined with contiguous whole-element numpy operations (shift, then a truncating copy), a
-512 KiB block at a time so intermediates stay in the core's cache, written straight into the
-payload (no per-plane copies, no join), in buffers each thread reuses from chunk to chunk (a
-fresh 4 MiB buffer per chunk cost more in page faults than the zstd coding). A pull decodes a
-chunk a block at a time and hashes and writes each block while it is in cache. Together:
-store-phase CPU from 3.7 to 2.5 s per GiB and pull from 2.9 to 1.8 s (bench/ab.py
-``--weights``, bench/RESULTS-codec-speed.md), same bytes on disk.
+Speed (profiled with py-spy and perf on the store phase and pull of a bf16 model of
+weight-like values, bench/ab.py ``--weights``): the Huffman coding of the exponent plane is the
+one cost that stays (about 1.3 ns a byte of plane, 0.7 CPU-s per GiB of bf16: no zstd setting
+tried codes it faster at this size, negative levels turn literal coding off, and any other
+setting would change the stored bytes); everything around it was cut. Each plane is one numpy
+shift of whole elements whose result numpy truncates to bytes as it stores it, straight into
+the payload (no per-plane copies, no join; plane 0 of a rotation ORs in the sign a 512 KiB block
+at a time, so its byte temporary stays in the core's cache), in buffers each thread reuses from
+chunk to chunk (a fresh 4 MiB buffer per chunk cost more in page faults than the zstd coding).
+A pull decodes a chunk a block at a time and hashes and writes each block while it is in
+cache. Per GiB of bf16, in CPU seconds: storing is zstd 0.70, BLAKE3 0.23, the split 0.20 and
+the kernel's reading, writing and creating of files about 0.6 (what ``cp`` itself costs);
+pulling is decoding the exponent plane 0.25, putting planes together 0.2, BLAKE3 0.2 and the
+kernel about 0.5. Together: store-phase CPU from 3.7 to 1.8 s per GiB and pull from 2.9 to 1.2
+s (bench/ab.py ``--weights``, bench/RESULTS-codec-speed.md), same bytes on disk. Measured and
+not kept, as none used clearly less CPU: mapping the payload on a pull (which also made it
+slower against ``cp``), one writer at a time per file, 128 KiB to 1 MiB blocks, two pull
+workers instead of four, zstd decoding into a reused buffer.
 zipnn (0.7 GB/s to code, 1.35 GB/s to decode on one core) and blosc2 (0.86 / 1.57 GB/s, and
 0.69x where planes reach 0.665x) do the same work no faster, so the format keeps its codecs.
 
