@@ -96,12 +96,21 @@ def _fallocate() -> Callable[[int, int, int, int], int] | None:
     # The system call itself, not os.posix_fallocate: where a filesystem has no fallocate,
     # glibc's posix_fallocate writes a byte into every block instead, far slower than nothing.
     try:
-        func = ctypes.CDLL(None, use_errno=True).fallocate64
-    except (OSError, AttributeError, TypeError):
-        return None  # not Linux
-    func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    func.restype = ctypes.c_int
-    return func
+        libc = ctypes.CDLL(None, use_errno=True)
+    except (OSError, TypeError):
+        return None
+    # fallocate64 takes 64-bit offsets everywhere; plain fallocate only where off_t is 64-bit
+    # (musl, which dropped the *64 names, always is).
+    names = ["fallocate64"] + (["fallocate"] if ctypes.sizeof(ctypes.c_long) == 8 else [])
+    for name in names:
+        try:
+            func = libc[name]
+        except AttributeError:
+            continue
+        func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        func.restype = ctypes.c_int
+        return func
+    return None  # not Linux
 
 
 def preallocate(fd: int, size: int) -> bool:
