@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelkeep.errors import IntegrityError
-from modelkeep.store import Kind, Store, scan_local
+from modelkeep.store import Kind, Snapshot, Store, scan_local, utc_now
 from modelkeep.store import codec as framing
 from modelkeep.store.coding import (
     PIECE,
@@ -27,6 +27,7 @@ from modelkeep.store.coding import (
     encode,
     encode_delta,
 )
+from modelkeep.store.objects import preallocate
 from tests.backends import Backend, make_backend, unique_name
 
 BACKENDS = ["memory", "local", "s3", "azure"]
@@ -377,3 +378,28 @@ def test_encode_then_decode_is_the_identity(raw: bytes, dtype: str | None) -> No
         return
     assert len(got[1]) < len(raw)
     assert bytes(decode(got[0], got[1], len(raw), "chunk")) == raw
+
+
+def test_pulled_files_and_chunk_objects_are_allocated_before_they_are_written(
+        tmp_path: Path) -> None:
+    # Allocated at once instead of block by block (fallocate): a file only sized by ftruncate
+    # would have no blocks until written.
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        assert preallocate(fd, 3 << 20)
+        st_ = os.fstat(fd)
+        assert st_.st_size == 3 << 20 and st_.st_blocks * 512 >= 3 << 20
+    finally:
+        os.close(fd)
+    # A pull of plane-coded chunks into such files gives back the same bytes.
+    rng = np.random.default_rng(7)
+    bf16 = (rng.normal(0, 0.02, 3 << 20).astype(np.float32).view(np.uint32) >> 16)
+    src = write_safetensors(tmp_path / "m" / "model.safetensors",
+                            {"w": ("BF16", [3 << 20], bf16.astype(np.uint16).tobytes())}).parent
+    store = Store.open(str(tmp_path / "store"))
+    store.ensure_initialized()
+    files, _stats = store.ingest(scan_local(str(src)))
+    assert {h.codec for h in headers(store).values()} >= {Codec.PLANES}
+    snapshot = Snapshot(name="m", files=files, created=utc_now())
+    out = store.materialize(store.load_snapshot(store.save_snapshot(snapshot)), tmp_path / "out")
+    assert same_files(src, out)

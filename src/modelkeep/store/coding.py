@@ -29,17 +29,24 @@ shuffle + zstd 0.69x / 0.83x. The exponent plane is coded by zstd with a small h
 level 1 (0.364 of the plane) and matches level 19 (0.331) at several times level 1's speed.
 zstd itself comes from the maintained ``zstandard`` package; numpy does the plane split.
 
-Speed (profiled with py-spy on the store phase and pull of a 1 GiB bf16 model of weight-like
-values, bench/ab.py ``--weights``): the Huffman coding of the exponent plane is the one cost
-that stays (about 1.3 ns a byte of plane: no zstd setting tried codes it faster at this size,
-and negative levels turn literal coding off); everything around it was cut. Planes are split
-and joined with contiguous whole-element numpy operations (shift, then a truncating copy), a
-512 KiB block at a time so intermediates stay in the core's cache, written straight into the
-payload (no per-plane copies, no join), in buffers each thread reuses from chunk to chunk (a
-fresh 4 MiB buffer per chunk cost more in page faults than the zstd coding). A pull decodes a
-chunk a block at a time and hashes and writes each block while it is in cache. Together:
-store-phase CPU from 3.7 to 2.5 s per GiB and pull from 2.9 to 1.8 s (bench/ab.py
-``--weights``, bench/RESULTS-codec-speed.md), same bytes on disk.
+Speed (profiled with py-spy and perf on the store phase and pull of a bf16 model of
+weight-like values, bench/ab.py ``--weights``): the Huffman coding of the exponent plane is the
+one cost that stays (about 1.3 ns a byte of plane, 0.7 CPU-s per GiB of bf16: no zstd setting
+tried codes it faster at this size, negative levels turn literal coding off, and any other
+setting would change the stored bytes); everything around it was cut. Each plane is one numpy
+shift of whole elements whose result numpy truncates to bytes as it stores it, straight into
+the payload (no per-plane copies, no join; plane 0 of a rotation ORs in the sign a 512 KiB block
+at a time, so its byte temporary stays in the core's cache), in buffers each thread reuses from
+chunk to chunk (a fresh 4 MiB buffer per chunk cost more in page faults than the zstd coding).
+A pull decodes a chunk a block at a time and hashes and writes each block while it is in
+cache. Per GiB of bf16, in CPU seconds: storing is zstd 0.70, BLAKE3 0.23, the split 0.20 and
+the kernel's reading, writing and creating of files about 0.6 (what ``cp`` itself costs);
+pulling is decoding the exponent plane 0.25, putting planes together 0.2, BLAKE3 0.2 and the
+kernel about 0.5. Together: store-phase CPU from 3.7 to 1.8 s per GiB and pull from 2.9 to 1.2
+s (bench/ab.py ``--weights``, bench/RESULTS-codec-speed.md), same bytes on disk. Measured and
+not kept, as none used clearly less CPU: mapping the payload on a pull (which also made it
+slower against ``cp``), one writer at a time per file, 128 KiB to 1 MiB blocks, two pull
+workers instead of four, zstd decoding into a reused buffer.
 zipnn (0.7 GB/s to code, 1.35 GB/s to decode on one core) and blosc2 (0.86 / 1.57 GB/s, and
 0.69x where planes reach 0.665x) do the same work no faster, so the format keeps its codecs.
 
@@ -208,15 +215,15 @@ def _planes_payload(values: np.ndarray, prefix: bytes, *, rotate: bool,
     """*prefix*, the element width, then each byte plane of *values* (rotated left by one bit
     first when *rotate*) as ``method, length, bytes``.
 
-    Every plane is computed straight into its place in the payload, with contiguous numpy
-    operations on whole elements (a shift, then a truncating copy to bytes), a block of
-    :data:`PIECE` bytes at a time so that the intermediate stays in the processor's cache:
-    strided byte access, whole-chunk temporaries and joining the pieces afterwards each cost
-    more than the split itself. The top plane holds the exponent (or, in a delta, the rarely
-    set high bits): always worth coding. Lower planes are mantissa bits, near random in
-    trained weights; a sample tells cheaply whether to try. A plane that codes smaller is
-    replaced in place by its frame. The payload is written into this thread's buffer *into*
-    when given, else a new one."""
+    Every plane is computed straight into its place in the payload by contiguous numpy
+    operations on whole elements: one shift per plane, truncated to bytes as numpy stores
+    it (plane 0 of a rotation adds the sign bit, a block of :data:`PIECE` bytes at a time so
+    its byte temporary stays in the processor's cache). Strided byte access, element-wide
+    temporaries and joining the pieces afterwards each cost more than the split itself. The
+    top plane holds the exponent (or, in a delta, the rarely set high bits): always worth
+    coding. Lower planes are mantissa bits, near random in trained weights; a sample tells
+    cheaply whether to try. A plane that codes smaller is replaced in place by its frame. The
+    payload is written into this thread's buffer *into* when given, else a new one."""
     width = values.dtype.itemsize
     bits = 8 * width
     count = len(values)
@@ -226,26 +233,27 @@ def _planes_payload(values: np.ndarray, prefix: bytes, *, rotate: bool,
     out[len(prefix)] = width
     pos = len(prefix) + 1
     step = PIECE // width
-    scratch = _array("split", min(step, count), values.dtype)
+    sign = _array("split", min(step, count), np.dtype(np.uint8)) if rotate else None
     for j in range(width):
         body = pos + _PLANE_RECORD.size
         plane = np.frombuffer(out, dtype=np.uint8, count=count, offset=body)
-        # Byte j of the element rotated left by one bit: bits 8j-1 .. 8j+6 of the element,
-        # and for plane 0 its low 7 bits above the sign bit.
-        shift = 8 * j - 1 if rotate else 8 * j
-        for start in range(0, count, step):
-            v = values[start : start + step]
-            dst, tmp = plane[start : start + step], scratch[: len(v)]
-            if j == 0 and rotate:
-                np.left_shift(v, 1, out=tmp)
-                np.copyto(dst, tmp, casting="unsafe")
-                np.right_shift(v, bits - 1, out=tmp)
-                np.bitwise_or(dst, tmp, out=dst, casting="unsafe")
-            elif shift == 0:
-                np.copyto(dst, v, casting="unsafe")
-            else:
-                np.right_shift(v, shift, out=tmp)
-                np.copyto(dst, tmp, casting="unsafe")
+        # Byte j of the element rotated left by one bit is bits 8j-1 .. 8j+6 of the element
+        # (unrotated: 8j .. 8j+7), and for plane 0 its low 7 bits above the sign bit. One
+        # shift whose result numpy truncates to bytes as it stores it, in its own small
+        # buffers: no element-wide intermediate crosses memory.
+        if j == 0 and rotate:
+            assert sign is not None
+            for start in range(0, count, step):
+                v, dst = values[start : start + step], plane[start : start + step]
+                s = sign[: len(v)]
+                np.left_shift(v, 1, out=dst, casting="unsafe")
+                np.right_shift(v, bits - 1, out=s, casting="unsafe")
+                np.bitwise_or(dst, s, out=dst)
+        elif j == 0:
+            np.copyto(plane, values, casting="unsafe")
+        else:
+            np.right_shift(values, 8 * j - 1 if rotate else 8 * j, out=plane,
+                           casting="unsafe")
         view = memoryview(out)[body : body + count]
         if (code_top and j == width - 1) or _shrinks(view[:_SAMPLE], "literal"):
             frame = _compressor("literal").compress(view)
@@ -337,8 +345,9 @@ def decode_pieces(codec: int, payload: bytes | memoryview, raw_length: int, what
 
 class _Planes:
     """A checked plane payload, ready to be put back together a block of elements at a time:
-    the planes interleaved with whole-element operations (top plane first: plane j shifted
-    into byte j of each element and ORed in; a strided byte copy per plane measured slower),
+    the planes interleaved with whole-element operations (top plane first: plane j widened,
+    shifted into byte j of each element and ORed in; a strided byte copy per plane measured
+    slower),
     then rotated right by one bit (byte planes) or combined with the base (a delta)."""
 
     def __init__(self, planes: list[np.ndarray], width: int, *, rotate: bool,
@@ -357,12 +366,16 @@ class _Planes:
         width, utype = self.width, self.utype
         planes = [p[start:stop] for p in self.planes]
         tmp = _array("assemble", len(dst), utype)
-        np.left_shift(planes[-1], 8 * (width - 1), out=dst, dtype=utype)
-        for j in range(width - 2, 0, -1):
-            np.left_shift(planes[j], 8 * j, out=tmp, dtype=utype)
-            np.bitwise_or(dst, tmp, out=dst)
+        # Each plane widened by a plain copy, then shifted and ORed element by element:
+        # faster than ufuncs that widen their byte input on the fly (numpy buffers those).
+        np.copyto(dst, planes[-1])
         if width > 1:
-            np.bitwise_or(dst, planes[0], out=dst, dtype=utype)
+            np.left_shift(dst, 8 * (width - 1), out=dst)
+        for j in range(width - 2, -1, -1):
+            np.copyto(tmp, planes[j])
+            if j:
+                np.left_shift(tmp, 8 * j, out=tmp)
+            np.bitwise_or(dst, tmp, out=dst)
         if self.rotate:
             np.right_shift(dst, 1, out=tmp)
             np.left_shift(dst, 8 * width - 1, out=dst)

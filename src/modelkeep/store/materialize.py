@@ -28,7 +28,7 @@ from pathlib import Path
 
 from modelkeep.errors import DestinationExistsError, Hint, IntegrityError, Option, UnsafePathError
 from modelkeep.store.codec import Kind
-from modelkeep.store.objects import ObjectDB, pwrite_all
+from modelkeep.store.objects import ObjectDB, preallocate, pwrite_all
 from modelkeep.store.snapshot import FileEntry, Snapshot, check_relpath
 
 Progress = Callable[[int], None]
@@ -191,9 +191,10 @@ def write_files(
                         progress(entry.size)
                     continue
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                if entry.size:
-                    # Sized once up front: workers then write inside the file, out of order,
-                    # instead of each write past the end growing it under the inode lock.
+                # Sized once up front (allocated, where the filesystem can): workers then
+                # write inside the file, out of order, instead of each write past the end
+                # growing it under the inode lock.
+                if entry.size and not preallocate(fd, entry.size):
                     os.ftruncate(fd, entry.size)
                 futures: list[Future[int]] = []
                 open_files.append((entry, target, fd, futures))
