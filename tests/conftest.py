@@ -11,14 +11,12 @@ import pytest
 
 from tests.servers import (
     DEVICE_GRANT,
-    Azurite,
-    MlflowServer,
-    MotoS3,
     OidcClient,
     OidcProvider,
     ServerStartError,
     create_database,
     oidc_auth_env,
+    serving,
     start_azurite,
     start_mlflow_server,
     start_moto,
@@ -39,28 +37,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def moto_s3(tmp_path_factory: pytest.TempPathFactory):
     """A moto S3 server on a free loopback port (``endpoint_url``, ``storage_options``,
     ``make_bucket()``)."""
-    try:
-        server: MotoS3 = start_moto(tmp_path_factory.mktemp("moto"))
-    except ServerStartError as exc:
-        pytest.fail(f"could not start moto S3 server:\n{exc}", pytrace=False)
-    try:
+    with serving(lambda: start_moto(tmp_path_factory.mktemp("moto")),
+                 "moto S3 server") as server:
         yield server
-    finally:
-        server.process.stop()
 
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory):
     """An Azurite blob server on a free loopback port (``connection_string``,
     ``storage_options``, ``make_container()``)."""
-    try:
-        server: Azurite = start_azurite(tmp_path_factory.mktemp("azurite"))
-    except (ServerStartError, FileNotFoundError) as exc:
-        pytest.fail(f"could not start Azurite:\n{exc}", pytrace=False)
-    try:
+    with serving(lambda: start_azurite(tmp_path_factory.mktemp("azurite")),
+                 "Azurite") as server:
         yield server
-    finally:
-        server.process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -75,14 +63,9 @@ def mlflow_sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     """An ``mlflow server`` process on a free loopback port over a SQLite file (``url``)."""
     workdir = tmp_path_factory.mktemp("mlflow-server")
-    try:
-        server: MlflowServer = start_mlflow_server(workdir, f"sqlite:///{workdir / 'mlflow.db'}")
-    except ServerStartError as exc:
-        pytest.fail(f"could not start mlflow server:\n{exc}", pytrace=False)
-    try:
+    with serving(lambda: start_mlflow_server(workdir, f"sqlite:///{workdir / 'mlflow.db'}"),
+                 "mlflow server") as server:
         yield server
-    finally:
-        server.process.stop()
 
 
 def _database_server(tmp_path_factory: pytest.TempPathFactory, kind: str):
@@ -92,14 +75,9 @@ def _database_server(tmp_path_factory: pytest.TempPathFactory, kind: str):
     except ServerStartError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
-        try:
-            server: MlflowServer = start_mlflow_server(workdir, db.uri)
-        except ServerStartError as exc:
-            pytest.fail(f"could not start mlflow server on {kind}:\n{exc}", pytrace=False)
-        try:
+        with serving(lambda: start_mlflow_server(workdir, db.uri),
+                     f"mlflow server on {kind}") as server:
             yield server
-        finally:
-            server.process.stop()
     finally:
         db.drop()
 
@@ -120,15 +98,10 @@ def mlflow_mariadb_server(tmp_path_factory: pytest.TempPathFactory):
 def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory):
     """An ``mlflow server --app-name basic-auth`` over SQLite (``url``, ``admin``)."""
     workdir = tmp_path_factory.mktemp("mlflow-auth")
-    try:
-        server: MlflowServer = start_mlflow_server(
-            workdir, f"sqlite:///{workdir / 'mlflow.db'}", app_name="basic-auth")
-    except ServerStartError as exc:
-        pytest.fail(f"could not start mlflow server with basic-auth:\n{exc}", pytrace=False)
-    try:
+    with serving(lambda: start_mlflow_server(workdir, f"sqlite:///{workdir / 'mlflow.db'}",
+                                             app_name="basic-auth"),
+                 "mlflow server with basic-auth") as server:
         yield server
-    finally:
-        server.process.stop()
 
 
 # Clients and users of the test OpenID provider. Secrets are made per session.
@@ -160,15 +133,10 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory):
         OidcClient(OIDC_OTHER_JOB, secret(), cc, username="other-job", groups=("mlflow",)),
         OidcClient(OIDC_CLI, None, (DEVICE_GRANT, "refresh_token"), access_token_ttl=20),
     ]
-    try:
-        provider: OidcProvider = start_oidc_provider(
-            tmp_path_factory.mktemp("oidc"), clients, OIDC_USERS)
-    except ServerStartError as exc:
-        pytest.fail(f"could not start the OpenID provider:\n{exc}", pytrace=False)
-    try:
+    with serving(lambda: start_oidc_provider(tmp_path_factory.mktemp("oidc"), clients,
+                                             OIDC_USERS),
+                 "the OpenID provider") as provider:
         yield provider
-    finally:
-        provider.process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -176,14 +144,8 @@ def mlflow_oidc_server(oidc_provider: OidcProvider, tmp_path_factory: pytest.Tem
     """``mlflow server --app-name oidc-auth`` (the ``mlflow-oidc-auth`` plugin) over SQLite,
     trusting ``oidc_provider``'s tokens (``url``)."""
     workdir = tmp_path_factory.mktemp("mlflow-oidc")
-    try:
-        server: MlflowServer = start_mlflow_server(
+    with serving(lambda: start_mlflow_server(
             workdir, f"sqlite:///{workdir / 'mlflow.db'}", app_name="oidc-auth",
-            env=oidc_auth_env(workdir, oidc_provider))
-    except ServerStartError as exc:
-        pytest.fail(f"could not start mlflow server with mlflow-oidc-auth:\n{exc}",
-                    pytrace=False)
-    try:
+            env=oidc_auth_env(workdir, oidc_provider)),
+            "mlflow server with mlflow-oidc-auth") as server:
         yield server
-    finally:
-        server.process.stop()

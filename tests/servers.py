@@ -21,7 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -41,6 +41,22 @@ _live: set[ManagedProcess] = set()
 
 class ServerStartError(RuntimeError):
     """A test server did not come up."""
+
+
+@contextlib.contextmanager
+def serving(start: Callable[[], Any], what: str) -> Iterator[Any]:
+    """The server *start* returns, for a fixture to yield, stopped when the fixture ends. A server
+    that does not start fails the run with its output: a missing server is never a skip."""
+    import pytest
+
+    try:
+        server = start()
+    except (ServerStartError, FileNotFoundError) as exc:
+        pytest.fail(f"could not start {what}:\n{exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.process.stop()
 
 
 def free_port() -> int:

@@ -36,7 +36,7 @@ from tests.servers import (
     Azurite,
     OidcClient,
     OidcProvider,
-    ServerStartError,
+    serving,
     start_azurite,
     start_oidc_provider,
 )
@@ -64,30 +64,20 @@ def entra(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
     clients = [OidcClient(JOB, f"cs-{os.urandom(12).hex()}", cc),
                OidcClient(SHORT_JOB, f"cs-{os.urandom(12).hex()}", cc, access_token_ttl=20),
                OidcClient(PERSON, None, (DEVICE_GRANT, "refresh_token"), access_token_ttl=20)]
-    try:
-        provider = start_oidc_provider(
-            tmp_path_factory.mktemp("entra"), clients, {"alice": ()}, audience=REGISTRY_AUDIENCE,
-            issuer=ENTRA_ISSUER, resources={STORAGE: ""}, not_before=True)
-    except ServerStartError as exc:
-        pytest.fail(f"could not start the OpenID provider:\n{exc}", pytrace=False)
     SECRETS.update(c.secret for c in clients if c.secret)
-    try:
+    with serving(lambda: start_oidc_provider(
+            tmp_path_factory.mktemp("entra"), clients, {"alice": ()}, audience=REGISTRY_AUDIENCE,
+            issuer=ENTRA_ISSUER, resources={STORAGE: ""}, not_before=True),
+            "the OpenID provider") as provider:
         yield provider
-    finally:
-        provider.process.stop()
 
 
 @pytest.fixture(scope="module")
 def azurite_oauth(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Azurite over HTTPS taking bearer tokens (``--oauth basic``)."""
-    try:
-        server = start_azurite(tmp_path_factory.mktemp("azurite-oauth"), oauth=True)
-    except (ServerStartError, FileNotFoundError) as exc:
-        pytest.fail(f"could not start Azurite:\n{exc}", pytrace=False)
-    try:
+    with serving(lambda: start_azurite(tmp_path_factory.mktemp("azurite-oauth"), oauth=True),
+                 "Azurite") as server:
         yield server
-    finally:
-        server.process.stop()
 
 
 def store_options(azurite: Azurite, identity: dict[str, Any] | None) -> dict[str, Any]:

@@ -32,8 +32,8 @@ from tests.backends import unique_name
 from tests.conftest import OIDC_CLI, OIDC_JOB, OIDC_SHORT_JOB
 from tests.helpers import tensors, tree_digest, write_model
 from tests.moto_iam import MotoIam, start_moto_iam
-from tests.servers import REPO_ROOT, ServerStartError
-from tests.test_signin import login_as
+from tests.servers import REPO_ROOT, serving
+from tests.test_signin import as_job, login_as
 
 pytestmark = pytest.mark.xdist_group("signin")
 
@@ -46,14 +46,9 @@ SHORT_SESSION = 20  # seconds the short-lived test's credentials last (STS itsel
 
 @pytest.fixture(scope="module")
 def moto_iam(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    try:
-        server = start_moto_iam(tmp_path_factory.mktemp("moto-iam"))
-    except ServerStartError as exc:
-        pytest.fail(f"could not start moto_server with IAM enforced:\n{exc}", pytrace=False)
-    try:
+    with serving(lambda: start_moto_iam(tmp_path_factory.mktemp("moto-iam")),
+                 "moto_server with IAM enforced") as server:
         yield server
-    finally:
-        server.process.stop()
 
 
 def make_role(moto: MotoIam, issuer: str, audience: str, bucket: str) -> str:
@@ -126,14 +121,6 @@ def no_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MODELKEEP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     tokens.forget()
-
-
-def as_job(monkeypatch: pytest.MonkeyPatch, provider: Any, client_id: str) -> None:
-    monkeypatch.setenv("MODELKEEP_AUTH_ISSUER", provider.issuer)
-    monkeypatch.setenv("MODELKEEP_AUTH_CLIENT_ID", client_id)
-    monkeypatch.setenv("MODELKEEP_AUTH_CLIENT_SECRET", provider.client_secret(client_id))
-    monkeypatch.setenv("MODELKEEP_AUTH_SCOPES", provider.scope)
-    monkeypatch.setenv("MODELKEEP_AUTH_AUDIENCE", provider.audience)
 
 
 def test_register_and_pull_as_the_sign_in(  # type: ignore[no-untyped-def]

@@ -25,6 +25,20 @@ def cache_dir() -> Path:
     return Path(base) / "modelkeep"
 
 
+def open_cache_db(path: Path, schema: str) -> sqlite3.Connection | None:
+    """A cache file shared by the machine's processes (WAL mode), with *schema* created; None
+    when it cannot be opened: a cache that cannot be written must never stop a command."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(schema)
+        conn.commit()
+    except (sqlite3.Error, OSError):
+        return None
+    return conn
+
+
 class KnownChunks:
     """Chunk ids confirmed present in one store (keyed by the store's locator)."""
 
@@ -37,19 +51,9 @@ class KnownChunks:
 
     def _db(self) -> sqlite3.Connection | None:
         if self._conn is None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS known (store TEXT NOT NULL, id TEXT NOT NULL, "
-                    "PRIMARY KEY (store, id)) WITHOUT ROWID"
-                )
-                conn.commit()
-            except sqlite3.Error:
-                # An unwritable cache must not stop a register: run without it.
-                return None
-            self._conn = conn
+            self._conn = open_cache_db(
+                self.path, "CREATE TABLE IF NOT EXISTS known (store TEXT NOT NULL, "
+                "id TEXT NOT NULL, PRIMARY KEY (store, id)) WITHOUT ROWID")
         return self._conn
 
     def contains(self, oid: str) -> bool:

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelkeep.store.cache import cache_dir
+from modelkeep.store.cache import cache_dir, open_cache_db
 
 RACY_SECONDS = 2.0
 ENV = "MODELKEEP_FILE_STATES"
@@ -65,20 +65,12 @@ class FileStates:
 
     def _db(self) -> sqlite3.Connection | None:
         if self._conn is None and not self._broken:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS files (store TEXT NOT NULL, path TEXT NOT NULL, "
-                    "identity TEXT NOT NULL, entry TEXT NOT NULL, recorded REAL NOT NULL, "
-                    "PRIMARY KEY (store, path)) WITHOUT ROWID")
-                conn.commit()
-            except (sqlite3.Error, OSError):
-                # An unusable cache must not stop a register: every file is read instead.
-                self._broken = True
-                return None
-            self._conn = conn
+            self._conn = open_cache_db(
+                self.path, "CREATE TABLE IF NOT EXISTS files (store TEXT NOT NULL, "
+                "path TEXT NOT NULL, identity TEXT NOT NULL, entry TEXT NOT NULL, "
+                "recorded REAL NOT NULL, PRIMARY KEY (store, path)) WITHOUT ROWID")
+            # An unusable cache is not asked again: every file is read instead.
+            self._broken = self._conn is None
         return self._conn
 
     def lookup(self, path: str, st: os.stat_result) -> dict[str, Any] | None:
