@@ -7,7 +7,8 @@ For each backend and fault mode, each run registers a fresh model into a fresh s
 tests/faultproxy.py, then pulls it, and checks the pulled bytes; the table gives failures, the
 median register and pull times and their ratio to the no-fault run. A dead endpoint is timed to
 its error, and after it a re-run (endpoint back) must send only what is missing. Writes
-bench/RESULTS-faults.md (``--out`` to change).
+bench/RESULTS-faults.md (``--out`` to change). With ``MK_FAULTS_DEBUG=1`` it prints, after each
+register and pull, the requests the proxy saw take longer than 1.5 s (what an operation waited on).
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ MODES: dict[str, Callable[[str], tuple[Fault, Fault]]] = {
 
 def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+def _show_waits(what: str, took: float, proxy: FaultProxy) -> None:
+    if not os.environ.get("MK_FAULTS_DEBUG"):
+        return
+    log = list(proxy.log)
+    t0 = min((r.start for r in log), default=0.0)
+    print(f"  {what} {took:.1f} s, {len(log)} requests", flush=True)
+    for r in log:
+        end = r.end if r.end is not None else time.monotonic()
+        if end - r.start > 1.5:
+            print(f"    {r.start - t0:6.2f}+{end - r.start:5.2f} {r.fault:6} {r.method} "
+                  f"{r.target[:110]}", flush=True)
 
 
 def run(args: argparse.Namespace) -> str:
@@ -102,10 +116,12 @@ def run(args: argparse.Namespace) -> str:
                             t = time.monotonic()
                             v = keep.register(f"m-{backend}-{counter[0]}", model)
                             reg_t.append(time.monotonic() - t)
+                            _show_waits("register", reg_t[-1], proxy)
                             proxy.set(f_pull)
                             t = time.monotonic()
                             keep.pull(v.ref, out)
                             pull_t.append(time.monotonic() - t)
+                            _show_waits("pull", pull_t[-1], proxy)
                             if tree_digest(out) != tree_digest(model):
                                 failures.append("bytes differ")
                         except Exception as exc:

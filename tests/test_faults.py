@@ -26,6 +26,7 @@ from modelkeep.errors import StoreBusyError, StoreUnreachableError
 from modelkeep.store import Store
 from modelkeep.store.codec import Kind
 from modelkeep.store.location import parse_location
+from modelkeep.store.retry import RetryPolicy, _Hedger
 from tests.backends import unique_name
 from tests.faultproxy import Fault, FaultProxy, Request
 from tests.helpers import tensors, tree_digest, write_model
@@ -292,3 +293,14 @@ def test_dead_endpoint_is_a_clear_error_within_30_s(faulty: Faulty, tmp_path: Pa
     message = str(err.value)
     assert re.match(r"^store (s3|az)://\S+ is unreachable", message), message
     assert report(err.value) == 5
+
+
+def test_a_slow_store_still_has_its_stalls_hedged() -> None:
+    # When every call is slow (4 x p90 at or past the read timeout), a stalled call is still
+    # sent again before the read timeout, not left to wait it out and the SDK's retry.
+    hedger = _Hedger(RetryPolicy(read_timeout=10, hedge_after=0.3))
+    for _ in range(64):
+        hedger.record("PUT", 4.0)
+    delay = hedger.delay("PUT")
+    assert delay is not None and delay <= 5.0
+    assert _Hedger(RetryPolicy(hedge_after=0)).delay("PUT") is None

@@ -20,7 +20,8 @@ Two layers handle them, both configured from one :class:`RetryPolicy`:
 
 A response that stalls is not only waited out: reads (GET, HEAD, LIST) and conditional creates
 are *hedged*. When one has taken much longer than the same operation usually takes (four times
-the 90th percentile of the last 64 calls, and at least ``hedge_after`` seconds), an identical
+the 90th percentile of the last 64 calls, at least ``hedge_after`` seconds and at most half the
+read timeout, so that a store slow everywhere still has its stalls hedged), an identical
 second request is sent and the first answer wins, as "The Tail at Scale" (Dean and Barroso) and
 AWS's S3 performance guidelines recommend for latency-sensitive clients. Both are safe to send
 twice: a read changes nothing, and a create of a write-once object named by its hash that meets
@@ -236,6 +237,7 @@ _HEDGE_FACTOR = 4.0  # a call is slow at this many times the recent 90th percent
 # eight, which then waits out the read timeout; four, once in 160 000 calls. Copies that lose are
 # cancelled, so a fourth costs a request, not a connection held until the read timeout.
 _HEDGE_COPIES = 4
+_HEDGE_CAP = 0.5  # a copy is sent after at most this share of the read timeout
 
 
 class _Hedger:
@@ -250,16 +252,18 @@ class _Hedger:
         self._hedges = 0
 
     def delay(self, operation: str) -> float | None:
-        """Seconds after which a duplicate is worth sending; None: never (the read timeout
-        would come first, or hedging is off)."""
+        """Seconds after which a duplicate is worth sending; None: never (hedging is off)."""
         if self._floor <= 0:
             return None
         with self._lock:
             self._calls += 1
             recent = sorted(self._times.get(operation, ()))
         p90 = recent[int(0.9 * (len(recent) - 1))] if recent else 0.0
+        # Capped below the read timeout, never turned off by it: when a slow store (or a busy
+        # client) makes 4 x p90 reach the read timeout, a stalled call would otherwise wait the
+        # timeout out and then be retried by the SDK, 10-30 s where a copy costs a few.
         delay = max(self._floor, _HEDGE_FACTOR * p90)
-        return delay if delay < self._ceiling else None
+        return min(delay, _HEDGE_CAP * self._ceiling) if self._ceiling > 0 else delay
 
     def record(self, operation: str, seconds: float) -> None:
         with self._lock:
