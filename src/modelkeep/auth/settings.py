@@ -38,12 +38,14 @@ from typing import Any
 
 # The table's keys and their checks live with the settings file's other rules (config.py,
 # which checks every table when the file is read); resolving them into settings is here.
-from modelkeep.config import AUDIENCE_PARAMETERS, AUTH_KEYS, SECRET_ENV, auth_scopes
-from modelkeep.config import check_auth_table as check_table
+from modelkeep.config import (
+    AUDIENCE_PARAMETERS,
+    AUTH_KEYS,
+    SECRET_ENV,
+    auth_scopes,
+    check_auth_table,
+)
 from modelkeep.errors import ConfigError
-
-KEYS = AUTH_KEYS
-_scopes = auth_scopes
 
 ENV_PREFIX = "MODELKEEP_AUTH_"
 SECRET_FILE_ENV = "MODELKEEP_AUTH_CLIENT_SECRET_FILE"
@@ -103,11 +105,11 @@ def resolve(table: Mapping[str, Any] | None, *, file: Path | None = None,
     """The settings in force: the ``[auth]`` *table* of *file* (paths relative to *root*) with
     the environment over it. None when no issuer is configured (no sign-in)."""
     table = dict(table or {})
-    check_table(table, file=file)
+    check_auth_table(table, file=file)
     env = os.environ
     source = str(file) if file is not None and table else "environment"
     values: dict[str, Any] = dict(table)
-    for key in KEYS:
+    for key in AUTH_KEYS:
         name = ENV_PREFIX + key.upper()
         if env.get(name):
             values[key] = env[name]
@@ -139,7 +141,7 @@ def resolve(table: Mapping[str, Any] | None, *, file: Path | None = None,
     return AuthSettings(
         issuer=str(issuer).rstrip("/"),
         client_id=str(client_id),
-        scopes=_scopes(values.get("scopes", ()), "the scopes") if values.get("scopes") else (),
+        scopes=auth_scopes(values.get("scopes", ()), "the scopes") if values.get("scopes") else (),
         audience=str(values["audience"]) if values.get("audience") else None,
         audience_parameter=audience_parameter,
         client_secret=secret,

@@ -305,15 +305,16 @@ class Ingestor:
 
             return done
 
-        pending: list[tuple[SourceFile, Layout | None, bool, list[Future[_Stored]], int]] = []
-        unread: dict[str, FileEntry] = {}
+        # Per file: its layout, whether its tensor map stays inline, its chunks' futures, when
+        # its reading started, and the entry it already had when it was not read at all.
+        pending: list[tuple[SourceFile, Layout | None, bool, list[Future[_Stored]], int,
+                            FileEntry | None]] = []
         with ThreadPoolExecutor(self.workers, thread_name_prefix="modelkeep-put") as pool:
             try:
                 for src in sources:
                     found = self._unchanged(src)
                     if found is not None:
-                        unread[src.relpath] = found
-                        pending.append((src, None, False, [], 0))
+                        pending.append((src, None, False, [], 0, found))
                         if progress is not None:
                             progress(src.size)
                         continue
@@ -343,11 +344,10 @@ class Ingestor:
                         layout = dataclasses.replace(layout, tensors=tuple(
                             t._replace(digest=digests[t.name]) if t.name in digests else t
                             for t in layout.tensors))
-                    pending.append((src, layout, inline, futures, started_ns))
+                    pending.append((src, layout, inline, futures, started_ns, None))
                 entries = []
-                for src, layout, inline, futures, started_ns in pending:
-                    if src.relpath in unread:
-                        known_entry = unread[src.relpath]
+                for src, layout, inline, futures, started_ns, known_entry in pending:
+                    if known_entry is not None:
                         entries.append(known_entry)
                         stats.files += 1
                         stats.files_unread += 1
