@@ -403,3 +403,32 @@ def test_pulled_files_and_chunk_objects_are_allocated_before_they_are_written(
     snapshot = Snapshot(name="m", files=files, created=utc_now())
     out = store.materialize(store.load_snapshot(store.save_snapshot(snapshot)), tmp_path / "out")
     assert same_files(src, out)
+
+
+def test_literal_frames_are_alike_with_and_without_the_cffi_backend(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exponent plane is coded through zstd's CFFI backend (literal coding forced on, the
+    match search skipped); without that backend the C backend's parameters give frames any
+    zstd decoder reads the same, at the same ratio."""
+    from modelkeep.store import coding
+
+    fast = coding._Literals()
+    assert fast._fallback is None  # this machine, like CI, has the backend: the fast path runs
+    real_import = coding.importlib.import_module
+
+    def no_cffi(name: str, *args: object) -> object:
+        if name == "zstandard.backend_cffi":
+            raise ImportError(name)
+        return real_import(name, *args)
+
+    monkeypatch.setattr(coding.importlib, "import_module", no_cffi)
+    slow = coding._Literals()
+    assert slow._fallback is not None
+    raw = _weights("BF16", 1 << 20, 3)
+    plane = np.frombuffer(raw, dtype="<u2")
+    top = (((plane << 1) | (plane >> 15)) >> 8).astype(np.uint8).tobytes()
+    frames = [fast.compress(top), slow.compress(top), fast.compress(memoryview(top)[:1000])]
+    for frame, n in zip(frames, (len(top), len(top), 1000), strict=True):
+        assert bytes(decode(Codec.ZSTD, frame, n, "plane")) == top[:n]
+    assert len(frames[0]) < 0.4 * len(top)
+    assert abs(len(frames[0]) - len(frames[1])) < 0.01 * len(top)
