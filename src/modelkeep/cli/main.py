@@ -34,7 +34,7 @@ from modelkeep.cli._help import apply as apply_help_style
 from modelkeep.cli._output import Output, human_bytes
 from modelkeep.cli._state import State
 from modelkeep.cli._state import state as _state
-from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError
+from modelkeep.errors import REGISTRY, Hint, IntegrityError, InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
     from modelkeep.hooks.manager import PluginManager
@@ -327,8 +327,8 @@ def list_(
         if not rows and not getattr(keep.registry, "exists", True):
             # A registry that can tell "absent" from "empty" (a SQLite file not created yet).
             raise NotFoundError(f"there is no registry at {keep.registry.uri}",
-                                hint="check --registry / MLFLOW_TRACKING_URI; the first "
-                                "`modelkeep register` creates it")
+                                hint=Hint("check {registry} / MLFLOW_TRACKING_URI; the first "
+                                          "`modelkeep register` creates it", registry=REGISTRY))
 
         def human_models() -> None:
             if not rows:

@@ -157,7 +157,7 @@ class SqliteRegistry:
         return self._writer is None and not self.path.is_file()
 
     def _no_registry(self) -> NotFoundError:
-        return NotFoundError(f"there is no registry at {self.path} (no such file)",
+        return NotFoundError(f"there is no registry at {self.uri}",
                              hint=Hint("check {registry} / MLFLOW_TRACKING_URI; the first "
                                        "`modelkeep register` creates it", registry=REGISTRY))
 
