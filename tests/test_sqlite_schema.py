@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.store.db.utils import _get_latest_schema_revision
 
+from modelkeep.errors import RegistryError
 from modelkeep.plugins.mlflow import sqlite_schema
 from modelkeep.plugins.mlflow.sqlite import TESTED_REVISIONS
 from tests.mlflow_schema import mlflow_created, mlflow_env, script_from, snapshot
@@ -120,3 +121,11 @@ def test_an_existing_file_is_kept(tmp_path: Path) -> None:
     assert sqlite_schema.create(db)
     assert db.read_bytes() == b"not a database"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
+
+
+def test_a_folder_that_cannot_be_made_is_one_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RegistryError, match=r"cannot be created") as error:
+        sqlite_schema.create(blocker / "reg" / "mlflow.db")
+    assert "writable" in str(error.value.hint)

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from modelkeep.errors import RegistryError
+
 SCHEMAS = Path(__file__).with_name("schemas")
 
 # What MLflow's SqlAlchemyStore writes for the Default experiment (experiment 0) when it opens a
@@ -128,9 +130,19 @@ def create(path: Path) -> bool:
     script = native_script()
     if script is None:
         return False
+    try:
+        _create(path, script)
+    except (OSError, sqlite3.Error) as exc:
+        raise RegistryError(f"registry {path} cannot be created: {exc}",
+                            hint="check that its folder exists or can be made, and is "
+                            "writable") from None
+    return True
+
+
+def _create(path: Path, script: str) -> None:
     with folder_lock(path.parent):
         if path.exists():
-            return True  # another writer made it while this one waited for the lock
+            return  # another writer made it while this one waited for the lock
         temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         try:
             build(temp, script)
@@ -146,7 +158,6 @@ def create(path: Path) -> bool:
         finally:
             for leftover in (temp, temp.with_name(temp.name + "-journal")):
                 leftover.unlink(missing_ok=True)
-    return True
 
 
 @contextmanager
