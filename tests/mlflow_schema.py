@@ -7,7 +7,11 @@ Regenerate the script for the installed MLflow's schema revision (after an MLflo
 migrates the schema, once the new revision's registry tables are checked; see
 ``TESTED_REVISIONS`` in modelkeep.plugins.mlflow.sqlite)::
 
-    PYTHONPATH=src .venv/bin/python -m tests.mlflow_schema
+    PYTHONPATH=src .venv/bin/python -m tests.mlflow_schema [--python OTHER_VENV/bin/python]
+
+``--python`` makes the file with another interpreter's MLflow (a venv with, say, the
+``mlflow-skinny`` release a client-only install resolves to, and sqlalchemy and alembic), for a
+revision the MLflow installed here is not at.
 
 A file is "what MLflow creates" up to what MLflow itself does not repeat from one creation to the
 next: the order of the constraints in a table that a migration rebuilt, the order of the indexes
@@ -16,7 +20,7 @@ and the names SQLite gives the indexes behind them, and the Default experiment's
 
 from __future__ import annotations
 
-import importlib.metadata
+import argparse
 import os
 import re
 import sqlite3
@@ -35,10 +39,13 @@ TIMES = {"experiments": ("creation_time", "last_update_time")}
 # Columns the script leaves to be filled in when a file is made (sqlite_schema.build).
 FILLED_IN = {"experiments": ("artifact_location", *TIMES["experiments"])}
 
+# What modelkeep's MlflowRegistry does to a new file: MLflow's client on it, its first question.
 _MAKE = (
     "import sys\n"
-    "from modelkeep.plugins.mlflow.registry import MlflowRegistry\n"
-    "MlflowRegistry(sys.argv[1]).models()\n"
+    "import mlflow\n"
+    "from mlflow import MlflowClient\n"
+    "MlflowClient(tracking_uri=sys.argv[1], registry_uri=sys.argv[1]).search_registered_models()\n"
+    "print(mlflow.__version__)\n"
 )
 
 
@@ -53,13 +60,14 @@ def mlflow_env() -> dict[str, str]:
     return env
 
 
-def mlflow_created(db: Path, cwd: Path) -> Path:
-    """A new file *db* created by MLflow's client (as modelkeep's fallback creates one), in a
-    fresh interpreter working in *cwd* (the Default experiment's artifact root is relative)."""
+def mlflow_created(db: Path, cwd: Path, python: str = sys.executable) -> str:
+    """Create the new file *db* with MLflow's client (as modelkeep's fallback creates one), in a
+    fresh interpreter (*python*) working in *cwd* (the Default experiment's artifact root is
+    relative to it); MLflow's version."""
     db.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-c", _MAKE, f"sqlite:///{db}"], cwd=cwd, env=mlflow_env(),
-                   check=True, capture_output=True, text=True, timeout=300)
-    return db
+    done = subprocess.run([python, "-c", _MAKE, f"sqlite:///{db}"], cwd=cwd, env=mlflow_env(),
+                          check=True, capture_output=True, text=True, timeout=300)
+    return done.stdout.split()[-1]
 
 
 def revision_of(db: Path) -> str:
@@ -68,9 +76,11 @@ def revision_of(db: Path) -> str:
 
 
 def _objects(conn: sqlite3.Connection) -> list[tuple[str, str, str, str | None]]:
+    # Tables, then what is built on them; by name, not in the order MLflow happened to make
+    # them (which varies), so a regenerated script differs only where the schema does.
     return conn.execute(
         "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY "
-        "CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid"
+        "CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, name"
     ).fetchall()
 
 
@@ -83,24 +93,14 @@ def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
     return [str(r[1]) for r in conn.execute(f'PRAGMA table_info("{table}")')]
 
 
-def _mlflow_version() -> str:
-    for dist in ("mlflow", "mlflow-skinny"):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return "unknown"
-
-
-def script_from(db: Path) -> str:
+def script_from(db: Path, mlflow_version: str) -> str:
     """The schema script for what MLflow left in *db*: every table, index, view and trigger
     statement as SQLite keeps it, then every row, the Default experiment's location and times
     left NULL to be filled in when a file is made."""
     revision = revision_of(db)
-    version = _mlflow_version()
     lines = [
-        f"-- MLflow's tracking database at schema revision {revision} (mlflow {version}), as",
-        "-- MLflow's client leaves a new SQLite file. Generated from such a file by",
+        f"-- MLflow's tracking database at schema revision {revision} (mlflow {mlflow_version}),",
+        "-- as MLflow's client leaves a new SQLite file. Generated from such a file by",
         "-- `python -m tests.mlflow_schema`; do not edit. Used by modelkeep.plugins.mlflow",
         "-- .sqlite_schema, which fills in the Default experiment's artifact location and times.",
         "",
@@ -182,16 +182,33 @@ def snapshot(db: Path) -> dict[str, Any]:
     return {"objects": objects, "implicit": dict(implicit), "rows": rows, "settings": settings}
 
 
-def main() -> int:
-    from modelkeep.plugins.mlflow.sqlite_schema import SCHEMAS
+def main(argv: list[str] | None = None) -> int:
+    from modelkeep.plugins.mlflow.sqlite_schema import SCHEMAS, build
 
+    parser = argparse.ArgumentParser(description="Write the schema script for the revision an "
+                                     "MLflow creates a new SQLite file at.")
+    parser.add_argument("--python", default=sys.executable,
+                        help="the interpreter whose MLflow makes the file (default: this one)")
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        db = mlflow_created(Path(tmp) / "mlflow.db", Path(tmp))
-        revision = revision_of(db)
-        out = SCHEMAS / f"{revision}.sql"
+        made = Path(tmp) / "mlflow" / "mlflow.db"
+        version = mlflow_created(made, Path(tmp), args.python)
+        script = script_from(made, version)
+        # The script must make what MLflow made, here and now, before it is shipped.
+        cwd = Path.cwd()
+        try:
+            os.chdir(tmp)
+            build(Path(tmp) / "native.db", script)
+        finally:
+            os.chdir(cwd)
+        if snapshot(Path(tmp) / "native.db") != snapshot(made):
+            print("error: the script does not make what MLflow made (see tests.mlflow_schema)",
+                  file=sys.stderr)
+            return 1
+        out = SCHEMAS / f"{revision_of(made)}.sql"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(script_from(db), encoding="utf-8")
-    print(f"wrote {out.relative_to(ROOT)}")
+        out.write_text(script, encoding="utf-8")
+    print(f"wrote {out.relative_to(ROOT)} (mlflow {version})")
     return 0
 
 

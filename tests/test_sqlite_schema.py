@@ -19,7 +19,7 @@ from mlflow.store.db.utils import _get_latest_schema_revision
 
 from modelkeep.errors import RegistryError
 from modelkeep.plugins.mlflow import sqlite_schema
-from modelkeep.plugins.mlflow.sqlite import TESTED_REVISIONS
+from modelkeep.plugins.mlflow.sqlite import TESTED_REVISIONS, SqliteRegistry
 from tests.mlflow_schema import mlflow_created, mlflow_env, script_from, snapshot
 
 
@@ -35,7 +35,8 @@ def test_the_shipped_script_is_what_mlflow_creates(tmp_path: Path,
     assert sqlite_schema.schema_script(head) is not None, (
         f"no schema script for the installed MLflow's revision {head}: check its registry "
         "tables, then run `PYTHONPATH=src python -m tests.mlflow_schema`")
-    theirs = mlflow_created(tmp_path / "mlflow" / "mlflow.db", cwd=tmp_path)
+    theirs = tmp_path / "mlflow" / "mlflow.db"
+    version = mlflow_created(theirs, cwd=tmp_path)
     monkeypatch.chdir(tmp_path)  # the Default experiment's artifact root is relative to it
     for name in ("MLFLOW_ENABLE_WORKSPACES", "MLFLOW_WORKSPACE", "_MLFLOW_SERVER_ARTIFACT_ROOT"):
         monkeypatch.delenv(name, raising=False)
@@ -57,7 +58,7 @@ def test_the_shipped_script_is_what_mlflow_creates(tmp_path: Path,
     assert location == f"{tmp_path.as_posix()}/mlruns/0"
     # And regenerating from MLflow's file gives a script that makes the same file.
     again = tmp_path / "again.db"
-    sqlite_schema.build(again, script_from(theirs))
+    sqlite_schema.build(again, script_from(theirs, version))
     assert snapshot(again) == made
 
 
@@ -68,6 +69,31 @@ def test_every_shipped_script_is_for_a_tested_revision() -> None:
         assert script.stem in TESTED_REVISIONS, script.name
         assert f"INSERT INTO alembic_version (version_num) VALUES ('{script.stem}');" in (
             script.read_text())
+
+
+@pytest.mark.parametrize("script", sorted(sqlite_schema.SCHEMAS.glob("*.sql")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_schema_takes_modelkeeps_writes(tmp_path: Path, script: Path) -> None:
+    """A file built from each script (the installed MLflow's or another release's) takes
+    every write modelkeep makes on it with SQL and reads them back."""
+    db = tmp_path / "mlflow.db"
+    sqlite_schema.build(db, script.read_text())
+    reg = SqliteRegistry(f"sqlite:///{db}", db)
+    assert reg._fast()
+    for i in (1, 2, 3):
+        reg.create_version("m", f"modelkeep://file/s/@{i:064x}", tags={"k": str(i)},
+                           description="d", run_id="", user_id="ana")
+    reg.set_alias("m", "prod", 2)
+    reg.set_tag("m", 1, "note", "x")
+    reg.set_model_tag("m", "team", "nlp")
+    reg.set_description("m", None, "the model")
+    reg.delete_version("m", 3)
+    assert [(v.version, v.tags, v.aliases) for v in reg.versions("m")] == [
+        (1, {"k": "1", "note": "x"}, ()), (2, {"k": "2"}, ("prod",))]
+    model = reg.get_model("m")
+    assert (model.description, model.tags, model.aliases) == ("the model", {"team": "nlp"},
+                                                               {"prod": 2})
+    reg.close()
 
 
 def test_the_head_is_read_without_importing_mlflow() -> None:
