@@ -5,8 +5,8 @@ Works with any registry URI MLflow accepts. :func:`~modelkeep.plugins.mlflow.hoo
 uses it for the URIs the faster adapters do not serve (database URLs, an MLflow auth plugin or
 workspace) and the SQLite adapter for what it leaves to MLflow (a new file's schema where no
 schema script is shipped for the installed MLflow, untested schema revisions). MLflow's
-exceptions become modelkeep errors
-(``NotFoundError``, ``RegistryError``) worded as in :mod:`modelkeep.plugins.mlflow._errors`.
+exceptions become modelkeep errors (``NotFoundError``, ``RegistryError``) worded as in
+:mod:`modelkeep.plugins.mlflow._errors`.
 """
 
 from __future__ import annotations
