@@ -125,6 +125,10 @@ def test_an_untested_schema_revision_reads_through_mlflow(tmp_path: Path) -> Non
     reg = registry_for(uri)
     name = unique_name()
     reg.create_version(name, "modelkeep://file/tmp/s/@" + "0" * 64, tags={"a": "1"}, run_id="")
+    # MLflow's tracking store refuses a file at any revision but its head when it opens it; it
+    # keeps its store per URI, so opened before the revision changes it reads on, as an MLflow
+    # whose head the changed revision is would.
+    MlflowRegistry(uri).models()
     with sqlite3.connect(tmp_path / "mlflow.db") as conn:
         real = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
         conn.execute("UPDATE alembic_version SET version_num = 'f00000000000'")
@@ -273,6 +277,91 @@ def test_concurrent_first_registers_on_a_missing_sqlite_file(tmp_path: Path) -> 
     assert numbers == list(range(1, 9))
     versions = registry_for(f"sqlite:///{db}").versions(name)
     assert [v.version for v in versions] == list(range(1, 9))
+    # The file was built once, beside nothing: no temporary file or journal is left.
+    assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db"]
+
+
+def test_a_first_register_creates_the_file_natively_and_mlflow_uses_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A register into a file that does not exist builds it from the shipped schema script
+    without importing MLflow; MLflow's client, its store, a run and ``mlflow server`` all take
+    the file as their own."""
+    import mlflow
+    from mlflow.store.db.utils import _get_latest_schema_revision, _verify_schema
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from modelkeep.plugins.mlflow.sqlite_schema import mlflow_head
+    from tests.servers import serving, start_mlflow_server
+
+    db = tmp_path / "reg" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    name = unique_name()
+    folder = write_model(tmp_path / "m", tensors(seed=4, n=2, rows=8, cols=8))
+    proc, imported = _run(["--json", "--store", str(tmp_path / "store"), "--registry", uri,
+                           "register", name, str(folder), "--alias", "prod"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert imported == "clean"
+    assert mlflow_head() == _get_latest_schema_revision()
+    made = json.loads(proc.stdout)
+
+    store = SqlAlchemyStore(uri, str(tmp_path / "artifacts"))
+    _verify_schema(store.engine)  # raises on any revision but MLflow's head
+    assert store.get_experiment("0").name == "Default"
+    store.engine.dispose()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mv = client.get_model_version_by_alias(name, "prod")
+    assert int(mv.version) == made["version"] == 1 and mv.source == made["uri"]
+    assert client.get_experiment("0").artifact_location == f"{tmp_path.as_posix()}/mlruns/0"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    assert [m.name for m in mlflow.search_registered_models()] == [name]
+    experiment = mlflow.create_experiment("runs")
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_metric("loss", 0.5)
+        mlflow.log_param("lr", "0.1")
+    assert client.get_run(run.info.run_id).data.metrics == {"loss": 0.5}
+
+    workdir = tmp_path / "server"
+    workdir.mkdir()
+    with serving(lambda: start_mlflow_server(workdir, uri), "mlflow server") as server:
+        served = registry_for(server.url)
+        assert [v.version for v in served.versions(name)] == [1]
+        assert served.get_by_alias(name, "prod").source == made["uri"]
+    proc, imported = _run(["--store", str(tmp_path / "store"), "--registry", uri, "register",
+                           name, str(write_model(folder, tensors(seed=5, n=2, rows=8, cols=8)))],
+                          tmp_path)
+    assert proc.returncode == 0 and imported == "clean", proc.stderr
+    assert [int(m.version) for m in client.search_model_versions(f"name = '{name}'")] == [2, 1]
+
+
+def test_a_first_register_without_a_shipped_schema_lets_mlflow_create_the_file(
+        tmp_path: Path) -> None:
+    """When the installed MLflow's head revision has no schema script here (no scripts at all,
+    in this interpreter), MLflow's client creates the file as before."""
+    db = tmp_path / "reg" / "mlflow.db"
+    empty = tmp_path / "no-schemas"
+    empty.mkdir()
+    folder = write_model(tmp_path / "m", tensors(seed=6, n=2, rows=8, cols=8))
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from modelkeep.plugins.mlflow import sqlite_schema\n"
+        "sqlite_schema.SCHEMAS = Path(sys.argv[1])\n"
+        "from modelkeep.cli.main import main\n"
+        "rc = main(sys.argv[2:])\n"
+        "print('mlflow' in sys.modules, file=sys.stderr)\n"
+        "sys.exit(rc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(empty), "--json", "--store", str(tmp_path / "store"),
+         "--registry", f"sqlite:///{db}", "register", "m", str(folder)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "True"  # MLflow made the file
+    uri = f"sqlite:///{db}"
+    assert [int(m.version) for m in MlflowClient(tracking_uri=uri, registry_uri=uri)
+            .search_model_versions("name = 'm'")] == [1]
 
 
 def test_register_on_an_existing_sqlite_registry_does_not_import_mlflow(
@@ -302,7 +391,7 @@ def test_sqlite_writes_do_not_import_mlflow_and_mlflow_reads_them_back(tmp_path:
     keep = modelkeep.open(store=str(root / "store"), registry=uri,
                           plugins=make_plugin_manager(entry_points=False))
     folder = write_model(root / "model", tensors(seed=1, n=3, rows=16, cols=16))
-    keep.register(name, folder, message="first")  # creates the file (MLflow's schema)
+    keep.register(name, folder, message="first")  # creates the file
     steps = [
         # a new version, with alias, tag and message
         (["register", name, "{folder}", "--alias", "prod", "--tag", "team=nlp", "-m", "second"],

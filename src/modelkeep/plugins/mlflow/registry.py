@@ -3,9 +3,10 @@ MLflow's own ``MlflowClient``.
 
 Works with any registry URI MLflow accepts. :func:`~modelkeep.plugins.mlflow.hooks.registry_for`
 uses it for the URIs the faster adapters do not serve (database URLs, an MLflow auth plugin or
-workspace) and the SQLite adapter for what it leaves to MLflow (creating the schema, deletes,
-untested schema revisions). MLflow's exceptions become modelkeep errors
-(``NotFoundError``, ``RegistryError``) worded as in :mod:`modelkeep.plugins.mlflow._errors`.
+workspace) and the SQLite adapter for what it leaves to MLflow (a new file's schema where no
+schema script is shipped for the installed MLflow, untested schema revisions). MLflow's
+exceptions become modelkeep errors (``NotFoundError``, ``RegistryError``) worded as in
+:mod:`modelkeep.plugins.mlflow._errors`.
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ registers queue instead of racing. A new version's ``user_id`` (MLflow's "Create
 author, which MLflow's own store never fills. A deleted version is marked and redacted as MLflow
 marks it, and the aliases on it go with it. Every write on an untested revision goes through
 MLflow's client (:class:`~modelkeep.plugins.mlflow.registry.MlflowRegistry`). A file that does
-not exist yet is created by MLflow's client (its schema, its migrations) under an exclusive lock
-on the folder, so concurrent first registers do not race inside MLflow's schema set-up.
+not exist yet is created from the schema script shipped for the installed MLflow's schema
+revision (:mod:`modelkeep.plugins.mlflow.sqlite_schema`), or where there is none by MLflow's
+client (its schema, its migrations); either under an exclusive lock on the folder, so concurrent
+first registers neither race inside MLflow's schema set-up nor build the file twice.
 
 A read never creates a registry: on a missing file, lookups say there is no registry there,
 ``models()`` is empty and ``latest()`` None (what a register asks before it creates the first
@@ -41,6 +43,8 @@ from urllib.parse import unquote
 
 from modelkeep.errors import REGISTRY, Hint, NotFoundError, RegistryError
 from modelkeep.plugins.mlflow._errors import active_run_id, not_found
+from modelkeep.plugins.mlflow.sqlite_schema import create as create_natively
+from modelkeep.plugins.mlflow.sqlite_schema import folder_lock
 from modelkeep.registry import RegistryModel, RegistryVersion
 
 if TYPE_CHECKING:
@@ -95,7 +99,7 @@ class SqliteRegistry:
             from modelkeep.plugins.mlflow.registry import MlflowRegistry
 
             if self._schema_revision() is None:
-                with _folder_lock(self.path.parent):
+                with folder_lock(self.path.parent):
                     writer = MlflowRegistry(self.uri)
                     # MLflow opens its store (creating the schema) on first use: use it here.
                     writer.models()
@@ -368,7 +372,12 @@ class SqliteRegistry:
         number read inside is still free when it is inserted: concurrent registers from several
         processes queue on the lock (``timeout``) instead of racing."""
         if self._schema_revision() is None:
-            self._mlflow()  # creates MLflow's schema (under the folder lock) or waits for it
+            # A new file from the schema script shipped for the installed MLflow, if there is
+            # one; otherwise (or a file MLflow itself is still making) MLflow's client creates
+            # the schema under the folder lock, or waits for it.
+            made = not self.path.exists() and create_natively(self.path)
+            if not made or self._schema_revision() is None:
+                self._mlflow()
         if not self._fast():
             yield None
             return
@@ -624,22 +633,3 @@ def _check_tag_key(what: str, key: str) -> None:
             or _not_unique_path(key)):
         raise RegistryError(f"registry error on {what}: invalid tag key {key!r}",
                             hint="use up to 250 letters, digits, '_', '-', '.', ' ', ':' or '/'")
-
-
-@contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on *folder* while MLflow creates its schema there: concurrent first
-    writers would otherwise race inside MLflow's set-up (its migrations are not concurrent-safe).
-    The lock is on the folder itself, so nothing is left beside the registry file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; MLflow's own set-up as before
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
