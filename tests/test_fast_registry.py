@@ -145,6 +145,9 @@ def test_an_untested_schema_revision_reads_through_mlflow(tmp_path: Path) -> Non
             other.delete_alias(name, "prod")
         other.delete_version(name, 2)
         assert [v.version for v in other.versions(name)] == [1]
+        assert [v.version for v in other.versions_by_snapshot(name, "0" * 8)] == [1]
+        latest = other.latest_without_aliases(name)
+        assert latest is not None and latest.version == 1 and latest.tags == {"a": "1"}
     finally:
         with sqlite3.connect(tmp_path / "mlflow.db") as conn:
             conn.execute("UPDATE alembic_version SET version_num = ?", (real,))

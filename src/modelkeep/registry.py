@@ -42,7 +42,7 @@ class RegistryModel:
 class Registry(Protocol):
     """What modelkeep needs from a model catalogue.
 
-    Four methods are optional. ``newest_versions(name, limit) -> tuple[list[RegistryVersion],
+    Six methods are optional. ``newest_versions(name, limit) -> tuple[list[RegistryVersion],
     bool]``: the *limit* highest-numbered versions of *name*, oldest first, with their aliases,
     and whether older ones exist; NotFoundError for an unknown model. ``list NAME`` and ``log``
     show a model's newest versions by default; a registry that pages from the newest answers
@@ -59,6 +59,15 @@ class Registry(Protocol):
     (:class:`~modelkeep.errors.RegistryPermissionError`) when the caller may not add versions to
     the existing model *name*: register asks it before uploading anything, so a refused register
     stores nothing.
+    ``latest_without_aliases(name) -> RegistryVersion | None``: :meth:`latest` with its
+    ``aliases`` left empty, for a registry where the aliases cost a request of their own (an
+    MLflow server's search results carry none). Register asks it twice, for the delta parent and
+    the reuse check, and needs the aliases only when the content is reused.
+    ``versions_by_snapshot(name, prefix) -> list[RegistryVersion]``: the versions of *name*
+    whose source names a snapshot id starting with the hex *prefix*, oldest first, with their
+    aliases (more may be returned: the caller checks each source); NotFoundError for an unknown
+    model. ``NAME@9f2c41ab`` resolves through it in one search instead of reading every
+    version, which without it is what happens.
     """
 
     uri: str

@@ -43,10 +43,23 @@ def resolve(keep: Keep, ref: str | Ref) -> RegistryVersion:
     return latest
 
 
+def latest_without_aliases(keep: Keep, name: str) -> RegistryVersion | None:
+    """The newest version of *name* (None: no version), its aliases left out where reading
+    them costs the registry a request of its own (the Registry's optional method)."""
+    bare = getattr(keep.registry, "latest_without_aliases", None)
+    if bare is not None:
+        found: RegistryVersion | None = bare(name)
+        return found
+    return keep.registry.latest(name)
+
+
 def by_snapshot(keep: Keep, name: str, prefix: str) -> RegistryVersion:
     """The version of *name* whose snapshot id starts with *prefix*: one, or a clear error."""
-    found = [rv for rv in keep.registry.versions(name)
-             if (snapshot_of(rv) or "").startswith(prefix)]
+    # A registry that can search by source is asked for the candidates alone (one search, not
+    # every version of a long history); either way each candidate's source decides.
+    search = getattr(keep.registry, "versions_by_snapshot", None)
+    candidates = search(name, prefix) if search is not None else keep.registry.versions(name)
+    found = [rv for rv in candidates if (snapshot_of(rv) or "").startswith(prefix)]
     if not found:
         raise NotFoundError(f"{name} has no version whose snapshot id starts with {prefix}",
                             hint=f"`modelkeep log {name}` lists its versions and snapshot ids")

@@ -110,11 +110,12 @@ def move_alias(
     keep: Keep, name: str, alias: str, version: int | None, action: str = "set", *,
     snapshot_id: str | None = None, model: RegistryModel | None = None,
     skip_summary: int | None = None,
-) -> None:
+) -> RegistryModel | None:
     """Point *alias* at *version* (already checked; its snapshot is *snapshot_id*), or delete
     it when *version* is None; journal the change, record it in the alias history and the
     descriptions, and tell the plugins. *model* is the model as read for the check, if it was;
-    *skip_summary* a version whose summary the caller writes itself."""
+    *skip_summary* a version whose summary the caller writes itself. Returns the model as read
+    after the change (None: nothing changed), for that caller's summary."""
     model = model or keep.registry.get_model(name)
     previous = model.aliases.get(alias)
 
@@ -124,19 +125,21 @@ def move_alias(
         else:
             keep.registry.set_alias(name, alias, version)
 
-    record_alias(keep, name, alias, version, previous, action, model.tags,
-                 snapshot_id=snapshot_id, change=change, skip_summary=skip_summary)
+    return record_alias(keep, name, alias, version, previous, action, model.tags,
+                        snapshot_id=snapshot_id, change=change, skip_summary=skip_summary)
 
 
 def record_alias(
     keep: Keep, name: str, alias: str, version: int | None, previous: int | None, action: str,
     model_tags: Mapping[str, str] | None = None, *, snapshot_id: str | None = None,
     change: Callable[[], None] | None = None, skip_summary: int | None = None,
-) -> None:
+) -> RegistryModel | None:
     """Journal an alias change, make it in the registry (*change*; None when the registry
     has made it already, as deleting a version does), record it in the alias history, refresh
     the descriptions that show it (but *skip_summary*'s) and tell the plugins. *model_tags*
-    are the model's tags from before the change (read again when None)."""
+    are the model's tags from before the change (read again when None). Returns the model as
+    read after the change, None when there was nothing to change."""
+    after: RegistryModel | None = None
     # Setting an alias where it already points changes nothing, and records nothing.
     if previous != version or action != "set":
         who = author()
@@ -154,11 +157,12 @@ def record_alias(
         events = aliases_mod.decode(alias, model_tags.get(key))
         events.append(event)
         keep.registry.set_model_tag(name, key, aliases_mod.encode(events))
-        after_alias_change(keep, name, (previous, version), skip=skip_summary)
+        after = after_alias_change(keep, name, (previous, version), skip=skip_summary)
     caller = keep.hook.modelkeep_after_alias_change
     if caller.get_hookimpls():
         caller(name=name, alias=alias, version=version, previous=previous, action=action,
                keep=keep)
+    return after
 
 
 def set_alias(keep: Keep, ref: str | ModelVersion, alias: str) -> ModelVersion:

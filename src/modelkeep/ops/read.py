@@ -15,7 +15,7 @@ from modelkeep import aliases as aliases_mod
 from modelkeep.catalog import deletions
 from modelkeep.catalog.tags import TAG_PREFIX
 from modelkeep.errors import ALL_VERSIONS, Hint, InvalidInputError, NotFoundError
-from modelkeep.ops._common import load, resolve, version_of
+from modelkeep.ops._common import latest_without_aliases, load, resolve, version_of
 from modelkeep.ops.results import Model, ModelLog, ModelVersion, VersionList
 from modelkeep.refs import validate_name
 from modelkeep.registry import RegistryModel, RegistryVersion
@@ -136,7 +136,7 @@ def model(keep: Keep, name: str) -> Model:
     """The registered model *name*: newest version, aliases, description and user tags."""
     validate_name(name)
     rm = keep.registry.get_model(name)
-    latest = keep.registry.latest(name)
+    latest = latest_without_aliases(keep, name)  # its number is all this shows
     return _model_of(rm, latest.version if latest else None)
 
 

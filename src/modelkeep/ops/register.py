@@ -5,13 +5,14 @@ of one model as a new version of another, no bytes copied), over one commit prot
 The commit protocol is the write order that makes registering crash-safe: chunks, then the
 snapshot object (and its signature), then the registry entry, then the commit record in the
 store's journal (docs/format.md §10.4), then the aliases and the version's generated summary
-(:mod:`modelkeep.ops.summary`). A version is visible only once its registry entry
-exists, and by then everything it points at is stored. Every veto (a validator, an alias
-pre-check, ``modelkeep_before_register``) is asked before the snapshot is written, so a refusal
-leaves only unreferenced chunks behind, as a crash would. The commit record names the version
-number the registry gave the snapshot: a rebuild numbers versions by it, so a snapshot whose
-register never reached the registry is not rebuilt as a version, and numbers freed by deleted
-versions stay free.
+(:mod:`modelkeep.ops.summary`; sent with the registry entry when the number the registry will
+give is known from the reuse check, written again if it gave another). A version is visible only
+once its registry entry exists, and by then everything it points at is stored. Every veto (a
+validator, an alias pre-check, ``modelkeep_before_register``) is asked before the snapshot is
+written, so a refusal leaves only unreferenced chunks behind, as a crash would. The commit
+record names the version number the registry gave the snapshot: a rebuild numbers versions by
+it, so a snapshot whose register never reached the registry is not rebuilt as a version, and
+numbers freed by deleted versions stay free.
 
 Both operations share the same steps: the reuse check (identical content to the newest version
 returns that version), the collect hooks (``modelkeep_collect_lineage``,
@@ -30,13 +31,20 @@ from typing import TYPE_CHECKING, Any
 from modelkeep.catalog.tags import TREE, check_lineage, check_tags, plugin_tags, version_tags
 from modelkeep.errors import IntegrityError, NotFoundError, SourceError, VetoError
 from modelkeep.hooks import Finding
-from modelkeep.ops._common import author, load, resolve, snapshot_of, version_of
+from modelkeep.ops._common import (
+    author,
+    latest_without_aliases,
+    load,
+    resolve,
+    snapshot_of,
+    version_of,
+)
 from modelkeep.ops.aliases import check_alias, describe, move_alias, set_tags
 from modelkeep.ops.journal import record_commit
 from modelkeep.ops.read import get
 from modelkeep.ops.results import ModelVersion
 from modelkeep.ops.scan import scan_sources, scan_stored
-from modelkeep.ops.summary import refresh_version, user_description
+from modelkeep.ops.summary import refresh_version, user_description, version_description
 from modelkeep.refs import validate_alias, validate_name
 from modelkeep.registry import RegistryVersion
 from modelkeep.store import GcMark, Parent, Snapshot, SourceFile, Store, scan_local, utc_now
@@ -105,8 +113,12 @@ def register(
         parents=tuple(parent_refs),
         tags=user_tags,
     )
+    newest: RegistryVersion | None = None
     if not force:
-        reused = _reuse(keep, name, snapshot.tree, alias_list, message=message, tags=user_tags)
+        # Read after the ingest: another writer may have registered this content meanwhile.
+        newest = latest_without_aliases(keep, name)
+        reused = _reuse(keep, name, newest, snapshot.tree, alias_list, message=message,
+                        tags=user_tags)
         if reused is not None:
             return reused
 
@@ -124,7 +136,7 @@ def register(
             findings=findings, aliases=alias_list, bytes_added=stats.bytes_added,
             bytes_stored=stats.bytes_stored,
             run_id=run_id, description=message or None, mark=stats.gc_mark,
-            store_again=store_again),
+            store_again=store_again, number=_next_number(newest, force)),
         signer)
 
 
@@ -134,7 +146,7 @@ def _delta_parent(keep: Keep, name: str, parents: Sequence[Parent]) -> Snapshot 
     if parents:
         sid: str | None = parents[0].snapshot_id
     else:
-        latest = keep.registry.latest(name)
+        latest = latest_without_aliases(keep, name)  # its source is all this needs
         sid = snapshot_of(latest) if latest is not None else None
     if not sid:
         return None
@@ -162,8 +174,10 @@ def promote(
     store, src, src_sid = load(keep, src_rv)
     # Before the chunks are relied on: the commit check compares it (docs/format.md §13).
     mark = store.gc_mark()
+    newest: RegistryVersion | None = None
     if not force:
-        reused = _reuse(keep, to_name, src.tree, alias_list, message=message)
+        newest = latest_without_aliases(keep, to_name)
+        reused = _reuse(keep, to_name, newest, src.tree, alias_list, message=message)
         if reused is not None:
             return reused
     snapshot = replace(
@@ -192,7 +206,7 @@ def promote(
             lineage=src.lineage, findings=scan_stored(keep, to_name, store, snapshot),
             aliases=alias_list, bytes_added=0, bytes_stored=0, run_id=None,
             description=snapshot.message or None, mark=mark, store_again=store_again,
-            base_tags=dict(src_rv.tags)),
+            base_tags=dict(src_rv.tags), number=_next_number(newest, force)),
         signer)
 
 
@@ -214,6 +228,17 @@ class _Candidate:
     mark: GcMark | None  # the collection state read before the chunks were looked at
     store_again: Callable[[], GcMark | None]  # after ChunksCollectedError: re-store, a fresh mark
     base_tags: Mapping[str, str] | None = None  # promote: the promoted version's tags
+    number: int | None = None  # the number the registry is expected to give (None: unknown)
+
+
+def _next_number(newest: RegistryVersion | None, force: bool) -> int | None:
+    """The number a new version is expected to get, from the newest version the reuse check
+    read (None when it was not asked): the one after it. A registry that never reuses a
+    number (MLflow) gives a higher one after the newest was deleted, or when another writer
+    registered meanwhile; the summary is then written again."""
+    if force:
+        return None
+    return newest.version + 1 if newest is not None else 1
 
 
 def _commit(keep: Keep, store: Store, c: _Candidate, signer: Signer | None) -> ModelVersion:
@@ -240,16 +265,29 @@ def _commit(keep: Keep, store: Store, c: _Candidate, signer: Signer | None) -> M
     if signer is not None:
         signer.sign(store, sid)
     keep.stores.remember(sid, snapshot)
-    rv = enter_version(keep, name, store.uri(sid), registry_tags, description=c.description,
+    signers = [signer.key_id] if signer is not None else []
+    description = c.description
+    if c.number is not None:
+        # The summary goes in with the entry when the number it shows is known beforehand,
+        # which spares the registry a write; refresh_version below writes it again when the
+        # registry gave another number, or aliases were set.
+        description = version_description(name, c.number, snapshot, sid, registry_tags,
+                                          user=c.description or "", signers=signers)
+    rv = enter_version(keep, name, store.uri(sid), registry_tags, description=description,
                        run_id=c.run_id or None, author=snapshot.author)
     record_commit(store, name, rv.version, sid)
+    model = None
     for alias in c.aliases:
-        move_alias(keep, name, alias, rv.version, snapshot_id=sid, skip_summary=rv.version)
+        model = move_alias(keep, name, alias, rv.version, snapshot_id=sid,
+                           skip_summary=rv.version) or model
     if c.aliases:
         rv = replace(rv, aliases=tuple(sorted(set(rv.aliases) | set(c.aliases))))
-    # The summary needs the version's number, so it is written once the number is known.
+    if keep.hook.modelkeep_after_alias_change.get_hookimpls():
+        model = None  # plugins told of the moves may have changed the model since it was read
+    # The summary needs the version's number, so it is written once the number is known
+    # (again, if it went in with the entry and an alias or another number changed it).
     refresh_version(keep, name, rv.version, rv=rv, loaded=(store, snapshot, sid),
-                    signers=[signer.key_id] if signer is not None else [])
+                    signers=signers, model=model)
     version = replace(version_of(rv, snapshot, sid), bytes_added=c.bytes_added,
                       bytes_stored=c.bytes_stored)
     keep.hook.modelkeep_after_register(version=version, keep=keep, source=c.source)
@@ -272,16 +310,17 @@ def enter_version(keep: Keep, name: str, uri: str, tags: Mapping[str, str], *,
 
 
 def _reuse(
-    keep: Keep, name: str, tree: str, aliases: Sequence[str], *, message: str | None = None,
-    tags: Mapping[str, str] | None = None,
+    keep: Keep, name: str, newest: RegistryVersion | None, tree: str, aliases: Sequence[str], *,
+    message: str | None = None, tags: Mapping[str, str] | None = None,
 ) -> ModelVersion | None:
-    """The newest version of *name* when its content is *tree*, with what the caller gave
-    applied to it: *message* as its description, *tags* as tags, *aliases* moved onto it (each
-    move accepted by every plugin, asked with the tags it will have, before anything changes);
-    None otherwise. The result's ``applied`` says what changed."""
-    latest = keep.registry.latest(name)
-    if latest is None or latest.tags.get(TREE) != tree:
+    """The newest version of *name* (*newest*, as read, perhaps without its aliases) when its
+    content is *tree*, with what the caller gave applied to it: *message* as its description,
+    *tags* as tags, *aliases* moved onto it (each move accepted by every plugin, asked with the
+    tags it will have, before anything changes); None otherwise. The result's ``applied`` says
+    what changed."""
+    if newest is None or newest.tags.get(TREE) != tree:
         return None
+    latest = keep.registry.get_version(name, newest.version)  # with its aliases
     ref = f"{name}@{latest.version}"
     for alias in aliases:
         check_alias(keep, name, alias, latest.version, {**latest.tags, **(tags or {})},
@@ -299,7 +338,10 @@ def _reuse(
         move_alias(keep, name, alias, latest.version, snapshot_id=snapshot_of(latest))
     if moved:
         applied["aliases"] = moved
-    return replace(get(keep, ref), reused=True, applied=applied)
+    if applied:
+        return replace(get(keep, ref), reused=True, applied=applied)
+    _store, snap, sid = load(keep, latest)  # nothing changed: the version as just read
+    return replace(version_of(latest, snap, sid), reused=True, applied=applied)
 
 
 def save_snapshot(

@@ -1,17 +1,18 @@
 """Descriptions in the registry: the one place that writes them, keeping the user's text and the
 generated summary (:mod:`modelkeep.catalog.summary`) apart.
 
-A version's summary is written once its number is known (register, promote, rebuild) and again
+A version's summary is written once its number is known (register, promote, rebuild; a register
+that knows beforehand which number the registry will give sends it with the version) and again
 whenever what it shows changes: an alias set, moved, rolled back or removed (the versions the
-alias left and reached, and the model's alias table). ``describe`` writes the user's part and the
-summary with it. Reads give the user's part only (:func:`user_description`), so ``describe``
+alias left and reached, and the model's alias table). ``describe`` writes the user's part and
+the summary with it. Reads give the user's part only (:func:`user_description`), so ``describe``
 without ``-m`` shows what the user wrote. A description is written only when its text changes,
 so refreshing twice writes once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from modelkeep.catalog import summary
@@ -58,11 +59,26 @@ def refresh_version(
         model = keep.registry.get_model(name)
     if signers is None:
         signers = store.signature_keys(sid)
-    blocks = summary.version_block(
-        name, version, snap, sid, rv.tags, aliases=rv.aliases,
-        model_tags=model.tags if model is not None else None, signers=signers)
-    text = summary.compose(rv.description if user is None else user, blocks)
+    text = version_description(
+        name, version, snap, sid, rv.tags, user=rv.description if user is None else user,
+        signers=signers, aliases=rv.aliases, model=model)
     _write(keep, name, version, rv.description, text)
+
+
+def version_description(
+    name: str, version: int, snapshot: Snapshot, sid: str, tags: Mapping[str, str], *,
+    user: str, signers: Sequence[str] | None, aliases: Sequence[str] = (),
+    model: RegistryModel | None = None,
+) -> str:
+    """The description of *name*@*version*: the *user* text (a generated summary in it is
+    dropped) and the summary of the version as *snapshot* (id *sid*), its registry *tags*,
+    *aliases* and the *model*'s alias history show it. Register sends it with a new version
+    whose number it expects (:mod:`modelkeep.ops.register`); :func:`refresh_version` writes it
+    when it changed."""
+    blocks = summary.version_block(
+        name, version, snapshot, sid, tags, aliases=aliases,
+        model_tags=model.tags if model is not None else None, signers=signers)
+    return summary.compose(user, blocks)
 
 
 def refresh_model(keep: Keep, name: str, *, model: RegistryModel | None = None,
@@ -77,15 +93,16 @@ def refresh_model(keep: Keep, name: str, *, model: RegistryModel | None = None,
 
 
 def after_alias_change(keep: Keep, name: str, versions: Sequence[int | None], *,
-                       skip: int | None = None) -> None:
+                       skip: int | None = None) -> RegistryModel:
     """Refresh what an alias change shows: the model's alias table and the summaries of
     *versions* (where the alias was and is; None and *skip*, a version its caller refreshes
-    itself, left out)."""
+    itself, left out). Returns the model as read after the change, for that caller."""
     model = keep.registry.get_model(name)
     refresh_model(keep, name, model=model)
     for number in dict.fromkeys(versions):
         if number is not None and number != skip:
             refresh_version(keep, name, number, model=model)
+    return model
 
 
 def _write(keep: Keep, name: str, version: int | None, old: str, new: str) -> None:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from modelkeep.errors import MissingExtraError, RegistryError
+from modelkeep.errors import InvalidInputError, MissingExtraError, RegistryError
 from modelkeep.plugins.mlflow import _errors
 from modelkeep.registry import RegistryModel, RegistryVersion
 
@@ -195,6 +195,33 @@ class MlflowRegistry:
             if not found:
                 return None
             return self._convert(self._client.get_model_version(name, found[0].version))
+
+    def latest_without_aliases(self, name: str) -> RegistryVersion | None:
+        """The highest-numbered version of *name* as one search finds it: without aliases."""
+        with self._errors(f"model {name!r}"):
+            found = self._search(name, max_results=1, order_by=["version_number DESC"])
+        return replace(self._convert(found[0]), aliases=()) if found else None
+
+    def versions_by_snapshot(self, name: str, prefix: str) -> list[RegistryVersion]:
+        """The versions of *name* whose source has ``/@`` then *prefix* (hex) in it, oldest
+        first, with their aliases: one filtered search (and the model, for the aliases)."""
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            raise InvalidInputError(f"not a snapshot id prefix: {prefix!r}",
+                                    hint="give 8 to 64 hex digits of the id")
+        found: list[Any] = []
+        token = None
+        with self._errors(f"model {name!r}"):
+            aliases = self._aliases_by_version(name)
+            while True:
+                page = self._client.search_model_versions(
+                    f"name = '{name}' AND source_path LIKE '%/@{prefix}%'", max_results=1000,
+                    page_token=token)
+                found.extend(page)
+                token = page.token
+                if not token:
+                    break
+        out = [replace(rv, aliases=aliases.get(rv.version, ())) for rv in map(self._convert, found)]
+        return sorted(out, key=lambda v: v.version)
 
     def versions(self, name: str) -> list[RegistryVersion]:
         with self._errors(f"model {name!r}"):

@@ -16,7 +16,12 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from modelkeep.errors import RegistryError
+from modelkeep.errors import (
+    InvalidInputError,
+    NotFoundError,
+    RegistryError,
+    RegistryPermissionError,
+)
 from modelkeep.plugins.mlflow import _errors, _http
 from modelkeep.registry import RegistryModel, RegistryVersion
 
@@ -46,6 +51,9 @@ class RestRegistry:
         self._timeout = (_http.CONNECT_TIMEOUT, _http.read_timeout())
         self._session_: requests.Session | None = None
         self._creds: _http.Credentials | None = None
+        # Models this instance created or saw exist: a new version of one is created without
+        # asking to create the model first (create_version handles one deleted meanwhile).
+        self._known: set[str] = set()
 
     @property
     def _session(self) -> requests.Session:
@@ -177,12 +185,17 @@ class RestRegistry:
         return self._version(data.get("model_version") or {})
 
     def latest(self, name: str) -> RegistryVersion | None:
-        found = self._search_versions(f"model {name!r}", f"name = '{name}'", name,
-                                      max_results=1, order_by=["version_number DESC"])
-        if not found:
+        found = self.latest_without_aliases(name)
+        if found is None:
             return None
         # Search results carry no aliases; the version itself does.
-        return self.get_version(name, int(found[0]["version"]))
+        return self.get_version(name, found.version)
+
+    def latest_without_aliases(self, name: str) -> RegistryVersion | None:
+        """The highest-numbered version of *name* as one search finds it: without aliases."""
+        found = self._search_versions(f"model {name!r}", f"name = '{name}'", name,
+                                      max_results=1, order_by=["version_number DESC"])
+        return self._version(found[0]) if found else None
 
     def _with_aliases(self, model: Mapping[str, Any],
                       found: list[dict[str, Any]]) -> list[RegistryVersion]:
@@ -223,6 +236,23 @@ class RestRegistry:
             model = asked.result()
         found = list(page.get("model_versions") or ())
         return self._with_aliases(model, found), bool(page.get("next_page_token"))
+
+    def versions_by_snapshot(self, name: str, prefix: str) -> list[RegistryVersion]:
+        """The versions of *name* whose source has ``/@`` then *prefix* (hex) in it, oldest
+        first, with their aliases: one filtered search, and the registered model (its aliases,
+        and NotFoundError for an unknown model) asked at the same time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            raise InvalidInputError(f"not a snapshot id prefix: {prefix!r}",
+                                    hint="give 8 to 64 hex digits of the id")
+        _ = self._session  # opened once, before the two requests share it
+        with ThreadPoolExecutor(1, thread_name_prefix="modelkeep-rest") as pool:
+            asked = pool.submit(self._raw_model, name)
+            found = self._search_versions(
+                f"model {name!r}", f"name = '{name}' AND source_path LIKE '%/@{prefix}%'", name)
+            model = asked.result()
+        return self._with_aliases(model, found)
 
     def models_tagged(self, key: str, value: str) -> set[str]:
         """Names of the models that have a version tagged *key* = *value*, in one search."""
@@ -279,19 +309,26 @@ class RestRegistry:
 
         The model is created first if it does not exist (as creating its first version would:
         its creator gets MANAGE on it; creating models is open unless the server restricts
-        it). Then a model tag that is never set is deleted: that changes nothing, and MLflow's
-        auth plugins (basic-auth, mlflow-oidc-auth) allow it exactly to those with EDIT on the
-        model, as they do creating a version. In this order no permission is asked about a
-        model that does not exist yet, which mlflow-oidc-auth would refuse and remember."""
+        it); a model this call created is the caller's, and nothing more is asked. Else a
+        model tag that is never set is deleted: that changes nothing, and MLflow's auth plugins
+        (basic-auth, mlflow-oidc-auth) allow it exactly to those with EDIT on the model, as they
+        do creating a version. In this order no permission is asked about a model that does not
+        exist yet, which mlflow-oidc-auth would refuse and remember."""
         what = f"a new version of {name!r} (checked first: nothing was uploaded)"
-        self._do(what, "POST", "registered-models/create", {"name": name},
-                 ok_codes=frozenset({"RESOURCE_ALREADY_EXISTS"}))
+        if self._create_model(what, name):
+            return  # its creator: MANAGE on it (MLflow's auth plugins grant it)
         self._do(what, "DELETE", "registered-models/delete-tag",
                  {"name": name, "key": WRITE_CHECK_TAG}, need="EDIT")
 
+    def _create_model(self, what: str, name: str) -> bool:
+        """Create model *name* unless it exists; whether this call created it."""
+        created = bool(self._do(what, "POST", "registered-models/create", {"name": name},
+                                ok_codes=frozenset({"RESOURCE_ALREADY_EXISTS"})))
+        self._known.add(name)
+        return created
+
     def create_model(self, name: str) -> None:
-        self._do(f"creating model {name!r}", "POST", "registered-models/create", {"name": name},
-                 ok_codes=frozenset({"RESOURCE_ALREADY_EXISTS"}))
+        self._create_model(f"creating model {name!r}", name)
 
     def create_version(
         self,
@@ -308,15 +345,24 @@ class RestRegistry:
         if run_id is None:
             run_id = _errors.active_run_id()
         what = f"creating a version of {name!r}"
-        self._do(what, "POST", "registered-models/create", {"name": name},
-                 ok_codes=frozenset({"RESOURCE_ALREADY_EXISTS"}))
+        known = name in self._known
+        if not known:
+            self._create_model(what, name)
         body: dict[str, Any] = {"name": name, "source": source,
                                 "tags": [{"key": k, "value": v} for k, v in tags.items()]}
         if run_id:
             body["run_id"] = run_id
         if description is not None:
             body["description"] = description
-        data = self._do(what, "POST", "model-versions/create", body)
+        try:
+            data = self._do(what, "POST", "model-versions/create", body)
+        except (NotFoundError, RegistryPermissionError):
+            # A model known to exist may have been deleted since: the server answers that it
+            # does not exist (or, with an auth plugin, that nobody may add to it). Creating it
+            # tells which: if it did not exist, the version is created in the new model.
+            if not known or not self._create_model(what, name):
+                raise
+            data = self._do(what, "POST", "model-versions/create", body)
         return self._version(data.get("model_version") or {})
 
     def set_alias(self, name: str, alias: str, version: int) -> None:

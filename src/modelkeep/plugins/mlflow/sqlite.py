@@ -192,7 +192,7 @@ class SqliteRegistry:
     _VERSION_COLUMNS = "name, version, source, creation_time, description, run_id"
 
     def _versions(self, conn: sqlite3.Connection, name: str, where: str = "",
-                  args: tuple[Any, ...] = ()) -> list[RegistryVersion]:
+                  args: tuple[Any, ...] = (), *, aliases: bool = True) -> list[RegistryVersion]:
         rows = conn.execute(
             f"SELECT {self._VERSION_COLUMNS} FROM model_versions WHERE workspace = ? AND name = ? "
             f"AND (current_stage IS NULL OR current_stage != ?) {where} ORDER BY version",
@@ -207,17 +207,17 @@ class SqliteRegistry:
                 f"WHERE workspace = ? AND name = ? {where}",
                 (_DEFAULT_WORKSPACE, name, *args)):
             tags.setdefault(int(version), {})[key] = value if value is not None else ""
-        aliases: dict[int, list[str]] = {}
+        by_version: dict[int, list[str]] = {}
         for version, alias in conn.execute(
                 "SELECT version, alias FROM registered_model_aliases "
                 f"WHERE workspace = ? AND name = ? {where}",
-                (_DEFAULT_WORKSPACE, name, *args)):
-            aliases.setdefault(int(version), []).append(alias)
+                (_DEFAULT_WORKSPACE, name, *args)) if aliases else ():
+            by_version.setdefault(int(version), []).append(alias)
         return [
             RegistryVersion(
                 name=row[0], version=int(row[1]), source=row[2] or "",
                 tags=tags.get(int(row[1]), {}),
-                aliases=tuple(sorted(aliases.get(int(row[1]), ()))),
+                aliases=tuple(sorted(by_version.get(int(row[1]), ()))),
                 created_ms=int(row[3] or 0), description=row[4] or "", run_id=row[5] or None,
             )
             for row in rows
@@ -252,10 +252,18 @@ class SqliteRegistry:
         return found[0]
 
     def latest(self, name: str) -> RegistryVersion | None:
+        return self._latest(name, aliases=True)
+
+    def latest_without_aliases(self, name: str) -> RegistryVersion | None:
+        """:meth:`latest` without reading its aliases: a query fewer."""
+        return self._latest(name, aliases=False)
+
+    def _latest(self, name: str, *, aliases: bool) -> RegistryVersion | None:
         if self._missing():
             return None
         if not self._fast():
-            return self._mlflow().latest(name)
+            writer = self._mlflow()
+            return writer.latest(name) if aliases else writer.latest_without_aliases(name)
         with self._reading() as conn:
             row = conn.execute(
                 "SELECT MAX(version) FROM model_versions WHERE workspace = ? AND name = ? "
@@ -263,7 +271,8 @@ class SqliteRegistry:
                 (_DEFAULT_WORKSPACE, name, _DELETED)).fetchone()
             if row is None or row[0] is None:
                 return None
-            found = self._versions(conn, name, "AND version = ?", (int(row[0]),))
+            found = self._versions(conn, name, "AND version = ?", (int(row[0]),),
+                                   aliases=aliases)
         return found[0] if found else None
 
     def versions(self, name: str) -> list[RegistryVersion]:
@@ -273,6 +282,23 @@ class SqliteRegistry:
             if not self._model_exists(conn, name):
                 raise not_found(self.uri, f"model {name!r}")
             return self._versions(conn, name)
+
+    def versions_by_snapshot(self, name: str, prefix: str) -> list[RegistryVersion]:
+        """The versions of *name* whose source has ``/@`` then *prefix* in it, with their tags
+        and aliases, found by one LIKE on the versions' sources (SQLite's LIKE ignores ASCII
+        case: the caller checks each source)."""
+        if not self._fast():
+            return self._mlflow().versions_by_snapshot(name, prefix)
+        pattern = "%/@" + re.sub(r"([\\%_])", r"\\\1", prefix) + "%"
+        with self._reading() as conn:
+            if not self._model_exists(conn, name):
+                raise not_found(self.uri, f"model {name!r}")
+            # *where* names only `version` (see _versions): the sources are matched in a
+            # sub-query, which the tag and alias look-ups share.
+            return self._versions(
+                conn, name, "AND version IN (SELECT version FROM model_versions WHERE "
+                "workspace = ? AND name = ? AND source LIKE ? ESCAPE '\\')",
+                (_DEFAULT_WORKSPACE, name, pattern))
 
     def newest_versions(self, name: str, limit: int) -> tuple[list[RegistryVersion], bool]:
         """The *limit* highest-numbered versions of *name*, oldest first, and whether older
