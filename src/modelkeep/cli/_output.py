@@ -1,4 +1,8 @@
-"""Output helpers: JSON for scripts, rich tables for people, progress bars on slow transfers."""
+"""Output helpers: JSON for scripts, rich tables for people, progress bars on slow transfers.
+
+rich is imported when something is printed for a person: ``--help``, ``--json`` and ``-q`` never
+load it (about 20 ms of every command's start).
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # Progress bars appear only for transfers that last longer than this: quick commands stay quiet.
 PROGRESS_DELAY = 1.0
@@ -33,10 +30,14 @@ class Output:
 
     @property
     def console(self) -> Console:
+        from rich.console import Console
+
         return Console(soft_wrap=True)
 
     @property
     def err(self) -> Console:
+        from rich.console import Console
+
         return Console(stderr=True, soft_wrap=True)
 
     def emit(self, data: Any, human: Callable[[], None]) -> None:
@@ -81,6 +82,15 @@ class Output:
             if state["bar"] is None:
                 if time.monotonic() - start < PROGRESS_DELAY:
                     return
+                from rich.progress import (
+                    BarColumn,
+                    DownloadColumn,
+                    Progress,
+                    TextColumn,
+                    TimeRemainingColumn,
+                    TransferSpeedColumn,
+                )
+
                 bar = Progress(
                     TextColumn("{task.description}"),
                     BarColumn(),

@@ -14,9 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
-from rich.table import Table
 
 from modelkeep.aliases import AliasEvent
 from modelkeep.cli import (
@@ -32,6 +30,7 @@ from modelkeep.cli._errors import emit_json_error, report
 from modelkeep.cli._gitignore import add_to_gitignore, git_work_tree, ignore_entries
 from modelkeep.cli._help import apply as apply_help_style
 from modelkeep.cli._output import Output, human_bytes
+from modelkeep.cli._params import install as install_plain_params
 from modelkeep.cli._state import State
 from modelkeep.cli._state import state as _state
 from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError
@@ -396,6 +395,8 @@ def show(
             c.print(f"tag:      {k}={v}", highlight=False)
         for line in _lineage_lines(mv.lineage):
             c.print(line, highlight=False, markup=False)
+        from rich.table import Table
+
         table = Table("file", "size", "chunks", "tensors")
         for f in mv.files:
             n = len(f.tensors) if f.tensors is not None else counts.get(f.path)
@@ -787,7 +788,7 @@ def plugins_(ctx: typer.Context) -> None:
     infos = pm.plugins_info()
 
     def human() -> None:
-        from rich.table import Column
+        from rich.table import Column, Table
 
         # Names are the point of the listing: fold them on a narrow terminal, never cut them.
         table = Table(*(Column(h, overflow="fold") for h in ("plugin", "from", "hooks")))
@@ -823,6 +824,7 @@ def _command(plugins: PluginManager) -> Any:
         for name, cmd in group.commands.items():
             command.add_command(cmd, name)
     _json_everywhere(command)
+    install_plain_params(command)
     return apply_help_style(command)
 
 
@@ -863,6 +865,15 @@ def _wants_json(argv: list[str] | None) -> bool:
     return "--json" in (args[:args.index("--")] if "--" in args else args)
 
 
+def _caught(ours: type[Exception], name: str) -> tuple[type[Any], ...]:
+    """*ours* (typer's exception class), and click's class *name* if click is loaded: a plugin's
+    commands may be built on it. Unloaded, nothing can have raised one, and importing it would
+    cost every command 10 ms; the commands here are built on the copy of click that recent typer
+    versions carry."""
+    exceptions = sys.modules.get("click.exceptions")
+    return (ours,) if exceptions is None else (getattr(exceptions, name), ours)
+
+
 def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None) -> int:
     """Console-script entry point; *plugins* replaces the process-wide plugin manager."""
     code = _main(argv, plugins)
@@ -877,6 +888,11 @@ def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None)
 
 def _main(argv: list[str] | None, plugins: PluginManager | None) -> int:
     json_out = _wants_json(argv)
+    # Loading the plugins and building the command tree make objects that live as long as the
+    # process, in their thousands: the cyclic collector, left on, walks them again and again and
+    # finds nothing to free (10 ms of a command's start).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         if plugins is None:
             from modelkeep.hooks.manager import get_plugin_manager
@@ -885,12 +901,15 @@ def _main(argv: list[str] | None, plugins: PluginManager | None) -> int:
         command = _command(plugins)
     except Exception as exc:
         return report(exc, json_out=json_out)
+    finally:
+        if collecting:
+            gc.enable()
     try:
         result: Any = command.main(args=argv, prog_name="modelkeep", standalone_mode=False,
                                    obj=State(plugins=plugins))
-    except (click.exceptions.Exit, typer.Exit) as exc:
-        return exc.exit_code
-    except (click.exceptions.Abort, typer.Abort) as exc:
+    except _caught(typer.Exit, "Exit") as exc:
+        return int(exc.exit_code)
+    except _caught(typer.Abort, "Abort") as exc:
         if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
             # click turns Ctrl-C into Abort
             return report(KeyboardInterrupt(), json_out=json_out)
@@ -899,7 +918,7 @@ def _main(argv: list[str] | None, plugins: PluginManager | None) -> int:
         else:
             print("error: aborted", file=sys.stderr)
         return 130
-    except (click.ClickException, typer.TyperException) as exc:
+    except _caught(typer.TyperException, "ClickException") as exc:
         # Recent typer versions carry their own copy of click: catch both kinds of usage error.
         if not hasattr(exc, "show"):
             return report(exc, json_out=json_out)
