@@ -3,8 +3,9 @@ reports which of the costly modules it imported, so a module made lazy stays laz
 
 ``--help`` needs none of the store, rich, pydantic or click; no command needs pydantic (Typer's
 converter, replaced for plain values by :mod:`modelkeep.cli._params`) or click (the commands are
-built on Typer's copy); ``--json`` and ``-q`` never load rich. The converter itself is checked
-against Typer's on the same parameters and values.
+built on Typer's copy); ``--json`` and ``-q`` never load rich, nor does ``register``'s one line.
+The converter is checked against Typer's on the same parameters and values, and a plain line
+against rich's printing of it.
 """
 
 from __future__ import annotations
@@ -93,9 +94,9 @@ def test_commands_load_no_converter_library(project: tuple[Path, str], args: lis
         proc, loaded = _loaded([*mode, *(a.format(n=name) for a in args)], root)
         assert proc.returncode == 0, proc.stderr
         assert not loaded & NEVER, f"{mode + args} imported {sorted(loaded & NEVER)}"
-        if mode:  # nothing is printed for a person
+        if mode or args[0] == "register":  # nothing printed for a person, or one plain line
             assert "rich" not in loaded, f"{mode + args} imported rich"
-        else:
+        if not mode:
             assert proc.stdout.split("\nloaded:")[0].strip()  # printed for a person
 
 
@@ -105,7 +106,7 @@ def test_a_new_version_registers_without_pydantic_or_click(project: tuple[Path, 
     proc, loaded = _loaded(["register", name, str(folder)], root)
     assert proc.returncode == 0, proc.stderr
     assert f"registered {name}@" in proc.stdout
-    assert not loaded & NEVER, sorted(loaded & NEVER)
+    assert not loaded & (NEVER | {"rich"}), sorted(loaded & (NEVER | {"rich"}))
 
 
 def test_refused_values_are_worded_by_typer(project: tuple[Path, str]) -> None:
@@ -175,3 +176,25 @@ def test_install_reaches_every_plain_parameter_and_help() -> None:
     assert isinstance(listing.get_help_option(ctx)._runtime_param, _PlainConversion)
     install(command)  # a second pass leaves converted parameters as they are
     assert isinstance(by_name["limit"]._runtime_param, _PlainConversion)
+
+
+LINES = ["registered m@3: 1.0 GiB in 2 file(s), added 0 B (100.0% already stored), 12 B in "
+         "the store", "aliases: prod, candidate", "a: b: c", "x:y:z", "warn :smile: here",
+         ":thumbs_up:",
+         "[bold]loud[/bold]", "a [b] c", r"back\slash", "tab\there", "cr\rhere", "bell\x07",
+         "  padded  ", "two\nlines", "", "é accent", "long " * 80, "url s3://b/k?x=1:2",
+         "ends with colon:", ":starts", "m-1@2 already holds this content: nothing changed"]
+
+
+@pytest.mark.parametrize("markup", [True, False])
+def test_a_line_prints_as_rich_prints_it(capsys: pytest.CaptureFixture[str],
+                                         markup: bool) -> None:
+    from rich.console import Console
+
+    from modelkeep.cli._output import Output
+
+    for text in LINES:
+        Console(soft_wrap=True).print(text, highlight=False, markup=markup)
+        theirs = capsys.readouterr().out
+        Output().line(text, markup=markup)
+        assert capsys.readouterr().out == theirs, text

@@ -7,6 +7,7 @@ load it (about 20 ms of every command's start).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 PROGRESS_DELAY = 1.0
 # Longer tables are printed as plain columns (Output.table).
 RICH_TABLE_ROWS = 200
+# What rich reads as an emoji code (":smile:"), in its own pattern (rich/_emoji_replace.py).
+_EMOJI_CODE = re.compile(r":\S*?:")
 
 
 @dataclass
@@ -39,6 +42,17 @@ class Output:
         from rich.console import Console
 
         return Console(stderr=True, soft_wrap=True)
+
+    def line(self, text: str, *, markup: bool = True) -> None:
+        """Print *text* for a person, as ``console.print(text, highlight=False,
+        markup=markup)`` prints it. Text that rich would print unchanged, as most one-line
+        reports are, is written without loading rich (20 ms of a command such as
+        ``register``)."""
+        if _as_is(text):
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        else:
+            self.console.print(text, highlight=False, markup=markup)
 
     def emit(self, data: Any, human: Callable[[], None]) -> None:
         """Print *data* as JSON with --json, otherwise call *human* (unless -q)."""
@@ -111,6 +125,14 @@ class Output:
         finally:
             if state["bar"] is not None:
                 state["bar"].stop()
+
+
+def _as_is(text: str) -> bool:
+    """Whether rich prints *text* unchanged: printable ASCII lines without a markup bracket or
+    an emoji code (rich would drop control codes, expand tabs and read ``[tag]`` and
+    ``:name:``)."""
+    return (text.isascii() and "[" not in text and not _EMOJI_CODE.search(text)
+            and all(part.isprintable() for part in text.split("\n")))
 
 
 def human_bytes(n: int | None) -> str:

@@ -251,16 +251,14 @@ def register(
 
     def human() -> None:
         if mv.reused:
-            st.out.console.print(_reused_line(mv), highlight=False, markup=False)
+            st.out.line(_reused_line(mv), markup=False)
             return
-        st.out.console.print(
+        st.out.line(
             f"registered {mv.ref}: {human_bytes(mv.size)} in {len(mv.files)} file(s), "
             f"added {human_bytes(mv.bytes_added)} ({_pct(mv.dedup_ratio)} already stored), "
-            f"{human_bytes(mv.bytes_stored)} in the store",
-            highlight=False,
-        )
+            f"{human_bytes(mv.bytes_stored)} in the store")
         if mv.aliases:
-            st.out.console.print(f"aliases: {', '.join(mv.aliases)}", highlight=False)
+            st.out.line(f"aliases: {', '.join(mv.aliases)}")
 
     st.out.emit(mv.to_json(), human)
 
@@ -568,9 +566,8 @@ def pull(
     st.out.emit(
         {"name": mv.name, "version": mv.version, "ref": mv.ref, "snapshot_id": mv.snapshot_id,
          "path": str(out), "files": len(mv.files), "size": mv.size},
-        lambda: st.out.console.print(
-            f"pulled {mv.ref} to {out} ({len(mv.files)} file(s), {human_bytes(mv.size)})",
-            highlight=False),
+        lambda: st.out.line(
+            f"pulled {mv.ref} to {out} ({len(mv.files)} file(s), {human_bytes(mv.size)})"),
     )
 
 
