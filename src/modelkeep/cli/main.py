@@ -8,6 +8,7 @@ person, or as JSON on stdout with ``--json``. Errors are turned into one line an
 
 from __future__ import annotations
 
+import copy
 import gc
 import shutil
 import sys
@@ -809,11 +810,15 @@ fetch_cmds.add_to(app)
 usage_cmds.add_to(app)
 
 
-def _command(plugins: PluginManager) -> Any:
+def _command(plugins: PluginManager, argv: list[str] | None = None) -> Any:
     """The click group of the built-in commands and every plugin's (a fresh one each call, so
     the module's ``app`` never accumulates plugin commands), all in the one help style, each
-    taking ``--json`` after its name as well as before it."""
-    command: Any = typer.main.get_command(app)
+    taking ``--json`` after its name as well as before it.
+
+    With *argv* naming a built-in command, that one alone is built: Typer reads every command's
+    signature and type hints to build it, 20 ms for the whole tree, which only ``--help`` and
+    a mistyped name need (they get the whole tree)."""
+    command: Any = typer.main.get_command(_only(app, argv) or app)
     extra = typer.Typer()
     plugins.hook.modelkeep_cli_commands(app=extra)
     if extra.registered_commands or extra.registered_groups:
@@ -823,6 +828,55 @@ def _command(plugins: PluginManager) -> Any:
     _json_everywhere(command)
     install_plain_params(command)
     return apply_help_style(command)
+
+
+def _only(full: typer.Typer, argv: list[str] | None) -> typer.Typer | None:
+    """A copy of *full* holding just the command or group *argv* invokes, or None when that is
+    not plain: no command named, ``--help`` or an option the group does not take before it, a
+    name that is not a built-in command, a group whose name is Typer's to derive."""
+    if argv is None:
+        return None
+    bare = copy.copy(full)
+    bare.registered_commands, bare.registered_groups = [], []
+    name = _invoked(typer.main.get_command(bare), argv)
+    if name is None:
+        return None
+    commands = [c for c in full.registered_commands
+                if (c.name or typer.main.get_command_name(getattr(c.callback, "__name__", "")))
+                == name]
+    groups = []
+    for g in full.registered_groups:
+        group_name = g.name
+        if not isinstance(group_name, str) and g.typer_instance is not None:
+            group_name = g.typer_instance.info.name
+        if not isinstance(group_name, str) or not group_name:
+            return None  # named by its callback, or merged into this group: Typer's to say
+        if group_name == name:
+            groups.append(g)
+    if not commands and not groups:
+        return None
+    bare.registered_commands, bare.registered_groups = commands, groups
+    return bare
+
+
+def _invoked(group: Any, argv: list[str]) -> str | None:
+    """The name of the command *argv* invokes, when everything before it is one of *group*'s
+    own options (with its value); otherwise None."""
+    with_value: set[str] = set()
+    flags: set[str] = set()
+    for param in group.params:
+        if param.param_type_name == "option":
+            names = {*param.opts, *param.secondary_opts}
+            (flags if param.is_flag or param.count else with_value).update(names)
+    args = iter(argv)
+    for arg in args:
+        if arg in with_value:
+            next(args, None)
+        elif arg.partition("=")[0] in with_value or arg in flags:
+            continue
+        else:
+            return None if arg.startswith("-") else arg
+    return None
 
 
 # Commands whose output is not a document: ``cat`` writes a file's bytes.
@@ -841,8 +895,6 @@ def _json_everywhere(group: Any, flag: Any = None) -> None:
     means, so ``modelkeep show REF --json`` and ``modelkeep --json show REF`` are the same.
     The flag is a copy of the global one (recent typer versions carry their own copy of click,
     whose option class is typer's to build)."""
-    import copy
-
     if flag is None:
         [flag] = [p for p in group.params if "--json" in p.opts]
     for cmd in group.commands.values():
@@ -895,7 +947,7 @@ def _main(argv: list[str] | None, plugins: PluginManager | None) -> int:
             from modelkeep.hooks.manager import get_plugin_manager
 
             plugins = get_plugin_manager()
-        command = _command(plugins)
+        command = _command(plugins, sys.argv[1:] if argv is None else argv)
     except Exception as exc:
         return report(exc, json_out=json_out)
     finally:
