@@ -198,3 +198,45 @@ def test_a_line_prints_as_rich_prints_it(capsys: pytest.CaptureFixture[str],
         theirs = capsys.readouterr().out
         Output().line(text, markup=markup)
         assert capsys.readouterr().out == theirs, text
+
+
+# -- one command built, not the tree -----------------------------------------------------------
+
+
+def _help_texts(command: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], str]:
+    """The help of *command* and of everything under it, by command path."""
+    ctx = typer.Context(command, info_name=" ".join(("modelkeep", *path)))
+    texts = {path: command.get_help(ctx)}
+    for name, sub in getattr(command, "commands", {}).items():
+        texts.update(_help_texts(sub, (*path, name)))
+    return texts
+
+
+@pytest.mark.parametrize(("argv", "built"), [
+    (["list"], {"list"}), (["--store", "s", "--json", "show", "m@1"], {"show"}),
+    (["--store=s", "-q", "register", "m", "x"], {"register"}),
+    (["--registry", "list", "log", "m"], {"log"}),  # an option's value is not the command
+    (["registry", "alias", "m@1", "prod"], {"registry"}),
+    (["--help"], None), ([], None), (["lst"], None), (["--nope", "list"], None),
+    (["--", "list"], None),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_only_the_invoked_command_is_built(argv: list[str], built: set[str] | None) -> None:
+    from modelkeep.cli.main import _command
+
+    pm = make_plugin_manager(entry_points=False, use_env=False)
+    whole = set(_command(pm).commands)
+    names = set(_command(pm, argv).commands)
+    assert names == (whole if built is None else built)
+
+
+def test_a_command_built_alone_is_the_one_in_the_tree() -> None:
+    from modelkeep.cli.main import _command
+
+    pm = make_plugin_manager(entry_points=False, use_env=False)
+    whole = _command(pm)
+    tree = _help_texts(whole)
+    for name in whole.commands:
+        alone = _command(pm, [name, "--help"])
+        assert set(alone.commands) == {name}
+        texts = _help_texts(alone.commands[name], (name,))
+        assert texts == {p: t for p, t in tree.items() if p[:1] == (name,)}, name
