@@ -240,3 +240,31 @@ def test_a_command_built_alone_is_the_one_in_the_tree() -> None:
         assert set(alone.commands) == {name}
         texts = _help_texts(alone.commands[name], (name,))
         assert texts == {p: t for p, t in tree.items() if p[:1] == (name,)}, name
+
+
+# -- the entry-point scan -----------------------------------------------------------------------
+
+
+def _distribution(root: Path, name: str, entry_points: str) -> None:
+    info = root / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(entry_points)
+
+
+def test_the_entry_point_scan_finds_what_importlib_finds(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    from modelkeep.hooks.manager import _installed_entry_points
+
+    assert _installed_entry_points() == {
+        ep.name: ep for ep in metadata.entry_points(group="modelkeep")}
+    _distribution(tmp_path, "near_miss", "[modelkeep.extra]\nx = a:b\n[ modelkeep ]\ny = c:d\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "x" not in _installed_entry_points() and "y" not in _installed_entry_points()
+    _distribution(tmp_path, "mk_plugin", "[console_scripts]\nz = e:f\n\n[[modelkeep]]\n"
+                  "approval = mk_plugin.approve\n")
+    found = _installed_entry_points()
+    assert found == {ep.name: ep for ep in metadata.entry_points(group="modelkeep")}
+    assert found["approval"].value == "mk_plugin.approve"
