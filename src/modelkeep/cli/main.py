@@ -32,7 +32,7 @@ from modelkeep.cli._gitignore import add_to_gitignore, git_work_tree, ignore_ent
 from modelkeep.cli._help import apply as apply_help_style
 from modelkeep.cli._output import Output, human_bytes
 from modelkeep.cli._params import install as install_plain_params
-from modelkeep.cli._state import State
+from modelkeep.cli._state import State, settled
 from modelkeep.cli._state import state as _state
 from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError
 
@@ -73,9 +73,9 @@ def _global(
         "--version", is_eager=True, callback=_print_version,
         help="Print modelkeep's version and exit.")] = False,
 ) -> None:
-    plugins = ctx.obj.plugins if isinstance(ctx.obj, State) else None
+    outer = ctx.obj if isinstance(ctx.obj, State) else State()
     ctx.obj = State(store=store, registry=registry, out=Output(json=json_out, quiet=quiet),
-                    plugins=plugins)
+                    plugins=outer.plugins, whole_process=outer.whole_process)
 
 
 def _parse_tags(items: list[str]) -> dict[str, str]:
@@ -220,11 +220,12 @@ def register(
     """Store a model folder (local, any fsspec URL, or DVC-tracked) as a new version of NAME."""
     import json
 
+    st = _state(ctx)
+    keep = st.keep()  # first: it imports the store with the collector paused
+
     from modelkeep.sources import is_url, scan_url
     from modelkeep.store import scan_local
 
-    st = _state(ctx)
-    keep = st.keep()
     lineage = None
     source: str | Path = path
     if rev is not None or repo is not None or path.startswith("dvc://"):
@@ -937,25 +938,19 @@ def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None)
 
 def _main(argv: list[str] | None, plugins: PluginManager | None) -> int:
     json_out = _wants_json(argv)
-    # Loading the plugins and building the command tree make objects that live as long as the
-    # process, in their thousands: the cyclic collector, left on, walks them again and again and
-    # finds nothing to free (10 ms of a command's start).
-    collecting = gc.isenabled()
-    gc.disable()
+    whole_process = argv is None
     try:
-        if plugins is None:
-            from modelkeep.hooks.manager import get_plugin_manager
+        with settled(freeze=whole_process):  # the plugins and the command tree live till exit
+            if plugins is None:
+                from modelkeep.hooks.manager import get_plugin_manager
 
-            plugins = get_plugin_manager()
-        command = _command(plugins, sys.argv[1:] if argv is None else argv)
+                plugins = get_plugin_manager()
+            command = _command(plugins, sys.argv[1:] if argv is None else argv)
     except Exception as exc:
         return report(exc, json_out=json_out)
-    finally:
-        if collecting:
-            gc.enable()
     try:
         result: Any = command.main(args=argv, prog_name="modelkeep", standalone_mode=False,
-                                   obj=State(plugins=plugins))
+                                   obj=State(plugins=plugins, whole_process=whole_process))
     except _caught(typer.Exit, "Exit") as exc:
         return int(exc.exit_code)
     except _caught(typer.Abort, "Abort") as exc:
