@@ -22,19 +22,12 @@ from modelkeep.ops import aliases as _aliases
 from modelkeep.ops import checkpoints as _checkpoints
 from modelkeep.ops import delete as _delete
 from modelkeep.ops import diff as _diff
-from modelkeep.ops import fetch as _fetch
 from modelkeep.ops import gc as _gc
 from modelkeep.ops import read as _read
-from modelkeep.ops import rebuild as _rebuild
 from modelkeep.ops import register as _register
-from modelkeep.ops import repair as _repair
 from modelkeep.ops import scan as _scan
-from modelkeep.ops import search as _search
 from modelkeep.ops import signatures as _signatures
 from modelkeep.ops import sync as _sync
-from modelkeep.ops import usage as _usage
-from modelkeep.ops.fetch import FetchResult
-from modelkeep.ops.rebuild import RebuildReport
 from modelkeep.ops.results import (
     DeletedVersion,
     DeleteReport,
@@ -57,8 +50,14 @@ from modelkeep.store import (
 )
 from modelkeep.stores import Stores
 
+# The operations most commands never run (pull and fetch, rebuild, repair, search, du) are
+# imported by the methods that run them: a command's start-up does not load them all.
 if TYPE_CHECKING:
     from modelkeep.hooks.manager import PluginManager
+    from modelkeep.ops.fetch import FetchResult
+    from modelkeep.ops.rebuild import RebuildReport
+    from modelkeep.ops.repair import RepairResult
+    from modelkeep.ops.usage import StoreUsage
     from modelkeep.signing import SignatureStatus, Signer
     from modelkeep.training import PendingCheckpoint, Tracker
 
@@ -330,6 +329,8 @@ class Keep:
         :mod:`modelkeep.rebuild`). Conflicts are found before anything is written; *dry_run*
         writes nothing at all; journal entries that cannot be replayed are reported in
         ``report.journal.problems``."""
+        from modelkeep.ops import rebuild as _rebuild
+
         return _rebuild.rebuild_registry(self, dry_run=dry_run)
 
     def checkpoint(
@@ -371,6 +372,8 @@ class Keep:
         *overwrite*). Every chunk is verified; on any failure *dest* is left untouched. With
         *link*, read-only links into the shared read cache; else private, writable copies (taken
         from the cache where it holds the bytes, unless *cache* is false)."""
+        from modelkeep.ops import fetch as _fetch
+
         return _fetch.pull(self, ref, dest, overwrite=overwrite, progress=progress, link=link,
                            cache=cache)
 
@@ -378,12 +381,16 @@ class Keep:
         """The version's local, read-only folder in the shared read cache (built once, the same
         folder on every call). With *cache* false (or the store option ``read_cache = false``),
         a new private temporary folder that the caller removes."""
+        from modelkeep.ops import fetch as _fetch
+
         return _fetch.fetch(self, ref, cache=cache, progress=progress).path
 
     def fetch_report(
         self, ref: str, *, cache: bool = True, progress: Progress | None = None
     ) -> FetchResult:
         """:meth:`fetch`, with what it cost: bytes downloaded and bytes already cached."""
+        from modelkeep.ops import fetch as _fetch
+
         return _fetch.fetch(self, ref, cache=cache, progress=progress)
 
     def search(
@@ -400,6 +407,8 @@ class Keep:
         whose ``metric.*`` tags meet every condition in *metrics* (``"loss<0.5"``,
         ``"acc>=0.9"``), ordered by *order_by* (``"tag.KEY"`` or ``"metric.NAME"``, *desc* for
         descending; default: model name, then version), at most *limit*."""
+        from modelkeep.ops import search as _search
+
         return _search.search(self, name, tags=tags, metrics=metrics, order_by=order_by,
                               desc=desc, limit=limit)
 
@@ -415,24 +424,28 @@ class Keep:
         in bounded blocks; without it only the two snapshots are read."""
         return _diff.diff(self, ref_a, ref_b, content=content)
 
-    def du(self, name: str | None = None) -> _usage.StoreUsage:
+    def du(self, name: str | None = None) -> StoreUsage:
         """Where the bytes go: for model *name* (every model when None), per version and per
         model, the logical bytes, the stored bytes of the distinct chunks they need (delta bases
         included) and the bytes only they need (what deleting them would give back after a
         garbage collection), and the same for the whole store; from snapshots and one listing
         of the chunk objects, never reading a chunk (:mod:`modelkeep.ops.usage`)."""
+        from modelkeep.ops import usage as _usage
+
         return _usage.usage(self, name)
 
     def verify(self, ref: str | None = None, progress: Progress | None = None) -> VerifyReport:
         """Fetch and check every chunk of one version, or of every snapshot in the store."""
         return _read.verify(self, ref, progress)
 
-    def repair(self, source: str | None = None) -> _repair.RepairResult:
+    def repair(self, source: str | None = None) -> RepairResult:
         """Verify the store, name each damaged chunk once with the versions that use it, move
         the damaged objects aside and write verified copies from *source*: a folder (or file)
         holding the original files, or a store name or URL holding the same chunks. Without a
         source the damaged names are only freed, so registering the original files again
         writes them anew."""
+        from modelkeep.ops import repair as _repair
+
         return _repair.repair(self, source)
 
     def signer(self) -> Signer | None:

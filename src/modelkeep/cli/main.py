@@ -8,15 +8,14 @@ person, or as JSON on stdout with ``--json``. Errors are turned into one line an
 
 from __future__ import annotations
 
+import copy
 import gc
 import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
-from rich.table import Table
 
 from modelkeep.aliases import AliasEvent
 from modelkeep.cli import (
@@ -32,7 +31,8 @@ from modelkeep.cli._errors import emit_json_error, report
 from modelkeep.cli._gitignore import add_to_gitignore, git_work_tree, ignore_entries
 from modelkeep.cli._help import apply as apply_help_style
 from modelkeep.cli._output import Output, human_bytes
-from modelkeep.cli._state import State
+from modelkeep.cli._params import install as install_plain_params
+from modelkeep.cli._state import State, settled
 from modelkeep.cli._state import state as _state
 from modelkeep.errors import REGISTRY, Hint, IntegrityError, InvalidInputError, NotFoundError
 
@@ -73,9 +73,9 @@ def _global(
         "--version", is_eager=True, callback=_print_version,
         help="Print modelkeep's version and exit.")] = False,
 ) -> None:
-    plugins = ctx.obj.plugins if isinstance(ctx.obj, State) else None
+    outer = ctx.obj if isinstance(ctx.obj, State) else State()
     ctx.obj = State(store=store, registry=registry, out=Output(json=json_out, quiet=quiet),
-                    plugins=plugins)
+                    plugins=outer.plugins, whole_process=outer.whole_process)
 
 
 def _parse_tags(items: list[str]) -> dict[str, str]:
@@ -220,11 +220,12 @@ def register(
     """Store a model folder (local, any fsspec URL, or DVC-tracked) as a new version of NAME."""
     import json
 
+    st = _state(ctx)
+    keep = st.keep()  # first: it imports the store with the collector paused
+
     from modelkeep.sources import is_url, scan_url
     from modelkeep.store import scan_local
 
-    st = _state(ctx)
-    keep = st.keep()
     lineage = None
     source: str | Path = path
     if rev is not None or repo is not None or path.startswith("dvc://"):
@@ -252,16 +253,14 @@ def register(
 
     def human() -> None:
         if mv.reused:
-            st.out.console.print(_reused_line(mv), highlight=False, markup=False)
+            st.out.line(_reused_line(mv), markup=False)
             return
-        st.out.console.print(
+        st.out.line(
             f"registered {mv.ref}: {human_bytes(mv.size)} in {len(mv.files)} file(s), "
             f"added {human_bytes(mv.bytes_added)} ({_pct(mv.dedup_ratio)} already stored), "
-            f"{human_bytes(mv.bytes_stored)} in the store",
-            highlight=False,
-        )
+            f"{human_bytes(mv.bytes_stored)} in the store")
         if mv.aliases:
-            st.out.console.print(f"aliases: {', '.join(mv.aliases)}", highlight=False)
+            st.out.line(f"aliases: {', '.join(mv.aliases)}")
 
     st.out.emit(mv.to_json(), human)
 
@@ -396,6 +395,8 @@ def show(
             c.print(f"tag:      {k}={v}", highlight=False)
         for line in _lineage_lines(mv.lineage):
             c.print(line, highlight=False, markup=False)
+        from rich.table import Table
+
         table = Table("file", "size", "chunks", "tensors")
         for f in mv.files:
             n = len(f.tensors) if f.tensors is not None else counts.get(f.path)
@@ -567,9 +568,8 @@ def pull(
     st.out.emit(
         {"name": mv.name, "version": mv.version, "ref": mv.ref, "snapshot_id": mv.snapshot_id,
          "path": str(out), "files": len(mv.files), "size": mv.size},
-        lambda: st.out.console.print(
-            f"pulled {mv.ref} to {out} ({len(mv.files)} file(s), {human_bytes(mv.size)})",
-            highlight=False),
+        lambda: st.out.line(
+            f"pulled {mv.ref} to {out} ({len(mv.files)} file(s), {human_bytes(mv.size)})"),
     )
 
 
@@ -787,7 +787,7 @@ def plugins_(ctx: typer.Context) -> None:
     infos = pm.plugins_info()
 
     def human() -> None:
-        from rich.table import Column
+        from rich.table import Column, Table
 
         # Names are the point of the listing: fold them on a narrow terminal, never cut them.
         table = Table(*(Column(h, overflow="fold") for h in ("plugin", "from", "hooks")))
@@ -811,11 +811,15 @@ fetch_cmds.add_to(app)
 usage_cmds.add_to(app)
 
 
-def _command(plugins: PluginManager) -> Any:
+def _command(plugins: PluginManager, argv: list[str] | None = None) -> Any:
     """The click group of the built-in commands and every plugin's (a fresh one each call, so
     the module's ``app`` never accumulates plugin commands), all in the one help style, each
-    taking ``--json`` after its name as well as before it."""
-    command: Any = typer.main.get_command(app)
+    taking ``--json`` after its name as well as before it.
+
+    With *argv* naming a built-in command, that one alone is built: Typer reads every command's
+    signature and type hints to build it, 20 ms for the whole tree, which only ``--help`` and
+    a mistyped name need (they get the whole tree)."""
+    command: Any = typer.main.get_command(_only(app, argv) or app)
     extra = typer.Typer()
     plugins.hook.modelkeep_cli_commands(app=extra)
     if extra.registered_commands or extra.registered_groups:
@@ -823,7 +827,57 @@ def _command(plugins: PluginManager) -> Any:
         for name, cmd in group.commands.items():
             command.add_command(cmd, name)
     _json_everywhere(command)
+    install_plain_params(command)
     return apply_help_style(command)
+
+
+def _only(full: typer.Typer, argv: list[str] | None) -> typer.Typer | None:
+    """A copy of *full* holding just the command or group *argv* invokes, or None when that is
+    not plain: no command named, ``--help`` or an option the group does not take before it, a
+    name that is not a built-in command, a group whose name is Typer's to derive."""
+    if argv is None:
+        return None
+    bare = copy.copy(full)
+    bare.registered_commands, bare.registered_groups = [], []
+    name = _invoked(typer.main.get_command(bare), argv)
+    if name is None:
+        return None
+    commands = [c for c in full.registered_commands
+                if (c.name or typer.main.get_command_name(getattr(c.callback, "__name__", "")))
+                == name]
+    groups = []
+    for g in full.registered_groups:
+        group_name = g.name
+        if not isinstance(group_name, str) and g.typer_instance is not None:
+            group_name = g.typer_instance.info.name
+        if not isinstance(group_name, str) or not group_name:
+            return None  # named by its callback, or merged into this group: Typer's to say
+        if group_name == name:
+            groups.append(g)
+    if not commands and not groups:
+        return None
+    bare.registered_commands, bare.registered_groups = commands, groups
+    return bare
+
+
+def _invoked(group: Any, argv: list[str]) -> str | None:
+    """The name of the command *argv* invokes, when everything before it is one of *group*'s
+    own options (with its value); otherwise None."""
+    with_value: set[str] = set()
+    flags: set[str] = set()
+    for param in group.params:
+        if param.param_type_name == "option":
+            names = {*param.opts, *param.secondary_opts}
+            (flags if param.is_flag or param.count else with_value).update(names)
+    args = iter(argv)
+    for arg in args:
+        if arg in with_value:
+            next(args, None)
+        elif arg.partition("=")[0] in with_value or arg in flags:
+            continue
+        else:
+            return None if arg.startswith("-") else arg
+    return None
 
 
 # Commands whose output is not a document: ``cat`` writes a file's bytes.
@@ -842,8 +896,6 @@ def _json_everywhere(group: Any, flag: Any = None) -> None:
     means, so ``modelkeep show REF --json`` and ``modelkeep --json show REF`` are the same.
     The flag is a copy of the global one (recent typer versions carry their own copy of click,
     whose option class is typer's to build)."""
-    import copy
-
     if flag is None:
         [flag] = [p for p in group.params if "--json" in p.opts]
     for cmd in group.commands.values():
@@ -863,6 +915,15 @@ def _wants_json(argv: list[str] | None) -> bool:
     return "--json" in (args[:args.index("--")] if "--" in args else args)
 
 
+def _caught(ours: type[Exception], name: str) -> tuple[type[Any], ...]:
+    """*ours* (typer's exception class), and click's class *name* if click is loaded: a plugin's
+    commands may be built on it. Unloaded, nothing can have raised one, and importing it would
+    cost every command 10 ms; the commands here are built on the copy of click that recent typer
+    versions carry."""
+    exceptions = sys.modules.get("click.exceptions")
+    return (ours,) if exceptions is None else (getattr(exceptions, name), ours)
+
+
 def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None) -> int:
     """Console-script entry point; *plugins* replaces the process-wide plugin manager."""
     code = _main(argv, plugins)
@@ -877,20 +938,22 @@ def main(argv: list[str] | None = None, *, plugins: PluginManager | None = None)
 
 def _main(argv: list[str] | None, plugins: PluginManager | None) -> int:
     json_out = _wants_json(argv)
+    whole_process = argv is None
     try:
-        if plugins is None:
-            from modelkeep.hooks.manager import get_plugin_manager
+        with settled(freeze=whole_process):  # the plugins and the command tree live till exit
+            if plugins is None:
+                from modelkeep.hooks.manager import get_plugin_manager
 
-            plugins = get_plugin_manager()
-        command = _command(plugins)
+                plugins = get_plugin_manager()
+            command = _command(plugins, sys.argv[1:] if argv is None else argv)
     except Exception as exc:
         return report(exc, json_out=json_out)
     try:
         result: Any = command.main(args=argv, prog_name="modelkeep", standalone_mode=False,
-                                   obj=State(plugins=plugins))
-    except (click.exceptions.Exit, typer.Exit) as exc:
-        return exc.exit_code
-    except (click.exceptions.Abort, typer.Abort) as exc:
+                                   obj=State(plugins=plugins, whole_process=whole_process))
+    except _caught(typer.Exit, "Exit") as exc:
+        return int(exc.exit_code)
+    except _caught(typer.Abort, "Abort") as exc:
         if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
             # click turns Ctrl-C into Abort
             return report(KeyboardInterrupt(), json_out=json_out)
@@ -899,7 +962,7 @@ def _main(argv: list[str] | None, plugins: PluginManager | None) -> int:
         else:
             print("error: aborted", file=sys.stderr)
         return 130
-    except (click.ClickException, typer.TyperException) as exc:
+    except _caught(typer.TyperException, "ClickException") as exc:
         # Recent typer versions carry their own copy of click: catch both kinds of usage error.
         if not hasattr(exc, "show"):
             return report(exc, json_out=json_out)

@@ -11,8 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Column, Table
 
 from modelkeep.cli._output import human_bytes
 from modelkeep.cli._state import State
@@ -66,6 +64,9 @@ def check(
         files = sorted({d.file for d in result.decisions if d.file})
         c.print(f"{result.ref}: {what}, policies from {', '.join(files) or 'defaults'}",
                 highlight=False, markup=False)
+        from rich.markup import escape
+        from rich.table import Column, Table
+
         table = Table(Column("rule", overflow="fold"), "result", Column("from", overflow="fold"),
                       Column("why", overflow="fold", ratio=1))
         for d in result.decisions:
@@ -129,6 +130,9 @@ def _print_policy(st: State, policy: Policy) -> None:
         c.print(f"{policy.name}: matched " + ", ".join(f'"{g}"' for g in policy.matched)
                 + f" (the more specific wins) in {', '.join(files)}", highlight=False,
                 markup=False)
+    from rich.markup import escape
+    from rich.table import Column, Table
+
     table = Table(Column("key", overflow="fold"), Column("value", overflow="fold"),
                   Column("from", overflow="fold"))
 
@@ -174,6 +178,9 @@ def prune(
         deleted = {d.ref: d for d in report.deleted}
         failed = dict(report.failed)
         skipped = dict(report.skipped)
+        from rich.markup import escape
+        from rich.table import Column, Table
+
         table = Table("version", "action", "size", Column("why", overflow="fold"))
         for item in report.plan:
             action = item.action

@@ -134,8 +134,22 @@ def make_plugin_manager(
     return pm
 
 
+def _installed_entry_points() -> dict[str, metadata.EntryPoint]:
+    """The ``modelkeep`` entry points of the installed distributions, by name.
+
+    ``metadata.entry_points(group=...)`` parses every entry point of every distribution (a
+    few hundred in an environment with MLflow or DVC), every command; a distribution names the
+    group only in a ``[modelkeep]`` line of its entry_points.txt, so the files are read first and
+    parsed only when one has it (usually none do)."""
+    header = f"[{ENTRY_POINT_GROUP}]"
+    if not any(header in (dist.read_text("entry_points.txt") or "")
+               for dist in metadata.distributions()):
+        return {}
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def _load_entry_points(pm: PluginManager, allowed: set[str] | None, blocked: set[str]) -> None:
-    found = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    found = _installed_entry_points()
     if allowed is not None:
         missing = sorted(allowed - found.keys() - DEFAULT_PLUGINS.keys())
         if missing:

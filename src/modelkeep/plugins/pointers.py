@@ -49,7 +49,6 @@ from modelkeep.errors import (
     Option,
 )
 from modelkeep.hooks._markers import hookimpl
-from modelkeep.store.materialize import safe_join
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
@@ -403,6 +402,10 @@ def _apply(store: Store, snap: Snapshot, pointer: Pointer, state: PointerState,
                     hint=Hint(f"register them (`modelkeep register {pointer.name} "
                               f"{pointer.target}`) or pass {{force}} to discard them",
                               force=Option(api="force=True", cli="--force")))
+    # The store (fsspec among it) is imported when a pointer is applied: the plugin manager
+    # loads this module for every command, `modelkeep --help` among them.
+    from modelkeep.store.materialize import safe_join
+
     # The workspace exists and is the user's: a folder in it may be a link leading out. Every
     # path is checked before anything changes.
     writes = {rel: pointer.target if pointer.kind == "file" else safe_join(pointer.target, rel)
