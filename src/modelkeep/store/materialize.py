@@ -107,7 +107,7 @@ def materialize(
     staging = dest.parent / (f".{dest.name}{PARTIAL}{socket.gethostname()}-{os.getpid()}-"
                              f"{uuid.uuid4().hex[:8]}")
     staging.mkdir()
-    workers = workers or (4 if db.location.is_local else 16)
+    workers = workers or db.location.workers
     try:
         write_files(db, snapshot.files, staging, workers, progress, place)
         if dest.exists():
