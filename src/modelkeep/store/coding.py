@@ -243,22 +243,24 @@ def _planes_payload(values: np.ndarray, prefix: bytes, *, rotate: bool,
     out[len(prefix)] = width
     pos = len(prefix) + 1
     step = PIECE // width
-    sign = _array("split", min(step, count), np.dtype(np.uint8)) if rotate else None
+    sign = _array("split", min(step, count), np.dtype(np.bool_)) if rotate else None
     for j in range(width):
         body = pos + _PLANE_RECORD.size
         plane = np.frombuffer(out, dtype=np.uint8, count=count, offset=body)
         # Byte j of the element rotated left by one bit is bits 8j-1 .. 8j+6 of the element
         # (unrotated: 8j .. 8j+7), and for plane 0 its low 7 bits above the sign bit. One
         # shift whose result numpy truncates to bytes as it stores it, in its own small
-        # buffers: no element-wide intermediate crosses memory.
+        # buffers: no element-wide intermediate crosses memory. The sign is a comparison,
+        # whose booleans are already the bytes 0 and 1 (a shift would be narrowed after).
         if j == 0 and rotate:
             assert sign is not None
+            top = 1 << (bits - 1)
             for start in range(0, count, step):
                 v, dst = values[start : start + step], plane[start : start + step]
                 s = sign[: len(v)]
                 _shift_left(v, 1, dst, casting="unsafe")
-                np.right_shift(v, bits - 1, out=s, casting="unsafe")
-                np.bitwise_or(dst, s, out=dst)
+                np.greater_equal(v, top, out=s)
+                np.bitwise_or(dst, s.view(np.uint8), out=dst)
         elif j == 0:
             np.copyto(plane, values, casting="unsafe")
         else:
@@ -329,8 +331,10 @@ def decode(codec: int, payload: bytes | memoryview, raw_length: int, what: str,
     plan = _plan(codec, view, raw_length, what, base)
     values = np.empty(plan.count, dtype=plan.utype)
     step = PIECE // plan.width
+    tmp = _array("assemble", min(step, plan.count), plan.utype)
     for start in range(0, plan.count, step):
-        plan.assemble(start, values[start : start + step])
+        dst = values[start : start + step]
+        plan.assemble(start, dst, tmp[: len(dst)])
     return values.view(np.uint8).data
 
 
@@ -347,9 +351,11 @@ def decode_pieces(codec: int, payload: bytes | memoryview, raw_length: int, what
     plan = _plan(codec, view, raw_length, what, base)
     step = PIECE // plan.width
     piece = _array("piece", min(step, plan.count), plan.utype)
+    tmp = _array("assemble", len(piece), plan.utype)
     for start in range(0, plan.count, step):
-        dst = piece[: min(step, plan.count - start)]
-        plan.assemble(start, dst)
+        n = min(step, plan.count - start)
+        dst = piece[:n]
+        plan.assemble(start, dst, tmp[:n])
         yield dst.view(np.uint8).data
 
 
@@ -370,22 +376,27 @@ class _Planes:
         self.base = base
         self.transform = transform
 
-    def assemble(self, start: int, dst: np.ndarray) -> None:
-        """Elements ``start`` to ``start + len(dst)`` into *dst*."""
+    def assemble(self, start: int, dst: np.ndarray, tmp: np.ndarray) -> None:
+        """Elements ``start`` to ``start + len(dst)`` into *dst*; *tmp* is scratch space of
+        the same length and type."""
         stop = start + len(dst)
-        width, utype = self.width, self.utype
-        planes = [p[start:stop] for p in self.planes]
-        tmp = _array("assemble", len(dst), utype)
-        # Each plane widened by a plain copy, then shifted and ORed element by element:
-        # faster than ufuncs that widen their byte input on the fly (numpy buffers those).
-        np.copyto(dst, planes[-1])
-        if width > 1:
-            _shift_left(dst, 8 * (width - 1), dst)
-        for j in range(width - 2, -1, -1):
-            np.copyto(tmp, planes[j])
-            if j:
-                _shift_left(tmp, 8 * j, tmp)
-            np.bitwise_or(dst, tmp, out=dst)
+        width = self.width
+        if width == 2:
+            # Two ufuncs that widen their byte input as they go: as fast as a plain widening
+            # copy and a multiplication each, and two fewer calls (each hands the GIL over).
+            np.multiply(self.planes[1][start:stop], 256, out=dst, dtype=self.utype)
+            np.add(dst, self.planes[0][start:stop], out=dst)
+        else:
+            # Each plane widened by a plain copy, then shifted and ORed element by element.
+            planes = [p[start:stop] for p in self.planes]
+            np.copyto(dst, planes[-1])
+            if width > 1:
+                _shift_left(dst, 8 * (width - 1), dst)
+            for j in range(width - 2, -1, -1):
+                np.copyto(tmp, planes[j])
+                if j:
+                    _shift_left(tmp, 8 * j, tmp)
+                np.bitwise_or(dst, tmp, out=dst)
         if self.rotate:
             np.right_shift(dst, 1, out=tmp)
             _shift_left(dst, 8 * width - 1, dst)
