@@ -225,56 +225,70 @@ def _planes_payload(values: np.ndarray, prefix: bytes, *, rotate: bool,
     """*prefix*, the element width, then each byte plane of *values* (rotated left by one bit
     first when *rotate*) as ``method, length, bytes``.
 
-    Every plane is computed straight into its place in the payload by contiguous numpy
-    operations on whole elements: one shift per plane, truncated to bytes as numpy stores
-    it (plane 0 of a rotation adds the sign bit, a block of :data:`PIECE` bytes at a time so
-    its byte temporary stays in the processor's cache). Strided byte access, element-wide
-    temporaries and joining the pieces afterwards each cost more than the split itself. The
-    top plane holds the exponent (or, in a delta, the rarely set high bits): always worth
-    coding. Lower planes are mantissa bits, near random in trained weights; a sample tells
-    cheaply whether to try. A plane that codes smaller is replaced in place by its frame. The
-    payload is written into this thread's buffer *into* when given, else a new one."""
+    Every plane is computed straight into the payload by contiguous numpy operations on
+    whole elements: one shift per plane, truncated to bytes as numpy stores it (plane 0 of a
+    rotation adds the sign bit). All planes are split a block of :data:`PIECE` bytes of
+    elements at a time, so each block is read from memory once and the temporaries stay in
+    the processor's cache; each plane lands where it belongs when no plane before it is
+    coded. Strided byte access, element-wide temporaries and joining the pieces afterwards
+    each cost more than the split itself. The top plane holds the exponent (or, in a delta,
+    the rarely set high bits): always worth coding. Lower planes are mantissa bits, near
+    random in trained weights; a sample tells cheaply whether to try. A plane that codes
+    smaller is replaced by its frame, and the stored planes after it move up (trained
+    weights code only their top plane, which is last: nothing moves). The payload is written
+    into this thread's buffer *into* when given, else a new one."""
     width = values.dtype.itemsize
     bits = 8 * width
     count = len(values)
-    size = len(prefix) + 1 + width * (_PLANE_RECORD.size + count)
+    stride = _PLANE_RECORD.size + count
+    first = len(prefix) + 1
+    size = first + width * stride
     out: bytearray | memoryview = _buffer(into, size) if into is not None else bytearray(size)
     out[: len(prefix)] = prefix
     out[len(prefix)] = width
-    pos = len(prefix) + 1
+    # Plane j, as split: at its place in a payload where every plane is stored.
+    planes = [np.frombuffer(out, dtype=np.uint8, count=count,
+                            offset=first + j * stride + _PLANE_RECORD.size)
+              for j in range(width)]
     step = PIECE // width
     sign = _array("split", min(step, count), np.dtype(np.bool_)) if rotate else None
-    for j in range(width):
-        body = pos + _PLANE_RECORD.size
-        plane = np.frombuffer(out, dtype=np.uint8, count=count, offset=body)
+    top = 1 << (bits - 1)
+    for start in range(0, count, step):
+        v = values[start : start + step]
         # Byte j of the element rotated left by one bit is bits 8j-1 .. 8j+6 of the element
         # (unrotated: 8j .. 8j+7), and for plane 0 its low 7 bits above the sign bit. One
         # shift whose result numpy truncates to bytes as it stores it, in its own small
         # buffers: no element-wide intermediate crosses memory. The sign is a comparison,
         # whose booleans are already the bytes 0 and 1 (a shift would be narrowed after).
-        if j == 0 and rotate:
-            assert sign is not None
-            top = 1 << (bits - 1)
-            for start in range(0, count, step):
-                v, dst = values[start : start + step], plane[start : start + step]
+        for j in range(width):
+            dst = planes[j][start : start + step]
+            if j == 0 and rotate:
+                assert sign is not None
                 s = sign[: len(v)]
                 _shift_left(v, 1, dst, casting="unsafe")
                 np.greater_equal(v, top, out=s)
                 np.bitwise_or(dst, s.view(np.uint8), out=dst)
-        elif j == 0:
-            np.copyto(plane, values, casting="unsafe")
-        else:
-            np.right_shift(values, 8 * j - 1 if rotate else 8 * j, out=plane,
-                           casting="unsafe")
-        view = memoryview(out)[body : body + count]
+            elif j == 0:
+                np.copyto(dst, v, casting="unsafe")
+            else:
+                np.right_shift(v, 8 * j - 1 if rotate else 8 * j, out=dst, casting="unsafe")
+    pos = first
+    for j in range(width):
+        split_at = first + j * stride + _PLANE_RECORD.size
+        body = pos + _PLANE_RECORD.size
+        view = memoryview(out)[split_at : split_at + count]
         if (code_top and j == width - 1) or _shrinks(view[:_SAMPLE], "literal"):
             frame = _compressor("literal").compress(view)
             if len(frame) < count:
+                # The frame ends before the next plane's bytes start: nothing is overwritten
+                # that is still to be read.
                 _PLANE_RECORD.pack_into(out, pos, _ZSTD_FRAME, len(frame))
                 out[body : body + len(frame)] = frame
                 pos = body + len(frame)
                 continue
         _PLANE_RECORD.pack_into(out, pos, _STORED, count)
+        if body != split_at:  # a plane before it was coded: move it up to its place
+            np.copyto(np.frombuffer(out, dtype=np.uint8, count=count, offset=body), planes[j])
         pos = body + count
     return memoryview(out)[:pos]
 
