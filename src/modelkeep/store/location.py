@@ -69,18 +69,6 @@ class Location:
     def is_local(self) -> bool:
         return self.protocol == "file"
 
-    @property
-    def workers(self) -> int:
-        """Threads that store or fetch chunks at once. Object stores: 16, as requests mostly
-        wait. Locally the work is CPU-bound (hashing, coding, the kernel's copies) and takes
-        the GIL between each step: one thread per core this process may run on, at most 4.
-        More threads than cores only hand the GIL and the caches back and forth: on two
-        cores, four workers used 8% more CPU than two to store and pull bf16 weights."""
-        if not self.is_local:
-            return 16
-        return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                          else os.cpu_count() or 1))
-
     def filesystem(self) -> fsspec.AbstractFileSystem:
         """Instantiate the fsspec filesystem (cached by fsspec per options)."""
         options = dict(self.options)

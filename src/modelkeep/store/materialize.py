@@ -107,7 +107,10 @@ def materialize(
     staging = dest.parent / (f".{dest.name}{PARTIAL}{socket.gethostname()}-{os.getpid()}-"
                              f"{uuid.uuid4().hex[:8]}")
     staging.mkdir()
-    workers = workers or db.location.workers
+    # Locally four, not one per core as a store phase has: each worker also reads its chunks
+    # from the store, which may wait on the disk (on two cores, a pull from a store out of
+    # the page cache took 0.86 s with four against 1.16 s with two, for 0.5 GiB).
+    workers = workers or (4 if db.location.is_local else 16)
     try:
         write_files(db, snapshot.files, staging, workers, progress, place)
         if dest.exists():

@@ -383,7 +383,7 @@ class ReadCache:
         index = ChunkIndex(self.root / "index.sqlite")
         fetched = 0
         try:
-            workers = db.location.workers
+            workers = 4 if db.location.is_local else 16
             items = list(missing.items())
             with ThreadPoolExecutor(workers, thread_name_prefix="modelkeep-fetch") as pool:
                 # A bounded number of files open at once, each written by every worker.
