@@ -31,22 +31,32 @@ zstd itself comes from the maintained ``zstandard`` package; numpy does the plan
 
 Speed (profiled with py-spy and perf on the store phase and pull of a bf16 model of
 weight-like values, bench/ab.py ``--weights``): the Huffman coding of the exponent plane is the
-one cost that stays (about 1.3 ns a byte of plane, 0.7 CPU-s per GiB of bf16: no zstd setting
-tried codes it faster at this size, negative levels turn literal coding off, and any other
-setting would change the stored bytes); everything around it was cut. Each plane is one numpy
-shift of whole elements whose result numpy truncates to bytes as it stores it, straight into
-the payload (no per-plane copies, no join; plane 0 of a rotation ORs in the sign a 512 KiB block
-at a time, so its byte temporary stays in the core's cache), in buffers each thread reuses from
+one cost that stays (about 1.3 ns a byte of plane, 0.6-0.7 CPU-s per GiB of bf16: no zstd
+setting tried codes it faster at this size, negative levels turn literal coding off, and any
+other setting would change the stored bytes); everything around it was cut. The split takes
+a 512 KiB block of elements at a time and computes every plane of it, each with one numpy
+operation on whole elements whose result numpy truncates to bytes as it stores it, straight
+into the payload: each block is read from memory once, the temporaries stay in the core's
+cache, and nothing is copied or joined afterwards. The buffers are each thread's, reused from
 chunk to chunk (a fresh 4 MiB buffer per chunk cost more in page faults than the zstd coding).
-A pull decodes a chunk a block at a time and hashes and writes each block while it is in
-cache. Per GiB of bf16, in CPU seconds: storing is zstd 0.70, BLAKE3 0.23, the split 0.20 and
-the kernel's reading, writing and creating of files about 0.6 (what ``cp`` itself costs);
-pulling is decoding the exponent plane 0.25, putting planes together 0.2, BLAKE3 0.2 and the
-kernel about 0.5. Together: store-phase CPU from 3.7 to 1.8 s per GiB and pull from 2.9 to 1.2
-s (bench/ab.py ``--weights``, bench/RESULTS-codec-speed.md), same bytes on disk. Measured and
-not kept, as none used clearly less CPU: mapping the payload on a pull (which also made it
-slower against ``cp``), one writer at a time per file, 128 KiB to 1 MiB blocks, two pull
-workers instead of four, zstd decoding into a reused buffer.
+Left shifts of 2-byte elements are multiplications (numpy's 16-bit left shift runs at half
+the speed of its 16-bit multiplication) and the sign bit is a comparison, whose booleans are
+already bytes. A pull decodes a chunk a block at a time and hashes and writes each block while
+it is in cache; for 2-byte elements each byte plane is widened by the ufunc that places it.
+Per GiB of bf16, in CPU seconds (perf shares of bench/ab.py medians, on two cores shared with
+other work): storing is 1.5, of which zstd 0.55, BLAKE3 0.15, the split 0.19, reading the
+source 0.18 (a copy into the read buffers), writing and creating objects 0.2 and the
+interpreter 0.15; pulling is 1.1, of which decoding the exponent plane 0.27, putting planes
+together 0.2, BLAKE3 0.14, the kernel's writing of the file 0.26 (its copy and ext4's work for
+each block) and reading of the payloads 0.08. Where this started: store-phase CPU 3.7 s per GiB
+and pull 2.9 s (bench/ab.py ``--weights``, bench/RESULTS-codec-speed.md), same bytes on disk.
+Measured and not kept, as none used clearly less CPU: mapping the payload on a pull (which
+also made it slower against ``cp``), one writer at a time per file, 128 KiB to 1 MiB blocks,
+two pull workers instead of four (less CPU with the store in the page cache, but a pull from
+disk waits longer), zstd decoding into a reused buffer, splitting the blocks last first (the
+end of a chunk is still in cache after hashing it). Mapping the source file on a store would
+spare the read copy, but a file truncated while mapped kills the process (SIGBUS) where it
+must fail with "changed while being read", so it was not tried.
 zipnn (0.7 GB/s to code, 1.35 GB/s to decode on one core) and blosc2 (0.86 / 1.57 GB/s, and
 0.69x where planes reach 0.665x) do the same work no faster, so the format keeps its codecs.
 
