@@ -44,7 +44,7 @@ from modelkeep.store.chunking import (
 )
 from modelkeep.store.codec import Kind
 from modelkeep.store.filestate import FileStates
-from modelkeep.store.objects import ObjectDB
+from modelkeep.store.objects import ObjectDB, local_workers
 from modelkeep.store.safetensors import Layout, paused_collection
 from modelkeep.store.snapshot import (
     INLINE_TENSORS,
@@ -96,17 +96,6 @@ class IngestStats:
         if not self.bytes_total:
             return 1.0
         return 1.0 - self.bytes_added / self.bytes_total
-
-
-def _local_workers() -> int:
-    """Workers for a local store: one per core this process may run on, at most 4. The source
-    is read by one thread ahead of them, so they never wait on the disk; they hash, code and
-    hand pages to the kernel, and take the GIL between each step, which more threads than
-    cores only pass back and forth (with the caches): on two cores, four workers used 5-8%
-    more CPU than two to store bf16 weights (bench/RESULTS-codec-speed.md). A pull keeps four
-    workers: they also read the store, which may wait on the disk."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(4, cores or 1))
 
 
 def scan_local(path: str | os.PathLike[str]) -> list[SourceFile]:
@@ -208,7 +197,7 @@ class Ingestor:
         self.damaged = damaged or set()  # chunks a verify found damaged: rewritten, not reused
         self.rewritten: list[str] = []
         self.bases = bases if bases is not None else {}  # not bool(): ParentBases is lazy
-        self.workers = workers or (_local_workers() if db.location.is_local else 16)
+        self.workers = workers or (local_workers() if db.location.is_local else 16)
         # Locally two chunks read ahead keep every worker busy (hashing and writing a chunk takes
         # several times as long as reading it); object stores need more requests in flight.
         local = db.location.is_local
