@@ -43,20 +43,22 @@ Left shifts of 2-byte elements are multiplications (numpy's 16-bit left shift ru
 the speed of its 16-bit multiplication) and the sign bit is a comparison, whose booleans are
 already bytes. A pull decodes a chunk a block at a time and hashes and writes each block while
 it is in cache; for 2-byte elements each byte plane is widened by the ufunc that places it.
-Per GiB of bf16, in CPU seconds (perf shares of bench/ab.py medians, on two cores shared with
-other work): storing is 1.5, of which zstd 0.55, BLAKE3 0.15, the split 0.19, reading the
-source 0.18 (a copy into the read buffers), writing and creating objects 0.2 and the
-interpreter 0.15; pulling is 1.1, of which decoding the exponent plane 0.27, putting planes
-together 0.2, BLAKE3 0.14, the kernel's writing of the file 0.26 (its copy and ext4's work for
-each block) and reading of the payloads 0.08. Where this started: store-phase CPU 3.7 s per GiB
-and pull 2.9 s (bench/ab.py ``--weights``, bench/RESULTS-codec-speed.md), same bytes on disk.
-Measured and not kept, as none used clearly less CPU: mapping the payload on a pull (which
-also made it slower against ``cp``), one writer at a time per file, 128 KiB to 1 MiB blocks,
-two pull workers instead of four (less CPU with the store in the page cache, but a pull from
-disk waits longer), zstd decoding into a reused buffer, splitting the blocks last first (the
-end of a chunk is still in cache after hashing it). Mapping the source file on a store would
-spare the read copy, but a file truncated while mapped kills the process (SIGBUS) where it
-must fail with "changed while being read", so it was not tried.
+Both run one worker thread per core, at most 4: more threads than cores only pass the GIL and
+the caches back and forth (5-9% more CPU on two cores), and a pull asks the kernel for the
+chunk objects a few ahead, so two workers keep a disk as busy as four did. Per GiB of bf16, in
+CPU seconds (bench/ab.py medians on two cores shared with other work, load average 3-5; the
+shares from perf): storing is 1.5, of which zstd 0.55, BLAKE3 0.15, the split 0.18, reading
+the source 0.18 (a copy into the read buffers), writing and creating objects 0.2 and the
+interpreter 0.15; pulling is 1.13, of which decoding the exponent plane 0.27, putting planes
+together 0.2, BLAKE3 0.15, the kernel's writing of the file 0.27 (its copy and ext4's work for
+each block) and reading of the payloads 0.08. Where this started: store-phase CPU 3.7 s per
+GiB and pull 2.9 s (bench/RESULTS-codec-speed.md), same bytes on disk throughout. Measured and
+not kept, as none used clearly less CPU: mapping the payload on a pull (which also made it
+slower against ``cp``), one writer at a time per file, 128 KiB to 1 MiB blocks, zstd decoding
+into a reused buffer, splitting the blocks last first (the end of a chunk is still in cache
+after hashing it), four pull workers of which only one per core may decode at a time. Mapping
+the source file on a store would spare the read copy, but a file truncated while mapped kills
+the process (SIGBUS) where it must fail with "changed while being read", so it was not tried.
 zipnn (0.7 GB/s to code, 1.35 GB/s to decode on one core) and blosc2 (0.86 / 1.57 GB/s, and
 0.69x where planes reach 0.665x) do the same work no faster, so the format keeps its codecs.
 
