@@ -47,9 +47,9 @@ Both run one worker thread per core, at most 4: more threads than cores only pas
 the caches back and forth (5-9% more CPU on two cores), and a pull asks the kernel for the
 chunk objects a few ahead, so two workers keep a disk as busy as four did. Per GiB of bf16, in
 CPU seconds (bench/ab.py medians on two cores shared with other work, load average 3-5; the
-shares from perf): storing is 1.5, of which zstd 0.55, BLAKE3 0.15, the split 0.18, reading
+shares from perf): storing is about 1.5, of which zstd 0.55, BLAKE3 0.15, the split 0.18, reading
 the source 0.18 (a copy into the read buffers), writing and creating objects 0.2 and the
-interpreter 0.15; pulling is 1.13, of which decoding the exponent plane 0.27, putting planes
+interpreter 0.15; pulling is 1.1-1.2, of which decoding the exponent plane 0.27, putting planes
 together 0.2, BLAKE3 0.15, the kernel's writing of the file 0.27 (its copy and ext4's work for
 each block) and reading of the payloads 0.08. Where this started: store-phase CPU 3.7 s per
 GiB and pull 2.9 s (bench/RESULTS-codec-speed.md), same bytes on disk throughout. Measured and
