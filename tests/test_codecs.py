@@ -432,3 +432,52 @@ def test_literal_frames_are_alike_with_and_without_the_cffi_backend(
         assert bytes(decode(Codec.ZSTD, frame, n, "plane")) == top[:n]
     assert len(frames[0]) < 0.4 * len(top)
     assert abs(len(frames[0]) - len(frames[1])) < 0.01 * len(top)
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+def test_stored_planes_after_a_coded_one_sit_right_after_its_frame(width: int) -> None:
+    # Planes are split where they would be if all were stored; a delta whose low byte is
+    # always zero codes plane 0 and stores the random planes above it, which must then move
+    # up to follow plane 0's frame (docs/format.md §3.3: each record follows the last).
+    rng = np.random.default_rng(width)
+    count = (1 << 20) // width + 5
+    utype = np.dtype(f"<u{width}")
+    raw = (rng.integers(0, 1 << 62, count, dtype=np.uint64) & ~np.uint64(0xFF)).astype(utype)
+    payload = memoryview(encode_delta(raw.tobytes(), bytes(len(raw) * width), "ab" * 32, 1,
+                                      width))
+    pos = struct.calcsize("<32sBBB")
+    assert payload[pos - 1] == width
+    methods = []
+    for j in range(width):
+        method, length = struct.unpack_from("<BI", payload, pos)
+        pos += 5
+        body = bytes(payload[pos : pos + length])
+        pos += length
+        plane = ((raw >> (8 * j)) & 0xFF).astype(np.uint8).tobytes()
+        if method == 1:
+            body = zstandard.ZstdDecompressor().decompress(body)
+        assert body == plane, f"plane {j}"
+        methods.append(method)
+    assert pos == len(payload)
+    assert methods[0] == 1 and 0 in methods[1:]  # coded, then at least one stored that moved
+    assert bytes(decode(Codec.DELTA, payload, count * width, "chunk",
+                        bytes(count * width))) == raw.tobytes()
+
+
+def test_pull_read_ahead_is_a_hint_and_workers_fit_the_cores(tmp_path: Path) -> None:
+    from modelkeep.store.objects import local_workers
+
+    workers = local_workers()
+    assert 1 <= workers <= min(4, len(os.sched_getaffinity(0)))
+    store = Store.open(str(tmp_path / "store"))
+    store.ensure_initialized()
+    blob = b"weights" * 1000
+    cid = store.db.object_id(blob)
+    store.db.put(Kind.CHUNK, cid, blob)
+    # A present object, a missing one and a store that is not local: none fails.
+    store.db.prefetch(Kind.CHUNK, cid)
+    store.db.prefetch(Kind.CHUNK, "0" * 64)
+    remote = Store.open(f"memory://{unique_name('prefetch')}")
+    remote.ensure_initialized()
+    remote.db.prefetch(Kind.CHUNK, cid)
+    assert bytes(store.db.get(Kind.CHUNK, cid)) == blob

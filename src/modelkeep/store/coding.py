@@ -33,24 +33,35 @@ Speed (profiled with py-spy and perf on the store phase and pull of a bf16 model
 weight-like values, bench/ab.py ``--weights``): the Huffman coding of the exponent plane is the
 one cost that stays. zstd's fast strategy spent 1.0 ns a byte of plane on it, 0.3 of that
 looking for matches that near-random bytes do not have; with the search skipped and literal
-coding forced on (:class:`_Literals`, through zstandard's CFFI backend) it is 0.7 ns, the same
-ratio, and the encoding of a bf16 chunk (split and coding) went from 0.83 to 0.70 ns a byte of
-raw data. No other zstd setting tried codes it faster, and negative levels turn literal coding
-off. Everything around it was cut. Each plane is one numpy
-shift of whole elements whose result numpy truncates to bytes as it stores it, straight into
-the payload (no per-plane copies, no join; plane 0 of a rotation ORs in the sign a 512 KiB block
-at a time, so its byte temporary stays in the core's cache), in buffers each thread reuses from
+coding forced on (:class:`_Literals`, through zstandard's CFFI backend) it is 0.7 ns at the same
+ratio. No other zstd setting tried codes it faster, and negative levels turn literal coding
+off. Everything around it was cut. The split takes
+a 512 KiB block of elements at a time and computes every plane of it, each with one numpy
+operation on whole elements whose result numpy truncates to bytes as it stores it, straight
+into the payload: each block is read from memory once, the temporaries stay in the core's
+cache, and nothing is copied or joined afterwards. The buffers are each thread's, reused from
 chunk to chunk (a fresh 4 MiB buffer per chunk cost more in page faults than the zstd coding).
-A pull decodes a chunk a block at a time and hashes and writes each block while it is in
-cache. Per GiB of bf16, in CPU seconds (before the skipped search, which saves about 0.15 of
-the zstd figure): storing is zstd 0.70, BLAKE3 0.23, the split 0.20 and
-the kernel's reading, writing and creating of files about 0.6 (what ``cp`` itself costs);
-pulling is decoding the exponent plane 0.25, putting planes together 0.2, BLAKE3 0.2 and the
-kernel about 0.5. Together: store-phase CPU from 3.7 to 1.8 s per GiB and pull from 2.9 to 1.2
-s (bench/ab.py ``--weights``, bench/RESULTS-codec-speed.md), same bytes on disk. Measured and
+Left shifts of 2-byte elements are multiplications (numpy's 16-bit left shift runs at half
+the speed of its 16-bit multiplication) and the sign bit is a comparison, whose booleans are
+already bytes. A pull decodes a chunk a block at a time and hashes and writes each block while
+it is in cache; for 2-byte elements each byte plane is widened by the ufunc that places it.
+Both run one worker thread per core, at most 4: more threads than cores only pass the GIL and
+the caches back and forth (5-9% more CPU on two cores), and a pull asks the kernel for the
+chunk objects a few ahead, so two workers keep a disk as busy as four did. Per GiB of bf16, in
+CPU seconds (bench/ab.py medians on two cores shared with other work, load average 3-5; the
+shares from perf; measured before the match search was skipped, which saves about 0.15 more):
+storing is about 1.5, of which zstd 0.55, BLAKE3 0.15, the split 0.18, reading the source 0.18
+(a copy into the read buffers), writing and creating objects 0.2 and the interpreter 0.15;
+pulling is 1.1-1.2, of which decoding the exponent plane 0.27, putting planes together 0.2,
+BLAKE3 0.15, the kernel's writing of the file 0.27 (its copy and ext4's work for each block) and
+reading of the payloads 0.08. Where this started: store-phase CPU 3.7 s per GiB and pull 2.9 s
+(bench/RESULTS-codec-speed.md), same bytes on disk throughout. Measured and
 not kept, as none used clearly less CPU: mapping the payload on a pull (which also made it
-slower against ``cp``), one writer at a time per file, 128 KiB to 1 MiB blocks, two pull
-workers instead of four, zstd decoding into a reused buffer.
+slower against ``cp``), one writer at a time per file, 128 KiB to 1 MiB blocks, zstd decoding
+into a reused buffer, splitting the blocks last first (the end of a chunk is still in cache
+after hashing it), four pull workers of which only one per core may decode at a time. Mapping
+the source file on a store would spare the read copy, but a file truncated while mapped kills
+the process (SIGBUS) where it must fail with "changed while being read", so it was not tried.
 zipnn (0.7 GB/s to code, 1.35 GB/s to decode on one core) and blosc2 (0.86 / 1.57 GB/s, and
 0.69x where planes reach 0.665x) do the same work no faster, so the format keeps its codecs.
 
@@ -215,6 +226,16 @@ def _array(name: str, count: int, dtype: np.dtype[Any]) -> np.ndarray:
     return np.frombuffer(_buffer(name, count * dtype.itemsize), dtype=dtype, count=count)
 
 
+def _shift_left(x: np.ndarray, bits: int, out: np.ndarray, casting: str = "same_kind") -> None:
+    """``x << bits`` into *out* (truncated to its dtype). 2-byte elements are multiplied by
+    ``2**bits`` instead, which wraps the same: numpy's 16-bit left shift measured twice as slow
+    as its 16-bit multiplication (the bf16 plane split and assembly each use it per block)."""
+    if x.dtype.itemsize == 2:
+        np.multiply(x, 1 << bits, out=out, casting=casting)  # type: ignore[call-overload]
+    else:
+        np.left_shift(x, bits, out=out, casting=casting)  # type: ignore[call-overload]
+
+
 # -- encoding ----------------------------------------------------------------------------------
 
 
@@ -273,54 +294,70 @@ def _planes_payload(values: np.ndarray, prefix: bytes, *, rotate: bool,
     """*prefix*, the element width, then each byte plane of *values* (rotated left by one bit
     first when *rotate*) as ``method, length, bytes``.
 
-    Every plane is computed straight into its place in the payload by contiguous numpy
-    operations on whole elements: one shift per plane, truncated to bytes as numpy stores
-    it (plane 0 of a rotation adds the sign bit, a block of :data:`PIECE` bytes at a time so
-    its byte temporary stays in the processor's cache). Strided byte access, element-wide
-    temporaries and joining the pieces afterwards each cost more than the split itself. The
-    top plane holds the exponent (or, in a delta, the rarely set high bits): always worth
-    coding. Lower planes are mantissa bits, near random in trained weights; a sample tells
-    cheaply whether to try. A plane that codes smaller is replaced in place by its frame. The
-    payload is written into this thread's buffer *into* when given, else a new one."""
+    Every plane is computed straight into the payload by contiguous numpy operations on
+    whole elements: one shift per plane, truncated to bytes as numpy stores it (plane 0 of a
+    rotation adds the sign bit). All planes are split a block of :data:`PIECE` bytes of
+    elements at a time, so each block is read from memory once and the temporaries stay in
+    the processor's cache; each plane lands where it belongs when no plane before it is
+    coded. Strided byte access, element-wide temporaries and joining the pieces afterwards
+    each cost more than the split itself. The top plane holds the exponent (or, in a delta,
+    the rarely set high bits): always worth coding. Lower planes are mantissa bits, near
+    random in trained weights; a sample tells cheaply whether to try. A plane that codes
+    smaller is replaced by its frame, and the stored planes after it move up (trained
+    weights code only their top plane, which is last: nothing moves). The payload is written
+    into this thread's buffer *into* when given, else a new one."""
     width = values.dtype.itemsize
     bits = 8 * width
     count = len(values)
-    size = len(prefix) + 1 + width * (_PLANE_RECORD.size + count)
+    stride = _PLANE_RECORD.size + count
+    first = len(prefix) + 1
+    size = first + width * stride
     out: bytearray | memoryview = _buffer(into, size) if into is not None else bytearray(size)
     out[: len(prefix)] = prefix
     out[len(prefix)] = width
-    pos = len(prefix) + 1
+    # Plane j, as split: at its place in a payload where every plane is stored.
+    planes = [np.frombuffer(out, dtype=np.uint8, count=count,
+                            offset=first + j * stride + _PLANE_RECORD.size)
+              for j in range(width)]
     step = PIECE // width
-    sign = _array("split", min(step, count), np.dtype(np.uint8)) if rotate else None
-    for j in range(width):
-        body = pos + _PLANE_RECORD.size
-        plane = np.frombuffer(out, dtype=np.uint8, count=count, offset=body)
+    sign = _array("split", min(step, count), np.dtype(np.bool_)) if rotate else None
+    top = 1 << (bits - 1)
+    for start in range(0, count, step):
+        v = values[start : start + step]
         # Byte j of the element rotated left by one bit is bits 8j-1 .. 8j+6 of the element
         # (unrotated: 8j .. 8j+7), and for plane 0 its low 7 bits above the sign bit. One
         # shift whose result numpy truncates to bytes as it stores it, in its own small
-        # buffers: no element-wide intermediate crosses memory.
-        if j == 0 and rotate:
-            assert sign is not None
-            for start in range(0, count, step):
-                v, dst = values[start : start + step], plane[start : start + step]
+        # buffers: no element-wide intermediate crosses memory. The sign is a comparison,
+        # whose booleans are already the bytes 0 and 1 (a shift would be narrowed after).
+        for j in range(width):
+            dst = planes[j][start : start + step]
+            if j == 0 and rotate:
+                assert sign is not None
                 s = sign[: len(v)]
-                np.left_shift(v, 1, out=dst, casting="unsafe")
-                np.right_shift(v, bits - 1, out=s, casting="unsafe")
-                np.bitwise_or(dst, s, out=dst)
-        elif j == 0:
-            np.copyto(plane, values, casting="unsafe")
-        else:
-            np.right_shift(values, 8 * j - 1 if rotate else 8 * j, out=plane,
-                           casting="unsafe")
-        view = memoryview(out)[body : body + count]
+                _shift_left(v, 1, dst, casting="unsafe")
+                np.greater_equal(v, top, out=s)
+                np.bitwise_or(dst, s.view(np.uint8), out=dst)
+            elif j == 0:
+                np.copyto(dst, v, casting="unsafe")
+            else:
+                np.right_shift(v, 8 * j - 1 if rotate else 8 * j, out=dst, casting="unsafe")
+    pos = first
+    for j in range(width):
+        split_at = first + j * stride + _PLANE_RECORD.size
+        body = pos + _PLANE_RECORD.size
+        view = memoryview(out)[split_at : split_at + count]
         if (code_top and j == width - 1) or _shrinks(view[:_SAMPLE], "literal"):
             frame = _compressor("literal").compress(view)
             if len(frame) < count:
+                # The frame ends before the next plane's bytes start: nothing is overwritten
+                # that is still to be read.
                 _PLANE_RECORD.pack_into(out, pos, _ZSTD_FRAME, len(frame))
                 out[body : body + len(frame)] = frame
                 pos = body + len(frame)
                 continue
         _PLANE_RECORD.pack_into(out, pos, _STORED, count)
+        if body != split_at:  # a plane before it was coded: move it up to its place
+            np.copyto(np.frombuffer(out, dtype=np.uint8, count=count, offset=body), planes[j])
         pos = body + count
     return memoryview(out)[:pos]
 
@@ -377,8 +414,10 @@ def decode(codec: int, payload: bytes | memoryview, raw_length: int, what: str,
     plan = _plan(codec, view, raw_length, what, base)
     values = np.empty(plan.count, dtype=plan.utype)
     step = PIECE // plan.width
+    tmp = _array("assemble", min(step, plan.count), plan.utype)
     for start in range(0, plan.count, step):
-        plan.assemble(start, values[start : start + step])
+        dst = values[start : start + step]
+        plan.assemble(start, dst, tmp[: len(dst)])
     return values.view(np.uint8).data
 
 
@@ -395,9 +434,11 @@ def decode_pieces(codec: int, payload: bytes | memoryview, raw_length: int, what
     plan = _plan(codec, view, raw_length, what, base)
     step = PIECE // plan.width
     piece = _array("piece", min(step, plan.count), plan.utype)
+    tmp = _array("assemble", len(piece), plan.utype)
     for start in range(0, plan.count, step):
-        dst = piece[: min(step, plan.count - start)]
-        plan.assemble(start, dst)
+        n = min(step, plan.count - start)
+        dst = piece[:n]
+        plan.assemble(start, dst, tmp[:n])
         yield dst.view(np.uint8).data
 
 
@@ -418,25 +459,30 @@ class _Planes:
         self.base = base
         self.transform = transform
 
-    def assemble(self, start: int, dst: np.ndarray) -> None:
-        """Elements ``start`` to ``start + len(dst)`` into *dst*."""
+    def assemble(self, start: int, dst: np.ndarray, tmp: np.ndarray) -> None:
+        """Elements ``start`` to ``start + len(dst)`` into *dst*; *tmp* is scratch space of
+        the same length and type."""
         stop = start + len(dst)
-        width, utype = self.width, self.utype
-        planes = [p[start:stop] for p in self.planes]
-        tmp = _array("assemble", len(dst), utype)
-        # Each plane widened by a plain copy, then shifted and ORed element by element:
-        # faster than ufuncs that widen their byte input on the fly (numpy buffers those).
-        np.copyto(dst, planes[-1])
-        if width > 1:
-            np.left_shift(dst, 8 * (width - 1), out=dst)
-        for j in range(width - 2, -1, -1):
-            np.copyto(tmp, planes[j])
-            if j:
-                np.left_shift(tmp, 8 * j, out=tmp)
-            np.bitwise_or(dst, tmp, out=dst)
+        width = self.width
+        if width == 2:
+            # Two ufuncs that widen their byte input as they go: as fast as a plain widening
+            # copy and a multiplication each, and two fewer calls (each hands the GIL over).
+            np.multiply(self.planes[1][start:stop], 256, out=dst, dtype=self.utype)
+            np.add(dst, self.planes[0][start:stop], out=dst)
+        else:
+            # Each plane widened by a plain copy, then shifted and ORed element by element.
+            planes = [p[start:stop] for p in self.planes]
+            np.copyto(dst, planes[-1])
+            if width > 1:
+                _shift_left(dst, 8 * (width - 1), dst)
+            for j in range(width - 2, -1, -1):
+                np.copyto(tmp, planes[j])
+                if j:
+                    _shift_left(tmp, 8 * j, tmp)
+                np.bitwise_or(dst, tmp, out=dst)
         if self.rotate:
             np.right_shift(dst, 1, out=tmp)
-            np.left_shift(dst, 8 * width - 1, out=dst)
+            _shift_left(dst, 8 * width - 1, dst)
             np.bitwise_or(dst, tmp, out=dst)
         if self.base is not None:
             y = self.base[start:stop]

@@ -44,7 +44,7 @@ from modelkeep.store.chunking import (
 )
 from modelkeep.store.codec import Kind
 from modelkeep.store.filestate import FileStates
-from modelkeep.store.objects import ObjectDB
+from modelkeep.store.objects import ObjectDB, local_workers
 from modelkeep.store.safetensors import Layout, paused_collection
 from modelkeep.store.snapshot import (
     INLINE_TENSORS,
@@ -197,7 +197,7 @@ class Ingestor:
         self.damaged = damaged or set()  # chunks a verify found damaged: rewritten, not reused
         self.rewritten: list[str] = []
         self.bases = bases if bases is not None else {}  # not bool(): ParentBases is lazy
-        self.workers = workers or (4 if db.location.is_local else 16)
+        self.workers = workers or (local_workers() if db.location.is_local else 16)
         # Locally two chunks read ahead keep every worker busy (hashing and writing a chunk takes
         # several times as long as reading it); object stores need more requests in flight.
         local = db.location.is_local

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from modelkeep.errors import DestinationExistsError, Hint, IntegrityError, Option, UnsafePathError
 from modelkeep.store.codec import Kind
-from modelkeep.store.objects import ObjectDB, preallocate, pwrite_all
+from modelkeep.store.objects import ObjectDB, local_workers, preallocate, pwrite_all
 from modelkeep.store.snapshot import FileEntry, Snapshot, check_relpath
 
 Progress = Callable[[int], None]
@@ -36,8 +36,21 @@ Place = Callable[[FileEntry, Path], bool]
 _MAX_OPEN_FILES = 32
 
 
+# Chunks of a file asked for ahead of the one being fetched (a local store only), so that two
+# workers keep the disk as busy as four did: pulling 0.5 GiB of bf16 from a store that was not
+# in the page cache took 0.64-0.95 s with it, 0.90-1.22 s without and 0.76-0.93 s with four
+# workers (three runs each, on a loaded machine).
+_PREFETCH = 4
+
+
 def _fetch_into(db: ObjectDB, entry: FileEntry, index: int, offset: int, fd: int) -> int:
     """Fetch and verify chunk *index* of *entry* and write it at *offset* of *fd*."""
+    # Workers take chunks in order: the first asks for the next few, each later one for the
+    # chunk that many after it, which keeps reads that far ahead of the workers.
+    ahead = range(1, _PREFETCH + 1) if index == 0 else [index + _PREFETCH]
+    for later in ahead:
+        if later < len(entry.chunks):
+            db.prefetch(Kind.CHUNK, entry.chunks[later][0])
     cid, n = entry.chunks[index]
     what = f"chunk {index} ({cid[:12]}) of {entry.path}"
     if db.copy_chunk_into(cid, n, fd, offset, what):  # a local, plain store
@@ -107,7 +120,7 @@ def materialize(
     staging = dest.parent / (f".{dest.name}{PARTIAL}{socket.gethostname()}-{os.getpid()}-"
                              f"{uuid.uuid4().hex[:8]}")
     staging.mkdir()
-    workers = workers or (4 if db.location.is_local else 16)
+    workers = workers or (local_workers() if db.location.is_local else 16)
     try:
         write_files(db, snapshot.files, staging, workers, progress, place)
         if dest.exists():

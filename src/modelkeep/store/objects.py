@@ -167,6 +167,18 @@ def _write_all(fd: int, header: bytes, raw: bytes | memoryview) -> None:
         _writev_all(fd, [view[offset : offset + WRITE_PIECE]])
 
 
+def local_workers() -> int:
+    """Threads that work on chunks at once in a local store: one per core this process may run
+    on, at most 4. Their work is CPU-bound (hashing, coding, the kernel's copies) and takes the
+    GIL between each step, which more threads than cores only pass back and forth (with the
+    caches): on two cores, four workers used 5-9% more CPU than two to store and to pull bf16
+    weights (bench/RESULTS-codec-speed.md). Reading ahead keeps them off the disk: the store
+    phase reads its source on a thread of its own, a pull asks for its next chunks early
+    (:meth:`ObjectDB.prefetch`)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cores or 1))
+
+
 # A pull from a local, plain store streams each chunk through one reused buffer per thread.
 _piece_buffer = threading.local()
 
@@ -670,6 +682,23 @@ class ObjectDB:
         if hasher.hexdigest() != oid:
             raise IntegrityError(f"{what} is corrupt: its content does not match its id {oid}")
         return True
+
+    def prefetch(self, kind: Kind, oid: str) -> None:
+        """Have the kernel start reading object *oid* of a local store into the page cache, so
+        the thread that reads it later does not wait on the disk. A hint: nothing happens for
+        an object store, a missing object or a system without ``posix_fadvise``."""
+        if not self._local or not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            fd = os.open(self.path(kind, oid), os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def iter_ids(self, kind: Kind) -> Iterator[str]:
         """Every id of *kind* in the store (one listing per fan-out directory)."""
