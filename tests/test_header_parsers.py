@@ -139,7 +139,10 @@ def test_headers_out_of_file_order_sort_alike(tmp_path: Path,
     b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,12345678901234567]}}',
     b'{"a":{"dtype":"F32","shape":[18446744073709551616],"data_offsets":[0,4]}}',
     b'{"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]}}   ',
-])
+] + [b'{"a":{"dtype":"F32","shape":[%s],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],'
+     b'"data_offsets":[4,8]}}' % shape for shape in (
+         b"1,", b",1", b"1,01", b"0", b"0,0", b"10,0", b"1024,1024,3", b"1024,,1024",
+         b"1024,01", b"0,12345678", b"12345678,", b"1 ", b"123456789012,0", b"1e3")])
 def test_unusual_headers_get_the_reference_answer(raw: bytes,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     size = 8 + len(raw) + 400
@@ -221,3 +224,15 @@ def test_units_are_those_of_the_one_pass_loop(seed: int) -> None:
     got = [(s, e, d, [tensors[i].name for i in p.tolist()]) for s, e, d, p in
            _make_units(layout)]
     assert got == _loop_units(layout.tensors)
+
+
+@pytest.mark.parametrize("shape", [b"", b"0", b"0,0", b"10,0", b"7,0,3", b"1024,1024,3",
+                                   b"0,12345678", b"123456789012,0", b"99999999"])
+def test_the_fast_parser_takes_every_shape_a_library_writes(
+        shape: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = (b'{"a":{"dtype":"F32","shape":[%s],"data_offsets":[0,4]},"b":{"dtype":"BF16",'
+           b'"shape":[1],"data_offsets":[4,12345678]}}' % shape)
+    size = 8 + len(raw) + 12345678
+    fast = sf._plain(raw, 8 + len(raw), size)
+    assert fast is not None
+    _same(fast, _reference(raw, size, monkeypatch))

@@ -19,9 +19,7 @@ dedup), so changing these constants is a format change; see docs/format.md.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Callable, Iterator
-from itertools import pairwise
 from typing import TYPE_CHECKING, BinaryIO
 
 from pyfastcdc.cy import FastCDC
@@ -82,16 +80,21 @@ def _make_units(layout: Layout) -> list[_Unit]:
     # adjacent (a small tensor's unit is a pack), while the unit stays within PACK_MAX.
     joins = np.zeros(len(kept), dtype=bool)
     joins[1:] = small[1:] & small[:-1] & (c[1:] == c[:-1]) & (s[1:] == e[:-1])
-    heads = np.flatnonzero(~joins).tolist()
-    heads.append(len(kept))
-    s_list, e_list, c_list = s.tolist(), e.tolist(), c.tolist()
+    heads = np.flatnonzero(~joins)
+    tails = np.append(heads[1:], len(kept))
+    run_start, run_end = s[heads], e[tails - 1]
     units: list[_Unit] = []
-    for a, b in pairwise(heads):
+    for a, b, start, end, code in zip(heads.tolist(), tails.tolist(), run_start.tolist(),
+                                      run_end.tolist(), c[heads].tolist(), strict=True):
+        if end - start <= PACK_MAX or b - a == 1:
+            units.append((start, end, dtypes[code], kept[a:b]))
+            continue
+        # A run longer than a pack: as many tensors as end within PACK_MAX of the unit's start
+        # (a run's ends increase), then the next unit from there.
         while a < b:
-            # The ends of a run of adjacent tensors increase: the unit is every tensor of the
-            # run that ends within PACK_MAX of its start.
-            hi = bisect_right(e_list, s_list[a] + PACK_MAX, a + 1, b) if b - a > 1 else b
-            units.append((s_list[a], e_list[hi - 1], dtypes[c_list[a]], kept[a:hi]))
+            start = int(s[a])
+            hi = a + int(np.searchsorted(e[a:b], start + PACK_MAX, side="right"))
+            units.append((start, int(e[hi - 1]), dtypes[code], kept[a:hi]))
             a = hi
     return units
 

@@ -241,7 +241,7 @@ _OFFSETS = itemgetter(3, 4)  # (start, end) of a Tensor
 # Headers shorter than this (some 800 tensors) go to the reference parser: it takes well under a
 # millisecond for them, and numpy's fixed costs would not pay off.
 PLAIN_MIN = 64 << 10
-_PRINTABLE = bytes(range(0x20, 0x7F))
+_PLAIN_BYTES = bytes(range(0x20, 0x7F)).replace(b"\\", b"")  # printable ASCII, no backslash
 _META = b'{"__metadata__":'
 _MAX_DTYPE = 8  # bytes of a dtype name read by the fast parser (the longest real one is 7)
 _MAX_NAME = 1024  # headers with longer names go to the reference
@@ -324,7 +324,10 @@ def _plain(raw: bytes, data_start: int, size: int) -> Layout | None:
     integers of at most 16 digits (JSON integers: no sign, no leading zero), the names and dtype
     values printable ASCII without quotes or backslashes, and no name twice. Such a header means
     to ``json.loads`` exactly what it means here, so the layout is the reference's."""
-    body = raw.rstrip(b" ")
+    body = raw
+    size_body = len(body)  # without the spaces the libraries pad a header with (up to 7)
+    while size_body and body[size_body - 1] == 0x20 and len(body) - size_body < 64:
+        size_body -= 1
     t0 = 1
     metadata: dict[str, str] = {}
     if body.startswith(_META):
@@ -343,24 +346,24 @@ def _plain(raw: bytes, data_start: int, size: int) -> Layout | None:
     elif not body.startswith(b'{"'):
         return None
     region = body[t0:] if t0 > 1 else body
-    if region.translate(None, _PRINTABLE) or b"\\" in region or b'"__metadata__"' in region \
-            or not body.endswith(b"]}}"):
+    if region.translate(None, _PLAIN_BYTES) or not body.endswith(b"]}}", 0, size_body):
         return None
     import numpy as np
 
-    arr = np.frombuffer(body, dtype=np.uint8)
+    arr = np.frombuffer(body, dtype=np.uint8, count=size_body)
     # words[i] is bytes [i, i + 8) as a little-endian integer: one gather reads eight bytes.
     words = np.ndarray((len(body),), dtype="<u8", buffer=body + bytes(8), strides=(1,))
     quotes = np.flatnonzero(arr[t0:] == 0x22)
     if len(quotes) == 0 or len(quotes) % 10:
         return None
-    q = (quotes + t0).reshape(-1, 10)
+    quotes += t0
+    q = quotes.reshape(-1, 10)
     count = len(q)
     q0, q1, q5, q8 = q[:, 0], q[:, 1], q[:, 5], q[:, 8]
     # Where each entry's offsets end: at its "]}", three bytes before the next name's quote.
     ends = np.empty(count, dtype=np.int64)
     ends[:-1] = q0[1:] - 3
-    ends[-1] = len(body) - 3
+    ends[-1] = size_body - 3
     dims_start, dims_end = q5 + 11, q8 - 2
     offs_start = q8 + 16
     # The quotes of the keys and of the dtype value where the grammar puts them, then the bytes
@@ -379,7 +382,7 @@ def _plain(raw: bytes, data_start: int, size: int) -> Layout | None:
     if int(dtype_len.max()) > _MAX_DTYPE or int(name_len.max()) > _MAX_NAME \
             or not _shape_lists(words, dims_start, dims_end - dims_start):
         return None
-    offsets = _offset_pairs(arr, words, offs_start, ends)
+    offsets = _offset_pairs(words, offs_start, ends)
     if offsets is None:
         return None
     begin, end = offsets
@@ -388,6 +391,11 @@ def _plain(raw: bytes, data_start: int, size: int) -> Layout | None:
     hashes = _hash_names(words, q0 + 1, name_len)
     ordered = np.sort(hashes)
     if (ordered[1:] == ordered[:-1]).any():
+        return None
+    # A second "__metadata__" (or one not first) is for the reference to judge.
+    twelve = q0[name_len == 12] + 1
+    if ((words[twelve] == _word(b"__metada"))
+            & ((words[twelve + 8] & np.uint64(_LOW[4])) == _word(b"ta__"))).any():
         return None
     if (begin > end).any() or int(end.max()) + data_start > size:
         return None
@@ -418,6 +426,13 @@ def _plain(raw: bytes, data_start: int, size: int) -> Layout | None:
     dtype_names = [body[int(dtype_pos[i]) : int(dtype_end[i])].decode("ascii") for i in firsts]
     table = _Table(body, starts, stops, codes, dtype_names, names, dims)
     return Layout(data_start, None, metadata, table)
+
+
+def _word(text: bytes) -> np.uint64:
+    """*text* (at most 8 bytes) as the little-endian word the header's bytes make."""
+    import numpy as np
+
+    return np.uint64(int.from_bytes(text, "little"))
 
 
 def _literal(words: np.ndarray, at: np.ndarray, text: bytes) -> bool:
@@ -461,12 +476,43 @@ def _odd_weights(n: int) -> list[int]:
 
 
 def _shape_lists(words: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> bool:
-    """Whether each range of the header is empty or JSON integers joined by commas."""
+    """Whether each range of the header is empty or JSON integers joined by commas: those of
+    up to 8 bytes (most shapes) a word at a time, the others a byte at a time."""
     import numpy as np
 
-    width = int(lens.max()) if len(lens) else 0
-    if width == 0:
-        return True
+    short = lens <= 8
+    if not short.all():
+        long = np.flatnonzero(~short)
+        if not _shape_bytes(words, starts[long], lens[long]):
+            return False
+        starts, lens = starts[short], lens[short]
+    u = np.uint64
+    ones, top = u(0x0101010101010101), u(0x8080808080808080)
+    seven = u(0x7F7F7F7F7F7F7F7F)
+    inside = np.array(_LOW, dtype=np.uint64)[lens] & top  # the top bit of each byte in range
+    w = words[starts]
+    # Per byte, its top bit: a digit (the header's bytes are ASCII, so no sum carries into the
+    # next byte), a comma, a "0".
+    digit = (w + u(0x50) * ones) & ~(w + u(0x46) * ones) & top
+    comma = ~(((w ^ u(0x2C) * ones) & seven) + seven | (w ^ u(0x2C) * ones)) & top
+    zero = ~(((w ^ u(0x30) * ones) & seven) + seven | (w ^ u(0x30) * ones)) & top
+    next_inside = inside >> u(8)
+    filled = lens > 0
+    shift = (np.maximum(lens, 1) - 1).astype(np.uint64) * u(8)
+    return bool(((digit | comma) & inside == inside).all()
+                and not (comma & (comma >> u(8)) & next_inside).any()
+                and (digit[filled] & u(0x80)).all()  # the first byte is a digit
+                and ((digit >> shift)[filled] & u(0x80)).all()  # and the last
+                # a number starting with 0 is just "0"
+                and not (((comma << u(8)) | u(0x80)) & digit & zero & (digit >> u(8))
+                         & next_inside).any())
+
+
+def _shape_bytes(words: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> bool:
+    """:func:`_shape_lists` a byte at a time, for ranges of any length."""
+    import numpy as np
+
+    width = int(lens.max())
     n = (width + 7) // 8
     last = len(words) - 1
     cells = np.stack([words[np.minimum(starts + 8 * i, last)] for i in range(n)],
@@ -486,26 +532,31 @@ def _shape_lists(words: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> boo
     return not (first[:, :-1] & (cells[:, :-1] == 0x30) & digit[:, 1:]).any()
 
 
-def _offset_pairs(arr: np.ndarray, words: np.ndarray, starts: np.ndarray, ends: np.ndarray
+def _offset_pairs(words: np.ndarray, starts: np.ndarray, ends: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray] | None:
     """``(begins, ends)`` when each range of the header is two JSON integers of at most 16
     digits joined by a comma; None otherwise."""
     import numpy as np
 
-    commas = np.append(np.flatnonzero(arr == 0x2C), [len(arr), len(arr)])  # then none
-    at = np.searchsorted(commas, starts)
-    comma = commas[at]
-    if not ((comma < ends).all() and (commas[at + 1] >= ends).all()):  # exactly one inside
+    # The comma is the first in the range's first 17 bytes; what is on either side of it must
+    # then be digits only (_integers), so it is the range's only one.
+    width = min(int((ends - starts).max()), 17)
+    n = (width + 7) // 8
+    last = len(words) - 1
+    cells = np.stack([words[np.minimum(starts + 8 * i, last)] for i in range(n)],
+                     axis=1).view(np.uint8)
+    is_comma = cells == 0x2C
+    comma = starts + is_comma.argmax(axis=1)
+    if not is_comma.any(axis=1).all() or not (comma < ends).all():
         return None
-    first = _integers(arr, words, starts, comma)
-    second = _integers(arr, words, comma + 1, ends)
+    first = _integers(words, starts, comma)
+    second = _integers(words, comma + 1, ends)
     if first is None or second is None:
         return None
     return first, second
 
 
-def _integers(arr: np.ndarray, words: np.ndarray, starts: np.ndarray, ends: np.ndarray
-              ) -> np.ndarray | None:
+def _integers(words: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
     """The value of each range of the header when every one is a JSON integer of 1 to 16
     digits; None otherwise. Eight digits at a time, in a word (digits right-aligned, "0" to
     the left, then pairs, quads and octets combined)."""
@@ -514,12 +565,12 @@ def _integers(arr: np.ndarray, words: np.ndarray, starts: np.ndarray, ends: np.n
     lens = ends - starts
     if int(lens.min()) < 1 or int(lens.max()) > 16:
         return None
-    if ((arr[starts] == 0x30) & (lens > 1)).any():  # a leading zero
+    if (((words[starts] & np.uint64(0xFF)) == 0x30) & (lens > 1)).any():  # a leading zero
         return None
     high = np.array(_HIGH, dtype=np.uint64)
     zeros, nibbles = np.uint64(_ZEROS), np.uint64(0xF0F0F0F0F0F0F0F0)
     parts = []
-    for part in (1, 0):  # digits 16 to 9 from the right, then 8 to 1
+    for part in (1, 0) if int(lens.max()) > 8 else (0,):  # digits 16 to 9, then 8 to 1
         keep = high[np.clip(lens - 8 * part, 0, 8)]
         w = (words[np.maximum(ends - 8 * (part + 1), 0)] & keep) | (zeros & ~keep)
         # ASCII bytes (the header was checked printable) are digits when their high nibble
@@ -532,5 +583,6 @@ def _integers(arr: np.ndarray, words: np.ndarray, starts: np.ndarray, ends: np.n
         d = (d * np.uint64(100) + (d >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
         d = (d * np.uint64(10000) + (d >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
         parts.append(d)
-    value: np.ndarray = (parts[0] * np.uint64(10**8) + parts[1]).astype(np.int64)
+    low = parts[-1] if len(parts) == 1 else parts[0] * np.uint64(10**8) + parts[1]
+    value: np.ndarray = low.astype(np.int64)
     return value
