@@ -144,10 +144,15 @@ def read_layout(f: BinaryIO, size: int) -> Layout | None:
     (n,) = struct.unpack("<Q", prefix)
     if n < 2 or n > MAX_HEADER or 8 + n > size:
         return None
-    raw = f.read(n)
-    if len(raw) != n:
-        return None
-    return _parse(raw, size)
+    buf = bytearray(n + _PAD)
+    view = memoryview(buf)[:n]
+    got = 0
+    while got < n:
+        r = f.readinto(view[got:])  # type: ignore[attr-defined]
+        if not r:
+            return None
+        got += r
+    return _parse(buf, n, size)
 
 
 def layout_of(head: bytes | memoryview, size: int) -> Layout | None:
@@ -158,7 +163,9 @@ def layout_of(head: bytes | memoryview, size: int) -> Layout | None:
     (n,) = struct.unpack_from("<Q", head)
     if n < 2 or n > MAX_HEADER or 8 + n > min(size, len(head)):
         return None
-    return _parse(bytes(head[8 : 8 + n]), size)
+    buf = bytearray(n + _PAD)
+    buf[:n] = head[8 : 8 + n]
+    return _parse(buf, n, size)
 
 
 @contextmanager
@@ -177,14 +184,21 @@ def paused_collection() -> Iterator[None]:
             gc.enable()
 
 
-def _parse(raw: bytes, size: int) -> Layout | None:
-    if len(raw) >= PLAIN_MIN:
-        plain = _plain(raw, 8 + len(raw), size)
+# The header is read into a buffer this many zero bytes longer, so that the fast parser can read
+# any eight bytes of it as one word.
+_PAD = 8
+
+
+def _parse(buf: bytearray, n: int, size: int) -> Layout | None:
+    """The layout of the header ``buf[:n]`` (followed in *buf* by :data:`_PAD` zero bytes) of
+    a file of *size* bytes; None if it does not parse."""
+    if n >= PLAIN_MIN:
+        plain = _plain(buf, n, size)
         if plain is not None:
             return plain
     with paused_collection():
         try:
-            header = json.loads(raw)
+            header = json.loads(bytes(memoryview(buf)[:n]))
         except (UnicodeDecodeError, ValueError, RecursionError):
             # RecursionError: JSON nested deeper than the parser's stack (a header of 1,000
             # nested arrays); it does not parse, so the file is cut as opaque bytes like any
@@ -192,7 +206,7 @@ def _parse(raw: bytes, size: int) -> Layout | None:
             return None
         if not isinstance(header, dict):
             return None
-        data_start = 8 + len(raw)
+        data_start = 8 + n
         metadata = header.pop("__metadata__", None) or {}
         if not isinstance(metadata, dict):
             return None
@@ -252,16 +266,16 @@ class _Table:
     """The tensors of a plain header as columns, in file order (sorted by start, then end):
     offsets, dtype codes, and where each name and shape is in the header's bytes."""
 
-    def __init__(self, body: bytes, starts: np.ndarray, ends: np.ndarray, codes: np.ndarray,
-                 dtypes: list[str], names: tuple[np.ndarray, np.ndarray],
+    def __init__(self, body: bytearray, n: int, starts: np.ndarray, ends: np.ndarray,
+                 codes: np.ndarray, dtypes: list[str], names: tuple[np.ndarray, np.ndarray],
                  dims: tuple[np.ndarray, np.ndarray]) -> None:
-        self.body = body
+        self.body, self.n = body, n  # the header's n bytes, then zeros
         self.starts, self.ends, self.codes, self.dtypes = starts, ends, codes, dtypes
         self.names, self.dims = names, dims
         self.count = len(starts)
 
     def tensors(self) -> tuple[Tensor, ...]:
-        body, dtypes = self.body, self.dtypes
+        body, dtypes = bytes(self.body), self.dtypes
         shapes: dict[bytes, tuple[int, ...]] = {}
         out: list[Tensor] = []
         append = out.append
@@ -285,8 +299,8 @@ class _Table:
 
         pos = np.asarray(positions, dtype=np.intp)
         n = len(pos)
-        nul = len(self.body)  # the NUL appended to the buffer below
-        buf = np.frombuffer(self.body + b"\x00", dtype=np.uint8)
+        nul = self.n  # the padding after the header is NULs
+        buf = np.frombuffer(self.body, dtype=np.uint8)
         starts = np.empty((n, 4), dtype=np.int64)
         lens = np.ones((n, 4), dtype=np.int64)
         starts[:, 0] = self.names[0][pos]
@@ -313,7 +327,7 @@ _HIGH = [_LOW[8] ^ _LOW[8 - k] for k in range(9)]
 _ZEROS = 0x3030303030303030  # eight ASCII "0"
 
 
-def _plain(raw: bytes, data_start: int, size: int) -> Layout | None:
+def _plain(body: bytearray, n: int, size: int) -> Layout | None:
     """The layout of a plain header (see the module's docstring), read with whole-array
     operations; None when the header is not plain, or is but does not parse: the reference
     parser then decides. Every byte outside the names and dtype values is checked against::
@@ -323,10 +337,11 @@ def _plain(raw: bytes, data_start: int, size: int) -> Layout | None:
     followed by spaces only, with ``S`` empty or integers joined by commas, ``B`` and ``E``
     integers of at most 16 digits (JSON integers: no sign, no leading zero), the names and dtype
     values printable ASCII without quotes or backslashes, and no name twice. Such a header means
-    to ``json.loads`` exactly what it means here, so the layout is the reference's."""
-    body = raw
-    size_body = len(body)  # without the spaces the libraries pad a header with (up to 7)
-    while size_body and body[size_body - 1] == 0x20 and len(body) - size_body < 64:
+    to ``json.loads`` exactly what it means here, so the layout is the reference's. *body*
+    holds the header's *n* bytes, then :data:`_PAD` zero bytes."""
+    data_start = 8 + n
+    size_body = n  # without the spaces the libraries pad a header with (up to 7)
+    while size_body and body[size_body - 1] == 0x20 and n - size_body < 64:
         size_body -= 1
     t0 = 1
     metadata: dict[str, str] = {}
@@ -345,14 +360,17 @@ def _plain(raw: bytes, data_start: int, size: int) -> Layout | None:
         t0 = meta_end + 1
     elif not body.startswith(b'{"'):
         return None
-    region = body[t0:] if t0 > 1 else body
-    if region.translate(None, _PLAIN_BYTES) or not body.endswith(b"]}}", 0, size_body):
+    # Nothing but printable ASCII without backslashes from the first name on: what is left of
+    # the whole buffer once those are deleted is what is left of the bytes before it, and the
+    # padding.
+    if len(body.translate(None, _PLAIN_BYTES)) != len(body[:t0].translate(None, _PLAIN_BYTES)) \
+            + _PAD or not body.endswith(b"]}}", 0, size_body):
         return None
     import numpy as np
 
     arr = np.frombuffer(body, dtype=np.uint8, count=size_body)
     # words[i] is bytes [i, i + 8) as a little-endian integer: one gather reads eight bytes.
-    words = np.ndarray((len(body),), dtype="<u8", buffer=body + bytes(8), strides=(1,))
+    words = np.ndarray((n,), dtype="<u8", buffer=body, strides=(1,))
     quotes = np.flatnonzero(arr[t0:] == 0x22)
     if len(quotes) == 0 or len(quotes) % 10:
         return None
@@ -424,7 +442,7 @@ def _plain(raw: bytes, data_start: int, size: int) -> Layout | None:
     dtype_pos = dtype_start if order is None else dtype_start[order]
     dtype_end = q5 if order is None else q5[order]
     dtype_names = [body[int(dtype_pos[i]) : int(dtype_end[i])].decode("ascii") for i in firsts]
-    table = _Table(body, starts, stops, codes, dtype_names, names, dims)
+    table = _Table(body, n, starts, stops, codes, dtype_names, names, dims)
     return Layout(data_start, None, metadata, table)
 
 
