@@ -374,21 +374,21 @@ def _plain(body: bytearray, n: int, size: int) -> Layout | None:
     quotes = np.flatnonzero(arr[t0:] == 0x22)
     if len(quotes) == 0 or len(quotes) % 10:
         return None
-    quotes += t0
-    q = quotes.reshape(-1, 10)
-    count = len(q)
-    q0, q1, q5, q8 = q[:, 0], q[:, 1], q[:, 5], q[:, 8]
+    # Positions as int32 (a header is at most 100 MB): half the memory traffic of int64.
+    q = (quotes.astype(np.int32) + np.int32(t0)).reshape(-1, 10).T.copy()
+    count = q.shape[1]
+    q0, q1, q5, q8 = q[0], q[1], q[5], q[8]
     # Where each entry's offsets end: at its "]}", three bytes before the next name's quote.
-    ends = np.empty(count, dtype=np.int64)
+    ends = np.empty(count, dtype=np.int32)
     ends[:-1] = q0[1:] - 3
     ends[-1] = size_body - 3
     dims_start, dims_end = q5 + 11, q8 - 2
     offs_start = q8 + 16
     # The quotes of the keys and of the dtype value where the grammar puts them, then the bytes
     # between them; every other quote is a name's.
-    if not ((q[:, 2] == q1 + 3).all() and (q[:, 3] == q1 + 9).all()
-            and (q[:, 4] == q1 + 11).all() and (q[:, 6] == q5 + 2).all()
-            and (q[:, 7] == q5 + 8).all() and (q[:, 9] == q8 + 13).all()
+    if not ((q[2] == q1 + 3).all() and (q[3] == q1 + 9).all()
+            and (q[4] == q1 + 11).all() and (q[6] == q5 + 2).all()
+            and (q[7] == q5 + 8).all() and (q[9] == q8 + 13).all()
             and (dims_end >= dims_start).all() and (ends >= offs_start + 3).all()
             and _literal(words, q1, b'":{"dtype":"') and _literal(words, q5, b'","shape":[')
             and _literal(words, dims_end, b'],"data_offsets":[')
