@@ -325,6 +325,7 @@ def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
 _LOW = [(1 << (8 * k)) - 1 for k in range(9)]
 _HIGH = [_LOW[8] ^ _LOW[8 - k] for k in range(9)]
 _ZEROS = 0x3030303030303030  # eight ASCII "0"
+_POWERS = [10**k for k in range(16)]
 
 
 def _plain(body: bytearray, n: int, size: int) -> Layout | None:
@@ -375,8 +376,9 @@ def _plain(body: bytearray, n: int, size: int) -> Layout | None:
     if len(quotes) == 0 or len(quotes) % 10:
         return None
     # Positions as int32 (a header is at most 100 MB): half the memory traffic of int64.
-    q = (quotes.astype(np.int32) + np.int32(t0)).reshape(-1, 10).T.copy()
-    count = q.shape[1]
+    count = len(quotes) // 10
+    q = np.empty((10, count), dtype=np.int32)  # q[k]: the k-th quote of each entry
+    np.add(quotes.reshape(-1, 10).T, t0, out=q, casting="unsafe")
     q0, q1, q5, q8 = q[0], q[1], q[5], q[8]
     # Where each entry's offsets end: at its "]}", three bytes before the next name's quote.
     ends = np.empty(count, dtype=np.int32)
@@ -583,8 +585,6 @@ def _integers(words: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nda
     lens = ends - starts
     if int(lens.min()) < 1 or int(lens.max()) > 16:
         return None
-    if (((words[starts] & np.uint64(0xFF)) == 0x30) & (lens > 1)).any():  # a leading zero
-        return None
     high = np.array(_HIGH, dtype=np.uint64)
     zeros, nibbles = np.uint64(_ZEROS), np.uint64(0xF0F0F0F0F0F0F0F0)
     parts = []
@@ -603,4 +603,7 @@ def _integers(words: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nda
         parts.append(d)
     low = parts[-1] if len(parts) == 1 else parts[0] * np.uint64(10**8) + parts[1]
     value: np.ndarray = low.astype(np.int64)
+    # A leading zero: fewer digits' worth of value than digits.
+    if ((lens > 1) & (value < np.array(_POWERS, dtype=np.int64)[lens - 1])).any():
+        return None
     return value
