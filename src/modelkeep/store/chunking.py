@@ -141,11 +141,17 @@ class TensorNames:
 
     @property
     def id(self) -> str:
-        if self._id is None:
-            assert self._layout is not None
-            self._id = self._layout.names_key(self._positions)
-            self._layout = None  # the layout may be large; the id is all that is kept
-        return self._id
+        # Workers storing pieces of one tensor may ask at once: each works it out from what it
+        # read, and the id is set before the layout is let go (it may be large).
+        found, layout = self._id, self._layout
+        if found is None:
+            if layout is None:
+                found = self._id
+                assert found is not None
+                return found
+            found = self._id = layout.names_key(self._positions)
+            self._layout = None
+        return found
 
     def __hash__(self) -> int:
         return hash(self.id)
