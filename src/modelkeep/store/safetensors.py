@@ -564,17 +564,31 @@ def _offset_pairs(words: np.ndarray, starts: np.ndarray, ends: np.ndarray
     digits joined by a comma; None otherwise."""
     import numpy as np
 
-    # The comma is the first in the range's first 17 bytes; what is on either side of it must
-    # then be digits only (_integers), so it is the range's only one.
-    width = min(int((ends - starts).max()), 17)
-    n = (width + 7) // 8
-    last = len(words) - 1
-    cells = np.stack([words[np.minimum(starts + 8 * i, last)] for i in range(n)],
-                     axis=1).view(np.uint8)
-    is_comma = cells == 0x2C
-    comma = starts + is_comma.argmax(axis=1)
-    if not is_comma.any(axis=1).all() or not (comma < ends).all():
-        return None
+    # The comma is the last byte before the range's end that is not a digit (in the last
+    # eight bytes, or the eight before them); what is on either side of it must then be digits
+    # only (_integers), so it is the range's only one.
+    u = np.uint64
+    ones, top = u(0x0101010101010101), u(0x8080808080808080)
+    comma = np.empty(len(ends), dtype=np.int64)
+    todo = np.arange(len(ends))
+    for back in (8, 16):
+        at = np.maximum(ends[todo] - back, 0)
+        w = words[at]
+        # The top bit of each byte that is not a digit (the bytes are ASCII: no carries).
+        other = ~((w + u(0x50) * ones) & ~(w + u(0x46) * ones)) & top
+        found = other != 0
+        # The highest such bit's byte: from the exponent of the word as a float, exact here
+        # (its set bits are eight apart, so rounding never reaches the next power of two).
+        _mantissa, exponent = np.frexp(other[found].astype(np.float64))
+        byte = (exponent - 1) // 8
+        if not (((w[found] >> (byte * 8).astype(np.uint64)) & u(0xFF)) == 0x2C).all():
+            return None
+        comma[todo[found]] = at[found] + byte
+        todo = todo[~found]
+        if not len(todo):
+            break
+    else:
+        return None  # 16 digits or more after the comma
     first = _integers(words, starts, comma)
     second = _integers(words, comma + 1, ends)
     if first is None or second is None:
