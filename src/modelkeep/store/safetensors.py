@@ -383,8 +383,8 @@ def _plain(body: bytearray, n: int, size: int) -> Layout | None:
         return None
     # Positions as int32 (a header is at most 100 MB): half the memory traffic of int64.
     count = len(quotes) // 10
-    q = np.empty((10, count), dtype=np.int32)  # q[k]: the k-th quote of each entry
-    np.add(quotes.reshape(-1, 10).T, t0, out=q, casting="unsafe")
+    q = quotes.astype(np.int32).reshape(-1, 10).T.copy()  # q[k]: each entry's k-th quote
+    q += np.int32(t0)
     q0, q1, q5, q8 = q[0], q[1], q[5], q[8]
     # Where each entry's offsets end: at its "]}", three bytes before the next name's quote.
     ends = np.empty(count, dtype=np.int32)
