@@ -16,7 +16,7 @@ anything else goes to the reference. Its tensors are made only when asked for
 (:attr:`Layout.tensors`): cutting a file needs their offsets and dtypes, not one object each.
 Storing a file of 100,000 four-byte tensors took 0.30 CPU-s with the reference alone (making and
 freeing 100,000 tensors and the parsed JSON), against 0.03 for a file of one tensor of the same
-size; the numpy parser reads that header in some 30 ms, and the store phase takes 0.09
+size; the numpy parser reads that header in some 30 ms, and the store phase takes 0.10
 (bench/ab.py ``--ops tiny``, docs/format.md §5.4).
 """
 
