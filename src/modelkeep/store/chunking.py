@@ -20,12 +20,14 @@ dedup), so changing these constants is a format change; see docs/format.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from operator import itemgetter
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from pyfastcdc.cy import FastCDC
 
 from modelkeep.store.safetensors import Layout, Tensor, read_layout
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TENSOR_PIECE = 4 << 20
 SMALL_TENSOR = 64 << 10
@@ -46,14 +48,16 @@ def _fastcdc() -> FastCDC:
     return _cdc
 
 
-_Unit = tuple[int, int, str, list[Tensor]]
+# A unit's tensors, as their positions in the layout's ``tensors``.
+_Unit = tuple[int, int, str, "np.ndarray"]
 _last_units: tuple[Layout, list[_Unit]] | None = None  # cutting, tagging, packing: one layout
 
 
 def _units(layout: Layout) -> list[_Unit]:
-    """``(start, end, dtype, tensors)`` of the byte ranges that start chunks: each tensor, except
-    that a run of adjacent small tensors of one dtype is one range of at most :data:`PACK_MAX`
-    bytes. Empty tensors hold no bytes and play no part."""
+    """``(start, end, dtype, positions)`` of the byte ranges that start chunks: each tensor,
+    except that a run of adjacent small tensors of one dtype is one range of at most
+    :data:`PACK_MAX` bytes; *positions* are those of its tensors in ``layout.tensors``. Empty
+    tensors hold no bytes and play no part."""
     global _last_units
     last = _last_units
     if last is not None and last[0] is layout:
@@ -64,40 +68,48 @@ def _units(layout: Layout) -> list[_Unit]:
 
 
 def _make_units(layout: Layout) -> list[_Unit]:
-    # One pass, the open unit in locals: a file may hold 100,000 tensors.
+    # A file may hold 100,000 tensors: which of them may join the tensor before them is worked
+    # out on whole arrays, and the loop runs once per run of joinable tensors.
+    import numpy as np
+
+    starts, ends, codes, dtypes = layout.spans()
+    kept = np.flatnonzero(ends > starts)
+    s, e, c = starts[kept], ends[kept], codes[kept]
+    small = (e - s) < SMALL_TENSOR
+    # A tensor joins the unit of the one before it when both are small, of one dtype and
+    # adjacent (a small tensor's unit is a pack), while the unit stays within PACK_MAX.
+    joins = np.zeros(len(kept), dtype=bool)
+    joins[1:] = small[1:] & small[:-1] & (c[1:] == c[:-1]) & (s[1:] == e[:-1])
+    heads = np.flatnonzero(~joins)
+    tails = np.append(heads[1:], len(kept))
+    run_start, run_end = s[heads], e[tails - 1]
     units: list[_Unit] = []
-    members: list[Tensor] = []
-    u_start = u_end = 0
-    u_dtype = ""
-    packing = False  # the open unit was started by a small tensor
-    for t in layout.tensors:
-        start, end = t.start, t.end
-        if end == start:
+    for a, b, start, end, code in zip(heads.tolist(), tails.tolist(), run_start.tolist(),
+                                      run_end.tolist(), c[heads].tolist(), strict=True):
+        if end - start <= PACK_MAX or b - a == 1:
+            units.append((start, end, dtypes[code], kept[a:b]))
             continue
-        small = end - start < SMALL_TENSOR
-        if packing and small and t.dtype == u_dtype and start == u_end \
-                and end - u_start <= PACK_MAX:
-            members.append(t)
-            u_end = end
-            continue
-        if members:
-            units.append((u_start, u_end, u_dtype, members))
-        u_start, u_end, u_dtype, members, packing = start, end, t.dtype, [t], small
-    if members:
-        units.append((u_start, u_end, u_dtype, members))
+        # A run longer than a pack: as many tensors as end within PACK_MAX of the unit's start
+        # (a run's ends increase), then the next unit from there.
+        while a < b:
+            start = int(s[a])
+            hi = a + int(np.searchsorted(e[a:b], start + PACK_MAX, side="right"))
+            units.append((start, int(e[hi - 1]), dtypes[code], kept[a:hi]))
+            a = hi
     return units
 
 
 def packs(layout: Layout) -> dict[int, list[Tensor]]:
     """The tensors of each chunk that holds more than one, by the chunk's start offset."""
-    return {start: members for start, _end, _dtype, members in _units(layout)
-            if len(members) > 1}
+    tensors = layout.tensors
+    return {start: [tensors[i] for i in positions.tolist()]
+            for start, _end, _dtype, positions in _units(layout) if len(positions) > 1}
 
 
 def tensor_cuts(layout: Layout, size: int) -> list[int]:
     """Sorted cut offsets (excluding 0, including *size*) for a safetensors file."""
     cuts = {layout.header_end, size}
-    for start, end, _dtype, _members in _units(layout):
+    for start, end, _dtype, _positions in _units(layout):
         cuts.add(start)
         cuts.add(end)
         for piece in range(start + TENSOR_PIECE, end, TENSOR_PIECE):
@@ -115,10 +127,45 @@ def tensor_cuts(layout: Layout, size: int) -> list[int]:
     return out
 
 
+class TensorNames:
+    """The names and shapes of the tensors a chunk holds, in order, as part of a dict key: their
+    id (:meth:`Layout.names_key`) is worked out when first hashed or compared, which only a
+    version stored against a parent does (a pack of 100,000 tensors takes some 15 ms)."""
+
+    __slots__ = ("_id", "_layout", "_positions")
+
+    def __init__(self, layout: Layout, positions: np.ndarray) -> None:
+        self._layout: Layout | None = layout
+        self._positions = positions
+        self._id: str | None = None
+
+    @property
+    def id(self) -> str:
+        # Workers storing pieces of one tensor may ask at once: each works it out from what it
+        # read, and the id is set before the layout is let go (it may be large).
+        found, layout = self._id, self._layout
+        if found is None:
+            if layout is None:
+                found = self._id
+                assert found is not None
+                return found
+            found = self._id = layout.names_key(self._positions)
+            self._layout = None
+        return found
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TensorNames) and self.id == other.id
+
+    def __repr__(self) -> str:
+        return f"TensorNames({self.id[:12]})"
+
+
 # What makes a chunk "the same part of the same tensor" in two versions, for parent deltas: the
 # dtype, the names and shapes of the tensors it holds, where it starts in them and its length.
-ChunkKey = tuple[str, tuple[tuple[str, tuple[int, ...]], ...], int, int]
-_NAME_SHAPE = itemgetter(0, 2)  # (name, shape) of a Tensor, in C: a pack may hold 100,000
+ChunkKey = tuple[str, TensorNames, int, int]
 
 
 def chunk_tags(layout: Layout, cuts: list[int]) -> list[tuple[str | None, ChunkKey | None]]:
@@ -127,12 +174,15 @@ def chunk_tags(layout: Layout, cuts: list[int]) -> list[tuple[str | None, ChunkK
     units = _units(layout)
     out: list[tuple[str | None, ChunkKey | None]] = []
     i, prev = 0, 0
+    names: TensorNames | None = None  # of unit i, shared by its pieces
     for c in cuts:
         while i < len(units) and units[i][1] <= prev:
             i += 1
+            names = None
         if i < len(units) and units[i][0] <= prev and c <= units[i][1]:
-            start, _end, dtype, members = units[i]
-            names = tuple(map(_NAME_SHAPE, members))
+            start, _end, dtype, positions = units[i]
+            if names is None:
+                names = TensorNames(layout, positions)
             out.append((dtype, (dtype, names, prev - start, c - prev)))
         else:
             out.append((None, None))

@@ -10,7 +10,6 @@ chunks, which the next attempt reuses.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import stat
@@ -324,7 +323,7 @@ class Ingestor:
                     with src.open() as f:
                         layout, chunks = _chunks(f, src, buffers.take)
                         # A map that stays in the header has no ids of packed tensors either.
-                        inline = layout is not None and len(layout.tensors) <= INLINE_TENSORS
+                        inline = layout is not None and layout.count <= INLINE_TENSORS
                         shared = packs(layout) if layout is not None and inline else {}
                         offset = 0
                         for buf, data, (dtype, key) in chunks:
@@ -341,7 +340,7 @@ class Ingestor:
                             if progress is not None:
                                 progress(len(data))
                     if layout is not None and digests:
-                        layout = dataclasses.replace(layout, tensors=tuple(
+                        layout = layout.with_tensors(tuple(
                             t._replace(digest=digests[t.name]) if t.name in digests else t
                             for t in layout.tensors))
                     pending.append((src, layout, inline, futures, started_ns, None))
@@ -491,6 +490,8 @@ class ParentBases(Mapping[ChunkKey, str]):
             return self._map
 
     def __getitem__(self, key: ChunkKey) -> str:
+        if self._parent is None:  # spares hashing the key: its names' id is worked out then
+            raise KeyError(key)
         return self._bases()[key]
 
     def __iter__(self) -> Iterator[ChunkKey]:
