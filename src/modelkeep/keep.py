@@ -14,10 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelkeep import aliases as aliases_mod
-from modelkeep.catalog.deletions import DeletionEvent
-from modelkeep.config import Config, StoreConfig
-from modelkeep.hooks import Finding
+from modelkeep.config import Config
 from modelkeep.ops import aliases as _aliases
 from modelkeep.ops import checkpoints as _checkpoints
 from modelkeep.ops import delete as _delete
@@ -28,37 +25,41 @@ from modelkeep.ops import register as _register
 from modelkeep.ops import scan as _scan
 from modelkeep.ops import signatures as _signatures
 from modelkeep.ops import sync as _sync
-from modelkeep.ops.results import (
-    DeletedVersion,
-    DeleteReport,
-    Diff,
-    Model,
-    ModelLog,
-    ModelVersion,
-    VersionList,
-)
 from modelkeep.policy.rules import Policies
-from modelkeep.registry import Registry
-from modelkeep.store import (
-    GcReport,
-    Snapshot,
-    SnapshotFile,
-    SourceFile,
-    Store,
-    SyncReport,
-    VerifyReport,
-)
 from modelkeep.stores import Stores
 
 # The operations most commands never run (pull and fetch, rebuild, repair, search, du) are
 # imported by the methods that run them: a command's start-up does not load them all.
 if TYPE_CHECKING:
+    from modelkeep import aliases as aliases_mod
+    from modelkeep.catalog.deletions import DeletionEvent
+    from modelkeep.config import StoreConfig
+    from modelkeep.hooks import Finding
     from modelkeep.hooks.manager import PluginManager
     from modelkeep.ops.fetch import FetchResult
     from modelkeep.ops.rebuild import RebuildReport
     from modelkeep.ops.repair import RepairResult
+    from modelkeep.ops.results import (
+        DeletedVersion,
+        DeleteReport,
+        Diff,
+        Model,
+        ModelLog,
+        ModelVersion,
+        VersionList,
+    )
     from modelkeep.ops.usage import StoreUsage
+    from modelkeep.registry import Registry
     from modelkeep.signing import SignatureStatus, Signer
+    from modelkeep.store import (
+        GcReport,
+        Snapshot,
+        SnapshotFile,
+        SourceFile,
+        Store,
+        SyncReport,
+        VerifyReport,
+    )
     from modelkeep.training import PendingCheckpoint, Tracker
 
 Progress = Callable[[int], None]

@@ -16,14 +16,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from modelkeep.config import StoreConfig
 from modelkeep.errors import PluginError, StoreError
 from modelkeep.signing import SIGNING_KEY_OPTION
-from modelkeep.store import Snapshot, Store
 from modelkeep.store.location import location_from_locator, parse_location
 
 if TYPE_CHECKING:
+    from modelkeep.config import StoreConfig
     from modelkeep.hooks.manager import PluginManager
+    from modelkeep.store import Snapshot, Store
 
 SNAPSHOTS_KEPT = 256  # parsed snapshots kept per cache; one is a few KB to a few MB
 
@@ -74,6 +74,8 @@ def open_locator(
         explicit = default_options if protocol == default_protocol else {}
     options = plugin_options(plugins, protocol, url, name, explicit)
     options.pop(SIGNING_KEY_OPTION, None)  # modelkeep's, not the filesystem's
+    from modelkeep.store import Store  # the object layer, imported by what opens a store
+
     return Store.from_locator(locator, options, keys=hook_keys(plugins, url, name))
 
 

@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelkeep.config import Config, load_config
+from modelkeep.config import load_config
 from modelkeep.errors import PluginError
 from modelkeep.training import Tracker
 
 # The store (fsspec, blake3) is imported when something is opened: `modelkeep.track` must stay
 # cheap to reach from a training script that has not started yet.
 if TYPE_CHECKING:
+    from modelkeep.config import Config
     from modelkeep.hooks.manager import PluginManager
     from modelkeep.keep import Keep
     from modelkeep.registry import Registry

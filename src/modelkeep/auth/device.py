@@ -15,12 +15,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelkeep.auth import provider, tokenfile
-from modelkeep.auth.settings import AuthSettings
 from modelkeep.auth.tokens import audience_params, exchange, oauth_session, stamp
 from modelkeep.errors import SignInError
+
+if TYPE_CHECKING:
+    from modelkeep.auth.settings import AuthSettings
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 LOGIN_SCOPES = ("openid", "offline_access")

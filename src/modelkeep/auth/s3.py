@@ -39,7 +39,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.credentials import (
@@ -51,8 +51,11 @@ from aiobotocore.session import AioSession
 from botocore.credentials import CredentialProvider
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from modelkeep.auth.tokens import TokenSource, source_for
+from modelkeep.auth.tokens import source_for
 from modelkeep.errors import ConfigError, CredentialsError, ModelkeepError, StoreUnreachableError
+
+if TYPE_CHECKING:
+    from modelkeep.auth.tokens import TokenSource
 
 KEYS = ("kind", "role_arn", "session_name", "duration", "sts_endpoint_url", "region")
 # The one kind an S3 store takes: the identity of [auth] (as an Azure store's ``sign-in``).

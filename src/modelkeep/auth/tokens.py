@@ -32,12 +32,14 @@ from typing import TYPE_CHECKING, Any
 from requests.auth import AuthBase
 
 from modelkeep.auth import provider, tokenfile
-from modelkeep.auth.settings import CLIENT_CREDENTIALS, AuthSettings
+from modelkeep.auth.settings import CLIENT_CREDENTIALS
 from modelkeep.errors import MissingExtraError, SignInError
 
 if TYPE_CHECKING:
     import requests
     from authlib.integrations.requests_client import OAuth2Session
+
+    from modelkeep.auth.settings import AuthSettings
 
 LEEWAY_MAX = 60.0
 # OpenID scopes ask for a person's identity; a client-credentials grant has no person.

@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from modelkeep.aliases import AliasEvent, history
+from modelkeep.aliases import history
 from modelkeep.catalog.tags import TAG_PREFIX
-from modelkeep.store import Parent, Snapshot
+
+if TYPE_CHECKING:
+    from modelkeep.aliases import AliasEvent
+    from modelkeep.store import Parent, Snapshot
 
 BEGIN = "<!-- modelkeep:generated -->"
 END = "<!-- /modelkeep:generated -->"

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelkeep.errors import InvalidInputError
-from modelkeep.store import Parent, Snapshot
+
+if TYPE_CHECKING:
+    from modelkeep.store import Parent, Snapshot
 
 TAG_PREFIX = "modelkeep."
 MAX_TAG_VALUE = 100_000  # MLflow's limit for model-version tag values

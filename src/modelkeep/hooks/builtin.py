@@ -8,9 +8,12 @@ Scanners only report; deciding what a finding means is a validator's job, so a p
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from modelkeep.hooks._markers import hookimpl
-from modelkeep.hooks._types import Finding
+
+if TYPE_CHECKING:
+    from modelkeep.hooks._types import Finding
 
 
 @hookimpl(trylast=True)

@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING
 from modelkeep.catalog.tags import TAG_PREFIX
 from modelkeep.errors import InvalidInputError, NotFoundError
 from modelkeep.ops.results import ModelVersion
-from modelkeep.refs import Ref, parse_ref
-from modelkeep.registry import RegistryVersion
-from modelkeep.store import Snapshot, Store, parse_uri
+from modelkeep.refs import parse_ref
+from modelkeep.store import parse_uri
 from modelkeep.store.snapshot import CREATED_FORMAT
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
+    from modelkeep.refs import Ref
+    from modelkeep.registry import RegistryVersion
+    from modelkeep.store import Snapshot, Store
 
 
 def resolve(keep: Keep, ref: str | Ref) -> RegistryVersion:

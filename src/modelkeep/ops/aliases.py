@@ -25,7 +25,6 @@ from modelkeep.errors import (
     RegistryPermissionError,
     VetoError,
 )
-from modelkeep.hooks import Finding
 from modelkeep.ops._common import author, resolve, snapshot_of
 from modelkeep.ops.journal import OP_ALIAS, OP_DESCRIPTION, OP_TAG, journal, journaled
 from modelkeep.ops.read import get
@@ -37,10 +36,11 @@ from modelkeep.ops.summary import (
     user_description,
 )
 from modelkeep.refs import validate_alias, validate_name
-from modelkeep.registry import RegistryModel, RegistryVersion
 
 if TYPE_CHECKING:
+    from modelkeep.hooks import Finding
     from modelkeep.keep import Keep
+    from modelkeep.registry import RegistryModel, RegistryVersion
 
 MAX_DESCRIPTION = 5000  # MLflow's description columns are VARCHAR(5000) on PostgreSQL and MySQL
 

@@ -31,11 +31,11 @@ from modelkeep.ops.aliases import check_alias, record_alias
 from modelkeep.ops.journal import OP_DELETE, journal, journaled
 from modelkeep.ops.results import DeletedVersion, DeleteReport
 from modelkeep.refs import validate_name
-from modelkeep.registry import RegistryVersion
 from modelkeep.store import parse_uri
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
+    from modelkeep.registry import RegistryVersion
 
 Confirm = Callable[[Sequence[str]], bool]
 

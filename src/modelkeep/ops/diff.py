@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from modelkeep.ops._common import load, resolve
 from modelkeep.ops.results import Diff, FileChange, TensorChange, TensorChanges, VersionRef
-from modelkeep.store import FileEntry, Store, Tensor
 
 if TYPE_CHECKING:
     import numpy as np
 
     from modelkeep.keep import Keep
+    from modelkeep.store import FileEntry, Store, Tensor
 
 TEXT_LIMIT = 1 << 20  # text files up to 1 MiB get a unified diff
 BLOCK = 4 << 20  # bytes of each side of a tensor compared at a time

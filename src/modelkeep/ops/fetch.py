@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from modelkeep.errors import Hint, InvalidInputError, Option
 from modelkeep.ops._common import load, resolve, version_of
-from modelkeep.store import FileEntry, Snapshot, Store
 from modelkeep.store.readcache import ReadCache, clone_or_copy, link_or_copy
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
+    from modelkeep.store import FileEntry, Snapshot, Store
 
 Progress = Callable[[int], None]
 

@@ -7,10 +7,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from modelkeep.store import GcReport
-
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
+    from modelkeep.store import GcReport
 
 Progress = Callable[[int], None]
 

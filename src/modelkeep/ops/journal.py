@@ -12,10 +12,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
-from modelkeep.store import JournalEntry, Store
-
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
+    from modelkeep.store import JournalEntry, Store
 
 # Journal operations (docs/format.md §10.4).
 OP_ALIAS = "alias"

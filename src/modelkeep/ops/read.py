@@ -16,19 +16,22 @@ from modelkeep.catalog import deletions
 from modelkeep.catalog.tags import TAG_PREFIX
 from modelkeep.errors import ALL_VERSIONS, Hint, InvalidInputError, NotFoundError
 from modelkeep.ops._common import latest_without_aliases, load, resolve, version_of
-from modelkeep.ops.results import Model, ModelLog, ModelVersion, VersionList
+from modelkeep.ops.results import Model, ModelLog, VersionList
 from modelkeep.refs import validate_name
-from modelkeep.registry import RegistryModel, RegistryVersion
 from modelkeep.store import (
-    Snapshot,
-    SnapshotFile,
-    Store,
-    VerifyReport,
     parse_uri,
 )
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
+    from modelkeep.ops.results import ModelVersion
+    from modelkeep.registry import RegistryModel, RegistryVersion
+    from modelkeep.store import (
+        Snapshot,
+        SnapshotFile,
+        Store,
+        VerifyReport,
+    )
 
 Progress = Callable[[int], None]
 

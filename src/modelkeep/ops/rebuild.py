@@ -58,14 +58,14 @@ from modelkeep.ops.journal import (
 from modelkeep.ops.register import enter_version
 from modelkeep.ops.summary import refresh_model, refresh_version, user_description
 from modelkeep.refs import validate_alias, validate_name
-from modelkeep.registry import RegistryModel
-from modelkeep.store import JournalEntry, Snapshot
 from modelkeep.store.hashing import is_id
 
 GAP_TAG = "modelkeep.rebuild.gap"  # on the stand-in that takes a deleted version's number
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
+    from modelkeep.registry import RegistryModel
+    from modelkeep.store import JournalEntry, Snapshot
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 from modelkeep.catalog.tags import TREE, check_lineage, check_tags, plugin_tags, version_tags
 from modelkeep.errors import IntegrityError, NotFoundError, SourceError, VetoError
-from modelkeep.hooks import Finding
 from modelkeep.ops._common import (
     author,
     latest_without_aliases,
@@ -42,17 +41,19 @@ from modelkeep.ops._common import (
 from modelkeep.ops.aliases import check_alias, describe, move_alias, set_tags
 from modelkeep.ops.journal import record_commit
 from modelkeep.ops.read import get
-from modelkeep.ops.results import ModelVersion
 from modelkeep.ops.scan import scan_sources, scan_stored
 from modelkeep.ops.summary import refresh_version, user_description, version_description
 from modelkeep.refs import validate_alias, validate_name
-from modelkeep.registry import RegistryVersion
-from modelkeep.store import GcMark, Parent, Snapshot, SourceFile, Store, scan_local, utc_now
-from modelkeep.store.gc import ChunksCollectedError
+from modelkeep.store.snapshot import Parent, Snapshot
+from modelkeep.store.uri import utc_now
 
 if TYPE_CHECKING:
+    from modelkeep.hooks import Finding
     from modelkeep.keep import Keep
+    from modelkeep.ops.results import ModelVersion
+    from modelkeep.registry import RegistryVersion
     from modelkeep.signing import Signer
+    from modelkeep.store import GcMark, SourceFile, Store
 
 Progress = Callable[[int], None]
 GC_RETRIES = 3  # a register overlapping two collections that removed its chunks stores again
@@ -90,7 +91,7 @@ def register(
         repo_dir = source if source.is_dir() else source.parent
     if sources is None:
         sources = (scan_url(source, storage_options) if isinstance(source, str)
-                   else scan_local(source))
+                   else _scan_local(source))
     source_files = list(sources)
     # A registry that will refuse the version refuses it now, before any byte is uploaded.
     check_writable = getattr(keep.registry, "check_writable", None)
@@ -138,6 +139,13 @@ def register(
             run_id=run_id, description=message or None, mark=stats.gc_mark,
             store_again=store_again, number=_next_number(newest, force)),
         signer)
+
+
+def _scan_local(source: Path) -> list[SourceFile]:
+    # The ingest (reading, cutting, the object layer) is imported by the commands that store.
+    from modelkeep.store.ingest import scan_local
+
+    return scan_local(source)
 
 
 def _delta_parent(keep: Keep, name: str, parents: Sequence[Parent]) -> Snapshot | None:
@@ -350,6 +358,8 @@ def save_snapshot(
 ) -> str:
     """Write the snapshot; if a garbage collection removed chunks it relies on (docs/format.md
     §13), store them again (*store_again*) and retry, a few times."""
+    from modelkeep.store.gc import ChunksCollectedError
+
     for attempt in range(GC_RETRIES):
         try:
             return store.save_snapshot(snapshot, since=mark)

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelkeep.store import RepairReport, VerifyReport, parse_uri, scan_local
+from modelkeep.store import parse_uri, scan_local
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
+    from modelkeep.store import RepairReport, VerifyReport
 
 
 @dataclass(frozen=True)

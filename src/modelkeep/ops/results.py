@@ -10,12 +10,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modelkeep.aliases import TIME_FORMAT, AliasEvent
-from modelkeep.catalog.deletions import DeletionEvent
+from modelkeep.aliases import TIME_FORMAT
 from modelkeep.catalog.tags import TAG_PREFIX
-from modelkeep.store import FileEntry, Parent
+
+if TYPE_CHECKING:
+    from modelkeep.aliases import AliasEvent
+    from modelkeep.catalog.deletions import DeletionEvent
+    from modelkeep.store import FileEntry, Parent
 
 
 @dataclass(frozen=True)

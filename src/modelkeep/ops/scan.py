@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 from modelkeep.errors import InvalidInputError
 from modelkeep.hooks import Finding
 from modelkeep.ops._common import load, resolve
-from modelkeep.store import Snapshot, Store
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
+    from modelkeep.store import Snapshot, Store
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 from modelkeep.errors import Hint, InvalidInputError, NotFoundError, Option
 from modelkeep.ops._common import load, version_of
-from modelkeep.ops.results import ModelVersion
 from modelkeep.refs import validate_name
-from modelkeep.registry import RegistryVersion
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
+    from modelkeep.ops.results import ModelVersion
+    from modelkeep.registry import RegistryVersion
 
 METRIC_PREFIX = "metric."  # what training.py and the callbacks write
 TAG_ORDER_PREFIX = "tag."

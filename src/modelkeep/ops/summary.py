@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 from modelkeep.catalog import summary
 from modelkeep.errors import IntegrityError, NotFoundError
 from modelkeep.ops._common import load, snapshot_of
-from modelkeep.registry import RegistryModel, RegistryVersion
-from modelkeep.store import Snapshot, Store
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
+    from modelkeep.registry import RegistryModel, RegistryVersion
+    from modelkeep.store import Snapshot, Store
 
 
 def user_description(description: str) -> str:

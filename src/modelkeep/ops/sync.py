@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 from modelkeep.errors import TO_STORE, Hint, InvalidInputError, StoreError
 from modelkeep.ops._common import resolve
 from modelkeep.refs import parse_ref, validate_name
-from modelkeep.registry import RegistryVersion
-from modelkeep.store import Store, SyncReport, parse_uri
 from modelkeep.store.location import parse_location
+from modelkeep.store.uri import parse_uri
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
+    from modelkeep.registry import RegistryVersion
+    from modelkeep.store import Store, SyncReport
 
 Progress = Callable[[int], None]
 
@@ -77,6 +78,8 @@ def sync(
     whichever store each lives in; default: every version of every model that lives in this
     Keep's store. Versions already in *to* are counted as present.
     """
+    from modelkeep.store import Store, SyncReport
+
     dest = to if isinstance(to, Store) else keep.open_store(to)
     if dest.location.locator == keep.store.location.locator:
         raise StoreError(f"the destination is this store ({dest.url})",
@@ -100,6 +103,8 @@ def sync(
 def sync_size(keep: Keep, to: str | Store, refs: Sequence[str] | None = None) -> int:
     """Bytes :meth:`sync` will report progress for: the distinct chunks of the versions
     that *to* does not hold yet (for a progress bar)."""
+    from modelkeep.store import Store
+
     dest = to if isinstance(to, Store) else keep.open_store(to)
     sizes: dict[str, int] = {}
     for locator, ids in sync_plan(keep, refs).items():

@@ -35,12 +35,13 @@ from typing import TYPE_CHECKING, Any
 from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError
 from modelkeep.ops._common import snapshot_of
 from modelkeep.refs import validate_name
-from modelkeep.registry import RegistryVersion
-from modelkeep.store import Snapshot, parse_uri
+from modelkeep.store import parse_uri
 from modelkeep.store.gc import with_bases
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
+    from modelkeep.registry import RegistryVersion
+    from modelkeep.store import Snapshot
 
 _RUNS = "runs"  # the holder of the chunks MLflow run artifacts use
 _UNREGISTERED = "unregistered"  # the holder of the chunks of snapshots no version names

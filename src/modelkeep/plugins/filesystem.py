@@ -11,13 +11,17 @@ Versions are immutable, so the filesystem is read-only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsspec import AbstractFileSystem
 
 from modelkeep.errors import NotFoundError
-from modelkeep.plugins.versions import VersionView, open_version
-from modelkeep.store import SnapshotFile, parse_uri
+from modelkeep.plugins.versions import open_version
+from modelkeep.store import parse_uri
+
+if TYPE_CHECKING:
+    from modelkeep.plugins.versions import VersionView
+    from modelkeep.store import SnapshotFile
 
 SCHEME = "modelkeep"
 

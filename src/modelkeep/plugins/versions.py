@@ -11,12 +11,16 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from modelkeep.config import load_config
 from modelkeep.errors import NotFoundError
-from modelkeep.store import RunArtifacts, Snapshot, Store, parse_runs_uri, parse_uri
+from modelkeep.store import parse_runs_uri, parse_uri
 from modelkeep.store.location import parse_location
-from modelkeep.store.snapshot import FileEntry
+
+if TYPE_CHECKING:
+    from modelkeep.store import RunArtifacts, Snapshot, Store
+    from modelkeep.store.snapshot import FileEntry
 
 _SNAPSHOTS_KEPT = 64
 _lock = threading.Lock()

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from modelkeep.errors import NotFoundError
-from modelkeep.hooks._types import Finding
-from modelkeep.policy.engine import Decision, decide, detect_format, refusal
-from modelkeep.policy.rules import Policy, stricter_pickle
+from modelkeep.policy.engine import decide, detect_format, refusal
+from modelkeep.policy.rules import stricter_pickle
 
 if TYPE_CHECKING:
+    from modelkeep.hooks._types import Finding
     from modelkeep.keep import Keep
+    from modelkeep.policy.engine import Decision
+    from modelkeep.policy.rules import Policy
     from modelkeep.store import FileEntry, Snapshot, Store
 
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from modelkeep.hooks._types import Finding
-from modelkeep.policy.rules import Condition, Policy, Setting, stricter_pickle
+from modelkeep.policy.rules import Setting, stricter_pickle
+
+if TYPE_CHECKING:
+    from modelkeep.hooks._types import Finding
+    from modelkeep.policy.rules import Condition, Policy
 
 # Extensions whose format has another usual name.
 _EXT_ALIASES = {"pkl": "pickle", "yml": "yaml", "jpeg": "jpg"}

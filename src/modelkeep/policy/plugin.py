@@ -19,12 +19,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from modelkeep.hooks._markers import hookimpl
-from modelkeep.hooks._types import Finding
 from modelkeep.policy.check import content_store, file_formats, needs_scan, signed_state
-from modelkeep.policy.engine import Decision, decide, refusal
+from modelkeep.policy.engine import decide, refusal
 
 if TYPE_CHECKING:
+    from modelkeep.hooks._types import Finding
     from modelkeep.keep import Keep
+    from modelkeep.policy.engine import Decision
     from modelkeep.store import Snapshot
 
 log = logging.getLogger("modelkeep.policy")

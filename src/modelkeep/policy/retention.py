@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 from modelkeep.aliases import TIME_FORMAT
 from modelkeep.errors import ModelkeepError
-from modelkeep.policy.rules import Policy
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
     from modelkeep.ops.results import DeletedVersion
+    from modelkeep.policy.rules import Policy
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from pyfastcdc.cy import FastCDC
 
-from modelkeep.store.safetensors import Layout, Tensor, read_layout
+from modelkeep.store.safetensors import read_layout
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from modelkeep.store.safetensors import Layout, Tensor
 
 TENSOR_PIECE = 4 << 20
 SMALL_TENSOR = 64 << 10

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from modelkeep.errors import Hint, IntegrityError, NotFoundError, Option, StoreError
 from modelkeep.store.codec import Kind
-from modelkeep.store.objects import FOSSILS, QUARANTINE, ObjectDB
+from modelkeep.store.objects import FOSSILS, QUARANTINE
 
 if TYPE_CHECKING:
+    from modelkeep.store.objects import ObjectDB
     from modelkeep.store.store import Store
 
 RUNS_DIR = "gc/runs"

@@ -30,11 +30,9 @@ from modelkeep.errors import (
 )
 from modelkeep.store import filestate
 from modelkeep.store.buffers import BufferPool
-from modelkeep.store.cache import KnownChunks
 from modelkeep.store.chunking import (
     ChunkKey,
     FileChangedError,
-    Take,
     cdc_chunks,
     chunk_tags,
     packs,
@@ -42,20 +40,28 @@ from modelkeep.store.chunking import (
     read_cuts,
 )
 from modelkeep.store.codec import Kind
-from modelkeep.store.filestate import FileStates
-from modelkeep.store.objects import ObjectDB, local_workers
-from modelkeep.store.safetensors import Layout, paused_collection
+from modelkeep.store.objects import local_workers
+from modelkeep.store.safetensors import paused_collection
 from modelkeep.store.snapshot import (
     INLINE_TENSORS,
     FileEntry,
-    Snapshot,
     file_digest,
     parse_file_entry,
 )
 from modelkeep.store.tensormap import layout as stored_layout
 
 if TYPE_CHECKING:
+    from modelkeep.store.cache import KnownChunks
+    from modelkeep.store.chunking import (
+        Take,
+    )
+    from modelkeep.store.filestate import FileStates
     from modelkeep.store.gc import GcMark
+    from modelkeep.store.objects import ObjectDB
+    from modelkeep.store.safetensors import Layout
+    from modelkeep.store.snapshot import (
+        Snapshot,
+    )
 
 Progress = Callable[[int], None]
 _Stored = tuple[str, int, int]  # chunk id, length, stored size if created by this call, else 0

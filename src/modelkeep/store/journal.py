@@ -34,13 +34,15 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelkeep.errors import IntegrityError, InvalidInputError, NotFoundError
 from modelkeep.store.codec import Kind
 from modelkeep.store.hashing import content_id
-from modelkeep.store.objects import ObjectDB
 from modelkeep.store.snapshot import CREATED_FORMAT, canonical_json
+
+if TYPE_CHECKING:
+    from modelkeep.store.objects import ObjectDB
 
 JOURNAL_FORMAT = 1
 JOURNAL_TYPE = "modelkeep.journal"

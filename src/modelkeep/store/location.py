@@ -19,9 +19,7 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
-
-import fsspec
+from typing import TYPE_CHECKING, Any, cast
 
 from modelkeep.errors import (
     STORE,
@@ -39,6 +37,9 @@ from modelkeep.store.retry import (
     configure_filesystem,
     configure_sdk,
 )
+
+if TYPE_CHECKING:
+    import fsspec
 
 # Protocol aliases folded to one canonical name so that the same store has one locator.
 _CANONICAL = {"file": "file", "local": "file", "s3": "s3", "s3a": "s3", "memory": "memory",
@@ -71,6 +72,8 @@ class Location:
 
     def filesystem(self) -> fsspec.AbstractFileSystem:
         """Instantiate the fsspec filesystem (cached by fsspec per options)."""
+        import fsspec  # here: naming a location (a version's URI) needs no filesystem
+
         options = dict(self.options)
         policy = RetryPolicy.from_options(options.pop("retry", None))
         configure_sdk(self.protocol, options, policy)

@@ -25,11 +25,16 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelkeep.errors import DestinationExistsError, Hint, IntegrityError, Option, UnsafePathError
 from modelkeep.store.codec import Kind
-from modelkeep.store.objects import ObjectDB, local_workers, preallocate, pwrite_all
-from modelkeep.store.snapshot import FileEntry, Snapshot, check_relpath
+from modelkeep.store.objects import local_workers, preallocate, pwrite_all
+from modelkeep.store.snapshot import FileEntry, check_relpath
+
+if TYPE_CHECKING:
+    from modelkeep.store.objects import ObjectDB
+    from modelkeep.store.snapshot import Snapshot
 
 Progress = Callable[[int], None]
 Place = Callable[[FileEntry, Path], bool]

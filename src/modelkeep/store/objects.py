@@ -48,10 +48,11 @@ from modelkeep.errors import IntegrityError, NotFoundError
 from modelkeep.store import codec
 from modelkeep.store.codec import Kind
 from modelkeep.store.hashing import content_id, is_id, new_hasher
-from modelkeep.store.location import Location, translate_errors
+from modelkeep.store.location import translate_errors
 
 if TYPE_CHECKING:
     from modelkeep.store.crypto import ObjectCipher
+    from modelkeep.store.location import Location
 
 DESCRIPTOR = "modelkeep-store.json"
 FOSSILS = "fossils"

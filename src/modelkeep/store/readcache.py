@@ -47,10 +47,15 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelkeep.store.cache import cache_dir
-from modelkeep.store.objects import ObjectDB, pwrite_all
-from modelkeep.store.snapshot import FileEntry, Snapshot, check_relpath
+from modelkeep.store.objects import pwrite_all
+from modelkeep.store.snapshot import check_relpath
+
+if TYPE_CHECKING:
+    from modelkeep.store.objects import ObjectDB
+    from modelkeep.store.snapshot import FileEntry, Snapshot
 
 Progress = Callable[[int], None]
 _FILES_AT_ONCE = 32

@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING
 from modelkeep.errors import IntegrityError, NotFoundError, StoreError
 from modelkeep.store.codec import Kind
 from modelkeep.store.gc import ChunksCollectedError
-from modelkeep.store.ingest import IngestStats, scan_local
+from modelkeep.store.ingest import scan_local
 from modelkeep.store.location import translate_errors
 from modelkeep.store.materialize import SnapshotFile
 from modelkeep.store.objects import MAX_OBJECT
-from modelkeep.store.snapshot import FileEntry, canonical_json, check_relpath, parse_file_entry
+from modelkeep.store.snapshot import canonical_json, check_relpath, parse_file_entry
 
 if TYPE_CHECKING:
+    from modelkeep.store.ingest import IngestStats
+    from modelkeep.store.snapshot import FileEntry
     from modelkeep.store.store import Store
 
 RUNS_DIR = "runs"

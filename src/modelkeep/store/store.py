@@ -27,7 +27,7 @@ import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,42 +48,49 @@ from modelkeep.store import journal as journal_mod
 from modelkeep.store.cache import KnownChunks
 from modelkeep.store.codec import Kind
 from modelkeep.store.filestate import FileStates
-from modelkeep.store.gc import ChunksCollectedError, GcMark, GcReport
+from modelkeep.store.gc import ChunksCollectedError
 from modelkeep.store.hashing import content_id, is_id
 from modelkeep.store.ingest import (
     Ingestor,
-    IngestStats,
     ParentBases,
-    SourceFile,
     rewrite_chunks,
 )
-from modelkeep.store.journal import JournalEntry
 from modelkeep.store.location import (
-    Location,
     location_from_locator,
     parse_location,
 )
-from modelkeep.store.materialize import Place, SnapshotFile, materialize
+from modelkeep.store.materialize import SnapshotFile, materialize
 from modelkeep.store.objects import MAX_DESCRIPTOR, ObjectDB
 from modelkeep.store.runs import RunArtifacts
-from modelkeep.store.safetensors import Tensor
-from modelkeep.store.snapshot import CREATED_FORMAT, FileEntry, Snapshot, parse
-from modelkeep.store.sync import SyncReport
-from modelkeep.store.verify import Problem, VerifyReport, verify_snapshots
+from modelkeep.store.snapshot import parse
+from modelkeep.store.uri import (
+    MAX_URI,
+    SCHEME,
+    SHORT_ID_MIN,
+    utc_now,
+)
+from modelkeep.store.verify import Problem, verify_snapshots
 
 if TYPE_CHECKING:
     from modelkeep.store.crypto import Candidate, ObjectCipher
+    from modelkeep.store.gc import GcMark, GcReport
+    from modelkeep.store.ingest import (
+        IngestStats,
+        SourceFile,
+    )
+    from modelkeep.store.journal import JournalEntry
+    from modelkeep.store.location import (
+        Location,
+    )
+    from modelkeep.store.materialize import Place
     from modelkeep.store.readcache import Fetched
+    from modelkeep.store.safetensors import Tensor
+    from modelkeep.store.snapshot import FileEntry, Snapshot
+    from modelkeep.store.sync import SyncReport
+    from modelkeep.store.verify import VerifyReport
 
-SCHEME = "modelkeep"
 STORE_FORMAT = 1
-MAX_URI = 500
-# A URI may name its snapshot by a unique prefix of its id (SHORT_ID_MIN hex digits or more),
-# as `modelkeep show` and `log` print it; Store.resolve_snapshot_id turns it into the full id.
-SHORT_ID_MIN = 8
-_URI = re.compile(r"^modelkeep://(?P<locator>[^@]+?)/@(?P<sid>[0-9a-f]{8,64})(?:/(?P<path>.*))?$")
 _HEX = re.compile(r"^[0-9a-f]+$")
-_RUNS_URI = re.compile(r"^modelkeep://(?P<locator>[^@]+?)/@runs(?:/(?P<prefix>.*))?$")
 
 Progress = Callable[[int], None]
 # Keys offered for a store by something above the store layer: (32-byte key, where it came from).
@@ -137,37 +144,6 @@ class KeyStatus:
                 "scheme": self.scheme, "store_id": self.store_id, "key_id": self.key_id,
                 "key_source": self.key_source, "key_ids": list(self.key_ids),
                 "key_error": self.key_error}
-
-
-@dataclass(frozen=True)
-class ParsedURI:
-    locator: str
-    snapshot_id: str
-    path: str | None
-
-
-def parse_uri(uri: str) -> ParsedURI:
-    match = _URI.match(uri or "")
-    if not match:
-        raise InvalidInputError(
-            f"not a modelkeep URI: {uri!r}",
-            hint="expected modelkeep://PROTOCOL/STORE-PATH/@SNAPSHOT-ID[/FILE]",
-        )
-    path = (match.group("path") or "").strip("/")
-    return ParsedURI(match.group("locator"), match.group("sid"), path or None)
-
-
-def parse_runs_uri(uri: str) -> tuple[str, str] | None:
-    """``(locator, run prefix)`` of a run-artifact URI ``modelkeep://LOCATOR/@runs[/PREFIX]``,
-    or None if *uri* is not one."""
-    match = _RUNS_URI.match(uri or "")
-    if not match:
-        return None
-    return match.group("locator"), (match.group("prefix") or "").strip("/")
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime(CREATED_FORMAT)
 
 
 class Store:

@@ -10,12 +10,17 @@ for a whole file), so callers compare tensors the same way whichever form the en
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from modelkeep.errors import IntegrityError
 from modelkeep.store.chunking import packs
 from modelkeep.store.codec import Kind
-from modelkeep.store.objects import ObjectDB
-from modelkeep.store.safetensors import Layout, Tensor, layout_of
-from modelkeep.store.snapshot import FileEntry
+from modelkeep.store.safetensors import Layout, layout_of
+
+if TYPE_CHECKING:
+    from modelkeep.store.objects import ObjectDB
+    from modelkeep.store.safetensors import Tensor
+    from modelkeep.store.snapshot import FileEntry
 
 
 def _read(db: ObjectDB, entry: FileEntry, start: int, end: int) -> bytes:

@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from modelkeep.errors import IntegrityError, ModelkeepError, NotFoundError
 from modelkeep.store.codec import Kind
-from modelkeep.store.objects import BaseDamagedError, ObjectDB
-from modelkeep.store.snapshot import Snapshot
+from modelkeep.store.objects import BaseDamagedError
+
+if TYPE_CHECKING:
+    from modelkeep.store.objects import ObjectDB
+    from modelkeep.store.snapshot import Snapshot
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from modelkeep.training import Tracker
 from modelkeep.wiring import track
 
 if TYPE_CHECKING:
     from modelkeep.keep import Keep
+    from modelkeep.training import Tracker
 
 
 class TrackerOwner:

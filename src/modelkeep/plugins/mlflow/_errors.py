@@ -10,14 +10,19 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from modelkeep.errors import (
-    ModelkeepError,
     NotFoundError,
     RegistryAuthError,
     RegistryError,
     RegistryPermissionError,
 )
+
+if TYPE_CHECKING:
+    from modelkeep.errors import (
+        ModelkeepError,
+    )
 
 NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"})
 DENIED_CODES = frozenset({"PERMISSION_DENIED"})

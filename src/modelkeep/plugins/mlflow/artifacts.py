@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import FileInfo
 from mlflow.exceptions import MlflowException
@@ -30,10 +30,14 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
 from modelkeep.errors import ModelkeepError
-from modelkeep.plugins.versions import VersionView, open_runs, open_version
-from modelkeep.store import RunArtifacts, SnapshotFile, parse_runs_uri
+from modelkeep.plugins.versions import open_runs, open_version
+from modelkeep.store import parse_runs_uri
 from modelkeep.store.readcache import link_or_copy
-from modelkeep.store.snapshot import FileEntry
+
+if TYPE_CHECKING:
+    from modelkeep.plugins.versions import VersionView
+    from modelkeep.store import RunArtifacts, SnapshotFile
+    from modelkeep.store.snapshot import FileEntry
 
 _COPY_BUFFER = 4 << 20
 _MLMODEL = "MLmodel"  # the file that makes a folder an MLflow model

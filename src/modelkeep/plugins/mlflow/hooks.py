@@ -7,8 +7,12 @@ only by the paths that need its client.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from modelkeep.hooks._markers import hookimpl
-from modelkeep.registry import Registry
+
+if TYPE_CHECKING:
+    from modelkeep.registry import Registry
 
 
 def default_uri() -> str | None:
