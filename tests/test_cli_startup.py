@@ -28,7 +28,7 @@ from tests.helpers import tensors, write_model
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 WATCHED = ("mlflow", "pydantic", "click", "rich", "fsspec", "modelkeep.store", "modelkeep.keep",
-           "numpy")
+           "numpy", "asyncio")
 # Loaded by no command: pydantic (values are converted by modelkeep.cli._params), click (the
 # commands are Typer's), mlflow (the SQLite registry is read and written directly).
 NEVER = {"mlflow", "pydantic", "click"}
@@ -98,6 +98,19 @@ def test_commands_load_no_converter_library(project: tuple[Path, str], args: lis
             assert "rich" not in loaded, f"{mode + args} imported rich"
         if not mode:
             assert proc.stdout.split("\nloaded:")[0].strip()  # printed for a person
+
+
+@pytest.mark.parametrize("args", [["list"], ["list", "{n}"], ["log", "{n}"], ["show", "{n}@prod"]],
+                         ids=" ".join)
+def test_registry_reads_load_no_filesystem(project: tuple[Path, str], args: list[str]) -> None:
+    """Reading the registry, and a local store's snapshots, needs no fsspec (the filesystem is
+    made on first use), asyncio or numpy (the codecs)."""
+    root, name = project
+    for mode in ([], ["--json"]):
+        proc, loaded = _loaded([*mode, *(a.format(n=name) for a in args)], root)
+        assert proc.returncode == 0, proc.stderr
+        heavy = loaded & {"fsspec", "asyncio", "numpy"}
+        assert not heavy, f"{mode + args} imported {sorted(heavy)}"
 
 
 def test_a_new_version_registers_without_pydantic_or_click(project: tuple[Path, str]) -> None:

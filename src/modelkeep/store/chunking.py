@@ -22,12 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
-from pyfastcdc.cy import FastCDC
-
 from modelkeep.store.safetensors import read_layout
 
 if TYPE_CHECKING:
     import numpy as np
+    from pyfastcdc.cy import FastCDC
 
     from modelkeep.store.safetensors import Layout, Tensor
 
@@ -45,6 +44,8 @@ _cdc = None
 def _fastcdc() -> FastCDC:
     global _cdc
     if _cdc is None:
+        from pyfastcdc.cy import FastCDC  # compiled; only files that are not safetensors
+
         # avg_size in pyfastcdc excludes min_size (cut-point skipping); pass the mask size.
         _cdc = FastCDC(CDC_AVG - CDC_MIN, min_size=CDC_MIN, max_size=CDC_MAX)
     return _cdc

@@ -42,8 +42,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import fsspec
-
 from modelkeep.errors import IntegrityError, NotFoundError
 from modelkeep.store import codec
 from modelkeep.store.codec import Kind
@@ -51,6 +49,8 @@ from modelkeep.store.hashing import content_id, is_id, new_hasher
 from modelkeep.store.location import translate_errors
 
 if TYPE_CHECKING:
+    import fsspec
+
     from modelkeep.store.crypto import ObjectCipher
     from modelkeep.store.location import Location
 
@@ -214,7 +214,10 @@ class ObjectDB:
                  codec: str = "auto") -> None:
         self.location = location
         self.codec = codec  # the store's codec policy (modelkeep.store.coding.POLICIES)
-        self.fs = fs if fs is not None else location.filesystem()
+        # The filesystem is made on first use: a command that opens a store and never reads it
+        # (one that only asks the registry) imports no fsspec.
+        self._fs = fs
+        self._fs_lock = threading.Lock()
         self.root = location.root.rstrip("/")
         self._local = location.is_local
         self._made_dirs: set[str] = set()
@@ -223,6 +226,16 @@ class ObjectDB:
         self._cipher: ObjectCipher | None = None
         self._cipher_loaded = False
         self._cipher_lock = threading.Lock()
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        fs = self._fs
+        if fs is None:
+            with self._fs_lock:
+                if self._fs is None:
+                    self._fs = self.location.filesystem()
+                fs = self._fs
+        return fs
 
     # -- encryption ------------------------------------------------------------------------
 

@@ -52,7 +52,6 @@ Configured per store, in the store's options (``modelkeep.toml``)::
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import functools
 import os
@@ -407,6 +406,8 @@ class RetryingFileSystem:
         """What sends one copy of the call and returns its future: the filesystem's coroutine
         on its event loop where it has one (s3fs, adlfs), so that a copy can be cancelled;
         else the blocking call in a thread of the shared pool."""
+        import asyncio  # only filesystems with an event loop (s3fs, adlfs) get here with one
+
         record = self._hedger.record
         coroutine = getattr(self._fs, f"_{name}", None) if getattr(
             self._fs, "async_impl", False) else None
