@@ -34,8 +34,12 @@ weight-like values, bench/ab.py ``--weights``): the Huffman coding of the expone
 one cost that stays. zstd's fast strategy spent 1.0 ns a byte of plane on it, 0.3 of that
 looking for matches that near-random bytes do not have; with the search skipped and literal
 coding forced on (:class:`_Literals`, through zstandard's CFFI backend) it is 0.7 ns at the same
-ratio. No other zstd setting tried codes it faster, and negative levels turn literal coding
-off. Everything around it was cut. The split takes
+ratio. A sample of each chunk's exponent plane is coded both ways first: values with runs or
+patterns (zeros, masks, counters stored as floats) keep the search, without which they took up
+to 20 times the bytes, and so do deltas, whose high bits are mostly runs of zeros. No other zstd
+setting tried codes it faster, and negative levels turn literal coding off. Everything around it
+was cut.
+The split takes
 a 512 KiB block of elements at a time and computes every plane of it, each with one numpy
 operation on whole elements whose result numpy truncates to bytes as it stores it, straight
 into the payload: each block is read from memory once, the temporaries stay in the core's
@@ -113,6 +117,9 @@ _SAMPLE_GAIN = 0.95  # a sample must shrink at least this much for the whole to 
 # Byte planes must save this fraction of a chunk to be worth their time; the exponent plane of
 # trained weights saves about a third of bf16 and a sixth of fp32 (bench/codecs.py).
 _PLANES_MIN_GAIN = 0.08
+# The exponent plane is coded without zstd's match search when a sample of it codes at most this
+# much larger that way (trained weights: the same size; anything with runs: far larger).
+_HUFFMAN_SLACK = 1.01
 _PLANE_RECORD = struct.Struct("<BI")  # method, stored length
 _STORED, _ZSTD_FRAME = 0, 1
 
@@ -128,15 +135,17 @@ def _literal_params() -> zstandard.ZstdCompressionParameters:
 
 
 class _Literals:
-    """zstd frames of bytes that are nearly all Huffman-coded literals (exponent planes, the
-    high bits of deltas, 8-bit floats), made as fast as zstd makes them.
+    """zstd frames of bytes that are nearly all Huffman-coded literals (the exponent planes of
+    trained weights), made as fast as zstd makes them.
 
     zstd's fast strategy still looks for matches at every position, which on such bytes finds
     almost none and costs 0.3 of the 1.0 ns a byte: its acceleration (``targetLength``) skips
     that search, but on its own it also turns literal coding off, and only zstd's experimental
     ``literalCompressionMode`` turns it back on. The ``zstandard`` package's C backend does not
     take that parameter; its CFFI backend gives the whole libzstd API of the same bundled zstd,
-    so a context is set up through it (0.70 ns a byte, the same ratio: bench/codecs.py). Where
+    so a context is set up through it (0.70 ns a byte, the same ratio on such planes; a plane
+    with runs or patterns codes far larger without the search, so a sample decides, in
+    :func:`_encode_planes`, and deltas and other planes keep it). Where
     that backend cannot be loaded the C backend's parameters above are used: the frames differ
     in a few bytes, any zstd decoder reads both, and the stored format is the same."""
 
@@ -184,8 +193,10 @@ def _compressor(kind: str) -> zstandard.ZstdCompressor | _Literals:
     # zstd contexts are not thread-safe: one of each kind per thread, reused for every chunk.
     ctx: zstandard.ZstdCompressor | _Literals | None = getattr(_local, kind, None)
     if ctx is None:
-        if kind == "literal":
+        if kind == "huffman":
             ctx = _Literals()
+        elif kind == "literal":
+            ctx = zstandard.ZstdCompressor(compression_params=_literal_params())
         else:
             ctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
         setattr(_local, kind, ctx)
@@ -282,15 +293,20 @@ def _encode_planes(raw: bytes | bytearray | memoryview, width: int,
     sample = values[: _SAMPLE // width]
     top = ((sample << 1) | (sample >> (bits - 1))) >> (bits - 8)
     plane = top.astype(np.uint8)
-    if (len(_compressor("literal").compress(plane.data))
-            > (1 - _PLANES_MIN_GAIN * width) * len(plane)):
+    searched = len(_compressor("literal").compress(plane.data))
+    if searched > (1 - _PLANES_MIN_GAIN * width) * len(plane):
         return None
+    # Trained weights' exponents repeat nothing a match could use: the plane is coded without
+    # the search (0.7 instead of 1.0 ns a byte). Values with runs or patterns (zeros, masks,
+    # counters stored as floats) keep it: skipping it there costs up to 20x in stored bytes.
+    fast = len(_compressor("huffman").compress(plane.data)) <= searched * _HUFFMAN_SLACK
     return _planes_payload(values, b"", rotate=True, code_top=True,
-                           into="planes" if reuse else None)
+                           into="planes" if reuse else None,
+                           top_kind="huffman" if fast else "literal")
 
 
 def _planes_payload(values: np.ndarray, prefix: bytes, *, rotate: bool,
-                    code_top: bool, into: str | None) -> memoryview:
+                    code_top: bool, into: str | None, top_kind: str = "literal") -> memoryview:
     """*prefix*, the element width, then each byte plane of *values* (rotated left by one bit
     first when *rotate*) as ``method, length, bytes``.
 
@@ -347,7 +363,8 @@ def _planes_payload(values: np.ndarray, prefix: bytes, *, rotate: bool,
         body = pos + _PLANE_RECORD.size
         view = memoryview(out)[split_at : split_at + count]
         if (code_top and j == width - 1) or _shrinks(view[:_SAMPLE], "literal"):
-            frame = _compressor("literal").compress(view)
+            frame = _compressor(top_kind if code_top and j == width - 1 else "literal").compress(
+                view)
             if len(frame) < count:
                 # The frame ends before the next plane's bytes start: nothing is overwritten
                 # that is still to be read.
