@@ -17,8 +17,9 @@ Importing this package is cheap: MLflow and the storage backends load only when 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from modelkeep._lazy import exports
 from modelkeep.errors import (
     CheckpointError,
     ConfigError,
@@ -120,14 +121,8 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # The API pulls in the store (fsspec, blake3); keep `import modelkeep` itself instant.
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'modelkeep' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+# The API pulls in the store (fsspec, blake3): `import modelkeep` itself stays instant.
+__getattr__ = exports(__name__, _LAZY, globals())
 
 
 __all__ = [

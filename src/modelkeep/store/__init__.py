@@ -6,8 +6,9 @@ pay for fsspec, asyncio and the codecs when it imports a name from here.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from modelkeep._lazy import exports
 
 if TYPE_CHECKING:
     from modelkeep.store.codec import Kind
@@ -57,14 +58,7 @@ _WHERE = {
 
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once found, an attribute like any other
-    return value
-
+__getattr__ = exports(__name__, _WHERE, globals())
 
 __all__ = [
     "ChunksCollectedError",
