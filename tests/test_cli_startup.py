@@ -281,3 +281,19 @@ def test_the_entry_point_scan_finds_what_importlib_finds(tmp_path: Path,
     found = _installed_entry_points()
     assert found == {ep.name: ep for ep in metadata.entry_points(group="modelkeep")}
     assert found["approval"].value == "mk_plugin.approve"
+
+
+@pytest.mark.parametrize("package", ["modelkeep", "modelkeep.store"])
+def test_every_lazily_exported_name_resolves(package: str) -> None:
+    """The packages import their names on first use: each one listed resolves, to the object
+    its module defines, and an unknown one is an AttributeError."""
+    import importlib
+
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        if name == "__version__":
+            continue
+        value = getattr(module, name)
+        assert value is not None, name
+    with pytest.raises(AttributeError):
+        module.no_such_name  # noqa: B018
