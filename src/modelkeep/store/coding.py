@@ -186,7 +186,7 @@ class _Literals:
         if lib.ZSTD_isError(n):
             raise ModelkeepError("zstd could not code a chunk: "
                                  + ffi.string(lib.ZSTD_getErrorName(n)).decode())
-        return bytes(self._out[:n])
+        return bytes(memoryview(self._out)[:n])  # one copy (a bytearray slice is another)
 
 
 def _compressor(kind: str) -> zstandard.ZstdCompressor | _Literals:
