@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from modelkeep.errors import (
     InvalidInputError,
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import requests
 
 _API = "/api/2.0/mlflow"
+_T = TypeVar("_T")
 _PAGE = 1000  # the largest page MLflow's registered-model search serves
 _WRITE_ATTEMPTS = 8
 WRITE_CHECK_TAG = "modelkeep.write-check"  # never set: deleting it only asks for EDIT
@@ -223,17 +224,10 @@ class RestRegistry:
         and whether older ones exist (the server's next-page token). The server's cost is per
         version returned, so this is what keeps ``list NAME`` and ``log`` fast on a long
         history (docs/mlflow.md)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        # The two requests are independent: asked together they cost one round trip. The
-        # session (and its credentials) is opened first, once, not by both threads.
-        _ = self._session
-        with ThreadPoolExecutor(1, thread_name_prefix="modelkeep-rest") as pool:
-            asked = pool.submit(self._raw_model, name)
-            page = self._do(f"model {name!r}", "GET", "model-versions/search",
-                            {"filter": f"name = '{name}'", "max_results": limit,
-                             "order_by": ["version_number DESC"]}, model=name)
-            model = asked.result()
+        model, page = self._beside_model(name, lambda: self._do(
+            f"model {name!r}", "GET", "model-versions/search",
+            {"filter": f"name = '{name}'", "max_results": limit,
+             "order_by": ["version_number DESC"]}, model=name))
         found = list(page.get("model_versions") or ())
         return self._with_aliases(model, found), bool(page.get("next_page_token"))
 
@@ -241,18 +235,23 @@ class RestRegistry:
         """The versions of *name* whose source has ``/@`` then *prefix* (hex) in it, oldest
         first, with their aliases: one filtered search, and the registered model (its aliases,
         and NotFoundError for an unknown model) asked at the same time."""
-        from concurrent.futures import ThreadPoolExecutor
-
         if not prefix or any(c not in "0123456789abcdef" for c in prefix):
             raise InvalidInputError(f"not a snapshot id prefix: {prefix!r}",
                                     hint="give 8 to 64 hex digits of the id")
+        model, found = self._beside_model(name, lambda: self._search_versions(
+            f"model {name!r}", f"name = '{name}' AND source_path LIKE '%/@{prefix}%'", name))
+        return self._with_aliases(model, found)
+
+    def _beside_model(self, name: str, ask: Callable[[], _T]) -> tuple[dict[str, Any], _T]:
+        """The registered model *name* and what *ask* returns, requested together: the two are
+        independent, so they cost one round trip."""
+        from concurrent.futures import ThreadPoolExecutor
+
         _ = self._session  # opened once, before the two requests share it
         with ThreadPoolExecutor(1, thread_name_prefix="modelkeep-rest") as pool:
             asked = pool.submit(self._raw_model, name)
-            found = self._search_versions(
-                f"model {name!r}", f"name = '{name}' AND source_path LIKE '%/@{prefix}%'", name)
-            model = asked.result()
-        return self._with_aliases(model, found)
+            got = ask()
+            return asked.result(), got
 
     def models_tagged(self, key: str, value: str) -> set[str]:
         """Names of the models that have a version tagged *key* = *value*, in one search."""
