@@ -6,9 +6,13 @@ import hashlib
 import os
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 from safetensors.numpy import save_file
+
+if TYPE_CHECKING:
+    from modelkeep.keep import Keep
 
 
 def tensors(seed: int = 0, n: int = 20, rows: int = 256, cols: int = 512) -> dict[str, np.ndarray]:
@@ -77,3 +81,15 @@ def example_approval_plugin() -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def sqlite_project(root: Path) -> Keep:
+    """A project folder on the local store and the SQLite default (its modelkeep.toml, as a
+    person's project has it), and a Keep on the same store and registry without entry-point
+    plugins; the registry file is made by the first register."""
+    import modelkeep
+    from modelkeep.hooks import make_plugin_manager
+
+    (root / "modelkeep.toml").write_text('store = "./store"\nregistry = "sqlite:///mlflow.db"\n')
+    return modelkeep.open(store=str(root / "store"), registry=f"sqlite:///{root / 'mlflow.db'}",
+                          plugins=make_plugin_manager(entry_points=False))

@@ -20,11 +20,10 @@ from typing import Annotated, Any
 import pytest
 import typer
 
-import modelkeep
 from modelkeep.cli._params import _PlainConversion, install
 from modelkeep.hooks import make_plugin_manager
 from tests.backends import unique_name
-from tests.helpers import tensors, write_model
+from tests.helpers import sqlite_project, tensors, write_model
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 WATCHED = ("mlflow", "pydantic", "click", "rich", "fsspec", "modelkeep.store", "modelkeep.keep",
@@ -62,9 +61,7 @@ def _loaded(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess[str
 def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A project on the SQLite default holding one version of one model, and the model name."""
     root = tmp_path_factory.mktemp("startup")
-    (root / "modelkeep.toml").write_text('store = "./store"\nregistry = "sqlite:///mlflow.db"\n')
-    keep = modelkeep.open(store=str(root / "store"), registry=f"sqlite:///{root / 'mlflow.db'}",
-                          plugins=make_plugin_manager(entry_points=False))
+    keep = sqlite_project(root)
     name = unique_name()
     keep.register(name, write_model(root / "model", tensors(seed=1, n=2, rows=8, cols=8)),
                   aliases=["prod"])

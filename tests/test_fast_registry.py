@@ -29,7 +29,7 @@ from modelkeep.plugins.mlflow.rest import RestRegistry
 from modelkeep.plugins.mlflow.sqlite import SqliteRegistry
 from modelkeep.registry import Registry
 from tests.backends import unique_name
-from tests.helpers import tensors, write_model
+from tests.helpers import sqlite_project, tensors, write_model
 
 pytestmark = pytest.mark.xdist_group("mlflow-servers")
 
@@ -185,9 +185,7 @@ def _run(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None,
 def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A project on the SQLite default holding two versions of one model, and the model name."""
     root = tmp_path_factory.mktemp("project")
-    (root / "modelkeep.toml").write_text('store = "./store"\nregistry = "sqlite:///mlflow.db"\n')
-    keep = modelkeep.open(store=str(root / "store"), registry=f"sqlite:///{root / 'mlflow.db'}",
-                          plugins=make_plugin_manager(entry_points=False))
+    keep = sqlite_project(root)
     name = unique_name()
     model = write_model(root / "model", tensors(seed=1, n=4, rows=16, cols=16))
     keep.register(name, model, aliases=["prod"], message="first")
@@ -388,11 +386,9 @@ def test_sqlite_writes_do_not_import_mlflow_and_mlflow_reads_them_back(tmp_path:
     """Every writing command on an existing SQLite registry, each in a fresh interpreter that
     must not import mlflow; then MLflow's own client reads back what they left."""
     root = tmp_path
-    (root / "modelkeep.toml").write_text('store = "./store"\nregistry = "sqlite:///mlflow.db"\n')
     uri = f"sqlite:///{root / 'mlflow.db'}"
     name = unique_name()
-    keep = modelkeep.open(store=str(root / "store"), registry=uri,
-                          plugins=make_plugin_manager(entry_points=False))
+    keep = sqlite_project(root)
     folder = write_model(root / "model", tensors(seed=1, n=3, rows=16, cols=16))
     keep.register(name, folder, message="first")  # creates the file
     steps = [
