@@ -156,7 +156,7 @@ class _Literals:
         try:
             backend = importlib.import_module("zstandard.backend_cffi")
         except ImportError:  # CFFI missing, or a platform without that backend
-            self._fallback = zstandard.ZstdCompressor(compression_params=_literal_params())
+            self._fall_back()
             return
         ffi: Any = backend.ffi
         lib: Any = backend.lib
@@ -169,9 +169,12 @@ class _Literals:
                 (lib.ZSTD_c_literalCompressionMode, lib.ZSTD_ps_enable),
                 (lib.ZSTD_c_contentSizeFlag, 1)):
             if lib.ZSTD_isError(lib.ZSTD_CCtx_setParameter(self._cctx, param, value)):
-                self._fallback = zstandard.ZstdCompressor(compression_params=_literal_params())
+                self._fall_back()
                 return
         self._out = bytearray(0)
+
+    def _fall_back(self) -> None:
+        self._fallback = zstandard.ZstdCompressor(compression_params=_literal_params())
 
     def compress(self, data: bytes | bytearray | memoryview) -> bytes:
         if self._fallback is not None:
