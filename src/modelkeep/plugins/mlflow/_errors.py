@@ -31,9 +31,12 @@ NO_CREDENTIALS_HINT = ("sign in with `modelkeep login` ([auth] in modelkeep.toml
                        "MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and "
                        "MLFLOW_TRACKING_PASSWORD for this server")
 # SQLite lets one writer in at a time; concurrent registers from several processes see "database
-# is locked" or a lost race on the version number. Both are safe to retry.
+# is locked" or a lost race on the version number. Both are safe to retry. An MLflow server
+# retries a lost race itself a few times, rolling each back, then gives up with "Model Version
+# creation error" (SqlAlchemyStore.create_model_version): nothing was created, so that too.
 RETRYABLE = ("database is locked", "unique constraint", "integrityerror", "deadlock",
-             "lock wait timeout", "duplicate entry", "already exists")
+             "lock wait timeout", "duplicate entry", "already exists",
+             "model version creation error")
 
 
 def not_found(uri: str, what: str) -> NotFoundError:
