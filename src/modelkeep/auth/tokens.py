@@ -1,5 +1,6 @@
 """Access tokens for one identity, renewed before they expire, and the ``requests`` auth that
-sends them.
+sends them for MLflow's client (modelkeep's own requests take them from
+:func:`modelkeep.plugins.mlflow._http.credentials`).
 
 A :class:`TokenSource` hands out the current access token and renews it when less than a
 quarter of its lifetime (at most a minute) is left: a job asks the provider again by the
@@ -15,10 +16,10 @@ are asked for another audience or scopes (Azure Storage's ``https://storage.azur
 asks for them by the same grant; a person's are asked with the login's refresh token and kept in
 memory only, the login's own tokens staying the registry's.
 
-:class:`BearerAuth` answers a 401 with one renewal and one retry of the same request: a token the
-registry refuses before its time (a rotated signing key, a revoked session) is replaced once; a
-second refusal is the registry's answer. The OAuth exchanges are authlib's; tokens never appear in
-a message or a ``repr``.
+:class:`BearerAuth`, like modelkeep's own HTTP client, answers a 401 with one renewal and one
+retry of the same request: a token the registry refuses before its time (a rotated signing key, a
+revoked session) is replaced once; a second refusal is the registry's answer. The OAuth exchanges
+are authlib's; tokens never appear in a message or a ``repr``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from requests.auth import AuthBase
 
 from modelkeep.auth import provider, tokenfile
 from modelkeep.auth.settings import CLIENT_CREDENTIALS
@@ -331,9 +330,10 @@ def forget(settings: AuthSettings | None = None) -> None:
                 del _sources[key]
 
 
-class BearerAuth(AuthBase):
-    """``requests`` auth: the source's current token as ``Authorization: Bearer``; a 401 gets
-    one renewal and one retry."""
+class BearerAuth:
+    """``requests`` auth (for MLflow's own client, :mod:`modelkeep.plugins.mlflow.request_auth`):
+    the source's current token as ``Authorization: Bearer``; a 401 gets one renewal and one
+    retry. requests takes any callable as auth, so this module does not import it."""
 
     def __init__(self, source: TokenSource) -> None:
         self.source = source

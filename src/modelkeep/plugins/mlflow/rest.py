@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from modelkeep.errors import (
     InvalidInputError,
@@ -24,9 +24,6 @@ from modelkeep.errors import (
 )
 from modelkeep.plugins.mlflow import _errors, _http
 from modelkeep.registry import RegistryModel, RegistryVersion
-
-if TYPE_CHECKING:
-    import requests
 
 _API = "/api/2.0/mlflow"
 _T = TypeVar("_T")
@@ -49,42 +46,47 @@ class RestRegistry:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._base = uri.rstrip("/")
-        self._timeout = (_http.CONNECT_TIMEOUT, _http.read_timeout())
-        self._session_: requests.Session | None = None
+        self._client_: _http.Client | None = None
         self._creds: _http.Credentials | None = None
         # Models this instance created or saw exist: a new version of one is created without
         # asking to create the model first (create_version handles one deleted meanwhile).
         self._known: set[str] = set()
 
     @property
-    def _session(self) -> requests.Session:
-        # Opened on the first request: a command that never asks the registry pays nothing.
-        if self._session_ is None:
-            self._creds = _http.credentials()
-            self._session_ = _http.open_session(self._creds)
-        return self._session_
+    def _client(self) -> _http.Client:
+        # Made on the first request: a command that never asks the registry pays nothing.
+        if self._client_ is None:
+            self._client_ = _http.Client(self._base)
+            self._creds = self._client_.creds
+        return self._client_
 
     # -- transport -----------------------------------------------------------------------------
 
     def _call(self, method: str, endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        import requests
-
-        url = f"{self._base}{_API}/{endpoint}"
+        client = self._client
         try:
             if method == "GET":
-                response = self._session.get(url, params=dict(body), timeout=self._timeout)
+                response = client.request(method, f"{_API}/{endpoint}", params=body)
             else:
-                response = self._session.request(method, url, json=dict(body),
-                                                 timeout=self._timeout)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            if isinstance(exc, requests.ReadTimeout):
+                response = client.request(method, f"{_API}/{endpoint}", json_body=body)
+        except _http.TransportError as exc:
+            if exc.kind == "unreachable":
+                raise _errors.unreachable(self.uri) from None
+            if exc.kind == "timeout":
                 raise RegistryError(
-                    f"registry {self.uri} did not answer within {self._timeout[1]:.0f} s",
+                    f"registry {self.uri} did not answer within {client.read_timeout:.0f} s",
                     hint="raise MLFLOW_HTTP_REQUEST_TIMEOUT, or check the server") from None
-            raise _errors.unreachable(self.uri) from None
-        except requests.RequestException as exc:
-            raise RegistryError(f"registry {self.uri}: {exc}") from None
-        if response.status_code == 200:
+            if exc.kind == "tls":
+                raise RegistryError(
+                    f"registry {self.uri}: its TLS certificate was refused ({exc.detail})",
+                    hint="set MLFLOW_TRACKING_SERVER_CERT_PATH to the CA bundle that signed "
+                    "it, or MLFLOW_TRACKING_INSECURE_TLS=true to skip the check") from None
+            if exc.kind == "proxy":
+                raise RegistryError(f"registry {self.uri}: the proxy refused it ({exc.detail})",
+                                    hint="check https_proxy and no_proxy") from None
+            raise RegistryError(f"registry {self.uri}: {exc.detail}",
+                                hint="check the server, then run the command again") from None
+        if response.status == 200:
             try:
                 data = response.json()
             except ValueError:
@@ -96,9 +98,9 @@ class RestRegistry:
             data = response.json()
             code = str(data.get("error_code") or "")
             message = str(data.get("message") or message)
-        except ValueError:
+        except (ValueError, AttributeError):
             pass
-        raise _ApiError(response.status_code, code, message)
+        raise _ApiError(response.status, code, message)
 
     def _do(self, what: str, method: str, endpoint: str, body: Mapping[str, Any],
             *, ok_codes: frozenset[str] = frozenset(), model: str | None = None,
@@ -247,7 +249,7 @@ class RestRegistry:
         independent, so they cost one round trip."""
         from concurrent.futures import ThreadPoolExecutor
 
-        _ = self._session  # opened once, before the two requests share it
+        _ = self._client  # made once, before the two requests share it
         with ThreadPoolExecutor(1, thread_name_prefix="modelkeep-rest") as pool:
             asked = pool.submit(self._raw_model, name)
             got = ask()
