@@ -68,6 +68,7 @@ class Request:
     fault: str
     start: float
     end: float | None = None
+    client: int = 0  # the client's port: requests with the same one came on one connection
 
 
 @dataclass
@@ -164,6 +165,8 @@ class FaultProxy:
         return f.kind if self._rng.random() < f.rate else "none"
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = int(peer[1]) if peer else 0
         try:
             while True:
                 head = await _read_head(reader)
@@ -174,7 +177,7 @@ class FaultProxy:
                 kind = self._pick(method, target)
                 if kind != "none":
                     self.injected[kind] += 1
-                request = Request(method, target, kind, time.monotonic())
+                request = Request(method, target, kind, time.monotonic(), client=client)
                 self.log.append(request)
                 try:
                     if not await self._serve(reader, writer, head, method, headers, kind):

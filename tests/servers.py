@@ -318,10 +318,34 @@ def self_signed_certificate(workdir: Path) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-def _https_answers(url: str, ca_file: Path) -> bool:
+@dataclass(frozen=True)
+class ServerTLS:
+    """An HTTPS server's certificate and key, and the CA its clients' certificates must come
+    from; *client_pem* is a client certificate from that CA with its key, in one PEM file."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+    client_pem: Path
+
+    @classmethod
+    def make(cls, workdir: Path) -> ServerTLS:
+        (workdir / "server").mkdir(parents=True, exist_ok=True)
+        (workdir / "client").mkdir(parents=True, exist_ok=True)
+        cert, key = self_signed_certificate(workdir / "server")
+        client_cert, client_key = self_signed_certificate(workdir / "client")
+        pem = workdir / "client.pem"
+        pem.write_bytes(client_cert.read_bytes() + client_key.read_bytes())
+        pem.chmod(0o600)
+        return cls(cert, key, client_cert, pem)
+
+
+def _https_answers(url: str, ca_file: Path, client_cert: Path | None = None) -> bool:
     import ssl
 
     context = ssl.create_default_context(cafile=str(ca_file))
+    if client_cert is not None:
+        context.load_cert_chain(str(client_cert))
     try:
         with urllib.request.urlopen(url, timeout=2, context=context):
             return True
@@ -391,12 +415,14 @@ def start_mlflow_server(
     *,
     app_name: str | None = None,
     env: dict[str, str] | None = None,
+    tls: ServerTLS | None = None,
 ) -> MlflowServer:
     """``mlflow server`` on loopback over *backend_store_uri* (SQLite, PostgreSQL, MySQL), with
     this interpreter's plugins (modelkeep's artifact repository among them). Run artifacts are
     served by the server (``mlflow-artifacts:``) and stored in a modelkeep store under *workdir*.
     With ``app_name="basic-auth"`` the server asks for credentials: an admin ``admin`` with a
-    random password (``admin`` of the result) is created in a SQLite user database in *workdir*."""
+    random password (``admin`` of the result) is created in a SQLite user database in *workdir*.
+    With *tls*, it serves HTTPS only and asks every client for a certificate (mutual TLS)."""
     exe = Path(sys.executable).parent / "mlflow"
     # Job execution would start a job runner and seven huey consumers per server (about 1.3 GB);
     # nothing here submits MLflow jobs.
@@ -425,7 +451,14 @@ def start_mlflow_server(
         # The auth app's forms need a fixed CSRF secret; any value does for one process.
         full_env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", uuid.uuid4().hex)
 
+    scheme = "http"
+    if tls is not None:
+        scheme = "https"
+        extra += ["--uvicorn-opts", f"--ssl-certfile {tls.cert} --ssl-keyfile {tls.key} "
+                  f"--ssl-ca-certs {tls.client_ca} --ssl-cert-reqs 2"]
+
     def start(port: int) -> ManagedProcess:
+        probe = f"{scheme}://127.0.0.1:{port}/health"
         proc = ManagedProcess(
             "mlflow server",
             [str(exe), "server", "--backend-store-uri", backend_store_uri,
@@ -434,11 +467,12 @@ def start_mlflow_server(
             workdir / f"mlflow-{port}.log",
             env=full_env,
         )
-        proc.wait_ready(lambda: _http_answers(f"http://127.0.0.1:{port}/health"), timeout=120)
+        proc.wait_ready(lambda: _https_answers(probe, tls.cert, tls.client_pem) if tls
+                        else _http_answers(probe), timeout=120)
         return proc
 
     port, proc = _start_with_retries(start)
-    return MlflowServer(url=f"http://127.0.0.1:{port}", process=proc, store=store,
+    return MlflowServer(url=f"{scheme}://127.0.0.1:{port}", process=proc, store=store,
                         backend_store_uri=backend_store_uri, admin=admin)
 
 
@@ -658,3 +692,44 @@ def confirm_device_code(provider: OidcProvider, verification_uri_complete: str,
                             timeout=30)
     assert page.status_code == 200 and "Sign-in Success" in page.text, page.text[:500]
     return page.text
+
+
+# ------------------------------------------------------------------ an HTTP forward proxy
+
+
+@dataclass
+class HttpProxy:
+    """proxy.py (PyPI ``proxy.py``) on loopback: a forward proxy for plain HTTP and for
+    ``CONNECT`` tunnels, writing one access-log line per request it forwarded."""
+
+    url: str
+    access_log: Path
+    process: ManagedProcess
+
+    def forwarded(self, wait_for: str = "", timeout: float = 10.0) -> list[str]:
+        """The access-log lines so far (``… - GET host:port/path - 200 OK …``, ``… - CONNECT
+        host:port …``); with *wait_for*, waits until a line contains it. proxy.py writes a line
+        when the client's connection closes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.access_log.read_text() if self.access_log.exists() else ""
+            lines = [line for line in text.splitlines() if "access_log" in line]
+            if not wait_for or any(wait_for in line for line in lines) or \
+                    time.monotonic() > deadline:
+                return lines
+            time.sleep(0.1)
+
+
+def start_http_proxy(workdir: Path) -> HttpProxy:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port_file, access_log = workdir / "proxy.port", workdir / "proxy-access.log"
+    exe = Path(sys.executable).parent / "proxy"
+    proc = ManagedProcess(
+        "proxy.py",
+        [str(exe), "--hostname", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
+         "--num-acceptors", "1", "--num-workers", "1", "--log-level", "INFO",
+         "--log-file", str(access_log)],
+        workdir / "proxy.log",
+    )
+    proc.wait_ready(lambda: port_file.exists() and port_file.read_text().strip().isdigit())
+    return HttpProxy(f"http://127.0.0.1:{port_file.read_text().strip()}", access_log, proc)

@@ -143,9 +143,11 @@ def credentials() -> Credentials:
 
 class TransportError(Exception):
     """A request that got no HTTP answer. *kind*: ``unreachable`` (no connection, after the
-    retries), ``timeout`` (connected, no answer within the read timeout), ``tls`` (the server's
-    certificate or the handshake was refused), ``proxy`` (the proxy refused the tunnel) or
-    ``broken`` (the connection failed mid-exchange)."""
+    retries), ``timeout`` (connected, no answer within the read timeout), ``untrusted`` (the
+    server's certificate is not trusted), ``tls`` (another TLS failure, such as a client
+    certificate the server wants), ``proxy`` (the proxy refused the tunnel), ``closed`` (the
+    server closed the connection without an answer) or ``broken`` (the connection failed
+    mid-exchange)."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
@@ -389,6 +391,15 @@ class Client:
             conn.close()
             raise TransportError("timeout", f"no answer within {self.read_timeout:.0f} s"
                                  ) from None
+        except ssl.SSLError as exc:
+            # After a TLS 1.3 handshake, a server that wants a client certificate says so here
+            # (or just closes the connection: "closed").
+            conn.close()
+            raise TransportError("tls", _tls_reason(exc)) from None
+        except http.client.RemoteDisconnected:
+            conn.close()
+            raise TransportError("closed", "the server closed the connection without answering"
+                                 ) from None
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise TransportError("broken", f"{type(exc).__name__}: {exc}") from None
@@ -430,7 +441,10 @@ class Client:
             conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
         try:
             conn.connect()
-        except (ssl.SSLError, ssl.CertificateError) as exc:
+        except ssl.SSLCertVerificationError as exc:
+            conn.close()
+            raise TransportError("untrusted", _tls_reason(exc)) from None
+        except ssl.SSLError as exc:
             conn.close()
             raise TransportError("tls", _tls_reason(exc)) from None
         except OSError as exc:

@@ -11,6 +11,7 @@ those of :mod:`modelkeep.plugins.mlflow._http`; errors read as MLflow's client's
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -76,11 +77,21 @@ class RestRegistry:
                 raise RegistryError(
                     f"registry {self.uri} did not answer within {client.read_timeout:.0f} s",
                     hint="raise MLFLOW_HTTP_REQUEST_TIMEOUT, or check the server") from None
-            if exc.kind == "tls":
+            if exc.kind == "untrusted":
                 raise RegistryError(
-                    f"registry {self.uri}: its TLS certificate was refused ({exc.detail})",
+                    f"registry {self.uri}: its TLS certificate is not trusted ({exc.detail})",
                     hint="set MLFLOW_TRACKING_SERVER_CERT_PATH to the CA bundle that signed "
                     "it, or MLFLOW_TRACKING_INSECURE_TLS=true to skip the check") from None
+            client_cert = ("if the server asks for a client certificate, set "
+                           "MLFLOW_TRACKING_CLIENT_CERT_PATH to a PEM file with it and its key")
+            if exc.kind == "tls":
+                raise RegistryError(f"registry {self.uri}: the TLS connection failed "
+                                    f"({exc.detail})", hint=client_cert) from None
+            if (exc.kind == "closed" and self._base.startswith("https:")
+                    and not os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH")):
+                # How uvicorn refuses a TLS 1.3 client without the certificate it asks for.
+                raise RegistryError(f"registry {self.uri}: {exc.detail}",
+                                    hint=client_cert) from None
             if exc.kind == "proxy":
                 raise RegistryError(f"registry {self.uri}: the proxy refused it ({exc.detail})",
                                     hint="check https_proxy and no_proxy") from None
