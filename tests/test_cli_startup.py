@@ -280,7 +280,7 @@ def test_the_entry_point_scan_finds_what_importlib_finds(tmp_path: Path,
     assert found["approval"].value == "mk_plugin.approve"
 
 
-@pytest.mark.parametrize("package", ["modelkeep", "modelkeep.store"])
+@pytest.mark.parametrize("package", ["modelkeep", "modelkeep.store", "modelkeep.policy"])
 def test_every_lazily_exported_name_resolves(package: str) -> None:
     """The packages import their names on first use: each one listed resolves, to the object
     its module defines, and an unknown one is an AttributeError."""

@@ -15,16 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelkeep.config import Config
-from modelkeep.ops import aliases as _aliases
-from modelkeep.ops import checkpoints as _checkpoints
-from modelkeep.ops import delete as _delete
-from modelkeep.ops import diff as _diff
-from modelkeep.ops import gc as _gc
-from modelkeep.ops import read as _read
-from modelkeep.ops import register as _register
-from modelkeep.ops import scan as _scan
-from modelkeep.ops import signatures as _signatures
-from modelkeep.ops import sync as _sync
 from modelkeep.policy.rules import Policies
 from modelkeep.stores import Stores
 
@@ -111,40 +101,58 @@ class Keep:
 
     def get(self, ref: str) -> ModelVersion:
         """The version *ref* names (``NAME@3``, ``NAME@alias``, ``NAME@latest`` or ``NAME``)."""
+        from modelkeep.ops import read as _read
+
         return _read.get(self, ref)
 
     def snapshot(self, ref: str) -> Snapshot:
+        from modelkeep.ops import read as _read
+
         return _read.snapshot(self, ref)
 
     def snapshot_at(self, uri: str) -> tuple[Store, Snapshot]:
         """The store and snapshot a ``modelkeep://`` URI names, without asking the registry
         (pointer files carry URIs, and must resolve even where the registry was rebuilt)."""
+        from modelkeep.ops import read as _read
+
         return _read.snapshot_at(self, uri)
 
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of *name*, oldest first."""
+        from modelkeep.ops import read as _read
+
         return _read.versions(self, name)
 
     def version_list(self, name: str, *, limit: int | None = None) -> VersionList:
         """The *limit* newest versions of *name* (every one when None), oldest first, and
         whether older ones were left out; what ``modelkeep list NAME`` and ``log`` show."""
+        from modelkeep.ops import read as _read
+
         return _read.version_list(self, name, limit)
 
     def log(self, name: str, *, limit: int | None = None) -> ModelLog:
         """The model *name*, its *limit* newest versions (every one when None), and every
         alias change and deleted version; what ``modelkeep log`` shows."""
+        from modelkeep.ops import read as _read
+
         return _read.history(self, name, limit)
 
     def models(self) -> list[str]:
+        from modelkeep.ops import read as _read
+
         return _read.models(self)
 
     def model(self, name: str) -> Model:
         """The registered model *name*: its newest version, where each alias points, its
         description and user tags."""
+        from modelkeep.ops import read as _read
+
         return _read.model(self, name)
 
     def model_list(self) -> list[Model]:
         """Every registered model (as :meth:`model`), by name."""
+        from modelkeep.ops import read as _read
+
         return _read.all_models(self)
 
     def register(
@@ -178,6 +186,8 @@ class Keep:
         (else :class:`~modelkeep.errors.VetoError`). *run_id* links the version to the MLflow
         run that produced it.
         """
+        from modelkeep.ops import register as _register
+
         return _register.register(
             self, name, path, parents=parents, tags=tags, aliases=aliases, message=message,
             force=force, progress=progress, sources=sources, lineage=lineage,
@@ -187,6 +197,8 @@ class Keep:
         """The findings of every ``modelkeep_scan_file`` plugin over a registered version's
         files, read through the store (only the chunks a scanner reads are fetched): what a
         register of the same files would get, without trusting the version's tags."""
+        from modelkeep.ops import scan as _scan
+
         return _scan.scan(self, ref)
 
     def set_alias(self, ref: str | ModelVersion, alias: str) -> ModelVersion:
@@ -195,16 +207,22 @@ class Keep:
         *ref* may also be a :class:`ModelVersion` this Keep returned (training retention does
         that): the same checks, journal entry and history, without resolving it again.
         """
+        from modelkeep.ops import aliases as _aliases
+
         return _aliases.set_alias(self, ref, alias)
 
     def alias_refusals(self, ref: str, alias: str) -> list[str]:
         """Every plugin's reason to refuse pointing *alias* at the version *ref* names: exactly
         what :meth:`set_alias` asks, without moving anything (``modelkeep policy check
         --alias``)."""
+        from modelkeep.ops import aliases as _aliases
+
         return _aliases.refusals_of(self, ref, alias)
 
     def delete_alias(self, name: str, alias: str) -> int:
         """Remove *alias* from model *name*; returns the version it pointed at."""
+        from modelkeep.ops import aliases as _aliases
+
         return _aliases.delete_alias(self, name, alias)
 
     def rollback(self, name: str, alias: str, to: int | None = None) -> ModelVersion:
@@ -213,19 +231,27 @@ class Keep:
         Repeated rollbacks walk further back through the alias history
         (:mod:`modelkeep.aliases`); the plugins are asked as for any alias change.
         """
+        from modelkeep.ops import aliases as _aliases
+
         return _aliases.rollback(self, name, alias, to)
 
     def alias_history(self, name: str) -> list[aliases_mod.AliasEvent]:
         """Every recorded change of every alias of *name*, oldest first."""
+        from modelkeep.ops import aliases as _aliases
+
         return _aliases.alias_history(self, name)
 
     def describe(self, target: str, text: str) -> None:
         """Set the description of a version (``NAME@REF``) or of a model (``NAME``); journaled
         first, so a registry rebuild restores it."""
+        from modelkeep.ops import aliases as _aliases
+
         return _aliases.describe(self, target, text)
 
     def description(self, target: str) -> str:
         """The description of a version (``NAME@REF``) or of a model (``NAME``)."""
+        from modelkeep.ops import aliases as _aliases
+
         return _aliases.description(self, target)
 
     def promote(
@@ -247,11 +273,15 @@ class Keep:
         asked as for ``register``; when the newest version of *to_name* already has identical
         content, that version is returned (``reused=True``) unless *force*.
         """
+        from modelkeep.ops import register as _register
+
         return _register.promote(self, ref, to_name, aliases=aliases, message=message, force=force)
 
     def open_store(self, store: str) -> Store:
         """A store by its name in ``[stores.NAME]``, or by URL; a URL on the default store's
         backend gets the default store's options. Plugins' storage options apply as usual."""
+        from modelkeep.ops import sync as _sync
+
         return _sync.open_store(self, store)
 
     def sync(
@@ -271,11 +301,15 @@ class Keep:
         whichever store each lives in; default: every version of every model that lives in this
         Keep's store. Versions already in *to* are counted as present.
         """
+        from modelkeep.ops import sync as _sync
+
         return _sync.sync(self, to, refs, dry_run=dry_run, workers=workers, progress=progress)
 
     def sync_size(self, to: str | Store, refs: Sequence[str] | None = None) -> int:
         """Bytes :meth:`sync` will report progress for: the distinct chunks of the versions
         that *to* does not hold yet (for a progress bar)."""
+        from modelkeep.ops import sync as _sync
+
         return _sync.sync_size(self, to, refs)
 
     def gc(
@@ -291,6 +325,8 @@ class Keep:
         entry, then snapshot), so that their chunks become unreferenced; in a dry run their
         snapshots are passed as ``ignore_snapshots`` instead, so the report shows what they
         would free. The report's ``deleted_snapshots`` lists them."""
+        from modelkeep.ops import gc as _gc
+
         return _gc.gc(self, grace=grace, dry_run=dry_run, progress=progress)
 
     def delete_version(self, ref: str) -> DeletedVersion:
@@ -302,6 +338,8 @@ class Keep:
         alias hooks and recorded in the alias history like ``modelkeep alias --delete``. The
         chunks only this version used stay until the store's garbage collection sweeps them.
         """
+        from modelkeep.ops import delete as _delete
+
         return _delete.delete_version(self, ref)
 
     def delete(
@@ -317,11 +355,15 @@ class Keep:
         passed (a false answer deletes nothing). The report says what a garbage collection
         will reclaim; each deletion is recorded in the model's history (:meth:`deletions`).
         The registered model stays, with its alias and deletion histories."""
+        from modelkeep.ops import delete as _delete
+
         return _delete.delete(self, target, all_versions=all_versions, confirm=confirm)
 
     def deletions(self, name: str) -> list[DeletionEvent]:
         """The deleted versions of model *name* (version, time, user, snapshot), oldest
         first."""
+        from modelkeep.ops import delete as _delete
+
         return _delete.history(self, name)
 
     def rebuild_registry(self, *, dry_run: bool = False) -> RebuildReport:
@@ -352,11 +394,15 @@ class Keep:
         For every-N / best-metric policies, skipping under load, and retention use
         :func:`modelkeep.track`.
         """
+        from modelkeep.ops import checkpoints as _checkpoints
+
         return _checkpoints.checkpoint(self, name, path, step=step, metrics=metrics, tags=tags)
 
     def flush(self, timeout: float | None = None) -> list[ModelVersion]:
         """Wait for every checkpoint :meth:`checkpoint` queued; raise
         :class:`~modelkeep.errors.CheckpointError` if any was not registered."""
+        from modelkeep.ops import checkpoints as _checkpoints
+
         return _checkpoints.flush(self, timeout)
 
     def pull(
@@ -415,6 +461,8 @@ class Keep:
 
     def open_file(self, ref: str, path: str) -> SnapshotFile:
         """A seekable, read-only binary stream of one file that fetches only the chunks read."""
+        from modelkeep.ops import read as _read
+
         return _read.open_file(self, ref, path)
 
     def diff(self, ref_a: str, ref_b: str, *, content: bool = True) -> Diff:
@@ -423,6 +471,8 @@ class Keep:
         (the default), also a unified diff of each changed text file up to 1 MiB and the
         largest absolute difference of each changed tensor of unchanged dtype and shape, read
         in bounded blocks; without it only the two snapshots are read."""
+        from modelkeep.ops import diff as _diff
+
         return _diff.diff(self, ref_a, ref_b, content=content)
 
     def du(self, name: str | None = None) -> StoreUsage:
@@ -437,6 +487,8 @@ class Keep:
 
     def verify(self, ref: str | None = None, progress: Progress | None = None) -> VerifyReport:
         """Fetch and check every chunk of one version, or of every snapshot in the store."""
+        from modelkeep.ops import read as _read
+
         return _read.verify(self, ref, progress)
 
     def repair(self, source: str | None = None) -> RepairResult:
@@ -451,11 +503,15 @@ class Keep:
 
     def signer(self) -> Signer | None:
         """The loaded signing key, or None when this Keep does not sign."""
+        from modelkeep.ops import signatures as _signatures
+
         return _signatures.signer(self)
 
     def trusted_keys(self, extra: Iterable[str | os.PathLike[str]] = ()) -> set[str]:
         """Ids of the trusted public keys: *extra* (files or key ids), ``MODELKEEP_TRUSTED_KEYS``
         and the signing key's own public key."""
+        from modelkeep.ops import signatures as _signatures
+
         return _signatures.trusted_keys(self, extra)
 
     def signature_status(
@@ -464,4 +520,6 @@ class Keep:
         """Whether version *ref* carries a good signature by a trusted key: ``valid``,
         ``untrusted``, ``invalid`` or ``missing`` with the key id (:mod:`modelkeep.signing`).
         *trusted_keys* are public key files or key ids, added to :meth:`trusted_keys`."""
+        from modelkeep.ops import signatures as _signatures
+
         return _signatures.signature_status(self, ref, trusted_keys)

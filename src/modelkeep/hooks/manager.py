@@ -17,16 +17,20 @@ silent no-op, because a missing plugin may be a missing veto.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from dataclasses import dataclass
-from importlib import import_module, metadata
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from modelkeep.errors import PluginError
 from modelkeep.hooks import specs
 from modelkeep.hooks._markers import PROJECT
+
+if TYPE_CHECKING:
+    from importlib import metadata
 
 ENTRY_POINT_GROUP = "modelkeep"
 ENV = "MODELKEEP_PLUGINS"
@@ -138,14 +142,39 @@ def _installed_entry_points() -> dict[str, metadata.EntryPoint]:
     """The ``modelkeep`` entry points of the installed distributions, by name.
 
     ``metadata.entry_points(group=...)`` parses every entry point of every distribution (a
-    few hundred in an environment with MLflow or DVC), every command; a distribution names the
-    group only in a ``[modelkeep]`` line of its entry_points.txt, so the files are read first and
-    parsed only when one has it (usually none do)."""
-    header = f"[{ENTRY_POINT_GROUP}]"
-    if not any(header in (dist.read_text("entry_points.txt") or "")
-               for dist in metadata.distributions()):
+    few hundred in an environment with MLflow or DVC), every command, and importing
+    ``importlib.metadata`` alone costs about 14 ms; a distribution names the group only in a
+    ``[modelkeep]`` line of its entry_points.txt, so the files are read first
+    (:func:`_names_the_group`) and importlib asked only when one has it (usually none do)."""
+    if not _names_the_group(f"[{ENTRY_POINT_GROUP}]"):
         return {}
+    from importlib import metadata
+
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _names_the_group(header: str) -> bool:
+    """Whether an entry_points.txt of a distribution on ``sys.path`` (its ``*.dist-info`` and
+    ``*.egg-info`` folders, where importlib finds them) contains *header*; True for a path entry
+    that is a file (a zip or an egg), which importlib reads itself."""
+    for entry in sys.path:
+        folder = entry or "."
+        try:
+            with os.scandir(folder) as found:
+                infos = [e.path for e in found if e.name.endswith((".dist-info", ".egg-info"))]
+        except NotADirectoryError:
+            return True
+        except OSError:
+            continue  # not there (a missing zip of the standard library, say)
+        for info in infos:
+            try:
+                with open(os.path.join(info, "entry_points.txt"), encoding="utf-8",
+                          errors="replace") as f:
+                    if header in f.read():
+                        return True
+            except OSError:
+                continue
+    return False
 
 
 def _load_entry_points(pm: PluginManager, allowed: set[str] | None, blocked: set[str]) -> None:

@@ -43,8 +43,6 @@ registered version again, reading its files through the store.
 from __future__ import annotations
 
 import io
-import pickletools
-import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -245,6 +243,8 @@ def _pop_mark(stack: list[Any]) -> None:
 
 def _walk(stream: io.BytesIO, budget: _Budget, result: ScanResult) -> None:
     """Replay the stack effects of one pickle's opcodes up to its STOP, recording imports."""
+    import pickletools  # with zipfile, loaded by a scan, not by every command's plugins
+
     stack: list[Any] = []
     memo: dict[int, Any] = {}
     try:
@@ -411,6 +411,8 @@ def scan_file(path: str, opener: Callable[[], BinaryIO]) -> ScanResult:
 
 
 def _scan_zip(f: BinaryIO, result: ScanResult, named: bool) -> None:
+    import zipfile
+
     try:
         f.seek(0)
         archive = zipfile.ZipFile(f)

@@ -17,25 +17,55 @@ handed; nothing here imports MLflow or a backend. See docs/policies.md.
 
 from __future__ import annotations
 
-from modelkeep.policy.check import Check, check
-from modelkeep.policy.engine import Decision, decide, detect_format, refusal
-from modelkeep.policy.retention import (
-    RetentionItem,
-    RetentionReport,
-    apply_retention,
-    retention_plan,
-)
-from modelkeep.policy.rules import (
-    PICKLE_MODES,
-    Condition,
-    Gate,
-    Policies,
-    Policy,
-    Setting,
-    parse_condition,
-    parse_policies,
-    parse_size,
-)
+from typing import TYPE_CHECKING
+
+from modelkeep._lazy import exports
+
+# The names are imported on first use: the policy plugin and every Keep read the rules, and a
+# command that checks nothing should not load the engine, the format sniffing and retention.
+if TYPE_CHECKING:
+    from modelkeep.policy.check import Check, check
+    from modelkeep.policy.engine import Decision, decide, detect_format, refusal
+    from modelkeep.policy.retention import (
+        RetentionItem,
+        RetentionReport,
+        apply_retention,
+        retention_plan,
+    )
+    from modelkeep.policy.rules import (
+        PICKLE_MODES,
+        Condition,
+        Gate,
+        Policies,
+        Policy,
+        Setting,
+        parse_condition,
+        parse_policies,
+        parse_size,
+    )
+
+_WHERE = {
+    "Check": "modelkeep.policy.check",
+    "check": "modelkeep.policy.check",
+    "Decision": "modelkeep.policy.engine",
+    "decide": "modelkeep.policy.engine",
+    "detect_format": "modelkeep.policy.engine",
+    "refusal": "modelkeep.policy.engine",
+    "RetentionItem": "modelkeep.policy.retention",
+    "RetentionReport": "modelkeep.policy.retention",
+    "apply_retention": "modelkeep.policy.retention",
+    "retention_plan": "modelkeep.policy.retention",
+    "PICKLE_MODES": "modelkeep.policy.rules",
+    "Condition": "modelkeep.policy.rules",
+    "Gate": "modelkeep.policy.rules",
+    "Policies": "modelkeep.policy.rules",
+    "Policy": "modelkeep.policy.rules",
+    "Setting": "modelkeep.policy.rules",
+    "parse_condition": "modelkeep.policy.rules",
+    "parse_policies": "modelkeep.policy.rules",
+    "parse_size": "modelkeep.policy.rules",
+}
+__getattr__ = exports(__name__, _WHERE, globals())
 
 __all__ = [
     "PICKLE_MODES",

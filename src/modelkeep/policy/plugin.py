@@ -19,8 +19,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from modelkeep.hooks._markers import hookimpl
-from modelkeep.policy.check import content_store, file_formats, needs_scan, signed_state
-from modelkeep.policy.engine import decide, refusal
 
 if TYPE_CHECKING:
     from modelkeep.hooks._types import Finding
@@ -30,7 +28,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelkeep.policy")
 
+# The engine and the checks are imported by the hooks, when a policy applies: most commands
+# never ask them, and every command registers this plugin.
+
+
 def _refusal(name: str, decisions: Sequence[Decision]) -> str | None:
+    from modelkeep.policy.engine import refusal
+
     for d in decisions:
         if d.warning:
             log.warning("warning: %s: policy %s: %s", name, d.rule, d.reason)
@@ -44,6 +48,9 @@ def modelkeep_validate_version(
     policy = keep.policies.for_name(name)
     if not policy.applies:
         return None
+    from modelkeep.policy.check import content_store, file_formats
+    from modelkeep.policy.engine import decide
+
     formats = None
     if policy.formats is not None:
         formats = file_formats(content_store(keep, snapshot), snapshot)
@@ -61,6 +68,9 @@ def modelkeep_before_alias_change(
     policy = keep.policies.for_name(name)
     if policy.gate(alias) is None:
         return None
+    from modelkeep.policy.check import needs_scan, signed_state
+    from modelkeep.policy.engine import decide
+
     if not needs_scan(policy, alias):
         findings = None
     elif version is not None:

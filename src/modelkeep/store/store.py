@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -42,19 +41,9 @@ from modelkeep.errors import (
     StoreError,
     StoreKeyError,
 )
-from modelkeep.store import filestate, tensormap
-from modelkeep.store import gc as gc_mod
-from modelkeep.store import journal as journal_mod
 from modelkeep.store.cache import KnownChunks
 from modelkeep.store.codec import Kind
-from modelkeep.store.filestate import FileStates
-from modelkeep.store.gc import ChunksCollectedError
 from modelkeep.store.hashing import content_id, is_id
-from modelkeep.store.ingest import (
-    Ingestor,
-    ParentBases,
-    rewrite_chunks,
-)
 from modelkeep.store.location import (
     location_from_locator,
     parse_location,
@@ -69,10 +58,13 @@ from modelkeep.store.uri import (
     SHORT_ID_MIN,
     utc_now,
 )
-from modelkeep.store.verify import Problem, verify_snapshots
 
+# Writing (ingest, garbage collection, the journal, file states) and checking (verify, tensor
+# maps) are imported by the methods that do them: a command that only reads the registry and a
+# snapshot does not load them.
 if TYPE_CHECKING:
     from modelkeep.store.crypto import Candidate, ObjectCipher
+    from modelkeep.store.filestate import FileStates
     from modelkeep.store.gc import GcMark, GcReport
     from modelkeep.store.ingest import (
         IngestStats,
@@ -418,6 +410,8 @@ class Store:
                                  "unencrypted objects", hint="choose an empty location")
         if self.location.is_local:
             os.makedirs(self.location.root, exist_ok=True)
+        import secrets
+
         store_id = secrets.token_hex(16)
         path = wrap_path(self.db.root, kek_id(kek))
         if not self.db.put_raw_once(path, wrap_keys(kek, store_id, new_key(), new_key(),
@@ -513,6 +507,8 @@ class Store:
     ) -> tuple[tuple[FileEntry, ...], IngestStats]:
         """Store the chunks of *sources*; returns their file entries and what was added. A
         tensor chunk that differs from the same chunk of *parent* may be stored as a delta."""
+        from modelkeep.store.ingest import Ingestor, ParentBases
+
         self.ensure_initialized()
         # Read before any chunk is looked at: see the commit check in save_snapshot.
         mark = self.gc_mark()
@@ -530,6 +526,8 @@ class Store:
         every chunk is checked and hidden ones are restored, and if one is gone the snapshot
         is removed again and :class:`~modelkeep.store.gc.ChunksCollectedError` raised.
         """
+        from modelkeep.store.gc import ChunksCollectedError
+
         self.ensure_initialized()
         payload = snapshot.encode()
         sid = self.db.object_id(payload)
@@ -551,11 +549,15 @@ class Store:
 
     def gc_mark(self) -> GcMark:
         """The store's garbage-collection state, for a writer about to look at chunks."""
+        from modelkeep.store import gc as gc_mod
+
         return gc_mod.read_mark(self.db)
 
     def settle(self, chunk_ids: list[str], since: GcMark | None) -> None:
         """The commit check of a writer that has just written a snapshot or manifest using
         *chunk_ids* (see :func:`modelkeep.store.gc.settle`)."""
+        from modelkeep.store import gc as gc_mod
+
         gc_mod.settle(self.db, chunk_ids, since)
 
     def known_for(self, mark: GcMark) -> KnownChunks | None:
@@ -575,7 +577,9 @@ class Store:
     def file_states(self, mark: GcMark) -> FileStates | None:
         """The cache of files this store holds unchanged (:mod:`.filestate`); none while a
         collection runs, or when ``MODELKEEP_FILE_STATES=off``."""
-        if not mark.settled or not filestate.enabled():
+        from modelkeep.store.filestate import FileStates, enabled
+
+        if not mark.settled or not enabled():
             return None
         # The id of no bytes tells the id scheme apart (an encrypted store's ids are keyed).
         return FileStates(f"{self._cache_key()}#{self.db.object_id(b'')[:16]}")
@@ -597,12 +601,16 @@ class Store:
         *grace*, in two phases (hidden by one run, deleted by a later one), safe while other
         processes write (docs/format.md §13). In a dry run, *ignore_snapshots* count as
         deleted."""
+        from modelkeep.store import gc as gc_mod
+
         return gc_mod.collect(self, grace, dry_run=dry_run, progress=progress,
                               ignore_snapshots=ignore_snapshots)
 
     def reclaimable(self, chunk_ids: Collection[str]) -> tuple[int, int]:
         """``(chunks, bytes)`` of *chunk_ids* that no snapshot or run manifest uses any more:
         what a garbage collection would reclaim of them (:func:`modelkeep.store.gc.reclaimable`)."""
+        from modelkeep.store import gc as gc_mod
+
         return gc_mod.reclaimable(self, chunk_ids)
 
     def sync_to(
@@ -629,6 +637,8 @@ class Store:
     def journal_append(self, name: str, op: str, data: Mapping[str, Any], *,
                        author: str) -> JournalEntry:
         """Record a catalogue change of model *name* (before the registry makes it)."""
+        from modelkeep.store import journal as journal_mod
+
         self.ensure_initialized()
         return journal_mod.write(self.db, name, op, data, author=author)
 
@@ -636,6 +646,8 @@ class Store:
 
     def journal(self) -> tuple[list[JournalEntry], list[tuple[str, str]]]:
         """Every journal entry in replay order, and ``(id, reason)`` of unusable ones."""
+        from modelkeep.store import journal as journal_mod
+
         return journal_mod.read_all(self.db)
 
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
@@ -697,6 +709,8 @@ class Store:
         """The tensors of a safetensors file of a snapshot (None for any other file), read from
         its stored header when the snapshot does not list them; with *digests*, each tensor that
         shares its chunk carries the id of its own bytes (see :mod:`.tensormap`)."""
+        from modelkeep.store import tensormap
+
         return tensormap.tensors(self.db, entry, digests=digests)
 
     # -- signatures (their format and trust are modelkeep.signing's) ------------------------
@@ -741,6 +755,8 @@ class Store:
 
         A location that holds no store is an error, never an empty "ok": a mistyped path must not
         make a check pass."""
+        from modelkeep.store.verify import Problem, verify_snapshots
+
         if self._descriptor() is None:
             raise NotFoundError(f"there is no modelkeep store at {self.url}",
                                 hint=Hint("check {store}; `modelkeep init` creates a store",
@@ -806,6 +822,8 @@ class Store:
                 report.rewritten.append(cid)
             wanted -= set(report.rewritten)
         if sources and wanted:
+            from modelkeep.store.ingest import rewrite_chunks
+
             written = rewrite_chunks(self.db, sources, wanted)
             report.rewritten += sorted(written)
             wanted -= written
