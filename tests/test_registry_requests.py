@@ -274,3 +274,31 @@ def test_the_optional_reads_equal_the_plain_ones(registry_uri: tuple[str, str]) 
     assert [(rv.version, rv.tags) for rv in found] == [(4, {"t": "0000"})]  # nothing else read
     with pytest.raises(NotFoundError):
         reg.versions_by_snapshot(unique_name(), "ab")  # type: ignore[attr-defined]
+    # Every model with its newest version, in one search where the registry has it.
+    model_list = getattr(reg, "model_list", None)
+    if model_list is not None:
+        empty = unique_name()
+        reg.create_model(empty)
+        reg.delete_version(name, 6)  # the newest: the model's newest is now 5
+        listed = model_list()
+        assert [m.name for m, _n in listed] == reg.models()
+        by_name = dict((m.name, (m, n)) for m, n in listed)
+        for model in (name, empty):
+            newest = reg.latest_without_aliases(model)  # type: ignore[attr-defined]
+            assert by_name[model] == (reg.get_model(model), newest.version if newest else None)
+        assert by_name[name][1] == 5 and by_name[empty][1] is None
+
+
+def test_list_asks_one_search_however_many_models(
+        tmp_path: Path, mlflow_server: Any, proxy: FaultProxy) -> None:
+    keep = _keep(tmp_path, proxy.url)
+    names = [unique_name() for _ in range(3)]
+    for i, name in enumerate(names):
+        keep.register(name, write_model(tmp_path / f"m{i}", tensors(seed=i, n=1)),
+                      aliases=["prod"] if i == 1 else ())
+    proxy.set()
+    listed = {m.name: m for m in keep.model_list()}
+    assert _asked(proxy) == ["GET registered-models/search"]
+    for name in names:
+        assert listed[name] == keep.model(name)
+    assert listed[names[1]].aliases == {"prod": 1} and listed[names[0]].latest == 1

@@ -42,7 +42,7 @@ class RegistryModel:
 class Registry(Protocol):
     """What modelkeep needs from a model catalogue.
 
-    Six methods are optional. ``newest_versions(name, limit) -> tuple[list[RegistryVersion],
+    Seven methods are optional. ``newest_versions(name, limit) -> tuple[list[RegistryVersion],
     bool]``: the *limit* highest-numbered versions of *name*, oldest first, with their aliases,
     and whether older ones exist; NotFoundError for an unknown model. ``list NAME`` and ``log``
     show a model's newest versions by default; a registry that pages from the newest answers
@@ -68,6 +68,9 @@ class Registry(Protocol):
     aliases (more may be returned: the caller checks each source); NotFoundError for an unknown
     model. ``NAME@9f2c41ab`` resolves through it in one search instead of reading every
     version, which without it is what happens.
+    ``model_list() -> list[tuple[RegistryModel, int | None]]``: every model, by name, with the
+    number of its newest version (None: it has none), in one search where the registry allows
+    (``modelkeep list``); without it each model is asked for both.
     """
 
     uri: str

@@ -150,7 +150,11 @@ def _model_of(rm: RegistryModel, latest: int | None) -> Model:
 
 
 def all_models(keep: Keep) -> list[Model]:
-    """Every registered model, by name."""
+    """Every registered model, by name: in one search where the registry lists each model with
+    its newest version (``model_list``), else model by model."""
+    model_list = getattr(keep.registry, "model_list", None)
+    if model_list is not None:
+        return [_model_of(rm, latest) for rm, latest in model_list()]
 
     def one(name: str) -> Model | None:
         try:

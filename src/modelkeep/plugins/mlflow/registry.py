@@ -285,9 +285,30 @@ class MlflowRegistry:
                     break
         return sorted(names)
 
+    def model_list(self) -> list[tuple[RegistryModel, int | None]]:
+        """Every model, by name, with the number of its newest version: the search's latest
+        versions (the newest per stage; the newest of those is the newest), in one paged
+        search."""
+        out: list[tuple[RegistryModel, int | None]] = []
+        token = None
+        with self._errors("listing models"):
+            while True:
+                page = self._client.search_registered_models(max_results=1000, page_token=token)
+                for model in page:
+                    newest = [int(v.version) for v in model.latest_versions or ()]
+                    out.append((self._model(model), max(newest) if newest else None))
+                token = page.token
+                if not token:
+                    break
+        return sorted(out, key=lambda pair: pair[0].name)
+
     def get_model(self, name: str) -> RegistryModel:
         with self._errors(f"model {name!r}"):
             model = self._client.get_registered_model(name)
+        return self._model(model)
+
+    @staticmethod
+    def _model(model: Any) -> RegistryModel:
         return RegistryModel(
             name=model.name,
             description=model.description or "",

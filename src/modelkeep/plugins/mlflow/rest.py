@@ -292,21 +292,48 @@ class RestRegistry:
                 description=rv.description, run_id=rv.run_id))
         return out
 
-    def models(self) -> list[str]:
-        names: list[str] = []
+    def _raw_models(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
         token = None
         while True:
             body: dict[str, Any] = {"max_results": _PAGE}
             if token:
                 body["page_token"] = token
             page = self._do("listing models", "GET", "registered-models/search", body)
-            names.extend(m["name"] for m in page.get("registered_models") or ())
+            found.extend(page.get("registered_models") or ())
             token = page.get("next_page_token")
             if not token:
-                return sorted(names)
+                return sorted(found, key=lambda m: str(m["name"]))
+
+    def models(self) -> list[str]:
+        return [str(m["name"]) for m in self._raw_models()]
+
+    def model_list(self) -> list[tuple[RegistryModel, int | None]]:
+        """Every model, by name, with the number of its newest version: the search's
+        ``latest_versions`` (the newest per stage; the newest of those is the newest). A model
+        without versions is listed without them; only when no model has them (a server that
+        leaves the field out, or no versions anywhere) is each model asked."""
+        raws = self._raw_models()
+        sent = any(raw.get("latest_versions") for raw in raws)
+        out: list[tuple[RegistryModel, int | None]] = []
+        for raw in raws:
+            name = str(raw["name"])
+            newest: int | None = max(
+                (int(v["version"]) for v in raw.get("latest_versions") or ()), default=None)
+            if not sent:
+                try:
+                    latest = self.latest_without_aliases(name)
+                except NotFoundError:
+                    continue  # deleted meanwhile
+                newest = latest.version if latest else None
+            out.append((self._model(raw, name), newest))
+        return out
 
     def get_model(self, name: str) -> RegistryModel:
-        model = self._raw_model(name)
+        return self._model(self._raw_model(name), name)
+
+    @staticmethod
+    def _model(model: Mapping[str, Any], name: str) -> RegistryModel:
         return RegistryModel(
             name=str(model.get("name", name)),
             description=str(model.get("description") or ""),
