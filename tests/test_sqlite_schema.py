@@ -155,3 +155,15 @@ def test_a_folder_that_cannot_be_made_is_one_error(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match=r"cannot be created") as error:
         sqlite_schema.create(blocker / "reg" / "mlflow.db")
     assert "writable" in str(error.value.hint)
+
+
+def test_a_killed_creators_temp_files_are_removed_by_the_next(tmp_path: Path) -> None:
+    """A creator killed while building leaves its temp file (and journal) beside the registry;
+    the next one, holding the folder's lock, removes them, and nothing else beside."""
+    db = tmp_path / "mlflow.db"
+    (tmp_path / ".mlflow.db.4242-0a1b2c3d.tmp").write_bytes(b"half built")
+    (tmp_path / ".mlflow.db.4242-0a1b2c3d.tmp-journal").write_bytes(b"journal")
+    (tmp_path / "notes.txt").write_text("kept")
+    assert sqlite_schema.create(db)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "notes.txt"]
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM registered_models").fetchone() == (0,)

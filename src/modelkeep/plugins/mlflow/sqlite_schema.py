@@ -15,6 +15,7 @@ MLflow workspaces or a server's artifact root in the environment, Windows) is le
 from __future__ import annotations
 
 import functools
+import glob
 import importlib.util
 import os
 import re
@@ -141,6 +142,9 @@ def create(path: Path) -> bool:
 
 def _create(path: Path, script: str) -> None:
     with folder_lock(path.parent):
+        # Under the lock no other creator is building: a temp file here is a killed one's.
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
+            stale.unlink(missing_ok=True)
         if path.exists():
             return  # another writer made it while this one waited for the lock
         temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
