@@ -313,3 +313,38 @@ def test_read_commands_against_a_server_load_no_http_library(mlflow_server: Any,
             assert proc.stdout.split("\nloaded:")[0].strip(), f"{mode + args} printed nothing"
             loaded = proc.stdout.rstrip("\n").rsplit("loaded:", 1)[1]
             assert loaded == "", f"{mode + args} loaded {loaded}"
+
+
+_THREAD_PROBE = (
+    "import sys, threading\n"
+    "seen = {}\n"
+    "class Watch:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'rich.console':\n"
+    "            seen.setdefault(name, threading.current_thread().name)\n"
+    "sys.meta_path.insert(0, Watch())\n"
+    "from modelkeep.cli.main import main\n"
+    "try:\n"
+    "    rc = main(sys.argv[1:])\n"
+    "finally:\n"
+    "    print('\\nrich imported in: ' + seen.get('rich.console', '-'))\n"
+    "sys.exit(rc)\n"
+)
+
+
+def test_rich_is_imported_while_the_server_answers(mlflow_server: Any, tmp_path: Path) -> None:
+    """A read command that prints for a person imports rich in the time it waits for the
+    server (modelkeep._waiting), not after; with --json it never imports it."""
+    name = unique_name()
+    keep = modelkeep.open(store=str(tmp_path / "store"), registry=mlflow_server.url,
+                          plugins=make_plugin_manager(entry_points=False))
+    keep.register(name, write_model(tmp_path / "m", tensors(seed=6, n=2)), aliases=["prod"])
+    for mode, expected in (([], "modelkeep-meanwhile"), (["--json"], "-")):
+        for args in (["list"], ["list", name], ["log", name], ["show", f"{name}@prod"]):
+            proc = subprocess.run(
+                [sys.executable, "-c", _THREAD_PROBE, "--store", str(tmp_path / "store"),
+                 "--registry", mlflow_server.url, *mode, *args],
+                cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr
+            where = proc.stdout.rstrip("\n").rsplit("rich imported in: ", 1)[1]
+            assert where == expected, f"{mode + args}: {where}"

@@ -302,3 +302,22 @@ def test_list_asks_one_search_however_many_models(
     for name in names:
         assert listed[name] == keep.model(name)
     assert listed[names[1]].aliases == {"prod": 1} and listed[names[0]].latest == 1
+
+
+def test_log_reads_the_model_once_beside_its_newest_versions(
+        tmp_path: Path, mlflow_server: Any, proxy: FaultProxy) -> None:
+    keep = _keep(tmp_path, proxy.url)
+    name = unique_name()
+    for i in range(3):
+        keep.register(name, write_model(tmp_path / f"m{i}", tensors(seed=i, n=1)))
+    keep.set_alias(f"{name}@2", "prod")
+    proxy.set()
+    history = keep.log(name, limit=2)
+    assert sorted(_asked(proxy)) == ["GET model-versions/search", "GET registered-models/get"]
+    assert [v.version for v in history.versions.versions] == [2, 3]
+    assert history.versions.truncated and history.model.latest == 3
+    assert history.model.aliases == {"prod": 2}
+    assert [e.alias for e in history.alias_history] == ["prod"]
+    reg = RestRegistry(mlflow_server.url)
+    model, found, truncated = reg.model_with_newest(name, 2)
+    assert (model, found, truncated) == (reg.get_model(name), *reg.newest_versions(name, 2))

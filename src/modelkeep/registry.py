@@ -42,7 +42,7 @@ class RegistryModel:
 class Registry(Protocol):
     """What modelkeep needs from a model catalogue.
 
-    Seven methods are optional. ``newest_versions(name, limit) -> tuple[list[RegistryVersion],
+    Eight methods are optional. ``newest_versions(name, limit) -> tuple[list[RegistryVersion],
     bool]``: the *limit* highest-numbered versions of *name*, oldest first, with their aliases,
     and whether older ones exist; NotFoundError for an unknown model. ``list NAME`` and ``log``
     show a model's newest versions by default; a registry that pages from the newest answers
@@ -71,6 +71,9 @@ class Registry(Protocol):
     ``model_list() -> list[tuple[RegistryModel, int | None]]``: every model, by name, with the
     number of its newest version (None: it has none), in one search where the registry allows
     (``modelkeep list``); without it each model is asked for both.
+    ``model_with_newest(name, limit) -> tuple[RegistryModel, list[RegistryVersion], bool]``:
+    the model and :meth:`newest_versions` together, where both come from the same requests
+    (``modelkeep log``); without it the model is asked beside the versions.
     """
 
     uri: str

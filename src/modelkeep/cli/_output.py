@@ -54,6 +54,14 @@ class Output:
         else:
             self.console.print(text, highlight=False, markup=markup)
 
+    def prefetch(self) -> None:
+        """For a command about to ask the registry and then print for a person: rich is
+        imported while the command waits for a server's answer (:mod:`modelkeep._waiting`)."""
+        if not (self.json or self.quiet):
+            from modelkeep._waiting import meanwhile
+
+            meanwhile(_import_rich)
+
     def emit(self, data: Any, human: Callable[[], None]) -> None:
         """Print *data* as JSON with --json, otherwise call *human* (unless -q)."""
         if self.json:
@@ -125,6 +133,11 @@ class Output:
         finally:
             if state["bar"] is not None:
                 state["bar"].stop()
+
+
+def _import_rich() -> None:
+    import rich.console
+    import rich.table  # noqa: F401
 
 
 def _as_is(text: str) -> bool:

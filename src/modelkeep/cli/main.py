@@ -317,6 +317,7 @@ def list_(
 ) -> None:
     """List models, or the newest versions of one model (--all: every version)."""
     st = _state(ctx)
+    st.out.prefetch()
     keep = st.keep()
     if name is None:
         if limit is not None or every:
@@ -370,6 +371,7 @@ def show(
     from modelkeep.ops.read import tensor_counts
 
     st = _state(ctx)
+    st.out.prefetch()
     keep = st.keep()
     mv = keep.get(ref)
     counts = tensor_counts(keep, mv)  # files whose tensor map is their stored header
@@ -453,6 +455,7 @@ def log(
     from modelkeep.catalog.deletions import DeletionEvent
 
     st = _state(ctx)
+    st.out.prefetch()
     history = st.keep().log(name, limit=_version_limit(limit, every))
     listing = history.versions
     versions = list(reversed(listing.versions))

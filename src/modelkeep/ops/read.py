@@ -72,12 +72,16 @@ def versions(keep: Keep, name: str) -> list[ModelVersion]:
     return list(version_list(keep, name).versions)
 
 
-def _newest(keep: Keep, name: str, limit: int | None) -> tuple[list[RegistryVersion], bool]:
-    """The registry's *limit* newest versions of *name* (every one when None), oldest first,
-    and whether older ones exist."""
+def _check_limit(limit: int | None) -> None:
     if limit is not None and limit < 1:
         raise InvalidInputError(f"invalid limit {limit}: it must be at least 1",
                                 hint=Hint("pass {all} for every version", all=ALL_VERSIONS))
+
+
+def _newest(keep: Keep, name: str, limit: int | None) -> tuple[list[RegistryVersion], bool]:
+    """The registry's *limit* newest versions of *name* (every one when None), oldest first,
+    and whether older ones exist."""
+    _check_limit(limit)
     newest = getattr(keep.registry, "newest_versions", None)
     if limit is None:
         return keep.registry.versions(name), False
@@ -117,13 +121,18 @@ def version_list(keep: Keep, name: str, limit: int | None = None) -> VersionList
 def history(keep: Keep, name: str, limit: int | None = None) -> ModelLog:
     """The model *name*, its *limit* newest versions (every one when None), its alias changes
     and deleted versions: the model is read once (aliases, description and both histories are
-    on it), beside the versions, and its newest version is the newest listed, so a server is
-    asked three requests, not seven."""
+    on it), beside the versions (in one call where the registry has ``model_with_newest``), and
+    its newest version is the newest listed, so a server is asked two requests, not seven."""
     validate_name(name)
-    with ThreadPoolExecutor(1, thread_name_prefix="modelkeep-log") as pool:
-        asked = pool.submit(keep.registry.get_model, name)
-        found, truncated = _newest(keep, name, limit)
-        rm = asked.result()
+    _check_limit(limit)
+    both = getattr(keep.registry, "model_with_newest", None)
+    if both is not None and limit is not None:
+        rm, found, truncated = both(name, limit)
+    else:
+        with ThreadPoolExecutor(1, thread_name_prefix="modelkeep-log") as pool:
+            asked = pool.submit(keep.registry.get_model, name)
+            found, truncated = _newest(keep, name, limit)
+            rm = asked.result()
     listing = _loaded(keep, name, found, truncated, limit)
     return ModelLog(model=_model_of(rm, found[-1].version if found else None),
                     versions=listing,

@@ -48,9 +48,7 @@ from modelkeep.store.location import (
     location_from_locator,
     parse_location,
 )
-from modelkeep.store.materialize import SnapshotFile, materialize
 from modelkeep.store.objects import MAX_DESCRIPTOR, ObjectDB
-from modelkeep.store.runs import RunArtifacts
 from modelkeep.store.snapshot import parse
 from modelkeep.store.uri import (
     MAX_URI,
@@ -74,8 +72,9 @@ if TYPE_CHECKING:
     from modelkeep.store.location import (
         Location,
     )
-    from modelkeep.store.materialize import Place
+    from modelkeep.store.materialize import Place, SnapshotFile
     from modelkeep.store.readcache import Fetched
+    from modelkeep.store.runs import RunArtifacts
     from modelkeep.store.safetensors import Tensor
     from modelkeep.store.snapshot import FileEntry, Snapshot
     from modelkeep.store.sync import SyncReport
@@ -205,6 +204,8 @@ class Store:
 
     def runs(self, prefix: str = "") -> RunArtifacts:
         """The run artifacts stored under *prefix*."""
+        from modelkeep.store.runs import RunArtifacts
+
         return RunArtifacts(self, prefix)
 
     # -- descriptor ------------------------------------------------------------------------
@@ -703,6 +704,8 @@ class Store:
 
     def open_entry(self, entry: FileEntry) -> SnapshotFile:
         """A seekable, read-only stream of one file of a snapshot, fetching only what is read."""
+        from modelkeep.store.materialize import SnapshotFile
+
         return SnapshotFile(self.db, entry)
 
     def tensor_map(self, entry: FileEntry, *, digests: bool = False) -> tuple[Tensor, ...] | None:
@@ -736,6 +739,8 @@ class Store:
         progress: Progress | None = None,
         place: Place | None = None,
     ) -> Path:
+        from modelkeep.store.materialize import materialize
+
         return materialize(self.db, snapshot, dest, overwrite=overwrite, progress=progress,
                            place=place)
 
@@ -746,6 +751,8 @@ class Store:
                 f"no file {path!r} in this version",
                 hint="list its files with `modelkeep show REF`",
             )
+        from modelkeep.store.materialize import SnapshotFile
+
         return SnapshotFile(self.db, entry)
 
     def verify(

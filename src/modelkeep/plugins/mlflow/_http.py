@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlencode, urlsplit
 
+from modelkeep import _waiting
+
 if TYPE_CHECKING:
     from email.message import Message
 
@@ -377,6 +379,7 @@ class Client:
                 conn.close()
                 conn, reused = self._connection(fresh=True)
                 conn.request(method, url, body=payload, headers=headers)
+            _waiting.now_waiting()
             try:
                 answer = conn.getresponse()
             except http.client.RemoteDisconnected:

@@ -237,12 +237,20 @@ class RestRegistry:
         and whether older ones exist (the server's next-page token). The server's cost is per
         version returned, so this is what keeps ``list NAME`` and ``log`` fast on a long
         history (docs/mlflow.md)."""
+        _model, found, truncated = self.model_with_newest(name, limit)
+        return found, truncated
+
+    def model_with_newest(self, name: str, limit: int
+                          ) -> tuple[RegistryModel, list[RegistryVersion], bool]:
+        """The model *name* and :meth:`newest_versions`, from the same two requests (the
+        versions' aliases are the model's)."""
         model, page = self._beside_model(name, lambda: self._do(
             f"model {name!r}", "GET", "model-versions/search",
             {"filter": f"name = '{name}'", "max_results": limit,
              "order_by": ["version_number DESC"]}, model=name))
         found = list(page.get("model_versions") or ())
-        return self._with_aliases(model, found), bool(page.get("next_page_token"))
+        return (self._model(model, name), self._with_aliases(model, found),
+                bool(page.get("next_page_token")))
 
     def versions_by_snapshot(self, name: str, prefix: str) -> list[RegistryVersion]:
         """The versions of *name* whose source has ``/@`` then *prefix* (hex) in it, oldest
