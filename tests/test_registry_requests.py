@@ -119,11 +119,21 @@ def test_a_register_of_a_new_version_makes_few_requests(
     assert "prod" in client.get_model_version(name, "3").description
     _assert_as_refreshed(tmp_path, mlflow_server, name, 3)
 
-    # Identical content: the reuse check reads the version with its aliases, nothing is made.
+    # Identical content: the reuse check reads the version with its aliases, nothing is made;
+    # nothing is uploaded either, so the permission check is not asked.
     proxy.set()
     again = keep.register(name, tmp_path / "c")
     assert again.reused and again.version == 3 and again.aliases == ("prod",)
-    assert "POST model-versions/create" not in _asked(proxy)
+    asked = _asked(proxy)
+    assert sorted(asked) == ["GET model-versions/get"] + ["GET model-versions/search"] * 2, asked
+
+    # Content the store holds already, as a new version: asked before the snapshot is written.
+    proxy.set()
+    back = keep.register(name, tmp_path / "a")
+    asked = _asked(proxy)
+    assert back.version == 4 and not back.reused
+    assert asked.index("POST registered-models/create") < asked.index(
+        "POST model-versions/create"), asked
 
 
 def test_a_register_after_the_newest_version_was_deleted_names_its_own_number(

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 _tasks: list[Callable[[], object]] = []
 _lock = threading.Lock()
+_running: list[threading.Thread] = []
 
 
 def meanwhile(task: Callable[[], object]) -> None:
@@ -33,8 +34,19 @@ def now_waiting() -> None:
         tasks = _tasks[:]
         _tasks.clear()
     if tasks:
-        threading.Thread(target=_run, args=(tasks,), name="modelkeep-meanwhile",
-                         daemon=True).start()
+        thread = threading.Thread(target=_run, args=(tasks,), name="modelkeep-meanwhile",
+                                  daemon=True)
+        _running.append(thread)
+        thread.start()
+
+
+def finished(timeout: float = 10.0) -> None:
+    """Wait for the work :func:`now_waiting` started. A caller about to import what that work
+    imports calls it first: two threads importing the same modules at once can meet in a
+    circular import, where Python hands one of them a module not yet initialized."""
+    for thread in list(_running):
+        if thread is not threading.current_thread():
+            thread.join(timeout)
 
 
 def _run(tasks: list[Callable[[], object]]) -> None:

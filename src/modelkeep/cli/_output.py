@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from modelkeep import _waiting
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -33,12 +35,14 @@ class Output:
 
     @property
     def console(self) -> Console:
+        _waiting.finished()  # rich may be being imported meanwhile (prefetch)
         from rich.console import Console
 
         return Console(soft_wrap=True)
 
     @property
     def err(self) -> Console:
+        _waiting.finished()
         from rich.console import Console
 
         return Console(stderr=True, soft_wrap=True)
@@ -58,9 +62,7 @@ class Output:
         """For a command about to ask the registry and then print for a person: rich is
         imported while the command waits for a server's answer (:mod:`modelkeep._waiting`)."""
         if not (self.json or self.quiet):
-            from modelkeep._waiting import meanwhile
-
-            meanwhile(_import_rich)
+            _waiting.meanwhile(_import_rich)
 
     def emit(self, data: Any, human: Callable[[], None]) -> None:
         """Print *data* as JSON with --json, otherwise call *human* (unless -q)."""
@@ -73,6 +75,7 @@ class Output:
         """A table for a person: rich's boxed table, or for long ones (a model's thousand
         versions) plain aligned columns, since rich renders about a millisecond per row."""
         if len(rows) <= RICH_TABLE_ROWS:
+            _waiting.finished()
             from rich.table import Table
 
             table = Table(*columns)

@@ -93,10 +93,12 @@ def register(
         sources = (scan_url(source, storage_options) if isinstance(source, str)
                    else _scan_local(source))
     source_files = list(sources)
-    # A registry that will refuse the version refuses it now, before any byte is uploaded.
+    # A registry that will refuse the version refuses it before any byte is uploaded: when the
+    # ingest is about to write its first chunk, or, if every chunk is stored already, before a
+    # new version is committed. A folder registered unchanged is never asked (two requests of
+    # an MLflow server), and any change the reuse applies is a write the registry refuses.
     check_writable = getattr(keep.registry, "check_writable", None)
-    if check_writable is not None:
-        check_writable(name)
+    before_upload = (lambda: check_writable(name)) if check_writable is not None else None
     findings = scan_sources(keep, name, source_files)
     parent_refs = []
     for p in parents:
@@ -104,7 +106,8 @@ def register(
         parent_refs.append(Parent(pv.snapshot_id, pv.name, pv.version))
 
     files, stats = keep.store.ingest(source_files, progress,
-                                     parent=_delta_parent(keep, name, parent_refs))
+                                     parent=_delta_parent(keep, name, parent_refs),
+                                     before_upload=before_upload)
     snapshot = Snapshot(
         name=name,
         files=files,
@@ -122,6 +125,8 @@ def register(
                         tags=user_tags)
         if reused is not None:
             return reused
+    if before_upload is not None and not stats.checked:
+        before_upload()  # before the snapshot object is written
 
     def store_again() -> GcMark | None:
         """Store the sources again (a collection removed chunks the ingest found present)."""

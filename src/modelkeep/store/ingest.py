@@ -91,6 +91,7 @@ class IngestStats:
     chunks_total: int = 0
     chunks_added: int = 0
     files_unread: int = 0  # unchanged since this store last stored them (:mod:`.filestate`)
+    checked: bool = False  # whether the caller's before_upload ran (Store.ingest)
     # The garbage-collection state read before any chunk was looked at; the commit check
     # compares it with the state when the snapshot or manifest is written.
     gc_mark: GcMark | None = None
@@ -195,6 +196,7 @@ class Ingestor:
         bases: Mapping[ChunkKey, str] | None = None,
         damaged: set[str] | None = None,
         file_states: FileStates | None = None,
+        before_upload: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.known = known
@@ -209,6 +211,32 @@ class Ingestor:
         self.max_inflight = max_inflight or (self.workers + 2 if local else self.workers * 2)
         self._seen: set[str] = set()
         self._seen_lock = threading.Lock()
+        # Called once, before the first chunk is written (a registry's permission check): a
+        # caller refused there has stored nothing; one whose bytes are all stored never asks.
+        self._before_upload = before_upload
+        self._cleared = before_upload is None
+        self._clear_lock = threading.Lock()
+        self._refused: BaseException | None = None
+
+    @property
+    def checked(self) -> bool:
+        """Whether *before_upload* was called and passed."""
+        return self._cleared and self._before_upload is not None
+
+    def _clear_upload(self) -> None:
+        if self._cleared:
+            return
+        with self._clear_lock:  # the other workers wait for the one check, and share its fate
+            if self._refused is not None:
+                raise self._refused
+            if not self._cleared:
+                assert self._before_upload is not None
+                try:
+                    self._before_upload()
+                except BaseException as exc:
+                    self._refused = exc
+                    raise
+                self._cleared = True
 
     def _store_chunk(self, data: memoryview, buf: bytearray, dtype: str | None,
                      key: ChunkKey | None) -> _Stored:
@@ -220,6 +248,7 @@ class Ingestor:
         if cid in self.damaged:
             # Known bad: the stored object moves aside, and these bytes (which hash to its id)
             # take its name.
+            self._clear_upload()
             self.db.quarantine(cid)
             created = self.db.put(Kind.CHUNK, cid, data, workspace=buf, dtype=dtype)
             self.db.clear_damaged(cid)
@@ -239,6 +268,7 @@ class Ingestor:
             created = 0
         else:
             # The buffer goes back to the pool once this returns: it may be sealed in place.
+            self._clear_upload()
             created = self.db.put(Kind.CHUNK, cid, data, workspace=buf, dtype=dtype,
                                   base=self._base(cid, key))
         if self.known is not None:

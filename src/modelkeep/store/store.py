@@ -243,10 +243,13 @@ class Store:
             )
         return data
 
-    def ensure_initialized(self) -> None:
+    def ensure_initialized(self, *, before_create: Callable[[], None] | None = None) -> None:
+        """Create the store if its location holds none (*before_create* is called first)."""
         if self._descriptor_ok:
             return
         if self._descriptor() is None:
+            if before_create is not None:
+                before_create()
             if self.key_file is not None:
                 # The settings ask for an encrypted store: never create it in the clear.
                 self.init_encrypted(self._key_file_candidate().key)
@@ -504,19 +507,32 @@ class Store:
 
     def ingest(
         self, sources: list[SourceFile], progress: Progress | None = None, *,
-        parent: Snapshot | None = None,
+        parent: Snapshot | None = None, before_upload: Callable[[], None] | None = None,
     ) -> tuple[tuple[FileEntry, ...], IngestStats]:
         """Store the chunks of *sources*; returns their file entries and what was added. A
-        tensor chunk that differs from the same chunk of *parent* may be stored as a delta."""
+        tensor chunk that differs from the same chunk of *parent* may be stored as a delta.
+        *before_upload* is called once before the first write (the store's descriptor, or a
+        chunk; not at all when every chunk is stored already: ``stats.checked`` says whether it
+        was); what it raises ends the ingest with nothing written."""
         from modelkeep.store.ingest import Ingestor, ParentBases
 
-        self.ensure_initialized()
+        checked = False
+
+        def first_write() -> None:
+            nonlocal checked
+            assert before_upload is not None
+            before_upload()
+            checked = True
+
+        self.ensure_initialized(before_create=first_write if before_upload else None)
         # Read before any chunk is looked at: see the commit check in save_snapshot.
         mark = self.gc_mark()
         ingestor = Ingestor(self.db, known=self.known_for(mark), bases=ParentBases(parent, self.db),
-                            damaged=self.db.damaged_ids(), file_states=self.file_states(mark))
+                            damaged=self.db.damaged_ids(), file_states=self.file_states(mark),
+                            before_upload=None if checked else before_upload)
         entries, stats = ingestor.ingest(sources, progress)
         stats.gc_mark = mark
+        stats.checked = checked or ingestor.checked
         return entries, stats
 
     def save_snapshot(self, snapshot: Snapshot, *, since: GcMark | None = None) -> str:
