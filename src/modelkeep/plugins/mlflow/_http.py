@@ -47,6 +47,7 @@ from urllib.parse import unquote, urlencode, urlsplit
 from modelkeep import _waiting
 
 if TYPE_CHECKING:
+    import socket
     from email.message import Message
 
     from modelkeep.auth.settings import AuthSettings
@@ -422,7 +423,7 @@ class Client:
                 if not self._idle:
                     break
                 conn = self._idle.pop()
-            if conn.sock is not None and not select.select([conn.sock], [], [], 0)[0]:
+            if conn.sock is not None and not _readable(conn.sock):
                 return conn, True
             conn.close()  # readable while idle: the server closed it
         return self._connect(), False
@@ -458,6 +459,17 @@ class Client:
         assert conn.sock is not None
         conn.sock.settimeout(self.read_timeout)
         return conn
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether *sock* has something to read now: on an idle kept-alive connection, that the
+    server closed it. poll, not select, which fails on descriptors above 1023 (a process with
+    many files open)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def _tls_reason(exc: Exception) -> str:
