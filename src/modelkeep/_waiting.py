@@ -31,11 +31,13 @@ def now_waiting() -> None:
     if not _tasks:
         return
     with _lock:
-        tasks = _tasks[:]
-        _tasks.clear()
-    if tasks:
-        thread = threading.Thread(target=_run, args=(tasks,), name="modelkeep-meanwhile",
+        if not _tasks:
+            return
+        thread = threading.Thread(target=_run, args=(_tasks[:],), name="modelkeep-meanwhile",
                                   daemon=True)
+        _tasks.clear()
+        # Threads that ended are dropped: a long-lived process waits many times.
+        _running[:] = [t for t in _running if t.is_alive()]
         _running.append(thread)
         thread.start()
 
