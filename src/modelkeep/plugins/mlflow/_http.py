@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 from modelkeep import _waiting
+from modelkeep.errors import ConfigError
 
 if TYPE_CHECKING:
     import socket
@@ -203,8 +204,6 @@ def _proxy_for(scheme: str, host: str) -> _Proxy | None:
         return None
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme != "http" or not parts.hostname:
-        from modelkeep.errors import ConfigError
-
         raise ConfigError(f"proxy {parts.scheme}://{parts.hostname or ''} for {scheme}:// "
                           "is not an http:// proxy",
                           hint=f"set {scheme}_proxy to an http://host:port proxy, or name the "
@@ -241,8 +240,6 @@ def tls_context() -> ssl.SSLContext:
             else:
                 context = ssl.create_default_context(cafile=bundle)
         except (OSError, ssl.SSLError) as exc:
-            from modelkeep.errors import ConfigError
-
             raise ConfigError(f"cannot read the CA bundle {bundle}: {exc}",
                               hint="set MLFLOW_TRACKING_SERVER_CERT_PATH to a PEM file of the "
                               "server's CA certificates") from None
@@ -251,8 +248,6 @@ def tls_context() -> ssl.SSLContext:
         try:
             context.load_cert_chain(client_cert)
         except (OSError, ssl.SSLError) as exc:
-            from modelkeep.errors import ConfigError
-
             raise ConfigError(f"cannot read the client certificate {client_cert}: {exc}",
                               hint="MLFLOW_TRACKING_CLIENT_CERT_PATH must name a PEM file with "
                               "the certificate and its private key") from None
