@@ -31,6 +31,7 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 _S3_SLOWDOWN = (
@@ -344,3 +345,15 @@ def _reset(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+@contextlib.contextmanager
+def in_front_of(url: str) -> Iterator[FaultProxy]:
+    """A proxy (injecting nothing until told) in front of the HTTP server at *url*, stopped
+    afterwards."""
+    proxy = FaultProxy("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -93,3 +97,37 @@ def sqlite_project(root: Path) -> Keep:
     (root / "modelkeep.toml").write_text('store = "./store"\nregistry = "sqlite:///mlflow.db"\n')
     return modelkeep.open(store=str(root / "store"), registry=f"sqlite:///{root / 'mlflow.db'}",
                           plugins=make_plugin_manager(entry_points=False))
+
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+_IMPORT_PROBE = (
+    "import sys\n"
+    "from modelkeep.cli.main import main\n"
+    "try:\n"
+    "    rc = main(sys.argv[3:])\n"
+    "finally:\n"
+    "    found = [m for m in sys.argv[2].split(',') if m in sys.modules]\n"
+    "    open(sys.argv[1], 'w').write(','.join(found))\n"
+    "sys.exit(rc)\n"
+)
+
+
+def imports_of(args: list[str], cwd: Path, watched: Sequence[str],
+               env: Mapping[str, str] | None = None, timeout: float = 120,
+               ) -> tuple[subprocess.CompletedProcess[str], set[str] | None]:
+    """Run ``modelkeep ARGS`` in a fresh interpreter (this checkout's source, no registry from
+    the environment): the process, and which of *watched* it imported (None if it died before
+    it could say)."""
+    marker = cwd / f".probe-{time.monotonic_ns()}"
+    full_env = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        full_env.pop(var, None)
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, str(marker), ",".join(watched),
+                           *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    try:
+        found = marker.read_text()
+    except OSError:
+        return proc, None
+    marker.unlink()
+    return proc, {m for m in found.split(",") if m}

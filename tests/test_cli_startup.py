@@ -10,9 +10,7 @@ against rich's printing of it.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,38 +21,20 @@ import typer
 from modelkeep.cli._params import _PlainConversion, install
 from modelkeep.hooks import make_plugin_manager
 from tests.backends import unique_name
-from tests.helpers import sqlite_project, tensors, write_model
+from tests.helpers import imports_of, sqlite_project, tensors, write_model
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 WATCHED = ("mlflow", "pydantic", "click", "rich", "fsspec", "modelkeep.store", "modelkeep.keep",
            "numpy", "asyncio")
 # Loaded by no command: pydantic (values are converted by modelkeep.cli._params), click (the
 # commands are Typer's), mlflow (the SQLite registry is read and written directly).
 NEVER = {"mlflow", "pydantic", "click"}
 
-_PROBE = (
-    "import sys\n"
-    "from modelkeep.cli.main import main\n"
-    "try:\n"
-    "    rc = main(sys.argv[2:])\n"
-    "finally:\n"
-    "    watched = sys.argv[1].split(',')\n"
-    "    print('\\nloaded:' + ','.join(m for m in watched if m in sys.modules))\n"
-    "sys.exit(rc)\n"
-)
-
-
 def _loaded(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """Run ``modelkeep ARGS`` in a fresh interpreter: the process, and the watched modules it
     imported."""
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        env.pop(var, None)
-    proc = subprocess.run([sys.executable, "-c", _PROBE, ",".join(WATCHED), *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=120)
-    last = proc.stdout.rstrip("\n").rsplit("\n", 1)[-1]
-    assert last.startswith("loaded:"), proc.stdout + proc.stderr
-    return proc, {m for m in last.removeprefix("loaded:").split(",") if m}
+    proc, loaded = imports_of(args, cwd, WATCHED)
+    assert loaded is not None, proc.stdout + proc.stderr
+    return proc, loaded
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +74,7 @@ def test_commands_load_no_converter_library(project: tuple[Path, str], args: lis
         if mode or args[0] == "register":  # nothing printed for a person, or one plain line
             assert "rich" not in loaded, f"{mode + args} imported rich"
         if not mode:
-            assert proc.stdout.split("\nloaded:")[0].strip()  # printed for a person
+            assert proc.stdout.strip()  # printed for a person
 
 
 @pytest.mark.parametrize("args", [["list"], ["list", "{n}"], ["log", "{n}"], ["show", "{n}@prod"]],

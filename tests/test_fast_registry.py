@@ -29,7 +29,7 @@ from modelkeep.plugins.mlflow.rest import RestRegistry
 from modelkeep.plugins.mlflow.sqlite import SqliteRegistry
 from modelkeep.registry import Registry
 from tests.backends import unique_name
-from tests.helpers import sqlite_project, tensors, write_model
+from tests.helpers import imports_of, sqlite_project, tensors, write_model
 
 pytestmark = pytest.mark.xdist_group("mlflow-servers")
 
@@ -156,29 +156,11 @@ def test_an_untested_schema_revision_reads_through_mlflow(tmp_path: Path) -> Non
 
 # -- whole commands, in subprocesses -----------------------------------------------------------
 
-_PROBE = (
-    "import sys\n"
-    "from modelkeep.cli.main import main\n"
-    "try:\n"
-    "    rc = main(sys.argv[2:])\n"
-    "finally:\n"
-    "    open(sys.argv[1], 'w').write('mlflow' if 'mlflow' in sys.modules else 'clean')\n"
-    "sys.exit(rc)\n"
-)
-
-
 def _run(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None,
          timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], str]:
     """Run ``modelkeep ARGS`` in a fresh interpreter; also say whether it imported mlflow."""
-    marker = cwd / f".probe-{time.monotonic_ns()}"
-    env = {**os.environ, "PYTHONPATH": str(SRC), **(env_extra or {})}
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        env.pop(var, None)
-    proc = subprocess.run([sys.executable, "-c", _PROBE, str(marker), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    imported = marker.read_text() if marker.exists() else "?"
-    marker.unlink(missing_ok=True)
-    return proc, imported
+    proc, loaded = imports_of(args, cwd, ("mlflow",), env_extra, timeout)
+    return proc, "?" if loaded is None else "mlflow" if loaded else "clean"
 
 
 @pytest.fixture(scope="module")

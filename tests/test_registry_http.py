@@ -26,8 +26,8 @@ from modelkeep.errors import RegistryError
 from modelkeep.hooks import make_plugin_manager
 from modelkeep.plugins.mlflow.rest import RestRegistry
 from tests.backends import unique_name
-from tests.faultproxy import Fault, FaultProxy
-from tests.helpers import tensors, write_model
+from tests.faultproxy import Fault, FaultProxy, in_front_of
+from tests.helpers import imports_of, tensors, write_model
 from tests.servers import (
     HttpProxy,
     MlflowServer,
@@ -68,11 +68,8 @@ def http_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpProxy]:
 
 @pytest.fixture
 def faulty(mlflow_server: Any) -> Iterator[FaultProxy]:
-    proxy = FaultProxy("127.0.0.1", int(mlflow_server.url.rsplit(":", 1)[1]))
-    try:
+    with in_front_of(mlflow_server.url) as proxy:
         yield proxy
-    finally:
-        proxy.stop()
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -282,18 +279,6 @@ def test_kept_alive_connections_are_reused_and_a_closed_one_replaced(
 
 # -- what a read command loads -------------------------------------------------------------------
 
-_PROBE = (
-    "import sys\n"
-    "from modelkeep.cli.main import main\n"
-    "try:\n"
-    "    rc = main(sys.argv[1:])\n"
-    "finally:\n"
-    "    print('\\nloaded:' + ','.join(m for m in ('requests', 'urllib3', 'mlflow')\n"
-    "                                  if m in sys.modules))\n"
-    "sys.exit(rc)\n"
-)
-
-
 def test_read_commands_against_a_server_load_no_http_library(mlflow_server: Any,
                                                              tmp_path: Path) -> None:
     """The registry's requests go through ``http.client``: requests and urllib3 (65 and 42 ms
@@ -305,14 +290,12 @@ def test_read_commands_against_a_server_load_no_http_library(mlflow_server: Any,
     for args in (["list"], ["list", name], ["log", name], ["show", f"{name}@prod"],
                  ["lineage", f"{name}@prod"]):
         for mode in ([], ["--json"]):
-            proc = subprocess.run(
-                [sys.executable, "-c", _PROBE, "--store", str(tmp_path / "store"),
-                 "--registry", mlflow_server.url, *mode, *args],
-                cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+            proc, loaded = imports_of(
+                ["--store", str(tmp_path / "store"), "--registry", mlflow_server.url, *mode,
+                 *args], tmp_path, ("requests", "urllib3", "mlflow"))
             assert proc.returncode == 0, proc.stderr
-            assert proc.stdout.split("\nloaded:")[0].strip(), f"{mode + args} printed nothing"
-            loaded = proc.stdout.rstrip("\n").rsplit("loaded:", 1)[1]
-            assert loaded == "", f"{mode + args} loaded {loaded}"
+            assert proc.stdout.strip(), f"{mode + args} printed nothing"
+            assert loaded == set(), f"{mode + args} loaded {loaded}"
 
 
 _THREAD_PROBE = (

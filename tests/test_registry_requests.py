@@ -30,7 +30,7 @@ from modelkeep.plugins.mlflow.hooks import registry_for
 from modelkeep.plugins.mlflow.registry import MlflowRegistry
 from modelkeep.plugins.mlflow.rest import RestRegistry
 from tests.backends import unique_name
-from tests.faultproxy import FaultProxy
+from tests.faultproxy import FaultProxy, in_front_of
 from tests.helpers import tensors, write_model
 
 pytestmark = pytest.mark.xdist_group("mlflow-servers")
@@ -44,11 +44,8 @@ REGISTER_REQUESTS = 5
 
 @pytest.fixture
 def proxy(mlflow_server: Any) -> Iterator[FaultProxy]:
-    counting = FaultProxy("127.0.0.1", int(mlflow_server.url.rsplit(":", 1)[1]))
-    try:
+    with in_front_of(mlflow_server.url) as counting:
         yield counting
-    finally:
-        counting.stop()
 
 
 def _keep(tmp_path: Path, registry: str) -> Keep:
@@ -193,8 +190,7 @@ def test_with_basic_auth_a_refused_version_is_retried_only_in_a_deleted_model(
     name = unique_name()
     MlflowClient(tracking_uri=url, registry_uri=url).create_registered_model(name)
 
-    counting = FaultProxy("127.0.0.1", int(url.rsplit(":", 1)[1]))
-    try:
+    with in_front_of(url) as counting:
         _login(monkeypatch, bob, "bob-password-1234")
         reg = RestRegistry(counting.url)
         reg.create_model(name)  # the admin's: it exists, and bob may only read it
@@ -210,8 +206,6 @@ def test_with_basic_auth_a_refused_version_is_retried_only_in_a_deleted_model(
         assert rv.version == 1  # in the model bob created again, and may add to
         assert _asked(counting) == ["POST model-versions/create", "POST registered-models/create",
                                     "POST model-versions/create"]
-    finally:
-        counting.stop()
 
 
 def test_a_snapshot_prefix_resolves_in_one_search(
