@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import random
 import struct
 import time
 import zipfile
@@ -140,7 +141,11 @@ def test_safetensors_and_plain_files_are_never_flagged(tmp_path: Path) -> None:
 def test_malformed_pickles_are_findings_not_crashes(tmp_path: Path) -> None:
     cases = {
         "truncated.pkl": evil_pickle(4)[:-20],
-        "garbage.pkl": b"\x80\x04" + os.urandom(512),
+        # Seeded, so a failure names bytes that can be replayed.
+        **{f"garbage-{seed}.pkl": b"\x80\x04" + random.Random(seed).randbytes(512)
+           for seed in range(64)},
+        "nothing-to-return.pkl": b"\x80\x04.",
+        "mark-to-return.pkl": b"\x80\x04(.",
         "text.pt": b"this is not a pickle at all\n",
         "huge-length.pkl": b"\x80\x04\x8e" + struct.pack("<Q", 1 << 62) + b"abc",
         "underflow.pkl": b"\x80\x04\x93.",

@@ -284,6 +284,9 @@ def _walk(stream: io.BytesIO, budget: _Budget, result: ScanResult) -> None:
                 result.add_global("<copyreg extension>", str(arg))
                 stack.append(_UNKNOWN)
             elif name == "STOP":
+                # pickle.load fails here too ("unpickling stack underflow"): nothing to return.
+                if not stack or stack[-1] is _MARK:
+                    raise _Malformed("STOP on an empty stack")
                 return
             else:
                 before, after = opcode.stack_before, opcode.stack_after
