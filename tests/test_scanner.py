@@ -132,7 +132,8 @@ def test_safetensors_and_plain_files_are_never_flagged(tmp_path: Path) -> None:
     # A safetensors header length of 0x0380 starts the file with bytes that look like pickle
     # protocol 3; the name decides.
     (model / "odd.safetensors").write_bytes(struct.pack("<Q", 0x0380) + b" " * 0x0380)
-    (model / "weights.bin").write_bytes(os.urandom(4096))  # raw .bin weights are not pickles
+    # Raw .bin weights are not pickles (seeded: random bytes may start like a pickle header).
+    (model / "weights.bin").write_bytes(random.Random(1).randbytes(4096))
     for path in model.rglob("*"):
         if path.is_file():
             assert _scan(path, path.relative_to(model).as_posix()) == [], path
@@ -149,7 +150,7 @@ def test_malformed_pickles_are_findings_not_crashes(tmp_path: Path) -> None:
         "text.pt": b"this is not a pickle at all\n",
         "huge-length.pkl": b"\x80\x04\x8e" + struct.pack("<Q", 1 << 62) + b"abc",
         "underflow.pkl": b"\x80\x04\x93.",
-        "damaged.ckpt": b"PK\x03\x04" + os.urandom(100),
+        "damaged.ckpt": b"PK\x03\x04" + random.Random(3).randbytes(100),
     }
     for name, blob in cases.items():
         path = tmp_path / name
@@ -282,7 +283,7 @@ def test_legacy_torch_file_with_a_protocol_0_payload(tmp_path: Path) -> None:
     parts = [magic, pickle.dumps(1001, protocol=2), pickle.dumps({}, protocol=2),
              pickle.dumps(_Evil(), protocol=0), pickle.dumps([], protocol=2)]
     path = tmp_path / "legacy.ckpt"
-    path.write_bytes(b"".join(parts) + os.urandom(256))
+    path.write_bytes(b"".join(parts) + random.Random(2).randbytes(256))
     assert [f.names for f in _unsafe(_scan(path))] == [("os.system",)]
 
 

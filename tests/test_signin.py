@@ -498,8 +498,10 @@ def test_no_secret_in_any_output(  # type: ignore[no-untyped-def]
         f'client_id = "{OIDC_JOB}"\n')
     for args in (["--json", "config"], ["config"], ["whoami", "--json"], ["whoami"],
                  ["login", "--json"], ["list"]):
-        assert main(args) == 0, args
-        out = captured(capsys).out
+        rc = main(args)
+        result = captured(capsys)
+        assert rc == 0, (args, result.err)  # the error, should a run fail here again
+        out = result.out
         if args[0] == "login":
             check = validator(json.loads(SCHEMA_FILE.read_text()), "login")
             assert not list(check.iter_errors(json.loads(out)))
