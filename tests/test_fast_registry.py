@@ -580,3 +580,29 @@ def test_concurrent_registers_through_a_server(mlflow_server) -> None:  # type: 
     assert numbers == list(range(1, 9))
     versions = MlflowRegistry(mlflow_server.url).versions(name)
     assert sorted(v.tags["i"] for v in versions) == [str(i) for i in range(8)]
+
+
+@pytest.mark.parametrize(("uri", "module", "installed"), [
+    ("postgresql://ops:pw-not-shown@127.0.0.1:1/mlflow", "psycopg", "postgresql+psycopg2://"),
+    ("mysql://ops:pw-not-shown@127.0.0.1:1/mlflow", "MySQLdb", "mysql+pymysql://"),
+])
+def test_a_database_uri_without_its_driver_says_what_to_install(
+    uri: str, module: str, installed: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SQLAlchemy gives ``postgresql://`` and ``mysql://`` drivers other than the ones the
+    tested set-up installs (psycopg2, pymysql); the error names the missing one, the package it
+    comes in and the URI form of the installed one, without the password."""
+    from modelkeep.cli.main import main
+    from modelkeep.errors import MissingExtraError
+
+    # None in sys.modules makes its import fail as a package that is not installed does.
+    monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--json", "--registry", uri, "list"]) == MissingExtraError.exit_code
+    err = capsys.readouterr().err
+    error = json.loads(err)["error"]
+    assert error["type"] == "MissingDriverError"
+    assert f"needs the Python database driver {module!r}" in error["message"]
+    assert installed in error["hint"] and "pip install" in error["hint"]
+    assert "pw-not-shown" not in err

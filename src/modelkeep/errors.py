@@ -211,6 +211,17 @@ class MissingExtraError(ModelkeepError, ImportError):
         self.extra = extra
 
 
+class MissingDriverError(MissingExtraError):
+    """A registry URI names a database whose Python driver is not installed."""
+
+    def __init__(self, uri: str, module: str, hint: str) -> None:
+        ModelkeepError.__init__(
+            self, f"registry {uri} needs the Python database driver {module!r}, which is not "
+            "installed", hint=hint)
+        self.package = module
+        self.extra = ""
+
+
 class CheckpointError(ModelkeepError):
     """Checkpoints registered in the background could not all be stored or registered.
 

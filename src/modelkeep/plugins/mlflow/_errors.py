@@ -7,12 +7,14 @@ the registry was reached. It also holds the one search filter both MLflow adapte
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from modelkeep.errors import (
+    MissingDriverError,
     NotFoundError,
     RegistryAuthError,
     RegistryError,
@@ -76,6 +78,30 @@ def translate(uri: str, what: str, *, code: str, status: int | None, message: st
         )
     first = message.splitlines()[0][:300] if message else f"HTTP {status}"
     return RegistryError(f"registry error on {what}: {first}")
+
+
+# SQLAlchemy picks a database's driver from the URI's scheme: ``postgresql://`` means psycopg
+# (version 3, SQLAlchemy 2.1) and ``mysql://`` mysqlclient. The package each driver module comes
+# in, and the scheme of the other driver modelkeep is tested with.
+_DRIVERS = {
+    "psycopg": ("psycopg[binary]", "psycopg2", "postgresql+psycopg2://"),
+    "psycopg2": ("psycopg2-binary", "psycopg", "postgresql+psycopg://"),
+    "MySQLdb": ("mysqlclient", "pymysql", "mysql+pymysql://"),
+    "pymysql": ("pymysql", "MySQLdb", "mysql+mysqldb://"),
+}
+
+
+def missing_driver(uri: str, exc: ImportError) -> MissingDriverError | None:
+    """The error for a database registry whose driver module is not installed, or None when
+    *exc* is about something else."""
+    module = (exc.name or "").partition(".")[0]
+    if module not in _DRIVERS:
+        return None
+    package, other, scheme = _DRIVERS[module]
+    hint = f"pip install '{package}'"
+    if importlib.util.find_spec(other) is not None:
+        hint += f", or name the driver that is installed: {scheme}…"
+    return MissingDriverError(uri, module, hint)
 
 
 def unreachable(uri: str) -> RegistryError:

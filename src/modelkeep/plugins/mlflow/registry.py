@@ -68,7 +68,13 @@ class MlflowRegistry:
         from mlflow import MlflowClient
 
         self.uri = uri or mlflow.get_registry_uri()
-        self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        try:
+            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        except ImportError as exc:  # a database URI whose driver is not installed
+            error = _errors.missing_driver(self.uri, exc)
+            if error is None:
+                raise
+            raise error from None
 
     # -- error translation ---------------------------------------------------------------------
 
