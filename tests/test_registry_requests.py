@@ -265,6 +265,8 @@ def test_the_optional_reads_equal_the_plain_ones(registry_uri: tuple[str, str]) 
 
     latest = reg.latest(name)
     assert latest is not None and latest.aliases == ("top",)
+    assert latest == reg.get_version(name, latest.version)
+    assert reg.latest(unique_name()) is None
     assert reg.latest_without_aliases(name) == replace(latest, aliases=())  # type: ignore[attr-defined]
     every = reg.versions(name)
     for prefix in ("ab", "ab000", sids[0][:12], sids[1], "ac", "abcd"):
@@ -325,3 +327,18 @@ def test_log_reads_the_model_once_beside_its_newest_versions(
     reg = RestRegistry(mlflow_server.url)
     model, found, truncated = reg.model_with_newest(name, 2)
     assert (model, found, truncated) == (reg.get_model(name), *reg.newest_versions(name, 2))
+
+
+def test_the_newest_version_is_one_round_trip(
+        tmp_path: Path, mlflow_server: Any, proxy: FaultProxy) -> None:
+    """``show NAME`` (``NAME@latest``) asks the newest version and the model, whose aliases the
+    search results lack, together."""
+    keep = _keep(tmp_path, proxy.url)
+    name = unique_name()
+    for i in range(2):
+        keep.register(name, write_model(tmp_path / f"m{i}", tensors(seed=i, n=1)))
+    keep.set_alias(f"{name}@2", "prod")
+    proxy.set()
+    newest = keep.get(name)
+    assert sorted(_asked(proxy)) == ["GET model-versions/search", "GET registered-models/get"]
+    assert newest == keep.get(f"{name}@2") and newest.aliases == ("prod",)

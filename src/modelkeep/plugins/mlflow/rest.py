@@ -199,11 +199,13 @@ class RestRegistry:
         return self._version(data.get("model_version") or {})
 
     def latest(self, name: str) -> RegistryVersion | None:
-        found = self.latest_without_aliases(name)
-        if found is None:
-            return None
-        # Search results carry no aliases; the version itself does.
-        return self.get_version(name, found.version)
+        """The newest version with its aliases: search results carry none, so the registered
+        model (which lists them) is asked beside the search, in the same round trip."""
+        try:
+            _model, found, _more = self.model_with_newest(name, 1)
+        except NotFoundError:
+            return None  # no such model: it has no newest version either
+        return found[-1] if found else None
 
     def latest_without_aliases(self, name: str) -> RegistryVersion | None:
         """The highest-numbered version of *name* as one search finds it: without aliases."""
