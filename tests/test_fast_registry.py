@@ -606,3 +606,35 @@ def test_a_database_uri_without_its_driver_says_what_to_install(
     assert f"needs the Python database driver {module!r}" in error["message"]
     assert installed in error["hint"] and "pip install" in error["hint"]
     assert "pw-not-shown" not in err
+
+
+def test_an_mlflow_file_store_says_how_to_move_it_or_open_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A registry that is an ``mlruns`` folder: MLflow 3 refuses it unless told otherwise. The
+    error says both ways on, and each works as the hint words it."""
+    from modelkeep.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    folder = write_model(tmp_path / "m", tensors(n=1))
+    store = ["--store", str(tmp_path / "store")]
+    assert main([*store, "--json", "--registry", "./mlruns", "list"]) == RegistryError.exit_code
+    error = json.loads(capsys.readouterr().err)["error"]
+    assert error["message"] == ("registry ./mlruns is an MLflow file store (mlruns), which "
+                                "MLflow no longer opens by default")
+    assert error["hint"].startswith(
+        "move it into a database: mlflow migrate-filestore --source ./mlruns --target "
+        "sqlite:///mlflow.db")
+    assert error["hint"].endswith("or set MLFLOW_ALLOW_FILE_STORE=true")
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert main([*store, "--registry", "./mlruns", "register", "kept", str(folder)]) == 0
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+    capsys.readouterr()
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    subprocess.run([str(mlflow_cli), "migrate-filestore", "--source", "./mlruns", "--target",
+                    "sqlite:///mlflow.db", "--no-progress"], cwd=tmp_path, check=True,
+                   capture_output=True, timeout=300)
+    assert main([*store, "--json", "--registry", "sqlite:///mlflow.db", "show", "kept"]) == 0
+    assert json.loads(capsys.readouterr().out)["ref"] == "kept@1"

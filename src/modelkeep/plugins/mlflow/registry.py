@@ -68,6 +68,8 @@ class MlflowRegistry:
         from mlflow import MlflowClient
 
         self.uri = uri or mlflow.get_registry_uri()
+        from mlflow.exceptions import MlflowException
+
         try:
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         except ImportError as exc:  # a database URI whose driver is not installed
@@ -75,6 +77,8 @@ class MlflowRegistry:
             if error is None:
                 raise
             raise error from None
+        except MlflowException as exc:  # a file store (mlruns), or a URI MLflow refuses
+            raise _errors.unopenable(self.uri, str(exc.message)) from None
 
     # -- error translation ---------------------------------------------------------------------
 
