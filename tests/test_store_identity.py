@@ -194,6 +194,7 @@ def test_refusals_are_one_line(  # type: ignore[no-untyped-def]
     assert done.returncode == 5, done.stderr
     assert done.stderr.startswith(f"error: access to store az://{container}/keep was refused "
                                   "or has no credentials")
+    assert "(set AZURE_STORAGE_CONNECTION_STRING" in done.stderr and "AWS_" not in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
 
     # The identity, asking for a token of another audience (the registry's): Azurite says why.

@@ -184,6 +184,8 @@ def test_register_and_pull_as_the_sign_in(  # type: ignore[no-untyped-def]
     done = run(tmp_path, env, "pull", f"{name}@champion", str(tmp_path / "plain"))
     assert done.returncode == 5 and done.stderr.count("\n") == 1, done.stderr
     assert "refused or has no credentials" in done.stderr
+    assert "(set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE" in done.stderr
+    assert "AZURE_" not in done.stderr
 
     # With the identity and no sign-in configured: a one-line settings error, as on Azure.
     (tmp_path / "modelkeep.toml").write_text(config)

@@ -215,7 +215,18 @@ def _refused(exc: BaseException, location: Location) -> CredentialsError:
             f"access to store {location.url} was refused for {who}{detail}",
             hint=str(getattr(credential, "refusal_hint", "") or "") or None)
     return CredentialsError(f"access to store {location.url} was refused or has no "
-                            f"credentials{detail}")
+                            f"credentials{detail}", hint=_CREDENTIAL_HINTS.get(location.protocol))
+
+
+# Where each backend looks for credentials, as its library reads them (botocore, adlfs); a
+# backend not named here gets the error class's hint, which names both.
+_CREDENTIAL_HINTS = {
+    "s3": "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE in the environment, the "
+          "store's options in modelkeep.toml, or its `identity` option",
+    "az": "set AZURE_STORAGE_CONNECTION_STRING (or AZURE_STORAGE_ACCOUNT_NAME and "
+          "AZURE_STORAGE_ACCOUNT_KEY) in the environment, the store's options in modelkeep.toml, "
+          "or its `identity` option",
+}
 
 
 @contextmanager
