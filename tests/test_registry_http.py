@@ -11,6 +11,7 @@ and MLflow's own client, given the same variables, reading back what was written
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -203,6 +204,19 @@ def test_a_proxy_that_is_not_http_is_one_line(mlflow_server: Any, tmp_path: Path
     line = _one_line(_modelkeep(tmp_path, mlflow_server.url, "list",
                                 http_proxy="socks5://127.0.0.1:1080"))
     assert "not an http:// proxy" in line, line
+
+
+def test_an_unreachable_proxy_is_named_not_the_registry(mlflow_server: Any,
+                                                        tmp_path: Path) -> None:
+    """The registry runs; the proxy the environment sends it through does not."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # a port nothing listens on once this socket is closed
+    line = _one_line(_modelkeep(tmp_path, mlflow_server.url, "list",
+                                http_proxy=f"http://user:pw-not-shown@127.0.0.1:{closed}"))
+    assert line == (f"error: registry {mlflow_server.url}: the proxy it goes through, "
+                    f"127.0.0.1:{closed}, is unreachable (check http_proxy, or name the "
+                    "registry's host in no_proxy)"), line
 
 
 # -- retries -----------------------------------------------------------------------------------

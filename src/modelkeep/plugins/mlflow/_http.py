@@ -149,7 +149,8 @@ class TransportError(Exception):
     """A request that got no HTTP answer. *kind*: ``unreachable`` (no connection, after the
     retries), ``timeout`` (connected, no answer within the read timeout), ``untrusted`` (the
     server's certificate is not trusted), ``tls`` (another TLS failure, such as a client
-    certificate the server wants), ``proxy`` (the proxy refused the tunnel), ``closed`` (the
+    certificate the server wants), ``proxy`` (the proxy refused the tunnel),
+    ``proxy-unreachable`` (no connection to the proxy; *detail* is its host:port), ``closed`` (the
     server closed the connection without an answer) or ``broken`` (the connection failed
     mid-exchange)."""
 
@@ -160,7 +161,9 @@ class TransportError(Exception):
 
 
 class _ConnectFailed(Exception):
-    pass
+    def __init__(self, detail: str, proxy: str | None = None) -> None:
+        super().__init__(detail)
+        self.proxy = proxy  # host:port of the proxy that could not be reached, if one was used
 
 
 @dataclass(frozen=True)
@@ -336,6 +339,8 @@ class Client:
                 response = self._exchange(method, target, headers, payload)
             except _ConnectFailed as exc:
                 if connect_failures >= CONNECT_RETRIES:
+                    if exc.proxy is not None:
+                        raise TransportError("proxy-unreachable", exc.proxy) from None
                     raise TransportError("unreachable", str(exc)) from None
                 connect_failures += 1
                 time.sleep(BACKOFF * 2 ** (connect_failures - 1))
@@ -450,7 +455,8 @@ class Client:
             conn.close()
             if str(exc).startswith("Tunnel connection failed"):
                 raise TransportError("proxy", str(exc)) from None
-            raise _ConnectFailed(f"{type(exc).__name__}: {exc}") from None
+            raise _ConnectFailed(f"{type(exc).__name__}: {exc}",
+                                 f"{host}:{port}" if self._proxy else None) from None
         assert conn.sock is not None
         conn.sock.settimeout(self.read_timeout)
         return conn

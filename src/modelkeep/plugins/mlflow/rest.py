@@ -92,6 +92,13 @@ class RestRegistry:
                 # How uvicorn refuses a TLS 1.3 client without the certificate it asks for.
                 raise RegistryError(f"registry {self.uri}: {exc.detail}",
                                     hint=client_cert) from None
+            if exc.kind == "proxy-unreachable":
+                scheme = "https" if self._base.startswith("https:") else "http"
+                raise RegistryError(
+                    f"registry {self.uri}: the proxy it goes through, {exc.detail}, is "
+                    "unreachable",
+                    hint=f"check {scheme}_proxy, or name the registry's host in no_proxy"
+                ) from None
             if exc.kind == "proxy":
                 raise RegistryError(f"registry {self.uri}: the proxy refused it ({exc.detail})",
                                     hint="check https_proxy and no_proxy") from None
