@@ -310,13 +310,19 @@ def test_list_asks_one_search_however_many_models(
     assert listed[names[1]].aliases == {"prod": 1} and listed[names[0]].latest == 1
 
 
+def _versions_with_prod_at_2(keep: Keep, tmp_path: Path, count: int) -> str:
+    """A new model with *count* versions and its alias ``prod`` on version 2: its name."""
+    name = unique_name()
+    for i in range(count):
+        keep.register(name, write_model(tmp_path / f"m{i}", tensors(seed=i, n=1)))
+    keep.set_alias(f"{name}@2", "prod")
+    return name
+
+
 def test_log_reads_the_model_once_beside_its_newest_versions(
         tmp_path: Path, mlflow_server: Any, proxy: FaultProxy) -> None:
     keep = _keep(tmp_path, proxy.url)
-    name = unique_name()
-    for i in range(3):
-        keep.register(name, write_model(tmp_path / f"m{i}", tensors(seed=i, n=1)))
-    keep.set_alias(f"{name}@2", "prod")
+    name = _versions_with_prod_at_2(keep, tmp_path, 3)
     proxy.set()
     history = keep.log(name, limit=2)
     assert sorted(_asked(proxy)) == ["GET model-versions/search", "GET registered-models/get"]
@@ -334,10 +340,7 @@ def test_the_newest_version_is_one_round_trip(
     """``show NAME`` (``NAME@latest``) asks the newest version and the model, whose aliases the
     search results lack, together."""
     keep = _keep(tmp_path, proxy.url)
-    name = unique_name()
-    for i in range(2):
-        keep.register(name, write_model(tmp_path / f"m{i}", tensors(seed=i, n=1)))
-    keep.set_alias(f"{name}@2", "prod")
+    name = _versions_with_prod_at_2(keep, tmp_path, 2)
     proxy.set()
     newest = keep.get(name)
     assert sorted(_asked(proxy)) == ["GET model-versions/search", "GET registered-models/get"]
