@@ -66,10 +66,9 @@ class MlflowRegistry:
     def __init__(self, uri: str | None = None) -> None:
         mlflow = _mlflow()
         from mlflow import MlflowClient
-
-        self.uri = uri or mlflow.get_registry_uri()
         from mlflow.exceptions import MlflowException
 
+        self.uri = uri or mlflow.get_registry_uri()
         try:
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         except ImportError as exc:  # a database URI whose driver is not installed
