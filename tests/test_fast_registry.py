@@ -626,7 +626,8 @@ def test_an_mlflow_file_store_says_how_to_move_it_or_open_it(
     assert error["hint"].startswith(
         "move it into a database: mlflow migrate-filestore --source ./mlruns --target "
         "sqlite:///mlflow.db")
-    assert error["hint"].endswith("or set MLFLOW_ALLOW_FILE_STORE=true")
+    assert error["hint"].endswith(
+        "then open that: --registry sqlite:///mlflow.db; or set MLFLOW_ALLOW_FILE_STORE=true")
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     assert main([*store, "--registry", "./mlruns", "register", "kept", str(folder)]) == 0

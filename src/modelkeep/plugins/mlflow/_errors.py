@@ -14,8 +14,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from modelkeep.errors import (
+    Hint,
     MissingDriverError,
     NotFoundError,
+    Option,
     RegistryAuthError,
     RegistryError,
     RegistryPermissionError,
@@ -104,17 +106,21 @@ def missing_driver(uri: str, exc: ImportError) -> MissingDriverError | None:
     return MissingDriverError(uri, module, hint)
 
 
+_MIGRATED = Option(api="modelkeep.open(registry='sqlite:///mlflow.db')",
+                   cli="--registry sqlite:///mlflow.db")
+
+
 def unopenable(uri: str, message: str) -> RegistryError:
     """The error for a registry MLflow's client refused to open: an MLflow file store
     (``mlruns``), which MLflow 3 opens only when asked to, or another refusal in one line."""
     if "MLFLOW_ALLOW_FILE_STORE" in message:
-        path = uri.removeprefix("file://") or "mlruns"
+        path = (uri.removeprefix("file://") or "mlruns").replace("{", "{{").replace("}", "}}")
         return RegistryError(
             f"registry {uri} is an MLflow file store (mlruns), which MLflow no longer opens "
             "by default",
-            hint=f"move it into a database: mlflow migrate-filestore --source {path} --target "
-                 "sqlite:///mlflow.db, then use --registry sqlite:///mlflow.db; or set "
-                 "MLFLOW_ALLOW_FILE_STORE=true")
+            hint=Hint(f"move it into a database: mlflow migrate-filestore --source {path} "
+                      "--target sqlite:///mlflow.db, then open that: {registry}; or set "
+                      "MLFLOW_ALLOW_FILE_STORE=true", registry=_MIGRATED))
     first = message.strip().splitlines()[0][:300] if message.strip() else "no reason given"
     return RegistryError(f"registry {uri} cannot be opened: {first}")
 
