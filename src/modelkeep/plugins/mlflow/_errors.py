@@ -122,6 +122,9 @@ def unopenable(uri: str, message: str) -> RegistryError:
                       "--target sqlite:///mlflow.db, then open that: {registry}; or set "
                       "MLFLOW_ALLOW_FILE_STORE=true", registry=_MIGRATED))
     first = message.strip().splitlines()[0][:300] if message.strip() else "no reason given"
+    if uri.lower().startswith("postgres:"):  # Heroku's spelling, which SQLAlchemy dropped
+        return RegistryError(f"registry {uri} cannot be opened: MLflow does not know the "
+                             "scheme postgres://", hint="write it postgresql+psycopg2://…")
     return RegistryError(f"registry {uri} cannot be opened: {first}")
 
 

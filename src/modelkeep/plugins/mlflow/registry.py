@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from modelkeep.errors import InvalidInputError, MissingExtraError, RegistryError
-from modelkeep.plugins.mlflow import _errors
+from modelkeep.plugins.mlflow import _database, _errors
 from modelkeep.registry import RegistryModel, RegistryVersion
 
 T = TypeVar("T")
@@ -69,6 +69,8 @@ class MlflowRegistry:
         from mlflow.exceptions import MlflowException
 
         self.uri = uri or mlflow.get_registry_uri()
+        if _database.is_database(self.uri):
+            _database.check(self.uri)  # one line within seconds, not MLflow's 100 s of retries
         try:
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         except ImportError as exc:  # a database URI whose driver is not installed
