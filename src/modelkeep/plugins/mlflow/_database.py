@@ -6,7 +6,7 @@ in all), printing the driver's error on several lines each time; a wrong port, a
 does not exist or a refused password then looks like a hang. This connects once (twice when the
 server cannot be reached) with the driver's own connect timeout, and turns what the driver says
 into :mod:`._errors`' one-line errors. A database that answers is left to MLflow's client, which
-connects again (one more connection per command, about 10 ms on a local network).
+connects again (one more connection per command: 4 ms on a local PostgreSQL, 22 ms on MariaDB).
 """
 
 from __future__ import annotations
