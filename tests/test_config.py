@@ -104,6 +104,19 @@ def test_named_stores_and_default_store(tmp_path: Path) -> None:
     assert cfg.resolve_store(None).name == "team"
 
 
+def test_the_files_store_key_takes_a_named_store_first(tmp_path: Path) -> None:
+    """``store = "team"`` with a ``[stores.team]`` is that store, as ``--store team`` is; a
+    folder of that name is written ``./team``."""
+    named = '[stores.team]\nurl = "s3://models/keep"\noptions = { key = "AKIAEXAMPLE" }\n'
+    (tmp_path / "modelkeep.toml").write_text('store = "team"\n' + named)
+    cfg = load_config(tmp_path)
+    assert (cfg.store_name, cfg.store) == ("team", "s3://models/keep")
+    assert cfg.store_options == {"key": "AKIAEXAMPLE"}
+    (tmp_path / "modelkeep.toml").write_text('store = "./team"\n' + named)
+    cfg = load_config(tmp_path)
+    assert (cfg.store_name, cfg.store) == (None, str(tmp_path / "team"))
+
+
 def test_store_name_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "modelkeep.toml").write_text(NAMED)
     monkeypatch.setenv("MODELKEEP_STORE", "laptop")

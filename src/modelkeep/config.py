@@ -29,8 +29,9 @@ unnamed default store. ``default_store`` and ``store`` are exclusive; with neith
 ``.modelkeep/store``. Named stores were chosen over a ``default = true`` flag on one of them
 because one top-level key cannot name two defaults.
 
-A store named on the command line or in ``MODELKEEP_STORE`` is looked up among the named stores
-first, then taken as a URL or path (write ``./team`` for a folder that shares a store's name).
+A store named on the command line, in ``MODELKEEP_STORE`` or by the file's ``store`` key is looked
+up among the named stores first, then taken as a URL or path (write ``./team`` for a folder that
+shares a store's name).
 
 Environment: ``MODELKEEP_CONFIG`` (the file), ``MODELKEEP_STORE`` (a store name or URL),
 ``MODELKEEP_STORE_OPTIONS`` (a JSON object merged over the options of the store in use),
@@ -281,6 +282,8 @@ def load_config(start: Path | None = None) -> Config:
     }
     # The default store: a named one, or an unnamed URL with the top-level store_options.
     store_name: str | None = data.get("default_store")
+    if data.get("store") in stores:  # a store's name, looked up first as on the command line
+        store_name = data["store"]
     store = _resolve_store(data.get("store", DEFAULT_STORE), root)
     if "store" in data or store_name:
         sources["store"] = "file"
