@@ -639,3 +639,18 @@ def test_an_mlflow_file_store_says_how_to_move_it_or_open_it(
                    capture_output=True, timeout=300)
     assert main([*store, "--json", "--registry", "sqlite:///mlflow.db", "show", "kept"]) == 0
     assert json.loads(capsys.readouterr().out)["ref"] == "kept@1"
+
+
+def test_herokus_postgres_scheme_says_how_to_write_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from modelkeep.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    uri = "postgres://ops:pw-not-shown@127.0.0.1:1/mlflow"
+    assert main(["--json", "--registry", uri, "list"]) == RegistryError.exit_code
+    err = capsys.readouterr().err
+    error = json.loads(err)["error"]
+    assert error["message"].endswith("MLflow does not know the scheme postgres://")
+    assert error["hint"] == "write it postgresql+psycopg2://…"
+    assert "pw-not-shown" not in err
