@@ -177,6 +177,31 @@ def _local_file(rel: str, full: Path, st: os.stat_result) -> SourceFile:
     return SourceFile(rel, st.st_size, mode, opener, os.path.realpath(full), st)
 
 
+class Once:
+    """*check*, run by the first of any number of threads that call this; the others wait for
+    it and share its outcome (what it raised is raised to each). ``done``: it ran and passed."""
+
+    def __init__(self, check: Callable[[], None]) -> None:
+        self._check = check
+        self.done = False
+        self._lock = threading.Lock()
+        self._refused: BaseException | None = None
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        with self._lock:
+            if self._refused is not None:
+                raise self._refused
+            if not self.done:
+                try:
+                    self._check()
+                except BaseException as exc:
+                    self._refused = exc
+                    raise
+                self.done = True
+
+
 class Ingestor:
     """Stores the chunks of source files in an :class:`ObjectDB`.
 
@@ -196,7 +221,7 @@ class Ingestor:
         bases: Mapping[ChunkKey, str] | None = None,
         damaged: set[str] | None = None,
         file_states: FileStates | None = None,
-        before_upload: Callable[[], None] | None = None,
+        before_upload: Once | None = None,
     ) -> None:
         self.db = db
         self.known = known
@@ -211,32 +236,13 @@ class Ingestor:
         self.max_inflight = max_inflight or (self.workers + 2 if local else self.workers * 2)
         self._seen: set[str] = set()
         self._seen_lock = threading.Lock()
-        # Called once, before the first chunk is written (a registry's permission check): a
-        # caller refused there has stored nothing; one whose bytes are all stored never asks.
+        # Called before the first chunk is written (a registry's permission check): a caller
+        # refused there has stored nothing; one whose bytes are all stored never asks.
         self._before_upload = before_upload
-        self._cleared = before_upload is None
-        self._clear_lock = threading.Lock()
-        self._refused: BaseException | None = None
-
-    @property
-    def checked(self) -> bool:
-        """Whether *before_upload* was called and passed."""
-        return self._cleared and self._before_upload is not None
 
     def _clear_upload(self) -> None:
-        if self._cleared:
-            return
-        with self._clear_lock:  # the other workers wait for the one check, and share its fate
-            if self._refused is not None:
-                raise self._refused
-            if not self._cleared:
-                assert self._before_upload is not None
-                try:
-                    self._before_upload()
-                except BaseException as exc:
-                    self._refused = exc
-                    raise
-                self._cleared = True
+        if self._before_upload is not None:
+            self._before_upload()
 
     def _store_chunk(self, data: memoryview, buf: bytearray, dtype: str | None,
                      key: ChunkKey | None) -> _Stored:

@@ -514,25 +514,18 @@ class Store:
         *before_upload* is called once before the first write (the store's descriptor, or a
         chunk; not at all when every chunk is stored already: ``stats.checked`` says whether it
         was); what it raises ends the ingest with nothing written."""
-        from modelkeep.store.ingest import Ingestor, ParentBases
+        from modelkeep.store.ingest import Ingestor, Once, ParentBases
 
-        checked = False
-
-        def first_write() -> None:
-            nonlocal checked
-            assert before_upload is not None
-            before_upload()
-            checked = True
-
-        self.ensure_initialized(before_create=first_write if before_upload else None)
+        first_write = Once(before_upload) if before_upload is not None else None
+        self.ensure_initialized(before_create=first_write)
         # Read before any chunk is looked at: see the commit check in save_snapshot.
         mark = self.gc_mark()
         ingestor = Ingestor(self.db, known=self.known_for(mark), bases=ParentBases(parent, self.db),
                             damaged=self.db.damaged_ids(), file_states=self.file_states(mark),
-                            before_upload=None if checked else before_upload)
+                            before_upload=first_write)
         entries, stats = ingestor.ingest(sources, progress)
         stats.gc_mark = mark
-        stats.checked = checked or ingestor.checked
+        stats.checked = first_write is not None and first_write.done
         return entries, stats
 
     def save_snapshot(self, snapshot: Snapshot, *, since: GcMark | None = None) -> str:
