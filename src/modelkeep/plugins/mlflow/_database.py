@@ -47,6 +47,7 @@ def check(uri: str) -> None:
     """Connect to the database *uri* names, or raise the one-line error for why not."""
     import sqlalchemy
     from sqlalchemy.exc import ArgumentError, DBAPIError
+    from sqlalchemy.pool import NullPool
 
     try:
         url = sqlalchemy.engine.make_url(uri)
@@ -54,8 +55,9 @@ def check(uri: str) -> None:
         return  # MLflow's client says what is wrong with it
     arg = _TIMEOUT_ARG.get(url.get_driver_name())
     try:
+        # NullPool: the connection is closed, not kept; MLflow's client makes its own.
         engine = sqlalchemy.create_engine(
-            url, connect_args={arg: CONNECT_TIMEOUT} if arg else {}, poolclass=_null_pool())
+            url, connect_args={arg: CONNECT_TIMEOUT} if arg else {}, poolclass=NullPool)
     except ImportError as exc:
         missing = _errors.missing_driver(uri, exc)
         if missing is None:
@@ -67,46 +69,44 @@ def check(uri: str) -> None:
                 with engine.connect():
                     return
             except DBAPIError as exc:
-                refused = _translate(uri, url, exc.orig)
-                if attempt + 1 < _ATTEMPTS and refused.message == _errors.unreachable(uri).message:
+                if attempt + 1 < _ATTEMPTS and _unreachable(exc.orig):
                     time.sleep(0.5)  # a server restarting, or a lost packet: once more
                     continue
-                raise refused from None
+                raise _translate(uri, url, exc.orig) from None
     finally:
         engine.dispose()
 
 
-def _null_pool() -> Any:
-    from sqlalchemy.pool import NullPool
-
-    return NullPool  # the connection is closed, not kept: MLflow's client makes its own
+def _unreachable(orig: BaseException | None) -> bool:
+    """Whether the driver's error says the server could not be reached at all."""
+    code = orig.args[0] if orig is not None and orig.args else None
+    if isinstance(code, int):  # MySQL and MariaDB drivers: (code, message)
+        return code in _MYSQL_UNREACHABLE
+    lowered = str(orig or "").lower()
+    return any(m in lowered for m in _UNREACHABLE)
 
 
 def _translate(uri: str, url: Any, orig: BaseException | None) -> RegistryError | NotFoundError:
+    if _unreachable(orig):
+        return _errors.unreachable(uri)
     code = orig.args[0] if orig is not None and orig.args else None
     text = str(orig or "").strip()
-    lowered = text.lower()
     database = url.database or ""
     user = url.username or ""
-    if isinstance(code, int):  # MySQL and MariaDB drivers: (code, message)
+    if isinstance(code, int):
         message = str(orig.args[1]) if orig is not None and len(orig.args) > 1 else text
         if code in _MYSQL_DENIED:
             return _denied(uri, user, message)
         if code in _MYSQL_NO_DATABASE:
             return _no_database(uri, database)
-        if code in _MYSQL_UNREACHABLE:
-            return _errors.unreachable(uri)
-        return RegistryError(f"registry {uri} cannot be opened: {message.splitlines()[0][:300]}")
+        return _errors.unopenable(uri, message)
     found = _PG_NO_DATABASE.search(text)
     if found:
         return _no_database(uri, found.group(1))
-    if any(m in lowered for m in _PG_DENIED):
+    if any(m in text.lower() for m in _PG_DENIED):
         detail = text.split("FATAL:", 1)[-1].strip().splitlines()[0] if text else ""
         return _denied(uri, user, detail)
-    if any(m in lowered for m in _UNREACHABLE):
-        return _errors.unreachable(uri)
-    first = text.splitlines()[0][:300] if text else type(orig).__name__
-    return RegistryError(f"registry {uri} cannot be opened: {first}")
+    return _errors.unopenable(uri, text or type(orig).__name__)
 
 
 def _denied(uri: str, user: str, detail: str) -> RegistryAuthError:
